@@ -1,0 +1,146 @@
+"""`bakery`: the command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import typer
+
+from bakery.recipe import Recipe, RecipeError, load_recipe, starter_recipe_text
+from bakery.report import skip_summary, text_table
+from bakery.stages import PlanError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="LoRA Bakery: bake Stable Diffusion LoRAs from a recipe.")
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"bakery: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _load(recipe_path: Path) -> Recipe:
+    try:
+        recipe = load_recipe(recipe_path)
+    except RecipeError as exc:
+        fail(f"bad recipe {exc.path}:\n  " + "\n  ".join(exc.problems), code=2)
+    missing = [
+        f"sources[{i}].path: folder does not exist: {recipe.resolve(s.path)}"
+        for i, s in enumerate(recipe.sources)
+        if not recipe.resolve(s.path).is_dir()
+    ]
+    if missing:
+        fail(f"bad recipe {recipe_path}:\n  " + "\n  ".join(missing), code=2)
+    return recipe
+
+
+def _quiet_prefect_defaults() -> None:
+    # Prefect's analytics try DNS lookups; nothing here reaches the internet.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _print_run(recipe: Recipe, run_id: str | None = None) -> None:
+    from storage import Catalog
+
+    with Catalog.open(recipe.workdir, read_only=True) as cat:
+        record = cat.rows("SELECT * FROM runs WHERE run_id = ?", [run_id]) if run_id else [cat.last_run()]
+        if not record or record[0] is None:
+            fail(f"no runs recorded in {cat.path}")
+        run = record[0]
+        typer.echo(f"run {run['run_id']} ({run['status']}, started {run['started_at']:%Y-%m-%d %H:%M:%S})")
+        typer.echo(text_table(cat.stage_table(run["run_id"])))
+        skips = cat.skips_for(run["run_id"])
+    if skips:
+        typer.echo(f"\nskipped ({len(skips)}):")
+        for line in skip_summary(skips):
+            typer.echo(f"  {line}")
+
+
+def execute(recipe_path: Path, from_stage: str | None = None, only_stage: str | None = None) -> str:
+    """Run a recipe through the flow (shared by `run` and `demo`); returns the run id."""
+    from bakery.stages import plan_run
+    from flows.bake import BUILT, bake_lora
+    from flows.runtime import prefect_api
+
+    recipe = _load(recipe_path)
+    try:
+        plan_run(BUILT, from_stage, only_stage)
+    except PlanError as exc:
+        fail(str(exc), code=2)
+    _quiet_prefect_defaults()
+    with prefect_api(recipe.workdir / "logs"):
+        try:
+            run_id = bake_lora(str(recipe_path.resolve()), from_stage, only_stage)
+        except Exception as exc:  # the flow's logs hold the details
+            fail(f"run failed: {exc}")
+    _print_run(recipe, run_id)
+    return run_id
+
+
+@app.command()
+def init(directory: Path = typer.Argument(..., help="Folder for the new recipe (created if needed).")) -> None:
+    """Write a commented starter recipe (DIR/recipe.toml) and an empty images folder."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / "recipe.toml"
+    if target.exists():
+        fail(f"{target} already exists; not overwriting it")
+    target.write_text(starter_recipe_text(), encoding="utf-8")
+    (directory / "images").mkdir(exist_ok=True)
+    typer.echo(f"wrote {target}; put your images in {directory / 'images'} and run: bakery run {target}")
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="Recipe TOML file."),
+    from_stage: Optional[str] = typer.Option(None, "--from", help="Re-run this stage and every later one."),
+    only: Optional[str] = typer.Option(None, "--only", help="Re-run only this stage (earlier ones from cache)."),
+) -> None:
+    """Run a recipe; unchanged stages come from cache."""
+    execute(recipe, from_stage, only)
+
+
+@app.command()
+def status(recipe: Path = typer.Argument(..., help="Recipe TOML file.")) -> None:
+    """Stage table of the last run: ran/cached/failed, counts, time."""
+    cfg = _load(recipe)
+    if not (cfg.workdir / "catalog.duckdb").exists():
+        fail(f"no runs yet: {cfg.workdir} has no catalog (run: bakery run {recipe})")
+    _print_run(cfg)
+
+
+@app.command()
+def provenance(
+    recipe: Path = typer.Argument(..., help="Recipe TOML file."),
+    image: str = typer.Argument(..., help="Image sha256 (or a 6+ digit prefix, an md5, or a file path)."),
+) -> None:
+    """The chain from an image back to where it came from."""
+    from storage import Catalog, digest_file
+
+    cfg = _load(recipe)
+    ref = digest_file(Path(image)).sha256 if Path(image).is_file() else image
+    with Catalog.open(cfg.workdir, read_only=True) as cat:
+        try:
+            chain = cat.provenance(cat.resolve_hash(ref))
+        except LookupError as exc:
+            fail(str(exc))
+    for src in chain.sources:
+        typer.echo(f"source  {src['kind']}: {src['location']} (fetched {src['fetched_at']:%Y-%m-%d %H:%M:%S})")
+    typer.echo(f"original {chain.origin_hash}")
+    for step in chain.steps:
+        typer.echo(f"  -> {step.stage:<9} {step.output_hash}  params={step.params}  code={step.code_version}")
+
+
+@app.command()
+def demo(workdir: Path = typer.Option(Path("demo-work"), "--workdir", help="Where the demo lives.")) -> None:
+    """Generate the example dataset and run it through every stage built so far."""
+    from bakery.demo import write_demo
+
+    recipe = write_demo(workdir)
+    execute(recipe)
+    typer.echo(f"\ndemo recipe: {recipe}\nwork dir:    {load_recipe(recipe).workdir}")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    sys.exit(app())

@@ -1,0 +1,41 @@
+"""What stages hand each other: lists of images by content hash, plus skips and counts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True, order=True)
+class ImageRef:
+    name: str  # source-relative name without extension, e.g. "chara/img001" or "anim0001"
+    hash: str  # sha256 of the stored file
+
+
+@dataclass(frozen=True)
+class Skip:
+    subject: str  # path, URL or image hash
+    reason: str
+
+
+@dataclass
+class StageResult:
+    images: list[ImageRef]
+    skips: list[Skip] = field(default_factory=list)
+    n_in: int = 0
+    n_processed: int = 0  # worked on in this run (the rest reused from the catalog)
+
+    @property
+    def n_out(self) -> int:
+        return len(self.images)
+
+
+def digest(items: object) -> str:
+    """A stable sha256 of JSON-able data (dataclasses included)."""
+
+    def default(o: object) -> object:
+        return asdict(o)  # type: ignore[call-overload]
+
+    payload = json.dumps(items, sort_keys=True, default=default, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()

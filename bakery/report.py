@@ -1,0 +1,47 @@
+"""Text and markdown views of a run's record (pure formatting)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+STAGE_COLUMNS = ("stage", "status", "n_in", "n_out", "n_processed", "n_skipped", "duration_s")
+HEADERS = ("stage", "status", "in", "out", "processed", "skipped", "time")
+
+
+def _cell(col: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if col == "duration_s":
+        return f"{value:.2f}s"
+    return str(value)
+
+
+def stage_rows(stages: list[dict[str, Any]]) -> list[list[str]]:
+    return [[_cell(c, s.get(c)) for c in STAGE_COLUMNS] for s in stages]
+
+
+def text_table(stages: list[dict[str, Any]]) -> str:
+    rows = [list(HEADERS), *stage_rows(stages)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADERS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def skip_summary(skips: list[dict[str, Any]], limit: int = 20) -> list[str]:
+    """One line per skipped file (first `limit`), then counts by reason."""
+    lines = [f"{s['stage']}: {s['subject']}: {s['reason']}" for s in skips[:limit]]
+    if len(skips) > limit:
+        lines.append(f"... and {len(skips) - limit} more")
+    return lines
+
+
+def markdown_summary(run: dict[str, Any], stages: list[dict[str, Any]], skips: list[dict[str, Any]]) -> str:
+    out = [f"# Run `{run['run_id']}`: {run['status']}", "", f"Recipe: `{run['recipe_path']}`", ""]
+    out.append("| " + " | ".join(HEADERS) + " |")
+    out.append("|" + "---|" * len(HEADERS))
+    out += ["| " + " | ".join(r) + " |" for r in stage_rows(stages)]
+    if skips:
+        out += ["", f"## Skipped ({len(skips)})", ""]
+        for (stage, reason), n in Counter((s["stage"], s["reason"]) for s in skips).most_common():
+            out.append(f"- **{stage}** ×{n}: {reason}")
+    return "\n".join(out) + "\n"

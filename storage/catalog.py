@@ -1,0 +1,362 @@
+"""The DuckDB catalog: provenance of every image and the record of every run.
+
+One file in the work dir. The schema is versioned: `MIGRATIONS` is an ordered
+list, and opening a catalog applies the ones it has not seen yet, in one
+transaction each. Only one process writes at a time (DuckDB allows a single
+read-write process): parallel workers return rows and the task that owns them
+writes them here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+CATALOG_FILE = "catalog.duckdb"
+
+# (version, statements). Append new versions; never edit a released one.
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE images (
+            hash VARCHAR PRIMARY KEY,      -- sha256 of the file bytes (store address)
+            md5 VARCHAR NOT NULL,          -- booru parity
+            width INTEGER, height INTEGER,
+            mode VARCHAR, format VARCHAR,
+            bytes BIGINT, frames INTEGER,
+            pixel_hash VARCHAR,            -- sha256 of decoded pixels (exact dedupe)
+            created_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE sources (
+            image_hash VARCHAR NOT NULL,
+            location VARCHAR NOT NULL,     -- file path or URL
+            kind VARCHAR NOT NULL,         -- folder | danbooru | gelbooru ...
+            name VARCHAR NOT NULL,         -- source-relative name, without extension
+            source_kind VARCHAR,           -- the guide's quality ranking
+            site VARCHAR, post_id VARCHAR,
+            sidecar VARCHAR,               -- raw text of a caption file found beside it
+            extra JSON,
+            fetched_at TIMESTAMPTZ NOT NULL,
+            run_id VARCHAR,
+            PRIMARY KEY (image_hash, location)
+        );
+        CREATE TABLE derivations (
+            input_hash VARCHAR NOT NULL,
+            output_hash VARCHAR NOT NULL,
+            output_suffix VARCHAR NOT NULL, -- appended to the input's name ("0001" for GIF frames)
+            stage VARCHAR NOT NULL,
+            params JSON NOT NULL,
+            params_hash VARCHAR NOT NULL,
+            code_version VARCHAR NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            run_id VARCHAR,
+            PRIMARY KEY (stage, input_hash, params_hash, code_version, output_hash)
+        );
+        CREATE TABLE tags (
+            image_hash VARCHAR NOT NULL,
+            tag VARCHAR NOT NULL,
+            category VARCHAR NOT NULL,     -- general | character | copyright | artist | meta | rating
+            origin VARCHAR NOT NULL,       -- booru | tagger | user
+            confidence DOUBLE,
+            PRIMARY KEY (image_hash, tag, origin)
+        );
+        CREATE TABLE runs (
+            run_id VARCHAR PRIMARY KEY,
+            recipe_path VARCHAR NOT NULL,
+            recipe_hash VARCHAR NOT NULL,
+            recipe JSON NOT NULL,
+            flow_run_id VARCHAR,
+            started_at TIMESTAMPTZ NOT NULL,
+            finished_at TIMESTAMPTZ,
+            status VARCHAR NOT NULL,       -- running | completed | failed
+            message VARCHAR
+        );
+        CREATE TABLE stage_runs (
+            run_id VARCHAR NOT NULL,
+            stage VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,       -- ran | cached | failed
+            n_in INTEGER, n_out INTEGER,
+            n_processed INTEGER,           -- images actually worked on (not reused)
+            n_skipped INTEGER,
+            duration_s DOUBLE,
+            started_at TIMESTAMPTZ NOT NULL,
+            message VARCHAR,
+            PRIMARY KEY (run_id, stage)
+        );
+        CREATE TABLE skips (
+            run_id VARCHAR NOT NULL,
+            stage VARCHAR NOT NULL,
+            subject VARCHAR NOT NULL,      -- path, URL or image hash
+            reason VARCHAR NOT NULL
+        );
+        CREATE TABLE duplicates (
+            stage VARCHAR NOT NULL,
+            image_hash VARCHAR NOT NULL,   -- the dropped image
+            kept_hash VARCHAR NOT NULL,
+            method VARCHAR NOT NULL,       -- exact | phash | dhash ...
+            distance DOUBLE NOT NULL,
+            run_id VARCHAR,
+            PRIMARY KEY (stage, image_hash)
+        );
+        CREATE TABLE tag_stats (
+            run_id VARCHAR NOT NULL,
+            concept VARCHAR NOT NULL,      -- concept or group name
+            phase VARCHAR NOT NULL,        -- before_prune | after_prune
+            tag VARCHAR NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (run_id, concept, phase, tag)
+        );
+        """,
+    ),
+]
+
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class ProvenanceStep:
+    stage: str
+    input_hash: str
+    output_hash: str
+    output_suffix: str
+    params: dict[str, Any]
+    code_version: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Provenance:
+    image_hash: str
+    steps: list[ProvenanceStep]  # from the original to the image
+    origin_hash: str
+    sources: list[dict[str, Any]]
+
+
+class Catalog:
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path):
+        self.con = con
+        self.path = path
+
+    # -- opening and migrations -------------------------------------------------
+    @classmethod
+    @contextmanager
+    def open(
+        cls, path: Path | str, migrations: Sequence[tuple[int, str]] = MIGRATIONS, read_only: bool = False
+    ) -> Iterator["Catalog"]:
+        path = Path(path)
+        if path.is_dir():
+            path = path / CATALOG_FILE
+        if read_only and not path.exists():
+            raise FileNotFoundError(f"no catalog at {path}: run the recipe first")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and path.stat().st_size == 0:
+            path.unlink()  # an empty file holds nothing: start a fresh catalog there
+        con = duckdb.connect(str(path), read_only=read_only)
+        try:
+            catalog = cls(con, path)
+            if not read_only:
+                catalog.migrate(migrations)
+            yield catalog
+        finally:
+            con.close()
+
+    def version(self) -> int:
+        exists = self.con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+        ).fetchone()[0]
+        if not exists:
+            return 0
+        return self.con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+
+    def migrate(self, migrations: Sequence[tuple[int, str]]) -> list[int]:
+        self.con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ)")
+        current, applied = self.version(), []
+        for version, sql in migrations:
+            if version <= current:
+                continue
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                self.con.execute(sql)
+                self.con.execute("INSERT INTO schema_version VALUES (?, ?)", [version, now()])
+                self.con.execute("COMMIT")
+            except Exception:
+                self.con.execute("ROLLBACK")
+                raise
+            applied.append(version)
+        return applied
+
+    # -- writing ---------------------------------------------------------------
+    def _insert(self, table: str, rows: Iterable[dict[str, Any]], verb: str = "INSERT OR IGNORE") -> int:
+        rows = list(rows)
+        if not rows:
+            return 0
+        cols = list(rows[0])
+        sql = f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        values = [[_jsonable(r[c]) for c in cols] for r in rows]
+        self.con.executemany(sql, values)
+        return len(rows)
+
+    def add_images(self, rows: Iterable[dict[str, Any]]) -> int:
+        return self._insert("images", ({"created_at": now(), **r} for r in rows))
+
+    def set_pixel_hashes(self, pairs: Iterable[tuple[str, str]]) -> None:
+        pairs = [[ph, h] for h, ph in pairs]
+        if pairs:
+            self.con.executemany("UPDATE images SET pixel_hash = ? WHERE hash = ?", pairs)
+
+    def add_sources(self, rows: Iterable[dict[str, Any]], run_id: str | None) -> int:
+        return self._insert("sources", ({"fetched_at": now(), "run_id": run_id, **r} for r in rows))
+
+    def add_derivations(self, rows: Iterable[dict[str, Any]], run_id: str | None) -> int:
+        return self._insert("derivations", ({"created_at": now(), "run_id": run_id, **r} for r in rows))
+
+    def add_duplicates(self, rows: Iterable[dict[str, Any]], run_id: str | None) -> int:
+        return self._insert("duplicates", ({"run_id": run_id, **r} for r in rows), verb="INSERT OR REPLACE")
+
+    def add_skips(self, run_id: str, stage: str, skips: Iterable[tuple[str, str]]) -> int:
+        return self._insert("skips", ({"run_id": run_id, "stage": stage, "subject": s, "reason": r} for s, r in skips), verb="INSERT")
+
+    def start_run(self, run_id: str, recipe_path: str, recipe_hash: str, recipe_json: str, flow_run_id: str | None) -> None:
+        self._insert(
+            "runs",
+            [
+                {
+                    "run_id": run_id,
+                    "recipe_path": recipe_path,
+                    "recipe_hash": recipe_hash,
+                    "recipe": recipe_json,
+                    "flow_run_id": flow_run_id,
+                    "started_at": now(),
+                    "status": "running",
+                }
+            ],
+        )
+
+    def finish_run(self, run_id: str, status: str, message: str | None = None) -> None:
+        self.con.execute(
+            "UPDATE runs SET status = ?, message = ?, finished_at = ? WHERE run_id = ?", [status, message, now(), run_id]
+        )
+
+    def record_stage(self, run_id: str, stage: str, **fields: Any) -> None:
+        self._insert("stage_runs", [{"run_id": run_id, "stage": stage, "started_at": now(), **fields}], verb="INSERT OR REPLACE")
+
+    # -- reading ---------------------------------------------------------------
+    def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self.con.execute(sql, list(params))
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row)) for row in cur.fetchall()]
+
+    def known_sources(self, locations: Sequence[str]) -> dict[tuple[str, str], str]:
+        """(location, image_hash) pairs already ingested, mapped to the source name."""
+        if not locations:
+            return {}
+        found = self.con.execute(
+            "SELECT location, image_hash, name FROM sources WHERE location IN (SELECT unnest(?))", [list(locations)]
+        ).fetchall()
+        return {(loc, h): name for loc, h, name in found}
+
+    def find_derivations(
+        self, stage: str, params_hash: str, code_version: str, input_hashes: Sequence[str]
+    ) -> dict[str, list[tuple[str, str]]]:
+        """Earlier outputs (hash, name suffix) of this stage for these inputs, same parameters and code."""
+        found: dict[str, list[tuple[str, str]]] = {}
+        if not input_hashes:
+            return found
+        rows = self.con.execute(
+            """SELECT input_hash, output_hash, output_suffix FROM derivations
+               WHERE stage = ? AND params_hash = ? AND code_version = ?
+                 AND input_hash IN (SELECT unnest(?)) ORDER BY input_hash, output_suffix""",
+            [stage, params_hash, code_version, list(input_hashes)],
+        ).fetchall()
+        for inp, out, name in rows:
+            found.setdefault(inp, []).append((out, name))
+        return found
+
+    def image_rows(self, hashes: Sequence[str]) -> dict[str, dict[str, Any]]:
+        if not hashes:
+            return {}
+        rows = self.rows("SELECT * FROM images WHERE hash IN (SELECT unnest(?))", [list(hashes)])
+        return {r["hash"]: r for r in rows}
+
+    def pixel_hashes(self, hashes: Sequence[str]) -> dict[str, str | None]:
+        rows = self.con.execute(
+            "SELECT hash, pixel_hash FROM images WHERE hash IN (SELECT unnest(?))", [list(hashes)]
+        ).fetchall()
+        return dict(rows)
+
+    def resolve_hash(self, ref: str) -> str:
+        """A full image hash from a full hash, a unique prefix (>= 6 chars) or an md5."""
+        ref = ref.strip().lower()
+        if len(ref) < 6:
+            raise LookupError(f"image reference '{ref}' is too short: give at least 6 hex digits")
+        rows = self.con.execute(
+            "SELECT hash FROM images WHERE hash LIKE ? OR md5 = ? ORDER BY hash", [ref + "%", ref]
+        ).fetchall()
+        if not rows:
+            raise LookupError(f"no image in the catalog matches '{ref}'")
+        if len(rows) > 1:
+            raise LookupError(f"'{ref}' matches {len(rows)} images: give more digits")
+        return rows[0][0]
+
+    def provenance(self, image_hash: str) -> Provenance:
+        """The chain of derivations from an original (an image with sources) to `image_hash`."""
+        steps: list[ProvenanceStep] = []
+        current, seen = image_hash, {image_hash}
+        while True:
+            sources = self.rows("SELECT * FROM sources WHERE image_hash = ? ORDER BY location", [current])
+            if sources:
+                return Provenance(image_hash, list(reversed(steps)), current, sources)
+            rows = self.rows(
+                """SELECT * FROM derivations WHERE output_hash = ? AND input_hash <> output_hash
+                   ORDER BY created_at LIMIT 1""",
+                [current],
+            )
+            if not rows:
+                raise LookupError(f"image {image_hash[:12]} has no recorded source (chain stops at {current[:12]})")
+            row = rows[0]
+            steps.append(
+                ProvenanceStep(
+                    stage=row["stage"],
+                    input_hash=row["input_hash"],
+                    output_hash=row["output_hash"],
+                    output_suffix=row["output_suffix"],
+                    params=json.loads(row["params"]),
+                    code_version=row["code_version"],
+                    created_at=row["created_at"],
+                )
+            )
+            current = row["input_hash"]
+            if current in seen:
+                raise LookupError(f"derivation cycle at {current[:12]}")
+            seen.add(current)
+
+    def last_run(self, recipe_path: str | None = None) -> dict[str, Any] | None:
+        where, params = ("WHERE recipe_path = ?", [recipe_path]) if recipe_path else ("", [])
+        rows = self.rows(f"SELECT * FROM runs {where} ORDER BY started_at DESC LIMIT 1", params)
+        return rows[0] if rows else None
+
+    def stage_table(self, run_id: str) -> list[dict[str, Any]]:
+        return self.rows("SELECT * FROM stage_runs WHERE run_id = ? ORDER BY started_at", [run_id])
+
+    def skips_for(self, run_id: str) -> list[dict[str, Any]]:
+        return self.rows("SELECT stage, subject, reason FROM skips WHERE run_id = ? ORDER BY stage, subject", [run_id])
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,29 @@
+"""Convert: originals to normalised PNG, one derivation per output frame."""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import task
+
+import tasks.image_workers as image_workers
+from bakery.craft import convert as craft
+from bakery.manifest import ImageRef, StageResult
+from bakery.recipe import ConvertParams
+from tasks import caching
+from tasks.stage import RunInfo, Stage, derive_per_image
+
+
+@task(name="convert")
+def convert(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, workers: int | None) -> StageResult:
+    params = ConvertParams.model_validate_json(params_json)
+    run = RunInfo(run_id, workdir, workers)
+    store_root = str(run.store.root)
+    return derive_per_image(
+        "convert", CONVERT.code_version, inputs, params_json, run,
+        work=image_workers.convert_one,
+        make_job=lambda ref: image_workers.ConvertJob(ref, store_root, params.png_compress_level),
+    )
+
+
+CONVERT = Stage("convert", convert, caching.code_version(craft, image_workers, sys.modules[__name__]))

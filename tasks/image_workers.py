@@ -1,0 +1,86 @@
+"""Per-image work run in worker processes.
+
+No Prefect import here (workers start fast) and no catalog access (one writer):
+each function reads its input, writes new files to the content store, and
+returns plain rows for the task to write to the catalog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bakery.craft.convert import convert_image
+from bakery.craft.ingest import Limits, SkipImage, SourceFile, inspect_image
+from bakery.manifest import ImageRef, Skip
+from storage import ContentStore, Digest
+
+
+@dataclass(frozen=True)
+class IngestJob:
+    source: SourceFile
+    store_root: str
+    limits: Limits
+
+
+def ingest_one(job: IngestJob) -> dict[str, Any] | Skip:
+    src = job.source
+    try:
+        job.limits.check_size(src.size)  # before reading a huge file into memory
+        data = Path(src.path).read_bytes()
+        info = inspect_image(data, job.limits)
+    except SkipImage as exc:
+        return Skip(src.path, str(exc))
+    except OSError as exc:
+        return Skip(src.path, f"cannot read file: {exc.strerror or exc}")
+    if hashlib.sha256(data).hexdigest() != src.sha256:  # changed between the scan and now
+        return Skip(src.path, "file changed while the run was reading it: run again")
+    digest = ContentStore(job.store_root).put_bytes(data, Digest(src.sha256, src.md5, src.size))
+    return {
+        "hash": digest.sha256,
+        "md5": digest.md5,
+        "width": info.width,
+        "height": info.height,
+        "mode": info.mode,
+        "format": info.format,
+        "bytes": digest.size,
+        "frames": info.frames,
+    }
+
+
+@dataclass(frozen=True)
+class ConvertJob:
+    image: ImageRef
+    store_root: str
+    compress_level: int
+
+
+def convert_one(job: ConvertJob) -> list[dict[str, Any]] | Skip:
+    """One row per output frame: the image row plus the output's name suffix."""
+    store = ContentStore(job.store_root)
+    data = store.read_bytes(job.image.hash)
+    try:
+        frames = convert_image(data, job.compress_level)
+    except (OSError, ValueError) as exc:  # decoded in ingest, but a mode Pillow cannot convert
+        return Skip(job.image.hash, f"cannot convert: {type(exc).__name__}: {exc}")
+    rows = []
+    for frame in frames:
+        # png None: the input is kept as it is (its image row exists already)
+        digest = Digest(job.image.hash, "", len(data)) if frame.png is None else store.put_bytes(frame.png)
+        rows.append(
+            {
+                "hash": digest.sha256,
+                "md5": digest.md5,
+                "width": frame.width,
+                "height": frame.height,
+                "mode": frame.mode,
+                "format": "PNG",
+                "bytes": digest.size,
+                "frames": 1,
+                "pixel_hash": frame.pixel_hash,
+                "output_suffix": frame.suffix,
+            }
+        )
+    return rows

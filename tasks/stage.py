@@ -1,0 +1,178 @@
+"""How a stage runs: cache settings, per-image incremental work, the run record.
+
+A stage is a Prefect task whose result is persisted under a key made of its
+inputs' content hashes, its parameters and its code version (tasks/caching.py):
+re-running an unchanged recipe returns every stage `Cached`. When a stage does
+run, `derive_per_image` still only works on images the catalog has not seen
+with the same parameters and code, so adding one image processes one image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import Task, get_run_logger
+from prefect.context import FlowRunContext
+
+from bakery.manifest import ImageRef, Skip, StageResult
+from storage import STORE_DIR, Catalog, ContentStore
+from tasks.caching import stage_cache_key_fn
+from tasks.pool import map_images
+
+RESULTS_DIR = "results"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What every stage of one run needs to know besides its own inputs."""
+
+    run_id: str
+    workdir: str
+    workers: int | None = None
+
+    @property
+    def catalog(self) -> Path:
+        return Path(self.workdir) / "catalog.duckdb"
+
+    @property
+    def store(self) -> ContentStore:
+        return ContentStore(Path(self.workdir) / STORE_DIR)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    task: Task[..., StageResult]
+    code_version: str
+
+
+class StageFailed(RuntimeError):
+    def __init__(self, stage: str, reason: str):
+        self.stage, self.reason = stage, reason
+        super().__init__(f"stage {stage} failed: {reason}")
+
+
+def params_hash(params_json: str) -> str:
+    return hashlib.sha256(params_json.encode()).hexdigest()[:16]
+
+
+def begin_run(workdir: Path, recipe_path: str, recipe_hash: str, recipe_json: str, workers: int | None) -> RunInfo:
+    ctx = FlowRunContext.get()
+    flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
+    run = RunInfo(run_id=uuid.uuid4().hex[:12], workdir=str(workdir), workers=workers)
+    with Catalog.open(run.catalog) as cat:
+        cat.start_run(run.run_id, recipe_path, recipe_hash, recipe_json, flow_run_id)
+    return run
+
+
+def end_run(run: RunInfo, status: str, message: str | None = None) -> None:
+    with Catalog.open(run.catalog) as cat:
+        cat.finish_run(run.run_id, status, message)
+
+
+def run_stage(stage: Stage, inputs: Any, params_json: str, run: RunInfo, refresh: bool = False) -> StageResult:
+    """Run (or fetch from cache) one stage and record it in the catalog."""
+    task = stage.task.with_options(
+        cache_key_fn=stage_cache_key_fn(stage.name, stage.code_version),
+        result_storage=Path(run.workdir) / RESULTS_DIR,
+        persist_result=True,
+        refresh_cache=refresh,
+    )
+    started = time.monotonic()
+    state = task(
+        inputs=inputs, params_json=params_json, workdir=run.workdir, run_id=run.run_id, workers=run.workers,
+        return_state=True,
+    )
+    duration = time.monotonic() - started
+    if not state.is_completed():
+        try:
+            state.result()
+        except Exception as exc:  # the task's own exception carries the reason
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            reason = state.message or state.name
+        with Catalog.open(run.catalog) as cat:
+            cat.record_stage(run.run_id, stage.name, status="failed", duration_s=duration, message=reason)
+        raise StageFailed(stage.name, reason)
+    result: StageResult = state.result()
+    cached = state.name == "Cached"
+    with Catalog.open(run.catalog) as cat:
+        cat.record_stage(
+            run.run_id,
+            stage.name,
+            status="cached" if cached else "ran",
+            n_in=result.n_in,
+            n_out=result.n_out,
+            n_processed=0 if cached else result.n_processed,
+            n_skipped=len(result.skips),
+            duration_s=duration,
+        )
+        cat.add_skips(run.run_id, stage.name, [(s.subject, s.reason) for s in result.skips])
+    get_run_logger().info(
+        "%s: %d in, %d out, %d skipped, %d processed%s",
+        stage.name, result.n_in, result.n_out, len(result.skips),
+        0 if cached else result.n_processed, " (cached)" if cached else "",
+    )
+    return result
+
+
+def derive_per_image(
+    stage: str,
+    code_version: str,
+    inputs: list[ImageRef],
+    params_json: str,
+    run: RunInfo,
+    work: Callable[[Any], list[dict[str, Any]] | Skip],
+    make_job: Callable[[ImageRef], Any],
+) -> StageResult:
+    """Apply `work` to each input image not already derived with these parameters and code.
+
+    `work(job)` returns one row per output image (image columns plus `output_suffix`),
+    or a Skip. An output equal to its input (nothing to change) keeps the input's file.
+    """
+    p_hash = params_hash(params_json)
+    unique = list({ref.hash: ref for ref in sorted(inputs)}.values())
+    with Catalog.open(run.catalog) as cat:
+        memo = cat.find_derivations(stage, p_hash, code_version, [r.hash for r in unique])
+    store = run.store
+    todo = [r for r in unique if not all(store.has(h) for h, _ in memo.get(r.hash, [("", "")]))]
+
+    skips: list[Skip] = []
+    images, passthrough, derivations = [], [], []
+    for ref, rows in zip(todo, map_images(stage, work, [make_job(r) for r in todo], run.workers)):
+        if isinstance(rows, Skip):
+            skips.append(rows)
+            continue
+        memo[ref.hash] = [(row["hash"], row["output_suffix"]) for row in rows]
+        for row in rows:
+            suffix = row.pop("output_suffix")
+            if row["hash"] == ref.hash:
+                passthrough.append((ref.hash, row["pixel_hash"]))
+            else:
+                images.append(row)
+            derivations.append(
+                {
+                    "input_hash": ref.hash,
+                    "output_hash": row["hash"],
+                    "output_suffix": suffix,
+                    "stage": stage,
+                    "params": params_json,
+                    "params_hash": p_hash,
+                    "code_version": code_version,
+                }
+            )
+    with Catalog.open(run.catalog) as cat:
+        cat.add_images(images)
+        cat.set_pixel_hashes(passthrough)
+        cat.add_derivations(derivations, run.run_id)
+
+    outputs = [
+        ImageRef(ref.name + suffix, out_hash) for ref in sorted(inputs) for out_hash, suffix in memo.get(ref.hash, [])
+    ]
+    return StageResult(images=outputs, skips=skips, n_in=len(inputs), n_processed=len(todo))
