@@ -225,6 +225,10 @@ def _describe(err: dict[str, Any]) -> str:
         return f"must be {bounds[kind]} {bound}, got {value!r}"
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected')}, got {value!r}"
+    if kind == "union_tag_not_found":
+        return f"'{ctx.get('discriminator', 'kind').strip(chr(39))}' is missing"
+    if kind == "union_tag_invalid":
+        return f"kind must be one of {ctx.get('expected_tags')}, got {ctx.get('tag')!r}"
     if kind == "string_pattern_mismatch":
         return f"must contain only letters, digits, '_', '-', '.', got {value!r}"
     msg = err["msg"].removeprefix("Value error, ")

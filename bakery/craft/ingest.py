@@ -97,8 +97,10 @@ def inspect_image(data: bytes, limits: Limits) -> ImageInfo:
         raise SkipImage("empty file (0 bytes)")
     if _avif_missing(data):
         raise SkipImage("AVIF image, but this Pillow has no AVIF support: install Pillow>=11.3")
+    # Our own pixel limit applies (Limits.check); Pillow must not refuse below it.
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limits.max_pixels:
+        Image.MAX_IMAGE_PIXELS = limits.max_pixels
     with warnings.catch_warnings():
-        # Our own pixel limit applies (Limits.check); Pillow's warning would only be noise.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             im = Image.open(io.BytesIO(data))
