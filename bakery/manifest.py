@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 class ImageRef:
     name: str  # source-relative name without extension, e.g. "chara/img001" or "anim0001"
     hash: str  # sha256 of the stored file
+    mask: str = ""  # sha256 of its greyscale loss mask (white = train), set by the masks stage when QA passed
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,31 @@ class StageResult:
     @property
     def n_out(self) -> int:
         return len(self.images)
+
+
+@dataclass(frozen=True, order=True)
+class TrainImage:
+    """One image of the training set, as kohya sees it: `img/<repeats>_<folder>/<name>.png` + `.txt`."""
+
+    folder: str  # concept group without repeats: "CharaA", "CharaA_outfit1", "misc"
+    name: str
+    image_hash: str  # the final prepared image
+    caption: str  # final caption, trigger first ("trigger, tag, tag"); may hold the keep-tokens separator "|||"
+    repeats: int
+    mask_hash: str = ""  # "" = no masked loss for this image
+    is_reg: bool = False  # a regularisation image (prior loss), `reg/<repeats>_<folder>/`
+
+    @property
+    def kohya_dir(self) -> str:
+        return f"{self.repeats}_{self.folder}"
+
+
+@dataclass
+class TrainSet:
+    """What the prune stage hands the bake stage."""
+
+    images: list[TrainImage]
+    triggers: list[str]  # every trigger word, for metadata and evaluation prompts
 
 
 def digest(items: object) -> str:

@@ -1,0 +1,134 @@
+"""The `tiny` base model: an SD1.5-shaped pipeline with random weights, built locally.
+
+Real checkpoints cannot be downloaded on the machines that build and test this
+project, so the demo and the tests train on this: the same classes, file
+layout (diffusers directory: model_index.json, unet/, vae/, text_encoder/,
+tokenizer/, scheduler/) and code path as SD1.5, only small. It proves the whole
+pipeline, not image quality.
+
+Shape: UNet with cross-attention (2 levels), VAE with the real 8x downscale,
+a 2-layer CLIP text encoder (so clip skip 2 is meaningful) and a CLIP BPE
+tokenizer whose vocabulary is every byte plus whole-word merges for the words
+given (triggers and tags), so a tag is one token like in the real vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+TINY_SEED = 0
+MARKER = "bakery-tiny.json"  # written last: a folder without it is an unfinished build
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def write_clip_tokenizer(folder: Path, words: Iterable[str] = ()) -> int:
+    """vocab.json + merges.txt for transformers' CLIPTokenizer; returns the vocabulary size."""
+    chars = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for token in chars + [c + "</w>" for c in chars]:
+        vocab.setdefault(token, len(vocab))
+    merges: list[str] = []
+    table = _bytes_to_unicode()
+    for word in sorted({w.lower() for text in words for w in text.replace(",", " ").replace("_", " ").split()}):
+        symbols = [table[b] for b in word.encode("utf-8")]
+        if len(symbols) < 2:
+            continue
+        symbols[-1] += "</w>"
+        merged = symbols[0]
+        for sym in symbols[1:]:
+            pair = f"{merged} {sym}"
+            merged += sym
+            if merged not in vocab:
+                merges.append(pair)
+                vocab[merged] = len(vocab)
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return len(vocab)
+
+
+def build_tiny_sd15(folder: Path | str, words: Iterable[str] = (), seed: int = TINY_SEED) -> Path:
+    """Build (once) and save the tiny SD1.5-shaped pipeline to `folder`; returns the folder.
+
+    Deterministic: the same seed and words give the same weights.
+    """
+    folder = Path(folder)
+    if (folder / MARKER).exists():
+        return folder
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok_dir = folder / "tokenizer"
+    vocab_size = write_clip_tokenizer(tok_dir, words)
+    tokenizer = CLIPTokenizer(
+        str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77, pad_token="<|endoftext|>"
+    )
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16, 32, 32),  # four levels: the real 8x downscale
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+            projection_dim=32,
+        )
+    )
+    # SD1.5's training noise schedule.
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    (folder / MARKER).write_text(json.dumps({"preset": "tiny", "architecture": "sd15", "seed": seed}), encoding="utf-8")
+    return folder
