@@ -57,6 +57,19 @@ class TrainSet:
     triggers: list[str]  # every trigger word, for metadata and evaluation prompts
 
 
+@dataclass
+class BakeOutput:
+    """What the bake stage hands the evaluate stage."""
+
+    name: str  # output name: files are `<name>-<epoch:06d>.safetensors` (kohya's naming)
+    base_model: str  # what it was trained on: a diffusers folder, a single .safetensors file or a hub id
+    architecture: str  # "sd15" | "sdxl"
+    files: dict[int, str]  # epoch -> kohya/A1111-format LoRA file (what users publish)
+    bake_key: str  # this bake's id in the catalog's `bake_log` (loss per step)
+    triggers: list[str]
+    clip_skip: int = 2
+
+
 def digest(items: object) -> str:
     """A stable sha256 of JSON-able data (dataclasses included)."""
 

@@ -116,6 +116,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        5,
+        """
+        CREATE TABLE bake_log (
+            bake_key VARCHAR NOT NULL,     -- one bake (inputs + parameters + code)
+            step INTEGER NOT NULL,         -- optimizer step, 1-based
+            epoch INTEGER NOT NULL,        -- 1-based epoch the step belongs to
+            loss DOUBLE NOT NULL,
+            lr DOUBLE,
+            created_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (bake_key, step)
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -198,6 +212,14 @@ class Catalog:
         return applied
 
     # -- writing ---------------------------------------------------------------
+    def add_bake_log(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Loss per step; re-logging a step (a resumed bake) replaces it."""
+        stamped = [{**row, "created_at": row.get("created_at") or now()} for row in rows]
+        return self._insert("bake_log", stamped, verb="INSERT OR REPLACE")
+
+    def bake_log(self, bake_key: str) -> list[dict[str, Any]]:
+        return self.rows("SELECT step, epoch, loss, lr FROM bake_log WHERE bake_key = ? ORDER BY step", [bake_key])
+
     def _insert(self, table: str, rows: Iterable[dict[str, Any]], verb: str = "INSERT OR IGNORE") -> int:
         rows = list(rows)
         if not rows:
