@@ -142,5 +142,73 @@ def demo(workdir: Path = typer.Option(Path("demo-work"), "--workdir", help="Wher
     typer.echo(f"\ndemo recipe: {recipe}\nwork dir:    {load_recipe(recipe).workdir}")
 
 
+@app.command()
+def serve(
+    recipe: Path = typer.Argument(..., help="Recipe TOML file."),
+    cron: Optional[str] = typer.Option("0 3 * * *", help="Schedule (cron); '' for none."),
+    on_new_images: bool = typer.Option(True, help="Also run when `bakery watch` reports new images."),
+) -> None:
+    """Serve the recipe's deployment (on demand, scheduled, event-triggered) until stopped.
+
+    Needs a Prefect server: set PREFECT_API_URL (e.g. after `prefect server start`).
+    """
+    from prefect import serve as prefect_serve
+    from prefect.settings import PREFECT_API_URL
+
+    _load(recipe)
+    _quiet_prefect_defaults()
+    if not PREFECT_API_URL.value():
+        fail("serving needs a Prefect server: run `prefect server start` and set PREFECT_API_URL "
+             "(e.g. http://127.0.0.1:4200/api)", code=2)
+    from flows.deploy import recipe_deployments
+
+    deployments = recipe_deployments(recipe, cron=cron or None, on_new_images=on_new_images)
+    typer.echo(f"serving {', '.join('bake-lora/' + d.name for d in deployments)}; Ctrl-C to stop")
+    prefect_serve(*deployments, print_starting_message=False)
+
+
+@app.command()
+def watch(
+    recipe: Path = typer.Argument(..., help="Recipe TOML file."),
+    interval: float = typer.Option(60.0, help="Seconds between looks at the source folders."),
+    polls: int = typer.Option(0, help="Stop after this many polls (0: run until stopped)."),
+) -> None:
+    """Emit a `bakery.images.added` event when the recipe's source folders change.
+
+    A deployment served by `bakery serve` runs the recipe on that event.
+    """
+    import time
+
+    from prefect.events import emit_event
+
+    from bakery.watch import folders_fingerprint
+    from flows.deploy import IMAGES_ADDED_EVENT, recipe_resource_id
+    from flows.runtime import drain_client_workers
+
+    cfg = _load(recipe)
+    _quiet_prefect_defaults()
+    folders = [(cfg.resolve(s.path), s.recursive) for s in cfg.sources if s.kind == "folder"]
+    last, count = folders_fingerprint(folders)
+    typer.echo(f"watching {count} files in {len(folders)} folder(s) every {interval:g} s")
+    n = 0
+    while polls <= 0 or n < polls:
+        time.sleep(interval)
+        n += 1
+        current, count = folders_fingerprint(folders)
+        if current != last:
+            last = current
+            emit_event(
+                event=IMAGES_ADDED_EVENT,
+                resource={"prefect.resource.id": recipe_resource_id(recipe), "bakery.recipe": str(recipe.resolve())},
+                payload={"files": count},
+            )
+            drain_client_workers()  # the event leaves now, not at exit
+            typer.echo(f"source folders changed ({count} files): event {IMAGES_ADDED_EVENT} sent")
+
+
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())
+
+
+if __name__ == "__main__":  # `python -m bakery.cli`
+    main()

@@ -30,7 +30,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _drain_client_workers() -> None:
+def drain_client_workers() -> None:
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
@@ -92,11 +92,11 @@ def prefect_api(log_dir: Path) -> Iterator[str]:
         try:
             yield configured
         finally:
-            _drain_client_workers()
+            drain_client_workers()
         return
     with _temporary_server(log_dir / "prefect-server.log") as api_url:
         with temporary_settings({PREFECT_API_URL: api_url}):
             try:
                 yield api_url
             finally:
-                _drain_client_workers()
+                drain_client_workers()
