@@ -4,7 +4,7 @@ VENV ?= .venv
 WORKDIR ?= demo-work
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean browser
 
 # constraints.txt pins torch/torchvision to the builds CI and our machines carry.
 $(VENV)/.installed: pyproject.toml constraints.txt
@@ -17,7 +17,12 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/bakery demo --workdir $(WORKDIR)
 
-test: install
+# The evaluation report test opens the HTML report in headless Chromium (Debian's package).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || { echo "the report test needs Chromium: apt-get install chromium (as root)"; exit 1; }
+
+test: install browser
 	$(BIN)/python -m pytest
 
 bench: install
