@@ -26,6 +26,9 @@ class StageResult:
     skips: list[Skip] = field(default_factory=list)
     n_in: int = 0
     n_processed: int = 0  # worked on in this run (the rest reused from the catalog)
+    # What a late stage hands on besides images: TrainSet (prune), BakeOutput (bake),
+    # the report path (evaluate). None for the per-image stages.
+    payload: object = None
 
     @property
     def n_out(self) -> int:
