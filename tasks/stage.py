@@ -122,6 +122,37 @@ def run_stage(stage: Stage, inputs: Any, params_json: str, run: RunInfo, refresh
     return result
 
 
+class _PendingRows:
+    """Catalog rows of finished images, written in batches while the stage runs.
+
+    A killed run keeps what it finished: the re-run finds those derivations and
+    works only on the rest.
+    """
+
+    FLUSH_EVERY = 64  # images
+    FLUSH_AFTER_S = 10.0
+
+    def __init__(self, run: RunInfo):
+        self.run = run
+        self.images: list[dict[str, Any]] = []
+        self.passthrough: list[tuple[str, str]] = []
+        self.derivations: list[dict[str, Any]] = []
+        self._last = time.monotonic()
+
+    def flush_if_due(self) -> None:
+        if len(self.derivations) >= self.FLUSH_EVERY or time.monotonic() - self._last >= self.FLUSH_AFTER_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.derivations or self.images or self.passthrough:
+            with Catalog.open(self.run.catalog) as cat:
+                cat.add_images(self.images)
+                cat.set_pixel_hashes(self.passthrough)
+                cat.add_derivations(self.derivations, self.run.run_id)
+        self.images, self.passthrough, self.derivations = [], [], []
+        self._last = time.monotonic()
+
+
 def derive_per_image(
     stage: str,
     code_version: str,
@@ -144,7 +175,7 @@ def derive_per_image(
     todo = [r for r in unique if not all(store.has(h) for h, _ in memo.get(r.hash, [("", "")]))]
 
     skips: list[Skip] = []
-    images, passthrough, derivations = [], [], []
+    pending = _PendingRows(run)
     for ref, rows in zip(todo, map_images(stage, work, [make_job(r) for r in todo], run.workers)):
         if isinstance(rows, Skip):
             skips.append(rows)
@@ -153,10 +184,10 @@ def derive_per_image(
         for row in rows:
             suffix = row.pop("output_suffix")
             if row["hash"] == ref.hash:
-                passthrough.append((ref.hash, row["pixel_hash"]))
+                pending.passthrough.append((ref.hash, row["pixel_hash"]))
             else:
-                images.append(row)
-            derivations.append(
+                pending.images.append(row)
+            pending.derivations.append(
                 {
                     "input_hash": ref.hash,
                     "output_hash": row["hash"],
@@ -167,10 +198,8 @@ def derive_per_image(
                     "code_version": code_version,
                 }
             )
-    with Catalog.open(run.catalog) as cat:
-        cat.add_images(images)
-        cat.set_pixel_hashes(passthrough)
-        cat.add_derivations(derivations, run.run_id)
+        pending.flush_if_due()
+    pending.flush()
 
     outputs = [
         ImageRef(ref.name + suffix, out_hash) for ref in sorted(inputs) for out_hash, suffix in memo.get(ref.hash, [])
