@@ -206,6 +206,19 @@ def watch(
             typer.echo(f"source folders changed ({count} files): event {IMAGES_ADDED_EVENT} sent")
 
 
+@app.command("recipe-doc")
+def recipe_doc(
+    write: Path = typer.Option(None, "--write", help="Rewrite the reference block in this file (README.md)."),
+) -> None:
+    """Print the recipe reference generated from the recipe model (or update README.md's copy)."""
+    from bakery.recipe_doc import reference_markdown, update_readme
+
+    if write is None:
+        typer.echo(reference_markdown())
+    else:
+        typer.echo(f"{write}: {'updated' if update_readme(write) else 'already up to date'}")
+
+
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())
 
