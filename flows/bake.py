@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from prefect import flow
@@ -14,11 +15,20 @@ from tasks.convert import CONVERT
 from tasks.dedupe import DEDUPE
 from tasks.ingest import INGEST, FolderSpec, scan_sources
 from tasks.report import run_summary_markdown
+from tasks.pool import Runner, use_runner
 from tasks.stage import RunInfo, begin_run, end_run, run_stage
 
 # Stages built so far, in chain order. A stage not built is absent, not a no-op.
 GATHER = (INGEST, CONVERT, DEDUPE)
 BUILT = tuple(s.name for s in GATHER)
+
+
+def _runner(recipe: Recipe) -> Runner:
+    from prefect.settings import PREFECT_API_URL
+
+    rt = recipe.runtime
+    address = rt.dask_address or os.environ.get("BAKERY_DASK_ADDRESS") or None
+    return Runner(rt.task_runner, address, rt.chunk_size, PREFECT_API_URL.value() or None)
 
 
 def _folders(recipe: Recipe) -> list[FolderSpec]:
@@ -48,7 +58,8 @@ def bake_lora(recipe_path: str, from_stage: str | None = None, only_stage: str |
     run = begin_run(recipe.workdir, str(Path(recipe_path).resolve()), recipe.digest(),
                     recipe.model_dump_json(), recipe.runtime.workers)
     try:
-        gather(recipe_path, run, list(plan.stages), sorted(plan.refresh))
+        with use_runner(_runner(recipe)):
+            gather(recipe_path, run, list(plan.stages), sorted(plan.refresh))
     except BaseException as exc:
         end_run(run, "failed", f"{type(exc).__name__}: {exc}")
         raise

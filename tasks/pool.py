@@ -1,12 +1,20 @@
-"""Run per-image work in a process pool, streaming results in input order."""
+"""Run per-image work in a process pool or on a Dask cluster, streaming results in input order.
+
+Where the work runs never changes what it produces, so it is not part of any cache
+key: the flow picks the runner for the whole run (`use_runner`), stages just call
+`map_images`.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import TypeVar
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from tasks.progress import StageProgress
 
@@ -17,8 +25,35 @@ R = TypeVar("R")
 MIN_JOBS_FOR_POOL = 8
 
 
+
+@dataclass(frozen=True)
+class Runner:
+    """Where per-image work runs: local processes, or Dask (an existing cluster, else a local one)."""
+
+    kind: str = "processes"  # "processes" | "dask"
+    dask_address: str | None = None  # tcp://scheduler:8786; None = a temporary LocalCluster
+    chunk_size: int = 256  # images per Dask task: task count stays small (Prefect ~100 task runs/s)
+    api_url: str | None = None  # the Prefect API Dask workers report their task runs to
+
+
+_RUNNER: contextvars.ContextVar[Runner] = contextvars.ContextVar("bakery_runner", default=Runner())
+
+
+@contextmanager
+def use_runner(runner: Runner) -> Iterator[None]:
+    token = _RUNNER.set(runner)
+    try:
+        yield
+    finally:
+        _RUNNER.reset(token)
+
+
 def worker_count(requested: int | None) -> int:
     return requested or os.cpu_count() or 1
+
+
+def chunks(jobs: Sequence[J], size: int) -> list[Sequence[J]]:
+    return [jobs[i : i + size] for i in range(0, len(jobs), size)]
 
 
 def map_images(
@@ -29,6 +64,10 @@ def map_images(
     'spawn' rather than fork: the flow process runs Prefect's threads, and forking a
     process with threads can deadlock the child.
     """
+    runner = _RUNNER.get()
+    if runner.kind == "dask" and jobs:
+        yield from _map_on_dask(stage, fn, jobs, workers, runner)
+        return
     workers = min(worker_count(workers), len(jobs))
     with StageProgress(stage, len(jobs)) as progress:
         if workers <= 1 or len(jobs) < MIN_JOBS_FOR_POOL:
@@ -40,5 +79,33 @@ def map_images(
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             # Small chunks keep memory flat (a few images in flight per worker).
             for result in pool.map(fn, jobs, chunksize=2):
+                yield result
+                progress.advance()
+
+
+def run_chunk(fn: Callable[[J], R], jobs: Sequence[J]) -> list[R]:
+    return [fn(job) for job in jobs]
+
+
+def _map_on_dask(
+    stage: str, fn: Callable[[J], R], jobs: Sequence[J], workers: int | None, runner: Runner
+) -> Iterator[R]:
+    """One Prefect task run per chunk, on Dask workers; results come back in input order."""
+    from prefect import task
+    from prefect_dask import DaskTaskRunner
+
+    chunk_task = task(run_chunk, name=f"{stage}-chunk", persist_result=False)
+    if runner.dask_address:
+        dask = DaskTaskRunner(address=runner.dask_address)
+    else:
+        env: dict[str, Any] = {"PREFECT_API_URL": runner.api_url} if runner.api_url else {}
+        dask = DaskTaskRunner(
+            cluster_kwargs={"n_workers": worker_count(workers), "threads_per_worker": 1, "processes": True,
+                            "dashboard_address": None, "env": env}
+        )
+    with StageProgress(stage, len(jobs)) as progress, dask:
+        futures = [dask.submit(chunk_task, {"fn": fn, "jobs": list(part)}) for part in chunks(jobs, runner.chunk_size)]
+        for future in futures:
+            for result in future.result():
                 yield result
                 progress.advance()
