@@ -241,3 +241,58 @@ def test_crash_mid_download_then_resume_and_incremental(tmp_path: Path):
     n = rows(tmp_path, "SELECT count(*) AS n, count(DISTINCT post_id) AS d FROM booru_posts")[0]
     assert n == {"n": 19, "d": 19}
     assert rows(tmp_path, "SELECT count(*) AS n FROM sources")[0]["n"] == 19
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_bake_flow_scrapes_first_and_downloads_flow_into_ingest(tmp_path: Path):
+    """A real Prefect run: booru posts (credentials from a Secret block) join a folder's images."""
+    from prefect.blocks.system import Secret
+
+    from flows.bake import bake_lora
+    from tests.images import gradient
+
+    Secret(value={"user": "me", "api_key": "k3y-from-block"}).save("booru-test-creds", overwrite=True)
+    posts = make_posts(6, size=(64, 48))
+    odd = special_posts()
+    images = tmp_path / "images"
+    images.mkdir()
+    gradient(60, 40, seed=1).save(images / "mine.png")
+    (images / "also_on_booru.png").write_bytes(posts[0].data)  # the same file from both sources
+    with FakeBooru(posts=posts + [odd["deleted"], odd["mp4"]], require_auth=("me", "k3y-from-block")) as booru:
+        recipe = tmp_path / "recipe.toml"
+        recipe.write_text(
+            '[project]\nname = "t"\nworkdir = "work"\n\n'
+            '[[sources]]\nkind = "folder"\npath = "images"\n\n'
+            f'[[sources]]\nkind = "danbooru"\ntags = "1girl"\nbase_url = "{booru.base_url}"\n'
+            'secret_block = "booru-test-creds"\nsource_kind = "fanart_hires"\n\n'
+            "[scrape]\nrequests_per_second = 50\ndownloads_per_second = 200\n\n[runtime]\nworkers = 2\n",
+            encoding="utf-8",
+        )
+        first = bake_lora(str(recipe))
+        booru.reset_counts()
+        second = bake_lora(str(recipe))
+        second_counts = booru.counts.copy()
+
+    work = tmp_path / "work"
+    with Catalog.open(work, read_only=True) as cat:
+        st = {s["stage"]: s for s in cat.stage_table(first)}
+        assert {k: v["status"] for k, v in st.items()} == {"scrape": "ran", "ingest": "ran", "convert": "ran", "dedupe": "ran"}
+        assert (st["scrape"]["n_in"], st["scrape"]["n_out"], st["scrape"]["n_processed"], st["scrape"]["n_skipped"]) == (8, 6, 6, 2)
+        assert {s["reason"].split(":")[0] for s in cat.skips_for(first) if s["stage"] == "scrape"} == {
+            "no downloadable file (deleted, banned or restricted", "not an image"}
+        assert (st["ingest"]["n_in"], st["ingest"]["n_out"]) == (8, 7)  # 2 files + 6 downloads, one shared
+        assert st["dedupe"]["n_out"] == 7
+        shared = cat.rows("SELECT kind FROM sources WHERE image_hash = (SELECT image_hash FROM booru_posts WHERE post_id = ?)"
+                          " ORDER BY kind", [str(posts[0].id)])
+        assert [r["kind"] for r in shared] == ["danbooru", "folder"]  # no folder row for the store copy
+        h = cat.rows("SELECT image_hash FROM booru_posts WHERE post_id = ?", [str(posts[1].id)])[0]["image_hash"]
+        converted = cat.rows("SELECT output_hash FROM derivations WHERE stage = 'convert' AND input_hash = ?", [h])
+        chain = cat.provenance(converted[0]["output_hash"])
+        assert [(s["kind"], s["post_id"]) for s in chain.sources] == [("danbooru", str(posts[1].id))]
+        again = {s["stage"]: s for s in cat.stage_table(second)}
+        # The site is asked again (new posts?), nothing is downloaded, the rest comes from cache.
+        assert {k: v["status"] for k, v in again.items()} == {"scrape": "ran", "ingest": "cached", "convert": "cached",
+                                                              "dedupe": "cached"}
+        assert again["scrape"]["n_processed"] == 0
+    assert second_counts["image"] == 0 and second_counts["danbooru_posts"] == 1
+    assert b"k3y-from-block" not in (work / "catalog.duckdb").read_bytes()
