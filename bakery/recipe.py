@@ -259,6 +259,8 @@ class ScrapeParams(_Section):
     fetch_tag_counts: bool = True  # post count (and category) of every tag, once per tag
     # True: every run asks the site for new posts; False: the stage is cached like the others.
     recheck: bool = True
+    # Also write `<md5>.<ext>` + `<md5>.txt` (the guide's sidecar) here, Grabber-style.
+    export_dir: Path | None = None
 
 
 class RuntimeParams(_Section):

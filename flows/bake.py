@@ -35,7 +35,10 @@ def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]
     boorus = booru_specs(recipe)
     if boorus and SCRAPE.name in stages:  # scrape first: its downloads join the folder listing
         again = SCRAPE.name in refresh or recipe.scrape.recheck  # the site may have new posts
-        scraped = run_stage(SCRAPE, boorus, stage_params_json(recipe.scrape), run, again)
+        scrape_params = recipe.scrape
+        if scrape_params.export_dir:
+            scrape_params = scrape_params.model_copy(update={"export_dir": recipe.resolve(scrape_params.export_dir)})
+        scraped = run_stage(SCRAPE, boorus, stage_params_json(scrape_params), run, again)
         inputs = Listing(files=[*inputs.files, *scraped.payload], skips=inputs.skips)
     images: list[ImageRef] = []
     for stage in GATHER:

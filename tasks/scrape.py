@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
@@ -274,6 +276,20 @@ def scrape_source(spec: BooruSpec, params: ScrapeParams, run: RunInfo, progress:
     return out
 
 
+def export(params: ScrapeParams, run: RunInfo, files: dict[str, SourceFile]) -> None:
+    """`<md5>.<ext>` + `<md5>.txt` (the guide's sidecar) for every taken post, Grabber-style."""
+    folder = Path(params.export_dir or "")
+    folder.mkdir(parents=True, exist_ok=True)
+    with Catalog.open(run.catalog) as cat:
+        exts = {r["image_hash"]: r["file_ext"] for r in cat.rows(
+            "SELECT image_hash, file_ext FROM booru_posts WHERE image_hash IN (SELECT unnest(?))", [list(files)])}
+    for h, f in files.items():
+        target = folder / f"{f.md5}.{exts.get(h) or 'bin'}"
+        if not target.exists():
+            shutil.copyfile(f.path, target)
+        (folder / f"{f.md5}.txt").write_text((f.sidecar or "") + "\n", encoding="utf-8")
+
+
 @task(name="scrape")
 def scrape(inputs: list[BooruSpec], params_json: str, workdir: str, run_id: str, workers: int | None) -> StageResult:
     """Every booru source into the store; returns the images and (payload) ingest's listing."""
@@ -296,6 +312,8 @@ def scrape(inputs: list[BooruSpec], params_json: str, workdir: str, run_id: str,
                     source_kind=spec.source_kind, sidecar=craft.sidecar_text(out.tags[t.image_hash]),
                     kind=spec.kind, location=t.post.post_url,
                 ))
+    if params.export_dir:
+        export(params, run, files)
     return StageResult(images=sorted(images), skips=skips, n_in=listed, n_processed=downloaded,
                        payload=sorted(files.values(), key=lambda f: f.name))
 

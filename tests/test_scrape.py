@@ -69,6 +69,31 @@ def test_recipe_booru_sources_validate(tmp_path: Path):
         assert key in problems
 
 
+def test_pure_rules_urls_tags_sidecars():
+    base = "https://danbooru.donmai.us"
+    hosts = ["cdn.donmai.us", "*.donmai.us"]
+    assert craft.url_problem("https://cdn.donmai.us/original/a.png", base, hosts) is None
+    assert craft.url_problem("https://raikou4.donmai.us/a.png", base, hosts) is None
+    for bad, why in [("https://evildonmai.us/a.png", "foreign host"), ("https://cdn.donmai.us@evil.com/a", "foreign host"),
+                     ("ftp://cdn.donmai.us/a.png", "scheme 'ftp'"), ("file:///etc/passwd", "scheme 'file'"),
+                     ("http://169.254.169.254/", "foreign host"), ("http://[::1]/a.png", "foreign host"),
+                     ("//cdn.donmai.us/a.png", "scheme '(none)'")]:
+        assert why in (craft.url_problem(bad, base, hosts) or ""), bad
+    assert craft.keep_tag(":3", "general", True, True) and craft.keep_tag("re:zero", "copyright", True, True)
+    assert not craft.keep_tag("artist:foo", "general", True, True) and craft.keep_tag("artist:foo", "general", True, False)
+    assert not craft.keep_tag("absurdres", "meta", True, True) and craft.keep_tag("absurdres", "meta", False, True)
+    assert craft.sidecar_text(["long hair", "yoshida_(kyouko)", "^_^"]) == "long_hair, yoshida_(kyouko), ^_^"
+    assert craft.rare_tags({"a": ("general", 499), "b": ("general", 500), "c": ("general", None)}) == ["a"]
+    gel = craft.parse_gelbooru({"id": 5, "md5": "ab" * 16, "image": "x.JPG", "file_url": "https://img3.gelbooru.com/x.jpg",
+                                "rating": "sensitive", "score": "7", "tags": "a&#039;s :&lt;"}, "https://gelbooru.com")
+    assert (gel.file_ext, gel.rating, gel.score, [t for t, _ in gel.tags]) == ("jpg", "s", 7, ["a's", ":<"])
+    assert gel.post_url == "https://gelbooru.com/index.php?page=post&s=view&id=5"
+    old_style = craft.parse_gelbooru({"id": 6, "md5": "cd" * 16, "file_url": "//img3.gelbooru.com/images/x.png"},
+                                     "https://gelbooru.com")
+    assert old_style.file_url == "https://img3.gelbooru.com/images/x.png" and old_style.file_ext == "png"
+    assert craft.precheck(old_style, "https://gelbooru.com", ["*.gelbooru.com"]) is None
+
+
 def test_danbooru_paging_tags_and_every_kind_of_skip(tmp_path: Path):
     odd = special_posts()
     namespaced = make_post(5000, size=(64, 48), general=["1girl", "series:thing", ":3"], meta=["highres"], rating="s")
@@ -199,6 +224,13 @@ def test_retry_after_backoff_and_rate_limit(tmp_path: Path):
             for _ in range(5):
                 client.api("/posts.json", {"limit": 1})
             assert time.monotonic() - started >= 0.39
+    # Errors the site explains are not retried, and say what the site said.
+    with FakeBooru(posts=posts, max_tags=2) as booru:
+        with pytest.raises(ScrapeError, match="HTTP 422: You cannot search for more than 2 tags"):
+            run_scrape(tmp_path, [{"kind": "danbooru", "tags": "a b c", "base_url": booru.base_url}])
+        with pytest.raises(ScrapeError, match="HTTP 403.*User-Agent"):
+            run_scrape(tmp_path, [{"kind": "danbooru", "tags": "a", "base_url": booru.base_url}], user_agent="python-httpx")
+        assert booru.counts["danbooru_posts"] == 2
     assert retry_after_s("3") == 3.0 and retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     assert retry_after_s("soon") is None
     limiter = RateLimiter(4)
@@ -221,8 +253,13 @@ def test_crash_mid_download_then_resume_and_incremental(tmp_path: Path):
         assert len(first.images) == 10
         assert_store_intact(tmp_path)  # the half files never reached the store
 
-        second = run_scrape(tmp_path, [src], "r2", retries=1)
+        second = run_scrape(tmp_path, [src], "r2", retries=1, export_dir=str(tmp_path / "export"))
         assert second.n_processed == 2 and len(second.images) == 12 and not second.skips
+        exported = sorted(p.name for p in (tmp_path / "export").iterdir())
+        assert exported == sorted([f"{p.md5}.png" for p in posts] + [f"{p.md5}.txt" for p in posts])
+        caption = (tmp_path / "export" / f"{posts[0].md5}.txt").read_text(encoding="utf-8")
+        assert caption.startswith("1girl, long_hair, solo, tag_0, test_character, test_series, test_artist")
+        assert (tmp_path / "export" / f"{posts[0].md5}.png").read_bytes() == posts[0].data
         assert {p.id: booru.attempts[p.id] for p in posts} == {p.id: 3 if p in (posts[3], posts[7]) else 1 for p in posts}
 
         # The listing itself breaks on page 2 (a crash of the run): page 1 is kept ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 # Files we take; anything else (mp4, webm, zip = ugoira, swf) is skipped with its kind.
 IMAGE_EXTS = frozenset({"png", "jpg", "jpeg", "gif", "webp", "avif", "bmp"})
@@ -57,6 +57,13 @@ def _int(value: object) -> int | None:
         return None
 
 
+def _absolute(url: object, base_url: str) -> str | None:
+    """Protocol-relative (`//img.site/x`) and relative URLs resolved against the site; others as given."""
+    if not url:
+        return None
+    return urljoin(base_url + "/", str(url))
+
+
 def _ext(name: str | None) -> str | None:
     if not name:
         return None
@@ -77,7 +84,7 @@ def parse_danbooru(d: dict, base_url: str) -> Post:
         post_id=post_id,
         post_url=f"{base_url}/posts/{post_id}",
         md5=(d.get("md5") or None),
-        file_url=(d.get("file_url") or None),
+        file_url=_absolute(d.get("file_url"), base_url),
         file_ext=(d.get("file_ext") or _ext(d.get("file_url")) or None),
         rating=RATINGS.get(str(d.get("rating") or "").lower()),
         score=_int(d.get("score")),
@@ -92,7 +99,7 @@ def parse_gelbooru(d: dict, base_url: str) -> Post:
     # Gelbooru HTML-escapes tags in its API output (hands_on_another&#039;s_head).
     tags = tuple((html.unescape(t), "general") for t in str(d.get("tags") or "").split())
     post_id = str(d["id"])
-    file_url = d.get("file_url") or None
+    file_url = _absolute(d.get("file_url"), base_url)
     return Post(
         kind="gelbooru",
         post_id=post_id,
@@ -172,6 +179,15 @@ def keep_tag(tag: str, category: str, drop_meta: bool, drop_namespaced: bool) ->
 def sidecar_text(tags: list[str] | tuple[str, ...]) -> str:
     """The guide's caption sidecar: tags comma + space separated, spaces inside a tag as `_`."""
     return ", ".join("_".join(t.split()) for t in tags)
+
+
+# rules.md §9: a Danbooru tag with fewer posts is weakly known by the model.
+RARE_TAG_POSTS = 500
+
+
+def rare_tags(counts: dict[str, tuple[str, int | None]], threshold: int = RARE_TAG_POSTS) -> list[str]:
+    """Tags whose known post count is under `threshold` (unknown counts are not flagged)."""
+    return sorted(t for t, (_, n) in counts.items() if n is not None and n < threshold)
 
 
 def file_name(post: Post) -> str:
