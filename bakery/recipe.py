@@ -259,6 +259,9 @@ class ScrapeParams(_Section):
     fetch_tag_counts: bool = True  # post count (and category) of every tag, once per tag
     # True: every run asks the site for new posts; False: the stage is cached like the others.
     recheck: bool = True
+    # An HTTP(S) proxy for every booru request, e.g. "http://127.0.0.1:3128" (the environment's
+    # HTTP_PROXY etc. are not used, nor netrc files).
+    proxy: str | None = None
     # Also write `<md5>.<ext>` + `<md5>.txt` (the guide's sidecar) here, Grabber-style.
     export_dir: Path | None = None
 

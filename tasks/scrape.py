@@ -145,6 +145,7 @@ def _settings(params: ScrapeParams) -> ClientSettings:
         user_agent=params.user_agent, requests_per_second=params.requests_per_second,
         downloads_per_second=params.downloads_per_second, timeout_s=params.timeout_s, retries=params.retries,
         backoff_s=params.backoff_s, max_backoff_s=params.max_backoff_s, connections=params.downloads,
+        proxy=params.proxy,
     )
 
 

@@ -65,6 +65,7 @@ class ClientSettings:
     backoff_s: float = 1.0
     max_backoff_s: float = 60.0
     connections: int = 4
+    proxy: str | None = None
 
 
 class RateLimiter:
@@ -145,7 +146,8 @@ class BooruClient:
             timeout=httpx.Timeout(settings.timeout_s, connect=min(settings.timeout_s, 10.0)),
             limits=limits,
             follow_redirects=False,  # redirects are checked against the allowed hosts first
-            trust_env=False,  # no proxy or netrc credentials from the environment
+            trust_env=False,  # no proxy or netrc credentials from the environment: the recipe says
+            proxy=settings.proxy,
         )
 
     def close(self) -> None:
