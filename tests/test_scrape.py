@@ -333,3 +333,51 @@ def test_bake_flow_scrapes_first_and_downloads_flow_into_ingest(tmp_path: Path):
         assert again["scrape"]["n_processed"] == 0
     assert second_counts["image"] == 0 and second_counts["danbooru_posts"] == 1
     assert b"k3y-from-block" not in (work / "catalog.duckdb").read_bytes()
+
+
+KILLABLE = """
+import sys
+from pathlib import Path
+from tests.test_scrape import run_scrape
+run_scrape(Path(sys.argv[1]), [{"kind": "danbooru", "tags": "1girl", "base_url": sys.argv[2], "page_size": 5}],
+           run_id=sys.argv[3], downloads=2)
+"""
+
+
+def test_killed_run_resumes_without_duplicates(tmp_path: Path):
+    """SIGKILL in the middle of downloading: the store holds no half file, the next run finishes the job."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    posts = make_posts(20, size=(48, 40))
+    with FakeBooru(posts=posts, bandwidth_kbps=40) as booru:  # ~0.15 s a file
+        proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(tmp_path), booru.base_url, "r1"], env=env, cwd=root,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while sum(booru.attempts.values()) < 8 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # page 1 (5 posts) is recorded once page 2's downloads start
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        before = sum(booru.attempts.values())
+        assert 8 <= before < 20
+        store = ContentStore(tmp_path / "work" / "store")
+        for p in store.root.rglob("*"):
+            if p.is_file() and p.parent.name != "tmp":
+                assert hashlib.sha256(p.read_bytes()).hexdigest() == p.name
+        recorded = {r["post_id"] for r in rows(tmp_path, "SELECT post_id FROM booru_posts")}
+        assert len(recorded) >= 5
+
+        booru.bandwidth_kbps = None
+        booru.reset_counts()
+        result = run_scrape(tmp_path, [{"kind": "danbooru", "tags": "1girl", "base_url": booru.base_url, "page_size": 5}], "r2")
+        assert len(result.images) == 20 and not result.skips
+        assert not recorded & {str(i) for i in booru.attempts}  # recorded posts are not fetched again
+        assert result.n_processed == 20 - len(recorded)
+    n = rows(tmp_path, "SELECT count(*) AS n, count(DISTINCT post_id) AS d, count(DISTINCT image_hash) AS h FROM booru_posts")
+    assert n == [{"n": 20, "d": 20, "h": 20}]
+    assert rows(tmp_path, "SELECT count(*) AS n FROM sources")[0]["n"] == 20
