@@ -29,7 +29,7 @@ def _load(recipe_path: Path) -> Recipe:
     missing = [
         f"sources[{i}].path: folder does not exist: {recipe.resolve(s.path)}"
         for i, s in enumerate(recipe.sources)
-        if not recipe.resolve(s.path).is_dir()
+        if s.kind == "folder" and not recipe.resolve(s.path).is_dir()
     ]
     if missing:
         fail(f"bad recipe {recipe_path}:\n  " + "\n  ".join(missing), code=2)

@@ -13,14 +13,15 @@ from bakery.recipe import Recipe, load_recipe, stage_params_json
 from bakery.stages import plan_run
 from tasks.convert import CONVERT
 from tasks.dedupe import DEDUPE
-from tasks.ingest import INGEST, FolderSpec, scan_sources
+from tasks.ingest import INGEST, FolderSpec, Listing, scan_sources
+from tasks.scrape import SCRAPE, booru_specs
 from tasks.report import run_summary_markdown
 from tasks.pool import Runner, use_runner
 from tasks.stage import RunInfo, begin_run, end_run, run_stage
 
 # Stages built so far, in chain order. A stage not built is absent, not a no-op.
 GATHER = (INGEST, CONVERT, DEDUPE)
-BUILT = tuple(s.name for s in GATHER)
+BUILT = (SCRAPE.name, *(s.name for s in GATHER))
 
 
 def _runner(recipe: Recipe) -> Runner:
@@ -32,15 +33,23 @@ def _runner(recipe: Recipe) -> Runner:
 
 
 def _folders(recipe: Recipe) -> list[FolderSpec]:
-    return [FolderSpec(str(recipe.resolve(s.path)), s.recursive, s.source_kind) for s in recipe.sources]
+    return [FolderSpec(str(recipe.resolve(s.path)), s.recursive, s.source_kind) for s in recipe.sources if s.kind == "folder"]
 
 
 @flow(name="gather")
 def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]) -> list[ImageRef]:
-    """Sources to a clean set of originals: scan -> ingest -> convert -> dedupe."""
+    """Sources to a clean set of originals: scan (+ scrape) -> ingest -> convert -> dedupe."""
     recipe = load_recipe(recipe_path)
     params = {"ingest": recipe.ingest, "convert": recipe.convert, "dedupe": recipe.dedupe}
     inputs: object = scan_sources(_folders(recipe))
+    boorus = booru_specs(recipe)
+    if boorus and SCRAPE.name in stages:  # scrape first: its downloads join the folder listing
+        again = SCRAPE.name in refresh or recipe.scrape.recheck  # the site may have new posts
+        scrape_params = recipe.scrape
+        if scrape_params.export_dir:
+            scrape_params = scrape_params.model_copy(update={"export_dir": recipe.resolve(scrape_params.export_dir)})
+        scraped = run_stage(SCRAPE, boorus, stage_params_json(scrape_params), run, again)
+        inputs = Listing(files=[*inputs.files, *scraped.payload], skips=inputs.skips)
     images: list[ImageRef] = []
     for stage in GATHER:
         if stage.name not in stages:

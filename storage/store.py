@@ -12,10 +12,15 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 CHUNK = 1 << 20
+
+
+class StreamRejected(ValueError):
+    """A streamed object was not stored (size limit, checksum); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,33 @@ class ContentStore:
             digest = Digest(sha.hexdigest(), md5.hexdigest(), size)
             if expected_sha256 and digest.sha256 != expected_sha256:
                 raise OSError(f"{src}: content does not match the expected sha256")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._commit(tmp, digest.sha256)
+        return digest
+
+    def put_stream(self, chunks: Iterable[bytes], expected_md5: str | None = None, max_bytes: int | None = None) -> Digest:
+        """Store a stream (a download) through a temp file, hashing as it goes.
+
+        The object appears in the store only once the whole stream was read and, with
+        `expected_md5`, its md5 matched; otherwise the temp file is removed and
+        StreamRejected (or the stream's own error) is raised: no half file is ever stored.
+        """
+        fd, tmp = self._tempfile()
+        sha, md5, size = hashlib.sha256(), hashlib.md5(), 0
+        try:
+            with os.fdopen(fd, "wb") as fout:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if max_bytes is not None and size > max_bytes:
+                        raise StreamRejected(f"file too large: over {max_bytes / 2**20:.1f} MB")
+                    sha.update(chunk)
+                    md5.update(chunk)
+                    fout.write(chunk)
+            digest = Digest(sha.hexdigest(), md5.hexdigest(), size)
+            if expected_md5 and digest.md5 != expected_md5.lower():
+                raise StreamRejected(f"md5 mismatch: expected {expected_md5.lower()}, got {digest.md5}")
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

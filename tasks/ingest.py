@@ -86,7 +86,7 @@ def ingest(inputs: Listing, params_json: str, workdir: str, run_id: str, workers
         if f.sha256 in known:
             reason = _limits_skip(known[f.sha256], _limits(params))
             if reason:
-                skips.append(Skip(f.path, reason))
+                skips.append(Skip(f.subject, reason))
             else:
                 accepted.setdefault(f.sha256, f)
         else:
@@ -105,12 +105,12 @@ def ingest(inputs: Listing, params_json: str, workdir: str, run_id: str, workers
         if f.sha256 in new_images:
             accepted.setdefault(f.sha256, f)
         else:
-            skips.append(Skip(f.path, skipped[f.sha256]))
+            skips.append(Skip(f.subject, skipped[f.sha256]))
 
     sources = [
         {"image_hash": f.sha256, "location": f.path, "kind": "folder", "name": f.name,
          "source_kind": f.source_kind, "sidecar": f.sidecar}
-        for f in inputs.files if f.sha256 in accepted
+        for f in inputs.files if f.sha256 in accepted and f.kind == "folder"  # scrape records its own
     ]
     with Catalog.open(run.catalog) as cat:
         cat.add_images(new_images.values())

@@ -33,6 +33,15 @@ class SourceFile:
     size: int
     source_kind: str
     sidecar: str | None  # raw text of a caption file beside the image
+    # "folder", or the scrape stage's site kind: then `path` is the stored download and
+    # `location` the post URL; the scrape stage has recorded its sources already.
+    kind: str = "folder"
+    location: str = ""
+
+    @property
+    def subject(self) -> str:
+        """What a skip names: the user's file, or the booru post."""
+        return self.location or self.path
 
 
 @dataclass(frozen=True)
