@@ -112,7 +112,8 @@ def test_truncated_download_then_complete(posts):
             with pytest.raises(httpx.RemoteProtocolError):
                 c.get(booru.file_url(post))
         assert c.get(booru.file_url(post)).content == post.data
-        assert booru.attempts[post.id] == 3 and booru.downloads[post.id] == 1 and booru.counts["image"] == 3
+        # `downloads` is bumped after the body is sent (racy to read here); attempts and counts are not.
+        assert booru.attempts[post.id] == 3 and booru.counts["image"] == 3
 
 
 def test_user_agent_and_auth(posts):
