@@ -311,3 +311,50 @@ def recommend(
         reasons.append(f"likeness ({likeness_method}) at epoch {target} is highest at weight {best_w:g} "
                        f"({ev.likeness_by_weight[best_w]:.3f})")
     return Recommendation(target, lo, hi, reasons, flags)
+
+
+# -- prompts ----------------------------------------------------------------------------------------
+
+def caption_tags(caption: str) -> list[str]:
+    """Tags of a kohya caption ("trigger, tag ||| tag, ..."), in order, without empties."""
+    return [t.strip() for part in caption.split("|||") for t in part.split(",") if t.strip()]
+
+
+def tag_counts_by_trigger(
+    triggers: Sequence[str],
+    captions: Iterable[str] | None = None,
+    tag_frequency: Mapping[str, Mapping[str, int]] | None = None,
+) -> dict[str, dict[str, int]]:
+    """Kept-tag counts of each trigger's group (images whose caption holds the trigger), other triggers excluded.
+
+    From the training captions when given, else from the LoRA's `ss_tag_frequency`
+    metadata (kohya: {"<repeats>_<folder>": {tag: count}}), where a folder belongs
+    to every trigger it contains.
+    """
+    skip = set(triggers)
+    out: dict[str, dict[str, int]] = {t: {} for t in triggers}
+    groups: list[dict[str, int]] = []
+    if captions is not None:
+        for cap in captions:
+            groups.append({t: 1 for t in caption_tags(cap)})
+    elif tag_frequency:
+        groups = [dict(v) for v in tag_frequency.values()]
+    for counts in groups:
+        for trig in triggers:
+            if trig in counts:
+                dest = out[trig]
+                for tag, n in counts.items():
+                    if tag not in skip:
+                        dest[tag] = dest.get(tag, 0) + int(n)
+    return out
+
+
+def default_prompts(triggers: Sequence[str], counts: Mapping[str, Mapping[str, int]], n_tags: int) -> list[str]:
+    """Each trigger alone, and each trigger with its group's `n_tags` most frequent kept tags."""
+    prompts: list[str] = []
+    for trig in triggers:
+        prompts.append(trig)
+        top = sorted(counts.get(trig, {}).items(), key=lambda kv: (-kv[1], kv[0]))[:n_tags]
+        if top:
+            prompts.append(", ".join([trig, *(t for t, _ in top)]))
+    return list(dict.fromkeys(prompts))
