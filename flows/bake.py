@@ -7,11 +7,12 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from bakery.manifest import ImageRef
+from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet
 from bakery.recipe import Recipe, load_recipe, stage_params_json
 from bakery.stages import plan_run
 from tasks.convert import CONVERT
 from tasks.dedupe import DEDUPE
+from tasks.evaluate import EVALUATE
 from tasks.ingest import INGEST, FolderSpec, scan_sources
 from tasks.report import run_summary_markdown
 from tasks.stage import RunInfo, begin_run, end_run, run_stage
@@ -19,6 +20,8 @@ from tasks.stage import RunInfo, begin_run, end_run, run_stage
 # Stages built so far, in chain order. A stage not built is absent, not a no-op.
 GATHER = (INGEST, CONVERT, DEDUPE)
 BUILT = tuple(s.name for s in GATHER)
+# Last in the chain, after bake: the bake's payload (BakeOutput) in, the report path out.
+TASTE = (EVALUATE,)
 
 
 def _folders(recipe: Recipe) -> list[FolderSpec]:
@@ -38,6 +41,12 @@ def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]
         result = run_stage(stage, inputs, stage_params_json(params[stage.name]), run, stage.name in refresh)
         inputs = images = result.images
     return images
+
+
+def taste(recipe: Recipe, run: RunInfo, bake: BakeOutput, train: TrainSet | None, refresh: bool = False) -> StageResult:
+    """Evaluate a bake (rules.md §13). `train` (the prune stage's TrainSet) enables likeness and tag statistics;
+    it stays out of the cache key because the bake's key already identifies it."""
+    return run_stage(EVALUATE, bake, stage_params_json(recipe.evaluate), run, refresh, extra={"train": train})
 
 
 @flow(name="bake-lora")
