@@ -131,3 +131,26 @@ def test_recommendation_when_the_lora_does_nothing():
     assert rec.epoch is None and len(rec.flags) == 2
     assert all("LoRA does nothing" in f and "empty or missing captions" in f for f in rec.flags)
     assert ev.guide_epoch(8, [7, 8]) == 7 and ev.guide_epoch(8, range(1, 9)) == 6 and ev.guide_epoch(1, [1]) == 1
+
+
+def test_evaluate_recipe_keys_fail_with_their_path(tmp_path):
+    from bakery.recipe import RecipeError, parse_recipe
+
+    with pytest.raises(RecipeError) as err:
+        parse_recipe({"evaluate": {"weights": [], "width": 100, "sampler": "plms", "fry_threshold": 0}}, tmp_path)
+    text = str(err.value)
+    for key in ("evaluate.weights", "evaluate.width", "evaluate.sampler", "evaluate.fry_threshold"):
+        assert key in text, text
+    ok = parse_recipe({"evaluate": {"last_epochs": 3, "likeness_model": "/models/clip"}}, tmp_path).evaluate
+    assert ok.last_epochs == 3 and ok.sampler == "euler_a" and ok.fry_max_weight == 0.5 and ok.effect_min == 1.0
+
+
+def test_default_prompts_from_captions_or_tag_frequency():
+    counts = ev.tag_counts_by_trigger(["girl_a", "girl_b"], captions=[
+        "girl_a, red_dress ||| smile, solo", "girl_a, red_dress, solo", "girl_b, blue_dress, solo", "girl_a, girl_b, 2girls"])
+    assert counts["girl_a"] == {"red_dress": 2, "smile": 1, "solo": 2, "2girls": 1}
+    assert ev.default_prompts(["girl_a", "girl_b"], counts, 2) == [
+        "girl_a", "girl_a, red_dress, solo", "girl_b", "girl_b, 2girls, blue_dress"]
+    freq = {"10_girl_a": {"girl_a": 5, "hat": 4, "solo": 5}, "5_misc": {"hat": 9}}
+    assert ev.default_prompts(["girl_a"], ev.tag_counts_by_trigger(["girl_a"], tag_frequency=freq), 1) == ["girl_a", "girl_a, solo"]
+    assert ev.default_prompts(["girl_a"], {}, 3) == ["girl_a"]
