@@ -54,7 +54,8 @@ def test_grid_effect_check_and_labels(loras):
     grid = xyz.make_grid(run.images, [1, 2, 3], weights, 1, prompts[1], seeds)
     (left, top), (cw, ch) = grid.origin, grid.cell_size
     assert (cw, ch) == (128, 64)
-    assert grid.image.size == (left + 3 * cw, top + 3 * ch)
+    g = grid.gap
+    assert g > 0 and grid.image.size == (left + 3 * cw + 2 * g, top + 3 * ch + 2 * g)
     texts = [t for t, _ in grid.labels]
     assert texts[0] == prompts[1] and "seeds 1, 2" in texts
     assert [t for t in texts if t.startswith("weight")] == ["weight 0", "weight 0.5", "weight 1"]
@@ -63,7 +64,8 @@ def test_grid_effect_check_and_labels(loras):
     for t, (x0, y0, x1, y1) in grid.labels:
         assert x1 <= grid.image.size[0] and (y1 <= top or x1 <= left), t
     arr = np.asarray(grid.image)
-    x, y = left + 1 * cw + 64, top + 1 * ch
+    x, y = grid.cell_origin(1, 1)
+    x += 64
     assert np.array_equal(arr[y : y + 64, x : x + 64], run.images[(2, 0.5, 1, 2)])
 
 

@@ -221,6 +221,10 @@ class GridLayout:
     labels: list[tuple[str, tuple[int, int, int, int]]]  # text, box (x0, y0, x1, y1)
     cell_size: tuple[int, int]  # one cell (all seeds side by side)
     origin: tuple[int, int]  # top-left of the first cell
+    gap: int = 0  # white space between cells
+
+    def cell_origin(self, row: int, col: int) -> tuple[int, int]:
+        return (self.origin[0] + col * (self.cell_size[0] + self.gap), self.origin[1] + row * (self.cell_size[1] + self.gap))
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -247,8 +251,9 @@ def make_grid(
     left = max(int(fs * 5), 90)
     title_h = fs * 2 + 8
     head_h = fs + 12
-    width = left + cell_w * len(weights)
-    height = title_h + head_h + cell_h * len(epochs)
+    gap = max(2, w // 16)
+    width = left + (cell_w + gap) * len(weights) - gap
+    height = title_h + head_h + (cell_h + gap) * len(epochs) - gap
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     labels: list[tuple[str, tuple[int, int, int, int]]] = []
@@ -262,12 +267,12 @@ def make_grid(
     text(title, 6, 4)
     text(f"seeds {', '.join(map(str, seeds))}", 6, 4 + fs + 2)
     for c, wt in enumerate(weights):
-        text(f"weight {float(wt):g}", left + c * cell_w + 4, title_h + 4)
+        text(f"weight {float(wt):g}", left + c * (cell_w + gap) + 4, title_h + 4)
     for r, ep in enumerate(epochs):
-        y0 = title_h + head_h + r * cell_h
+        y0 = title_h + head_h + r * (cell_h + gap)
         text(f"epoch {ep}", 6, y0 + cell_h // 2 - fs // 2)
         for c, wt in enumerate(weights):
             for k, s in enumerate(seeds):
                 img = Image.fromarray(images[(ep, float(wt), prompt_index, s)])
-                canvas.paste(img, (left + c * cell_w + k * w, y0))
-    return GridLayout(canvas, labels, (cell_w, cell_h), (left, title_h + head_h))
+                canvas.paste(img, (left + c * (cell_w + gap) + k * w, y0))
+    return GridLayout(canvas, labels, (cell_w, cell_h), (left, title_h + head_h), gap)
