@@ -142,7 +142,7 @@ def render_html(d: ReportData) -> str:
         "body{font-family:sans-serif;margin:24px;max-width:1400px;color:#222}"
         "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
         "th{background:#f3f3f3}td.l,th.l{text-align:left}.flag{color:#a40000}.ok{color:#006400}"
-        "img{max-width:100%;image-rendering:pixelated}.rec{background:#eef7ee;padding:10px 16px;border-radius:6px}"
+        "img{max-width:100%}img.grid{min-width:min(100%,960px);image-rendering:pixelated}.rec{background:#eef7ee;padding:10px 16px;border-radius:6px}"
         "code{background:#f4f4f4;padding:1px 4px}"
     )
     out = [
@@ -179,6 +179,11 @@ def render_html(d: ReportData) -> str:
     out.append("</table>")
     out.append(f"<p>Likeness: {_e(d.likeness_note)}</p>")
 
+    out.append("<h2>Grids</h2><p>Rows: epochs; columns: LoRA weights; seeds side by side.</p>")
+    for i, (prompt, png) in enumerate(d.grids, start=1):
+        out.append(f"<h3>Prompt {i}: <code>{_e(prompt)}</code></h3>"
+                   f'<img class="grid" alt="grid {i}: {_e(prompt)}" src="{data_uri(png)}">')
+
     out.append("<h2>Metrics per epoch and weight</h2><table><tr>")
     rows = metrics_rows(d.evals, d.loss_means)
     cols = list(rows[0]) if rows else []
@@ -192,11 +197,6 @@ def render_html(d: ReportData) -> str:
     plot = loss_plot(d.loss_means, d.loss_choice.epoch)
     out.append(f'<img alt="loss curve" src="{data_uri(plot)}">' if plot else "<p>No loss log for this bake.</p>")
     out.append(f"<p>{_e(d.loss_choice.reason)}</p>")
-
-    out.append("<h2>Grids</h2><p>Rows: epochs; columns: LoRA weights; seeds side by side.</p>")
-    for i, (prompt, png) in enumerate(d.grids, start=1):
-        out.append(f"<h3>Prompt {i}: <code>{_e(prompt)}</code></h3>"
-                   f'<img class="grid" alt="grid {i}: {_e(prompt)}" src="{data_uri(png)}">')
 
     out.append("<h2>Dataset</h2>")
     if d.tag_stats:
