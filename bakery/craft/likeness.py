@@ -53,7 +53,8 @@ class Embedder:
         torch = self._torch
         out = []
         for i in range(0, len(images), batch):
-            inputs = self.processor(images=list(images[i : i + batch]), return_tensors="pt").to(self.device)
+            chunk = [np.array(im, dtype=np.uint8) for im in images[i : i + batch]]  # writable copies for torch
+            inputs = self.processor(images=chunk, return_tensors="pt").to(self.device)
             with torch.no_grad():
                 if self.kind == "clip":
                     emb = self.model.get_image_features(**inputs)
