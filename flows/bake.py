@@ -46,7 +46,11 @@ def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]
 def taste(recipe: Recipe, run: RunInfo, bake: BakeOutput, train: TrainSet | None, refresh: bool = False) -> StageResult:
     """Evaluate a bake (rules.md §13). `train` (the prune stage's TrainSet) enables likeness and tag statistics;
     it stays out of the cache key because the bake's key already identifies it."""
-    return run_stage(EVALUATE, bake, stage_params_json(recipe.evaluate), run, refresh, extra={"train": train})
+    params = stage_params_json(recipe.evaluate)
+    result = run_stage(EVALUATE, bake, params, run, refresh, extra={"train": train})
+    if not Path(str(result.payload)).is_file():  # a cached result whose report was deleted since: taste again
+        result = run_stage(EVALUATE, bake, params, run, True, extra={"train": train})
+    return result
 
 
 @flow(name="bake-lora")

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from bakery.manifest import BakeOutput, TrainImage, TrainSet
-from bakery.recipe import EvaluateParams, stage_params_json
+from bakery.recipe import EvaluateParams
 from storage import Catalog, ContentStore
 from tests.lora_files import write_kohya_lora
 
@@ -79,16 +79,19 @@ def baked(tmp_path_factory) -> tuple[BakeOutput, TrainSet, Path, Path]:
 
 
 def _run(bake: BakeOutput, train: TrainSet | None, params: EvaluateParams, work: Path, run_id: str):
+    """The flow's wiring after bake: `taste(recipe, run, bake payload, train set)` inside a real flow run."""
     from prefect import flow
     from prefect.context import get_run_context
 
-    from tasks.evaluate import EVALUATE
-    from tasks.stage import RunInfo, run_stage
+    from bakery.recipe import parse_recipe
+    from flows.bake import taste
+    from tasks.stage import RunInfo
+
+    recipe = parse_recipe({"evaluate": params.model_dump(mode="json")}, work)
 
     @flow(name="evaluate-test")
     def f():
-        run = RunInfo(run_id, str(work))
-        result = run_stage(EVALUATE, bake, stage_params_json(params), run, extra={"train": train})
+        result = taste(recipe, RunInfo(run_id, str(work)), bake, train)
         return result, get_run_context().flow_run.id
 
     return f()
@@ -144,6 +147,12 @@ def test_evaluate_in_a_prefect_run(baked, tmp_path):
     assert again.payload == result.payload
     with Catalog.open(work, read_only=True) as cat:
         assert cat.rows("SELECT status FROM stage_runs WHERE run_id = 'run2'") == [{"status": "cached"}]
+    # A cached result whose report was deleted is tasted again.
+    shutil.rmtree(report.parent)
+    third, _ = _run(bake, train, params, work, "run3")
+    assert Path(third.payload).is_file()
+    with Catalog.open(work, read_only=True) as cat:
+        assert cat.rows("SELECT status FROM stage_runs WHERE run_id = 'run3'") == [{"status": "ran"}]
 
     _screenshot_shows_images(report, tmp_path)
 
