@@ -230,12 +230,33 @@ class TrainParams(_Section):
 
 
 class EvaluateParams(_Section):
+    # rules.md §13: an XYZ grid of the last epochs x LoRA weights with fixed seeds and prompts.
+    # [] = each trigger alone, and each trigger with its group's `tags_per_prompt` most frequent kept tags.
     prompts: list[str] = []
     negative_prompt: str = "lowres, bad anatomy, worst quality"
-    weights: list[Annotated[float, Field(ge=0, le=2)]] = [0.0, 0.25, 0.5, 0.75, 1.0]
-    seeds: list[int] = [1234, 5678]
+    weights: Annotated[list[Annotated[float, Field(ge=0, le=2)]], Field(min_length=1)] = [0.0, 0.25, 0.5, 0.75, 1.0]
+    seeds: Annotated[list[int], Field(min_length=1)] = [1234, 5678]
+    # The last K saved epochs; None = all of them.
+    last_epochs: Annotated[int, Field(gt=0)] | None = None
+    tags_per_prompt: Annotated[int, Field(ge=0)] = 3
+    sampler: Literal["euler_a", "euler", "dpmpp_2m", "dpmpp_2m_karras", "ddim"] = "euler_a"
     steps: Annotated[int, Field(gt=0)] = 20
     cfg_scale: Annotated[float, Field(gt=0)] = 7.0
+    width: Annotated[int, Field(ge=64, multiple_of=8)] = 512
+    height: Annotated[int, Field(ge=64, multiple_of=8)] = 512
+    # Effect check: weight 0 vs 1 closer than this (mean |pixel difference|, 0-255) = "LoRA does nothing".
+    effect_min: Annotated[float, Field(ge=0)] = 1.0
+    # Frying: the largest rise of saturation/contrast/high-frequency energy over weight 0 (0-1 scale)
+    # that counts as fried; frying at a weight <= fry_max_weight means over-trained (rules.md §13).
+    fry_threshold: Annotated[float, Field(gt=0, le=1)] = 0.25
+    fry_max_weight: Annotated[float, Field(ge=0, le=2)] = 0.5
+    # Loss rule: a relative rise above this between epochs counts as "rising"; a range below flat_tolerance is flat.
+    loss_rise_tolerance: Annotated[float, Field(ge=0)] = 0.01
+    loss_flat_tolerance: Annotated[float, Field(ge=0)] = 0.02
+    # Likeness: a local CLIP or DINOv2 model folder (transformers format); None = colour-histogram proxy.
+    likeness_model: str | None = None
+    likeness_references: Annotated[int, Field(gt=0)] = 16  # training images per trigger compared against
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class ScrapeParams(_Section):

@@ -8,12 +8,13 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from bakery.manifest import ImageRef
+from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet
 from bakery.recipe import Recipe, load_recipe, stage_params_json
 from bakery.stages import plan_run
 from tasks.convert import CONVERT
 from tasks.dedupe import DEDUPE
 from tasks.ingest import INGEST, FolderSpec, Listing, scan_sources
+from tasks.evaluate import EVALUATE
 from tasks.scrape import SCRAPE, booru_specs
 from tasks.report import run_summary_markdown
 from tasks.pool import Runner, use_runner
@@ -22,6 +23,8 @@ from tasks.stage import RunInfo, begin_run, end_run, run_stage
 # Stages built so far, in chain order. A stage not built is absent, not a no-op.
 GATHER = (INGEST, CONVERT, DEDUPE)
 BUILT = (SCRAPE.name, *(s.name for s in GATHER))
+# Last in the chain, after bake: the bake's payload (BakeOutput) in, the report path out.
+TASTE = (EVALUATE,)
 
 
 def _runner(recipe: Recipe) -> Runner:
@@ -30,6 +33,7 @@ def _runner(recipe: Recipe) -> Runner:
     rt = recipe.runtime
     address = rt.dask_address or os.environ.get("BAKERY_DASK_ADDRESS") or None
     return Runner(rt.task_runner, address, rt.chunk_size, PREFECT_API_URL.value() or None)
+
 
 
 def _folders(recipe: Recipe) -> list[FolderSpec]:
@@ -57,6 +61,16 @@ def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]
         result = run_stage(stage, inputs, stage_params_json(params[stage.name]), run, stage.name in refresh)
         inputs = images = result.images
     return images
+
+
+def taste(recipe: Recipe, run: RunInfo, bake: BakeOutput, train: TrainSet | None, refresh: bool = False) -> StageResult:
+    """Evaluate a bake (rules.md §13). `train` (the prune stage's TrainSet) enables likeness and tag statistics;
+    it stays out of the cache key because the bake's key already identifies it."""
+    params = stage_params_json(recipe.evaluate)
+    result = run_stage(EVALUATE, bake, params, run, refresh, extra={"train": train})
+    if not Path(str(result.payload)).is_file():  # a cached result whose report was deleted since: taste again
+        result = run_stage(EVALUATE, bake, params, run, True, extra={"train": train})
+    return result
 
 
 @flow(name="bake-lora")

@@ -162,6 +162,53 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        6,
+        """
+        CREATE TABLE evaluations (
+            eval_key VARCHAR PRIMARY KEY,  -- one evaluation: bake + evaluate parameters + code
+            run_id VARCHAR,
+            bake_key VARCHAR NOT NULL,
+            name VARCHAR NOT NULL,
+            recommended_epoch INTEGER,     -- NULL: nothing to recommend (no epoch changes the image)
+            weight_min DOUBLE,
+            weight_max DOUBLE,
+            recommended_file VARCHAR,
+            reasons JSON NOT NULL,         -- the rules that fired, in order
+            flags JSON NOT NULL,           -- problems found, with their likely causes
+            loss_shape VARCHAR,            -- none | flat | falling | falling_then_rising | rising
+            likeness_method VARCHAR,       -- NULL: not measured; histogram | embedding:<model type>
+            report_path VARCHAR NOT NULL,
+            load_s DOUBLE,                 -- LoRA loading/weight swapping
+            render_s DOUBLE,               -- image generation
+            cells INTEGER,                 -- images generated
+            created_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE evaluation_epochs (
+            eval_key VARCHAR NOT NULL,
+            epoch INTEGER NOT NULL,
+            file VARCHAR NOT NULL,
+            loss_mean DOUBLE,
+            effect DOUBLE NOT NULL,        -- mean |pixel| difference weight 0 vs 1, 0-255
+            does_nothing BOOLEAN NOT NULL,
+            fries_at DOUBLE,               -- lowest weight that fries; NULL: none
+            over_trained BOOLEAN NOT NULL,
+            PRIMARY KEY (eval_key, epoch)
+        );
+        CREATE TABLE evaluation_metrics (
+            eval_key VARCHAR NOT NULL,
+            epoch INTEGER NOT NULL,
+            weight DOUBLE NOT NULL,
+            effect DOUBLE NOT NULL,        -- vs weight 0, 0-255
+            saturation DOUBLE NOT NULL,
+            contrast DOUBLE NOT NULL,
+            hf_energy DOUBLE NOT NULL,
+            fry_score DOUBLE NOT NULL,
+            likeness DOUBLE,
+            PRIMARY KEY (eval_key, epoch, weight)
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(v for v, _ in MIGRATIONS)
@@ -285,6 +332,37 @@ class Catalog:
 
     def add_duplicates(self, rows: Iterable[dict[str, Any]], run_id: str | None) -> int:
         return self._insert("duplicates", ({"run_id": run_id, **r} for r in rows), verb="INSERT OR REPLACE")
+
+    def add_evaluation(self, row: dict[str, Any], epochs: Iterable[dict[str, Any]], metrics: Iterable[dict[str, Any]]) -> None:
+        """One evaluation and its numbers; re-evaluating the same key replaces them."""
+        key = row["eval_key"]
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for table in ("evaluation_metrics", "evaluation_epochs", "evaluations"):
+                self.con.execute(f"DELETE FROM {table} WHERE eval_key = ?", [key])
+            self._insert("evaluations", [{**row, "created_at": now()}], verb="INSERT")
+            self._insert("evaluation_epochs", ({**r, "eval_key": key} for r in epochs), verb="INSERT")
+            self._insert("evaluation_metrics", ({**r, "eval_key": key} for r in metrics), verb="INSERT")
+            self.con.execute("COMMIT")
+        except Exception:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def evaluation(self, eval_key: str | None = None, bake_key: str | None = None) -> dict[str, Any] | None:
+        """An evaluation by key, or the latest one of a bake, with its epochs and metrics."""
+        if eval_key:
+            rows = self.rows("SELECT * FROM evaluations WHERE eval_key = ?", [eval_key])
+        else:
+            rows = self.rows("SELECT * FROM evaluations WHERE bake_key = ? ORDER BY created_at DESC LIMIT 1", [bake_key])
+        if not rows:
+            return None
+        ev = rows[0]
+        ev["reasons"], ev["flags"] = json.loads(ev["reasons"]), json.loads(ev["flags"])
+        ev["epochs"] = self.rows("SELECT * EXCLUDE (eval_key) FROM evaluation_epochs WHERE eval_key = ? ORDER BY epoch", [ev["eval_key"]])
+        ev["metrics"] = self.rows(
+            "SELECT * EXCLUDE (eval_key) FROM evaluation_metrics WHERE eval_key = ? ORDER BY epoch, weight", [ev["eval_key"]]
+        )
+        return ev
 
     def add_skips(self, run_id: str, stage: str, skips: Iterable[tuple[str, str]]) -> int:
         return self._insert("skips", ({"run_id": run_id, "stage": stage, "subject": s, "reason": r} for s, r in skips), verb="INSERT")

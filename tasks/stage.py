@@ -76,8 +76,14 @@ def end_run(run: RunInfo, status: str, message: str | None = None) -> None:
         cat.finish_run(run.run_id, status, message)
 
 
-def run_stage(stage: Stage, inputs: Any, params_json: str, run: RunInfo, refresh: bool = False) -> StageResult:
-    """Run (or fetch from cache) one stage and record it in the catalog."""
+def run_stage(
+    stage: Stage, inputs: Any, params_json: str, run: RunInfo, refresh: bool = False, extra: dict[str, Any] | None = None
+) -> StageResult:
+    """Run (or fetch from cache) one stage and record it in the catalog.
+
+    `extra`: further keyword arguments for the task, outside its cache key (things
+    its inputs already identify, e.g. the training set of a bake for evaluate).
+    """
     task = stage.task.with_options(
         cache_key_fn=stage_cache_key_fn(stage.name, stage.code_version),
         result_storage=Path(run.workdir) / RESULTS_DIR,
@@ -87,7 +93,7 @@ def run_stage(stage: Stage, inputs: Any, params_json: str, run: RunInfo, refresh
     started = time.monotonic()
     state = task(
         inputs=inputs, params_json=params_json, workdir=run.workdir, run_id=run.run_id, workers=run.workers,
-        return_state=True,
+        return_state=True, **(extra or {}),
     )
     duration = time.monotonic() - started
     if not state.is_completed():

@@ -1,0 +1,105 @@
+#!/usr/bin/env python
+"""Benchmark the evaluate stage on the tiny model: time per grid cell and the share spent swapping LoRA weights.
+
+    .venv/bin/python benchmarks/evaluate.py [--epochs 4] [--steps 20] [--size 64] [--json out.json] [--strict]
+
+1. Builds the tiny SD1.5-shaped model and one kohya-format LoRA file per epoch
+   (random, non-zero; what the bake stage writes) in a temporary folder.
+2. Loads the base pipeline once (timed apart), then renders the recipe's default
+   grid: epochs x weights (0, .25, .5, .75, 1) x 2 prompts x 2 seeds, each epoch's
+   file loaded with `load_lora_weights`, its weight changed in place with
+   `set_adapters`, and deleted before the next epoch.
+3. Runs the whole stage (`evaluate_bake`: grid + metrics + grids + report +
+   catalog) without Prefect, for the end-to-end time.
+
+Target: reload share (LoRA loading + weight setting + deleting, over that plus
+rendering) < 10 %. Exit code 0 whatever the numbers unless --strict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TARGET_RELOAD_SHARE = 0.10
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=20, help="sampling steps (the recipe's default: 20)")
+    ap.add_argument("--size", type=int, default=64, help="image side in pixels")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--strict", action="store_true", help="exit 1 if the reload share misses the target")
+    args = ap.parse_args()
+
+    import torch
+
+    from bakery.craft import xyz
+    from bakery.craft.tiny_model import build_tiny_sd15
+    from bakery.manifest import BakeOutput
+    from bakery.recipe import EvaluateParams
+    from tasks.evaluate import EVALUATE, evaluate_bake
+    from tasks.stage import RunInfo
+    from tests.lora_files import write_kohya_lora
+
+    trigger = "bakery_girl"
+    with tempfile.TemporaryDirectory(prefix="bench-evaluate-") as tmp:
+        root = Path(tmp)
+        model = build_tiny_sd15(root / "tiny", words=[f"{trigger}, red_dress, smile, solo, blue_eyes"])
+        files = {e: str(write_kohya_lora(model, root / f"b-{e:06d}.safetensors", seed=e, strength=0.4, epoch=e))
+                 for e in range(1, args.epochs + 1)}
+        params = EvaluateParams(steps=args.steps, width=args.size, height=args.size, device=args.device)
+        prompts = [trigger, f"{trigger}, solo, red_dress, smile"]
+
+        t = time.perf_counter()
+        taster = xyz.Taster(str(model), "sd15", 2, params.sampler, params.device)
+        base_load_s = time.perf_counter() - t
+        t = time.perf_counter()
+        run = xyz.render_grid(taster, files, params.weights, prompts, params.seeds, params.negative_prompt,
+                              params.steps, params.cfg_scale, params.width, params.height)
+        grid_s = time.perf_counter() - t
+        tm = run.timings
+
+        bake = BakeOutput("b", str(model), "sd15", files, "bench", [trigger], 2)
+        t = time.perf_counter()
+        res = evaluate_bake(bake, params, RunInfo("bench", str(root / "work")), EVALUATE.code_version)
+        stage_s = time.perf_counter() - t
+
+    out = {
+        "device": taster.device,
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "epochs": args.epochs, "weights": len(params.weights), "prompts": len(prompts), "seeds": len(params.seeds),
+        "steps": args.steps, "size": args.size,
+        "cells": tm.cells,
+        "base_load_s": round(base_load_s, 3),
+        "grid_s": round(grid_s, 3),
+        "per_cell_s": round(grid_s / tm.cells, 4),
+        "render_s": round(tm.render_s, 3),
+        "lora_swap_s": round(tm.load_s, 3),
+        "lora_swap_per_epoch_s": round(tm.load_s / args.epochs, 4),
+        "reload_share": round(tm.reload_share, 4),
+        "stage_s": round(stage_s, 3),
+        "stage_cells": res.timings.cells,
+        "target_reload_share": TARGET_RELOAD_SHARE,
+        "ok": tm.reload_share < TARGET_RELOAD_SHARE,
+    }
+    width = max(map(len, out))
+    for k, v in out.items():
+        print(f"{k.ljust(width)}  {v}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    return 1 if args.strict and not out["ok"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
