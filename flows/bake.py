@@ -13,11 +13,13 @@ from bakery.stages import plan_run
 from tasks.convert import CONVERT
 from tasks.dedupe import DEDUPE
 from tasks.ingest import INGEST, FolderSpec, scan_sources
+from tasks.masks import MASKS, masks_params
 from tasks.report import run_summary_markdown
 from tasks.stage import RunInfo, begin_run, end_run, run_stage
 
 # Stages built so far, in chain order. A stage not built is absent, not a no-op.
-GATHER = (INGEST, CONVERT, DEDUPE)
+# masks: after upscale in the full chain (bakery/stages.py), after dedupe until those land.
+GATHER = (INGEST, CONVERT, DEDUPE, MASKS)
 BUILT = tuple(s.name for s in GATHER)
 
 
@@ -29,7 +31,8 @@ def _folders(recipe: Recipe) -> list[FolderSpec]:
 def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]) -> list[ImageRef]:
     """Sources to a clean set of originals: scan -> ingest -> convert -> dedupe."""
     recipe = load_recipe(recipe_path)
-    params = {"ingest": recipe.ingest, "convert": recipe.convert, "dedupe": recipe.dedupe}
+    params = {"ingest": recipe.ingest, "convert": recipe.convert, "dedupe": recipe.dedupe,
+              "masks": masks_params(recipe)}
     inputs: object = scan_sources(_folders(recipe))
     images: list[ImageRef] = []
     for stage in GATHER:

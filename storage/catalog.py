@@ -130,6 +130,24 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        8,
+        """
+        CREATE TABLE mask_stats (
+            mask_hash VARCHAR PRIMARY KEY, -- a greyscale mask in the store (a 'masks' derivation of its image)
+            width INTEGER NOT NULL, height INTEGER NOT NULL,
+            histogram JSON NOT NULL        -- 256 pixel counts: QA with any thresholds, no re-decode
+        );
+        CREATE TABLE mask_qa (
+            run_id VARCHAR NOT NULL,
+            image_hash VARCHAR NOT NULL,
+            mask_hash VARCHAR,             -- NULL when no mask could be made
+            accepted BOOLEAN NOT NULL,     -- false: the image trains without masked loss
+            reason VARCHAR,                -- why it was rejected
+            PRIMARY KEY (run_id, image_hash)
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -216,6 +234,25 @@ class Catalog:
         """Loss per step; re-logging a step (a resumed bake) replaces it."""
         stamped = [{**row, "created_at": row.get("created_at") or now()} for row in rows]
         return self._insert("bake_log", stamped, verb="INSERT OR REPLACE")
+
+    def add_mask_stats(self, rows: Iterable[dict[str, Any]]) -> int:
+        return self._insert("mask_stats", rows)
+
+    def mask_histograms(self, mask_hashes: Sequence[str]) -> dict[str, list[int]]:
+        if not mask_hashes:
+            return {}
+        rows = self.con.execute(
+            "SELECT mask_hash, histogram FROM mask_stats WHERE mask_hash IN (SELECT unnest(?))", [list(mask_hashes)]
+        ).fetchall()
+        return {h: json.loads(hist) for h, hist in rows}
+
+    def add_mask_qa(self, rows: Iterable[dict[str, Any]], run_id: str) -> int:
+        return self._insert("mask_qa", ({"run_id": run_id, **r} for r in rows), verb="INSERT OR REPLACE")
+
+    def mask_qa_for(self, run_id: str) -> list[dict[str, Any]]:
+        return self.rows(
+            "SELECT image_hash, mask_hash, accepted, reason FROM mask_qa WHERE run_id = ? ORDER BY image_hash", [run_id]
+        )
 
     def bake_log(self, bake_key: str) -> list[dict[str, Any]]:
         return self.rows("SELECT step, epoch, loss, lr FROM bake_log WHERE bake_key = ? ORDER BY step", [bake_key])
