@@ -178,8 +178,8 @@ class MaskModel:
                 warnings.simplefilter("ignore")
                 # ckpt given: the library loads that file and downloads nothing.
                 self.remover = library.Remover(mode=mode, ckpt=str(checkpoint), device=self.device, resize="static")
-        except (RuntimeError, OSError, ValueError, KeyError, EOFError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        except Exception as exc:  # torch.load / load_state_dict: pickle, zip and key-mismatch errors alike
+            first = " ".join(str(exc).split()) or type(exc).__name__
             raise MaskSetupError(
                 f"masks.checkpoint: {checkpoint} is not a transparent-background (InSPyReNet SwinB) "
                 f"checkpoint: {first[:300]}"
