@@ -110,15 +110,39 @@ def test_disabled_message_says_how_to_turn_masks_on():
 
 
 # -- the real model on a random-weight checkpoint -------------------------------------------
+def _checkpoint_cache() -> Path | None:
+    """Where the random checkpoint is kept between sessions ($BAKERY_TEST_CACHE, ~/.cache/bakery-test)."""
+    root = Path(os.environ.get("BAKERY_TEST_CACHE") or Path.home() / ".cache" / "bakery-test")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return root if os.access(root, os.W_OK) else None
+
+
 @pytest.fixture(scope="session")
 def inspyrenet_ckpt(tmp_path_factory: pytest.TempPathFactory):
-    """InSPyReNet_SwinB(depth=64) with random weights (~370 MB): built once per session, removed after."""
+    """InSPyReNet_SwinB(depth=64) with random weights (~370 MB), built once and reused.
+
+    Its name holds everything its bytes depend on (seed, library and torch versions); it is
+    written atomically, so a reader never sees half a file, and any session can rebuild it.
+    """
+    import importlib.metadata
+
+    import torch
+
     os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # before transparent_background (albumentations) is imported
-    root = tmp_path_factory.mktemp("inspyrenet")
-    os.environ["TRANSPARENT_BACKGROUND_FILE_PATH"] = str(root / "home")  # never ~/.transparent-background
-    path = build_random_inspyrenet_ckpt(root / "ckpt_random.pth")
+    home = tmp_path_factory.mktemp("transparent-background")
+    os.environ["TRANSPARENT_BACKGROUND_FILE_PATH"] = str(home)  # never ~/.transparent-background
+    name = (f"inspyrenet-swinb-random-s0-tb{importlib.metadata.version('transparent-background')}"
+            f"-torch{torch.__version__.split('+')[0]}.pth")
+    cache = _checkpoint_cache()
+    path = (cache or tmp_path_factory.mktemp("inspyrenet")) / name
+    if not path.is_file():
+        build_random_inspyrenet_ckpt(path)
     yield path
-    path.unlink(missing_ok=True)
+    if cache is None:
+        path.unlink(missing_ok=True)
 
 
 def stage_params(base: Path, **masks) -> str:

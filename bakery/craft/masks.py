@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -224,7 +225,13 @@ def build_random_inspyrenet_ckpt(path: Path | str, seed: int = 0) -> Path:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = InSPyReNet_SwinB(depth=64, pretrained=False, threshold=None, base_size=[384, 384])
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)  # never a half-written checkpoint at `path`
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(model.state_dict(), tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)  # never a half-written checkpoint at `path`, even with two writers
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
