@@ -186,6 +186,36 @@ class DedupeParams(_Section):
     exact: bool = True
 
 
+class MaskParams(_Section):
+    """rules.md §6: a greyscale loss mask per image (white = train), checked before use."""
+
+    # A transparent-background checkpoint file (ckpt_base.pth / ckpt_fast.pth). None: no masks.
+    checkpoint: Path | None = None
+    mode: Literal["base", "fast", "base-nightly"] = "base"
+    # Network input side in px; None = the mode's own (1024 base, 384 fast). Smaller is faster, coarser.
+    size: Annotated[int, Field(ge=32, multiple_of=32)] | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Mask QA: a rejected mask leaves its image without masked loss (recorded with the reason).
+    black_level: Annotated[int, Field(ge=0, le=254)] = 16
+    min_foreground: Annotated[float, Field(ge=0, le=1)] = 0.02
+    max_foreground: Annotated[float, Field(ge=0, le=1)] = 0.98
+    grey_low: Annotated[int, Field(ge=1, le=254)] = 64
+    grey_high: Annotated[int, Field(ge=1, le=254)] = 191
+    max_grey: Annotated[float, Field(ge=0, le=1)] = 0.25
+
+    @model_validator(mode="after")
+    def _bands(self) -> "MaskParams":
+        if self.min_foreground >= self.max_foreground:
+            raise ValueError(
+                f"min_foreground ({self.min_foreground}) must be < max_foreground ({self.max_foreground})"
+            )
+        if not self.black_level < self.grey_low <= self.grey_high:
+            raise ValueError(
+                f"need black_level < grey_low <= grey_high, got {self.black_level}, {self.grey_low}, {self.grey_high}"
+            )
+        return self
+
+
 class BucketParams(_Section):
     resolution: Annotated[int, Field(ge=64)] = 512
     min_side: Annotated[int, Field(ge=64)] = 256
@@ -306,6 +336,7 @@ class Recipe(_Section):
     ingest: IngestParams = IngestParams()
     convert: ConvertParams = ConvertParams()
     dedupe: DedupeParams = DedupeParams()
+    masks: MaskParams = MaskParams()
     buckets: BucketParams = BucketParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()

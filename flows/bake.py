@@ -16,12 +16,14 @@ from tasks.dedupe import DEDUPE
 from tasks.ingest import INGEST, FolderSpec, Listing, scan_sources
 from tasks.evaluate import EVALUATE
 from tasks.scrape import SCRAPE, booru_specs
+from tasks.masks import MASKS, masks_params
 from tasks.report import run_summary_markdown
 from tasks.pool import Runner, use_runner
 from tasks.stage import RunInfo, begin_run, end_run, run_stage
 
 # Stages built so far, in chain order. A stage not built is absent, not a no-op.
-GATHER = (INGEST, CONVERT, DEDUPE)
+# masks: after upscale in the full chain (bakery/stages.py), after dedupe until those land.
+GATHER = (INGEST, CONVERT, DEDUPE, MASKS)
 BUILT = (SCRAPE.name, *(s.name for s in GATHER))
 # Last in the chain, after bake: the bake's payload (BakeOutput) in, the report path out.
 TASTE = (EVALUATE,)
@@ -35,7 +37,6 @@ def _runner(recipe: Recipe) -> Runner:
     return Runner(rt.task_runner, address, rt.chunk_size, PREFECT_API_URL.value() or None)
 
 
-
 def _folders(recipe: Recipe) -> list[FolderSpec]:
     return [FolderSpec(str(recipe.resolve(s.path)), s.recursive, s.source_kind) for s in recipe.sources if s.kind == "folder"]
 
@@ -44,7 +45,8 @@ def _folders(recipe: Recipe) -> list[FolderSpec]:
 def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]) -> list[ImageRef]:
     """Sources to a clean set of originals: scan (+ scrape) -> ingest -> convert -> dedupe."""
     recipe = load_recipe(recipe_path)
-    params = {"ingest": recipe.ingest, "convert": recipe.convert, "dedupe": recipe.dedupe}
+    params = {"ingest": recipe.ingest, "convert": recipe.convert, "dedupe": recipe.dedupe,
+              "masks": masks_params(recipe)}
     inputs: object = scan_sources(_folders(recipe))
     boorus = booru_specs(recipe)
     if boorus and SCRAPE.name in stages:  # scrape first: its downloads join the folder listing

@@ -209,6 +209,24 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        8,
+        """
+        CREATE TABLE mask_stats (
+            mask_hash VARCHAR PRIMARY KEY, -- a greyscale mask in the store (a 'masks' derivation of its image)
+            width INTEGER NOT NULL, height INTEGER NOT NULL,
+            histogram JSON NOT NULL        -- 256 pixel counts: QA with any thresholds, no re-decode
+        );
+        CREATE TABLE mask_qa (
+            run_id VARCHAR NOT NULL,
+            image_hash VARCHAR NOT NULL,
+            mask_hash VARCHAR,             -- NULL when no mask could be made
+            accepted BOOLEAN NOT NULL,     -- false: the image trains without masked loss
+            reason VARCHAR,                -- why it was rejected
+            PRIMARY KEY (run_id, image_hash)
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(v for v, _ in MIGRATIONS)
@@ -363,6 +381,25 @@ class Catalog:
             "SELECT * EXCLUDE (eval_key) FROM evaluation_metrics WHERE eval_key = ? ORDER BY epoch, weight", [ev["eval_key"]]
         )
         return ev
+
+    def add_mask_stats(self, rows: Iterable[dict[str, Any]]) -> int:
+        return self._insert("mask_stats", rows)
+
+    def mask_histograms(self, mask_hashes: Sequence[str]) -> dict[str, list[int]]:
+        if not mask_hashes:
+            return {}
+        rows = self.con.execute(
+            "SELECT mask_hash, histogram FROM mask_stats WHERE mask_hash IN (SELECT unnest(?))", [list(mask_hashes)]
+        ).fetchall()
+        return {h: json.loads(hist) for h, hist in rows}
+
+    def add_mask_qa(self, rows: Iterable[dict[str, Any]], run_id: str) -> int:
+        return self._insert("mask_qa", ({"run_id": run_id, **r} for r in rows), verb="INSERT OR REPLACE")
+
+    def mask_qa_for(self, run_id: str) -> list[dict[str, Any]]:
+        return self.rows(
+            "SELECT image_hash, mask_hash, accepted, reason FROM mask_qa WHERE run_id = ? ORDER BY image_hash", [run_id]
+        )
 
     def add_skips(self, run_id: str, stage: str, skips: Iterable[tuple[str, str]]) -> int:
         return self._insert("skips", ({"run_id": run_id, "stage": stage, "subject": s, "reason": r} for s, r in skips), verb="INSERT")

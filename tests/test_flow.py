@@ -87,20 +87,20 @@ def test_second_run_is_all_cached_and_param_change_reruns_downstream_only(tmp_pa
     work = tmp_path / "work"
 
     first = bake(recipe)
-    assert status(work, first) == {"ingest": "ran", "convert": "ran", "dedupe": "ran"}
+    assert status(work, first) == {"ingest": "ran", "convert": "ran", "dedupe": "ran", "masks": "ran"}
     second = bake(recipe)
-    assert status(work, second) == {"ingest": "cached", "convert": "cached", "dedupe": "cached"}
+    assert status(work, second) == {"ingest": "cached", "convert": "cached", "dedupe": "cached", "masks": "cached"}
 
     write_recipe(tmp_path, "\n[convert]\npng_compress_level = 6\n")
     third = bake(recipe)
-    assert status(work, third) == {"ingest": "cached", "convert": "ran", "dedupe": "ran"}
+    assert status(work, third) == {"ingest": "cached", "convert": "ran", "dedupe": "ran", "masks": "ran"}
     assert stages(work, third)["convert"]["n_processed"] == 4
 
     # One added image: only that image is worked on inside each per-image stage.
     gradient(99, 77, seed=42).save(images / "new.jpg")
     fourth = bake(recipe)
     st = stages(work, fourth)
-    assert {k: v["status"] for k, v in st.items()} == {"ingest": "ran", "convert": "ran", "dedupe": "ran"}
+    assert {k: v["status"] for k, v in st.items()} == {"ingest": "ran", "convert": "ran", "dedupe": "ran", "masks": "ran"}
     assert st["ingest"]["n_processed"] == 1 and st["convert"]["n_processed"] == 1
     assert st["dedupe"]["n_out"] == 5
     with Catalog.open(work, read_only=True) as cat:
@@ -119,7 +119,8 @@ def test_from_and_only_force_the_right_stages(tmp_path: Path):
     recipe = write_recipe(tmp_path)
     work = tmp_path / "work"
     bake(recipe)
-    assert status(work, bake(recipe, from_stage="convert")) == {"ingest": "cached", "convert": "ran", "dedupe": "ran"}
+    assert status(work, bake(recipe, from_stage="convert")) == {
+        "ingest": "cached", "convert": "ran", "dedupe": "ran", "masks": "ran"}
     assert status(work, bake(recipe, only_stage="convert")) == {"ingest": "cached", "convert": "ran"}
 
 

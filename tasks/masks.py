@@ -1,0 +1,169 @@
+"""Masks: a greyscale loss mask per image (transparent-background), then mask QA.
+
+The model runs in this process (one model in memory, CUDA when present), only
+on images that have no mask yet for the same checkpoint, mode, size and code:
+each mask is a 'masks' derivation of its image in the catalog, with its
+histogram in `mask_stats`. QA then runs on the histograms, so changing a QA
+threshold re-checks every mask without re-running the model. An accepted mask
+goes on `ImageRef.mask`; a rejected one leaves it "" and is recorded in
+`mask_qa` with the reason. With no checkpoint the stage passes every image on
+without a mask and says how to configure one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from bakery.craft import masks as craft
+from bakery.manifest import ImageRef, StageResult
+from bakery.recipe import MaskParams, Recipe, stage_params_json
+from storage import Catalog, digest_file
+from tasks import caching
+from tasks.progress import StageProgress
+from tasks.stage import RunInfo, Stage, params_hash
+
+FLUSH_EVERY = 32  # catalog writes per this many new masks: a crash keeps what was done
+CONFIG_DIR = "cache/transparent-background"  # in the work dir: the library's config.yaml
+
+
+def masks_params(recipe: Recipe) -> dict[str, Any]:
+    """The stage's parameters: the recipe section, its checkpoint made absolute and hashed.
+
+    The checkpoint's sha256 is part of the cache key (a file replaced at the same path
+    makes new masks); its path is not (moving the file changes nothing).
+    """
+    params = recipe.masks
+    sha = None
+    if params.checkpoint is not None:
+        path = recipe.resolve(params.checkpoint)
+        params = params.model_copy(update={"checkpoint": path})
+        if path.is_file():
+            sha = digest_file(path).sha256
+    return {"masks": params.model_dump(mode="json"), "checkpoint_sha256": sha}
+
+
+def model_params_json(params: MaskParams, checkpoint_sha256: str) -> str:
+    """What the model's output depends on (not the QA thresholds, not the device)."""
+    return stage_params_json({"checkpoint_sha256": checkpoint_sha256, "mode": params.mode, "size": params.size})
+
+
+def qa_of(params: MaskParams) -> craft.MaskQA:
+    return craft.MaskQA(
+        black_level=params.black_level,
+        min_foreground=params.min_foreground,
+        max_foreground=params.max_foreground,
+        grey_low=params.grey_low,
+        grey_high=params.grey_high,
+        max_grey=params.max_grey,
+    )
+
+
+@task(name="masks")
+def masks(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, workers: int | None) -> StageResult:
+    data = json.loads(params_json)
+    params = MaskParams.model_validate(data["masks"])
+    logger = get_run_logger()
+    plain = sorted(ImageRef(r.name, r.hash) for r in inputs)
+    if params.checkpoint is None:
+        logger.warning(craft.DISABLED_MESSAGE)
+        create_markdown_artifact(f"**masks: off.** {craft.DISABLED_MESSAGE}", key="masks-qa",
+                                 description="Mask QA")
+        return StageResult(images=plain, n_in=len(inputs))
+    sha = data.get("checkpoint_sha256")
+    if not sha:  # the flow found no file there
+        craft.check_checkpoint(params.checkpoint)
+        raise craft.MaskSetupError(f"masks.checkpoint: cannot read {params.checkpoint}")
+
+    run = RunInfo(run_id, workdir, workers)
+    model_json = model_params_json(params, sha)
+    p_hash = params_hash(model_json)
+    unique = list({r.hash: r for r in plain}.values())
+    store = run.store
+    with Catalog.open(run.catalog) as cat:
+        memo = {h: outs[0][0] for h, outs in
+                cat.find_derivations("masks", p_hash, MASKS.code_version, [r.hash for r in unique]).items()}
+        hists = cat.mask_histograms(sorted(set(memo.values())))
+    todo = [r for r in unique if r.hash not in memo or memo[r.hash] not in hists or not store.has(memo[r.hash])]
+
+    failed: dict[str, str] = {}
+    if todo:
+        model = craft.MaskModel(params.checkpoint, Path(workdir) / CONFIG_DIR, params.mode, params.size, params.device)
+        logger.info("masks: %d images on %s (mode %s, size %s)", len(todo), model.device, params.mode,
+                    params.size or "the mode's own")
+        pending: list[tuple[ImageRef, str, int, int, list[int]]] = []
+
+        def flush() -> None:
+            with Catalog.open(run.catalog) as cat:
+                cat.add_mask_stats(
+                    {"mask_hash": m, "width": w, "height": h, "histogram": hist} for _, m, w, h, hist in pending
+                )
+                cat.add_derivations(
+                    [
+                        {
+                            "input_hash": ref.hash, "output_hash": m, "output_suffix": "", "stage": "masks",
+                            "params": model_json, "params_hash": p_hash, "code_version": MASKS.code_version,
+                        }
+                        for ref, m, *_ in pending
+                    ],
+                    run_id,
+                )
+            pending.clear()
+
+        try:
+            with StageProgress("masks", len(todo)) as progress:
+                for ref in todo:
+                    try:
+                        with Image.open(store.path(ref.hash)) as img:
+                            img.load()
+                            mask = model.predict(img)
+                    except OSError as exc:  # a file gone from the store, or unreadable
+                        failed[ref.hash] = f"cannot read image: {exc}"
+                        progress.advance()
+                        continue
+                    digest = store.put_bytes(craft.mask_png(mask))
+                    hist = craft.histogram(np.asarray(mask))
+                    memo[ref.hash], hists[digest.sha256] = digest.sha256, hist
+                    pending.append((ref, digest.sha256, mask.width, mask.height, hist))
+                    if len(pending) >= FLUSH_EVERY:
+                        flush()
+                    progress.advance()
+        finally:
+            if pending:
+                flush()
+            model.close()
+
+    qa = qa_of(params)
+    images, verdicts = [], []
+    for ref in plain:
+        mask_hash = memo.get(ref.hash) if ref.hash not in failed else None
+        reason = failed.get(ref.hash) or craft.qa_reason(hists[mask_hash], qa)
+        images.append(ImageRef(ref.name, ref.hash, mask_hash if reason is None else ""))
+        verdicts.append({"image_hash": ref.hash, "mask_hash": mask_hash, "accepted": reason is None, "reason": reason})
+    with Catalog.open(run.catalog) as cat:
+        cat.add_mask_qa(verdicts, run_id)
+    rejected = [(ref, v["reason"]) for ref, v in zip(plain, verdicts) if not v["accepted"]]
+    if rejected:
+        logger.warning("masks: %d of %d masks rejected; those images train without masked loss",
+                       len(rejected), len(plain))
+    create_markdown_artifact(qa_markdown(len(plain), rejected), key="masks-qa", description="Mask QA")
+    return StageResult(images=images, n_in=len(inputs), n_processed=len(todo))
+
+
+def qa_markdown(total: int, rejected: list[tuple[ImageRef, str]]) -> str:
+    lines = [f"**masks:** {total - len(rejected)} of {total} masks accepted; "
+             f"{len(rejected)} rejected (those images train without masked loss)."]
+    if rejected:
+        lines += ["", "| image | reason |", "|---|---|"]
+        lines += [f"| {ref.name} | {reason} |" for ref, reason in rejected]
+    return "\n".join(lines)
+
+
+MASKS = Stage("masks", masks, caching.code_version(craft, sys.modules[__name__]))
