@@ -327,7 +327,7 @@ def measure(recipe_path: Path, out_path: Path) -> int:
     result: dict = {"recipe": str(recipe_path)}
     started = time.perf_counter()
     from bakery.recipe import load_recipe
-    from flows.bake import BUILT, bake_lora
+    from flows.bake import bake_lora
     from flows.runtime import prefect_api
     from storage import Catalog
     from tasks.pool import worker_count
@@ -375,7 +375,8 @@ def measure(recipe_path: Path, out_path: Path) -> int:
                 f"SELECT {columns} FROM stage_runs WHERE run_id = ? ORDER BY started_at", [run_id]
             )
     statuses = {s["stage"]: s["status"] for s in result["rerun_stages"]}
-    result["rerun_all_cached"] = set(statuses) == set(BUILT) and all(v == "cached" for v in statuses.values())
+    ran_first = {s["stage"] for s in result["first_stages"]}  # stages a folder recipe runs (no scrape)
+    result["rerun_all_cached"] = set(statuses) == ran_first and all(v == "cached" for v in statuses.values())
     out_path.write_text(json.dumps(result, indent=2, default=str))
     return 0
 
