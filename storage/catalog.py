@@ -130,7 +130,19 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        3,
+        """
+        CREATE TABLE perceptual_hashes (
+            image_hash VARCHAR PRIMARY KEY,
+            phash UBIGINT NOT NULL,        -- imagehash pHash, 8x8 bits
+            dhash UBIGINT NOT NULL,        -- imagehash dHash, 8x8 bits
+            created_at TIMESTAMPTZ NOT NULL
+        );
+        """,
+    ),
 ]
+MIGRATIONS.sort(key=lambda m: m[0])  # versions are appended by separate branches
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -274,6 +286,16 @@ class Catalog:
     def record_stage(self, run_id: str, stage: str, **fields: Any) -> None:
         self._insert("stage_runs", [{"run_id": run_id, "stage": stage, "started_at": now(), **fields}], verb="INSERT OR REPLACE")
 
+    def add_perceptual_hashes(self, rows: Iterable[dict[str, Any]]) -> int:
+        return self._insert("perceptual_hashes", ({"created_at": now(), **r} for r in rows))
+
+    def clear_duplicates(self, stage: str, image_hashes: Sequence[str]) -> None:
+        """Forget earlier verdicts on these images (the recipe's keep list may have changed)."""
+        if image_hashes:
+            self.con.execute(
+                "DELETE FROM duplicates WHERE stage = ? AND image_hash IN (SELECT unnest(?))", [stage, list(image_hashes)]
+            )
+
     # -- reading ---------------------------------------------------------------
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         cur = self.con.execute(sql, list(params))
@@ -317,6 +339,33 @@ class Catalog:
             "SELECT hash, pixel_hash FROM images WHERE hash IN (SELECT unnest(?))", [list(hashes)]
         ).fetchall()
         return dict(rows)
+
+    def perceptual_hashes(self, hashes: Sequence[str]) -> dict[str, tuple[int, int]]:
+        if not hashes:
+            return {}
+        rows = self.con.execute(
+            "SELECT image_hash, phash, dhash FROM perceptual_hashes WHERE image_hash IN (SELECT unnest(?))",
+            [list(hashes)],
+        ).fetchall()
+        return {h: (p, d) for h, p, d in rows}
+
+    def origins(self, hashes: Sequence[str]) -> dict[str, tuple[list[str], str]]:
+        """For each image, the source kinds of its originals and when the first was fetched (ISO)."""
+        if not hashes:
+            return {}
+        rows = self.con.execute(
+            """WITH RECURSIVE up(image_hash, current, depth) AS (
+                   SELECT h, h, 0 FROM (SELECT unnest(?) AS h)
+                   UNION ALL
+                   SELECT up.image_hash, d.input_hash, up.depth + 1 FROM up
+                   JOIN derivations d ON d.output_hash = up.current AND d.input_hash <> d.output_hash
+                   WHERE up.depth < 32
+               )
+               SELECT up.image_hash, list(DISTINCT coalesce(s.source_kind, 'unknown')), min(s.fetched_at)
+               FROM up JOIN sources s ON s.image_hash = up.current GROUP BY up.image_hash""",
+            [list(hashes)],
+        ).fetchall()
+        return {h: (sorted(kinds), first.isoformat() if first else "") for h, kinds, first in rows}
 
     def resolve_hash(self, ref: str) -> str:
         """A full image hash from a full hash, a unique prefix (>= 6 chars) or an md5."""
