@@ -107,7 +107,7 @@ def _thumb(ref: ImageRef, run: RunInfo, folder: Path) -> str:
     from PIL import Image
 
     name = f"{ref.hash[:16]}.jpg"
-    path = folder / name
+    path = folder / "thumbs" / name
     if not path.exists():
         with Image.open(io.BytesIO(run.store.read_bytes(ref.hash))) as im:
             im.thumbnail((256, 256))

@@ -184,8 +184,10 @@ def test_keep_order_source_rank_then_oldest_and_keep_override():
     c = _cand("c", im.copy(), rank=0, added="2024-01-01")
     (g,) = near_duplicates([a, b, c], 8, 12)
     assert [k.ref.name for k in g.kept] == ["c"]  # best source, then oldest
-    (g,) = near_duplicates([a, b, c], 8, 12, keep=["a", "b00000"])
-    assert sorted(k.ref.name for k in g.kept) == ["a", "b"] and [d.dropped.ref.name for d in g.dropped] == ["c"]
+    (g,) = near_duplicates([a, b, c], 8, 12, keep=["a"])
+    assert [k.ref.name for k in g.kept] == ["c", "a"] and [d.dropped.ref.name for d in g.dropped] == ["b"]
+    (g,) = near_duplicates([a, b, c], 8, 12, keep=["a", "b00000"])  # a hash prefix works too
+    assert [k.ref.name for k in g.kept] == ["c", "b", "a"] and g.dropped == []
 
 
 def test_different_pictures_not_merged():

@@ -167,7 +167,7 @@ class NearDuplicate:
 
 @dataclass(frozen=True)
 class NearGroup:
-    kept: list[Candidate]  # usually one; more when the recipe's `keep` list protects several
+    kept: list[Candidate]  # the best copy, plus any the recipe's `keep` list protects
     dropped: list[NearDuplicate]
 
 
@@ -212,7 +212,7 @@ def near_duplicates(
             continue
         ranked = sorted(group, key=Candidate.order_key)
         protected = [c for c in ranked if matches_keep(c.ref, list(keep))]
-        kept = protected or ranked[:1]
+        kept = ranked[:1] + [c for c in protected if c is not ranked[0]]  # `keep` adds, never replaces
         best = kept[0]
         dropped = [
             NearDuplicate(c, best, hamming(c.phash, best.phash), hamming(c.dhash, best.dhash))
