@@ -31,9 +31,11 @@ class ImageJob:
     compress_level: int = 1
 
 
-def _open(job: ImageJob) -> Image.Image:
+def _open(job: ImageJob, load: bool = True) -> Image.Image:
+    """The input image; with load=False only its header is read (size, mode, transparency)."""
     im = Image.open(io.BytesIO(ContentStore(job.store_root).read_bytes(job.image.hash)))
-    im.load()
+    if load:
+        im.load()
     return im
 
 
@@ -81,7 +83,10 @@ class AlphaJob(ImageJob):
 
 
 def _alpha_one(job: AlphaJob) -> list[dict[str, Any]]:
-    im = _open(job)
+    im = _open(job, load=False)
+    if not alpha_craft.has_alpha(im) and job.pixel_hash:
+        return _same(job, im)  # decided from the header: nothing decoded
+    im.load()
     out = alpha_craft.remove_alpha(im, job.background)
     return _same(job, im) if out is None else _stored(job, out)
 
@@ -112,8 +117,11 @@ _MODELS: dict[tuple[Any, ...], upscale_craft.SpandrelUpscaler] = {}
 
 
 def _upscale_one(job: UpscaleJob) -> list[dict[str, Any]]:
-    im = _open(job)
+    im = _open(job, load=False)
     size = upscale_craft.target_size(im.width, im.height, job.resolution)
+    if size is None and job.pixel_hash:
+        return _same(job, im)  # large enough: decided from the header
+    im.load()
     if size is None:
         return _same(job, im)
     if job.backend == "spandrel":
@@ -133,9 +141,10 @@ class SnapJob(ImageJob):
 
 
 def _snap_one(job: SnapJob) -> list[dict[str, Any]]:
-    im = _open(job)
-    if im.size == job.bucket:
+    im = _open(job, load=False)
+    if im.size == job.bucket and job.pixel_hash:
         return _same(job, im)
+    im.load()
     return _stored(job, fit_to_bucket(im.convert("RGB"), BucketChoice(job.bucket, job.resized)))
 
 

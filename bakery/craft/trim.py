@@ -17,12 +17,15 @@ Box = tuple[int, int, int, int]  # left, top, right, bottom
 
 def content_box(im: Image.Image, fuzz: float = 0.2, min_size: int = 64) -> Box:
     """The box to keep; the full image when there is nothing to trim."""
-    arr = np.asarray(im.convert("RGB"), dtype=np.float32)
-    h, w = arr.shape[:2]
-    corner = arr[0, 0]
-    # mean of squared channel differences, compared to (fuzz * 255)^2
-    dist2 = ((arr - corner) ** 2).mean(axis=2)
-    differs = dist2 > (fuzz * 255.0) ** 2
+    from PIL import ImageChops
+
+    rgb = im.convert("RGB")
+    w, h = rgb.size
+    corner = rgb.getpixel((0, 0))
+    # |pixel - corner| per channel in C, then the mean of squares in integers
+    diff = np.asarray(ImageChops.difference(rgb, Image.new("RGB", rgb.size, corner)), dtype=np.uint16)
+    dist2 = (diff * diff).sum(axis=2, dtype=np.uint32)  # 3 x mean square
+    differs = dist2 > int(3 * (fuzz * 255.0) ** 2)
     rows, cols = np.flatnonzero(differs.any(axis=1)), np.flatnonzero(differs.any(axis=0))
     if not len(rows):  # uniform picture: nothing to keep apart from the rest
         return (0, 0, w, h)
