@@ -202,7 +202,7 @@ def run_one(n: int, seed: int, workers: int, keep: bool) -> dict:
     if not keep:
         import shutil
 
-        shutil.rmtree(bench / "images", ignore_errors=True)
+        shutil.rmtree(bench, ignore_errors=True)
     return r
 
 

@@ -112,6 +112,17 @@ def test_prepare_chain_on_generated_images(tmp_path: Path):
     assert len(assignment) == 10 and all(len(a["bucket"]) == 2 for a in assignment.values())
     assert snapshot(images) == before  # originals never modified
 
+    # Prefect artifacts for the reviews
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = ["dedupe-review", "upscale-report", "buckets-report"]
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    found = {a.key: a.data for a in arts}
+    assert set(found) == set(keys)
+    assert "| scene0 | scene0_small |" in found["dedupe-review"]
+
     # Unchanged: every stage cached. A `keep` override: dedupe re-runs, one image flows down.
     assert set(status(work, bake(recipe)).values()) == {"cached"}
     write_recipe(tmp_path, SMALL + '\n[dedupe]\nkeep = ["scene0_small"]\n')
@@ -122,6 +133,13 @@ def test_prepare_chain_on_generated_images(tmp_path: Path):
     assert st2["alpha"]["n_processed"] == st2["trim"]["n_processed"] == st2["upscale"]["n_processed"] == 1
     with Catalog.open(work, read_only=True) as cat:
         assert cat.rows("SELECT count(*) AS n FROM duplicates WHERE method = 'phash+dhash'")[0]["n"] == 2
+
+    # A trim parameter: the stages before it stay cached, trim re-runs on every image.
+    write_recipe(tmp_path, SMALL + '\n[dedupe]\nkeep = ["scene0_small"]\n[trim]\nfuzz = 0.1\n')
+    st3 = stages(work, bake(recipe))
+    assert {k: v["status"] for k, v in st3.items() if k in ("ingest", "convert", "dedupe", "alpha")} == dict.fromkeys(
+        ("ingest", "convert", "dedupe", "alpha"), "cached")
+    assert st3["trim"]["status"] == "ran" and st3["trim"]["n_processed"] == 11
 
 
 def test_spandrel_backend_and_snap_through_the_flow(tmp_path: Path):
