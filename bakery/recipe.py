@@ -120,13 +120,16 @@ class ConvertParams(_Section):
 class DedupeParams(_Section):
     # Identical pixels collapse to one image (different files of the same picture).
     exact: bool = True
-    # Near-duplicates: pHash AND dHash (64 bits each) within these Hamming distances.
-    # Measured on generated pictures: resized / re-encoded JPEG copies differ by <= 4
-    # bits, a 2.5 % crop by 2-10 (pHash) and 0-13 (dHash), different pictures by >= 20
-    # and >= 16. 8/12 catches resizes, re-encodes and most slight crops.
+    # Near-duplicates: pHash AND dHash (64 bits each) within these Hamming distances, AND
+    # 4x4 colour thumbnails within `colour_threshold` (largest channel difference, 0-255).
+    # Measured on generated pictures: resized / re-encoded JPEG copies differ by <= 4 / 4
+    # bits and <= 3 in colour, a 2.5 % crop by 2-10 / 0-13 bits and <= 23 in colour,
+    # different pictures by >= 20 / >= 16 bits; the same drawing in a red vs a blue
+    # outfit by only 0-8 / 5-12 bits but >= 157 in colour.
     near: bool = True
     phash_threshold: Annotated[int, Field(ge=0, le=32)] = 8
     dhash_threshold: Annotated[int, Field(ge=0, le=64)] = 12
+    colour_threshold: Annotated[int, Field(ge=0, le=255)] = 32
     # Images (name or hash prefix >= 6 digits) never dropped as near-duplicates.
     keep: list[str] = []
 

@@ -137,6 +137,7 @@ MIGRATIONS: list[tuple[int, str]] = [
             image_hash VARCHAR PRIMARY KEY,
             phash UBIGINT NOT NULL,        -- imagehash pHash, 8x8 bits
             dhash UBIGINT NOT NULL,        -- imagehash dHash, 8x8 bits
+            colour VARCHAR NOT NULL,       -- 4x4 box-averaged RGB thumbnail, hex
             created_at TIMESTAMPTZ NOT NULL
         );
         """,
@@ -340,14 +341,15 @@ class Catalog:
         ).fetchall()
         return dict(rows)
 
-    def perceptual_hashes(self, hashes: Sequence[str]) -> dict[str, tuple[int, int]]:
+    def perceptual_hashes(self, hashes: Sequence[str]) -> dict[str, tuple[int, int, str]]:
+        """(pHash, dHash, colour thumbnail) of the images hashed already."""
         if not hashes:
             return {}
         rows = self.con.execute(
-            "SELECT image_hash, phash, dhash FROM perceptual_hashes WHERE image_hash IN (SELECT unnest(?))",
+            "SELECT image_hash, phash, dhash, colour FROM perceptual_hashes WHERE image_hash IN (SELECT unnest(?))",
             [list(hashes)],
         ).fetchall()
-        return {h: (p, d) for h, p, d in rows}
+        return {h: (p, d, c) for h, p, d, c in rows}
 
     def origins(self, hashes: Sequence[str]) -> dict[str, tuple[list[str], str]]:
         """For each image, the source kinds of its originals and when the first was fetched (ISO)."""

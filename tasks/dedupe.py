@@ -48,8 +48,8 @@ def dedupe(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, 
     return StageResult(images=sorted(kept), skips=skips, n_in=len(inputs), n_processed=n_processed)
 
 
-def perceptual_hashes(images: list[ImageRef], run: RunInfo) -> tuple[dict[str, tuple[int, int]], list[Skip], int]:
-    """pHash/dHash of every image: from the catalog, or computed in the process pool and stored."""
+def perceptual_hashes(images: list[ImageRef], run: RunInfo) -> tuple[dict[str, tuple[int, int, str]], list[Skip], int]:
+    """pHash/dHash/colour thumbnail of every image: from the catalog, or computed in the process pool and stored."""
     unique = sorted({r.hash: r for r in images}.values())
     with Catalog.open(run.catalog) as cat:
         known = cat.perceptual_hashes([r.hash for r in unique])
@@ -61,7 +61,7 @@ def perceptual_hashes(images: list[ImageRef], run: RunInfo) -> tuple[dict[str, t
             skips.append(out)
             continue
         known[ref.hash] = out
-        rows.append({"image_hash": ref.hash, "phash": out[0], "dhash": out[1]})
+        rows.append({"image_hash": ref.hash, "phash": out[0], "dhash": out[1], "colour": out[2]})
     with Catalog.open(run.catalog) as cat:
         cat.add_perceptual_hashes(rows)
     return known, skips, len(todo)
@@ -83,7 +83,9 @@ def near_dedupe(images: list[ImageRef], params: DedupeParams, run: RunInfo) -> t
             ref, row.get("width") or 0, row.get("height") or 0, *hashes[ref.hash],
             source_rank=min((rank.get(k, len(rank)) for k in kinds), default=len(rank)), added=added,
         ))
-    groups = craft.near_duplicates(candidates, params.phash_threshold, params.dhash_threshold, params.keep)
+    groups = craft.near_duplicates(
+        candidates, params.phash_threshold, params.dhash_threshold, params.keep, params.colour_threshold
+    )
     dropped = {d.dropped.ref for g in groups for d in g.dropped}
     with Catalog.open(run.catalog) as cat:
         cat.add_duplicates(
@@ -96,7 +98,7 @@ def near_dedupe(images: list[ImageRef], params: DedupeParams, run: RunInfo) -> t
         )
     skips += [
         Skip(d.dropped.ref.name, f"near duplicate of {d.kept.ref.name} (pHash distance {d.phash_distance}, "
-                                 f"dHash {d.dhash_distance})")
+                                 f"dHash {d.dhash_distance}, colour {d.colour_distance})")
         for g in groups for d in g.dropped
     ]
     write_review(groups, run, params)
@@ -131,19 +133,20 @@ def write_review(groups: list[craft.NearGroup], run: RunInfo, params: DedupePara
         "body{font-family:sans-serif}section{display:flex;gap:1em;border-bottom:1px solid #ccc;padding:1em 0}"
         "figure{margin:0;max-width:260px}figure.kept img{outline:4px solid #2a2}figure.dropped img{outline:4px solid #c33}"
         "</style>",
-        f"<h1>Near-duplicates: {len(groups)} groups</h1><p>pHash distance &le; {params.phash_threshold} and dHash "
-        f"&le; {params.dhash_threshold}. Watch for variants where only the expression or a garment changes: "
+        f"<h1>Near-duplicates: {len(groups)} groups</h1><p>pHash distance &le; {params.phash_threshold}, dHash "
+        f"&le; {params.dhash_threshold} and colour difference &le; {params.colour_threshold}. Watch for variants where only the expression or a garment changes: "
         "they are NOT duplicates. To keep a dropped image, add its name or hash to "
         "<code>[dedupe] keep = [...]</code> in the recipe and run again.</p>",
     ]
     md = [f"# Near-duplicates: {len(groups)} groups", "",
           f"Review page with thumbnails: `{page}`. Keep an image: `[dedupe] keep = [\"name\"]`.", "",
-          "| kept | dropped | pHash | dHash |", "|---|---|---:|---:|"]
+          "| kept | dropped | pHash | dHash | colour |", "|---|---|---:|---:|---:|"]
     for g in groups:
         cards = [card(k, "kept") for k in g.kept]
-        cards += [card(d.dropped, "dropped", f"<br>pHash {d.phash_distance}, dHash {d.dhash_distance}") for d in g.dropped]
+        cards += [card(d.dropped, "dropped", f"<br>pHash {d.phash_distance}, dHash {d.dhash_distance}, colour {d.colour_distance}") for d in g.dropped]
         parts.append("<section>" + "".join(cards) + "</section>")
-        md += [f"| {d.kept.ref.name} | {d.dropped.ref.name} | {d.phash_distance} | {d.dhash_distance} |" for d in g.dropped]
+        md += [f"| {d.kept.ref.name} | {d.dropped.ref.name} | {d.phash_distance} | {d.dhash_distance} | "
+               f"{d.colour_distance} |" for d in g.dropped]
     page.write_text("\n".join(parts), encoding="utf-8")
     create_markdown_artifact("\n".join(md) + "\n", key="dedupe-review", description="Near-duplicate groups to review")
     return page

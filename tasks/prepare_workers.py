@@ -69,12 +69,12 @@ def _guarded(fn: Any, job: Any) -> list[dict[str, Any]] | Skip:
         return Skip(job.image.name, f"cannot read or write image: {type(exc).__name__}: {exc}")
 
 
-def hash_one(job: ImageJob) -> tuple[int, int] | Skip:
+def hash_one(job: ImageJob) -> tuple[int, int, str] | Skip:
     try:
         ph = perceptual_hash(_open(job))
     except (OSError, ValueError) as exc:
         return Skip(job.image.name, f"cannot hash image: {type(exc).__name__}: {exc}")
-    return ph.phash, ph.dhash
+    return ph.phash, ph.dhash, ph.colour
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ def test_near_pairs_matches_brute_force():
 
 def _cand(name: str, im: Image.Image, rank: int = 99, added: str = "") -> Candidate:
     ph = perceptual_hash(im)
-    return Candidate(ImageRef(name, name.ljust(64, "0")), im.width, im.height, ph.phash, ph.dhash, rank, added)
+    return Candidate(ImageRef(name, name.ljust(64, "0")), im.width, im.height, ph.phash, ph.dhash, ph.colour, rank, added)
 
 
 def test_near_duplicates_found_and_best_copy_kept():
@@ -215,3 +215,27 @@ def test_merge_plan_folds_smallest_into_nearest_aspect():
     assert plan == {(576, 448): (512, 512)}
     plan = merge_plan(counts, 1)
     assert set(plan.values()) == {(512, 512)} and len(plan) == 3
+
+
+def test_same_drawing_in_another_colour_is_not_a_duplicate():
+    from PIL import ImageDraw
+
+    def outfit(colour):
+        im = Image.new("RGB", (300, 400), (230, 230, 230))
+        d = ImageDraw.Draw(im)
+        d.ellipse([110, 30, 190, 110], fill=(250, 215, 190))
+        d.polygon([(90, 120), (210, 120), (250, 380), (50, 380)], fill=colour)
+        return im
+
+    red, blue = _cand("red", outfit((200, 40, 50))), _cand("blue", outfit((40, 70, 190)))
+    assert near_duplicates([red, blue], 8, 12, colour_threshold=255) != []  # grey hashes alone merge them
+    assert near_duplicates([red, blue], 8, 12, colour_threshold=32) == []
+
+
+def test_chained_group_only_drops_images_near_the_kept_one():
+    im = scene(400, 300, 11)
+    a = _cand("a", im)
+    b = Candidate(ImageRef("b", "b" * 64), 300, 200, a.phash ^ 0b1111, a.dhash, a.colour)
+    c = Candidate(ImageRef("c", "c" * 64), 200, 100, a.phash ^ 0b11111111, a.dhash, a.colour)
+    (g,) = near_duplicates([a, b, c], 5, 12)  # a~b (4 bits), b~c (4 bits), a-c 8 bits apart
+    assert [k.ref.name for k in g.kept] == ["a"] and [d.dropped.ref.name for d in g.dropped] == ["b"]

@@ -56,27 +56,47 @@ MAX_BAND_BITS = 22  # a band's lookup table: 2**22 int32 counters (16 MB)
 @dataclass(frozen=True)
 class PerceptualHash:
     phash: int  # 64-bit, unsigned
-    dhash: int
+    dhash: int  # 64-bit
+    colour: str  # 4x4 box-averaged RGB thumbnail, 48 bytes as hex
 
 
 def perceptual_hash(image: "Image.Image") -> PerceptualHash:
-    """imagehash's pHash and dHash (8x8 = 64 bits each) of a picture."""
+    """imagehash's pHash and dHash (8x8 = 64 bits each) and a 4x4 colour thumbnail of a picture.
+
+    Transparent images are hashed as the alpha stage will make them (on white).
+    pHash and dHash see only grey levels; the colour thumbnail tells a red dress
+    from the same drawing in a blue one (the guide: a changed garment is not a
+    duplicate).
+    """
     import imagehash
+    from PIL import Image
 
     def as_int(h: "imagehash.ImageHash") -> int:
         return int("".join("1" if b else "0" for b in h.hash.flatten()), 2)
 
-    grey = image.convert("L")
-    # Both hashes look at <= 32x32 greyscale pixels: a box-filtered copy of <= ~256 px
-    # gives the same bits (within rounding) for a fraction of the Lanczos work.
-    factor = min(grey.width, grey.height) // 128
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    rgb = image.convert("RGB")
+    # The hashes look at <= 32x32 pixels: a box-filtered copy of ~128-256 px gives
+    # the same bits (within rounding) for a fraction of the work.
+    factor = min(rgb.width, rgb.height) // 128
     if factor > 1:
-        grey = grey.reduce(factor)
-    return PerceptualHash(as_int(imagehash.phash(grey)), as_int(imagehash.dhash(grey)))
+        rgb = rgb.reduce(factor)
+    grey = rgb.convert("L")
+    thumb = rgb.resize((4, 4), Image.Resampling.BOX).tobytes().hex()
+    return PerceptualHash(as_int(imagehash.phash(grey)), as_int(imagehash.dhash(grey)), thumb)
 
 
 def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
+
+
+def colour_distance(a: str, b: str) -> int:
+    """Largest channel difference (0-255) between two 4x4 colour thumbnails; 0 when one is unknown."""
+    if not a or not b:
+        return 0
+    return max(abs(x - y) for x, y in zip(bytes.fromhex(a), bytes.fromhex(b)))
 
 
 def _band_plan(n: int, t: int) -> tuple[list[int], int]:
@@ -150,6 +170,7 @@ class Candidate:
     height: int
     phash: int
     dhash: int
+    colour: str = ""
     source_rank: int = 99  # rules.md §1 ranking, 0 = best; unknown sorts last
     added: str = ""  # ISO time the original entered the catalog (older sorts first)
 
@@ -168,6 +189,7 @@ class NearDuplicate:
     kept: Candidate
     phash_distance: int
     dhash_distance: int
+    colour_distance: int = 0
 
 
 @dataclass(frozen=True)
@@ -186,9 +208,16 @@ def matches_keep(ref: ImageRef, keep: list[str]) -> bool:
 
 
 def near_duplicates(
-    candidates: list[Candidate], phash_threshold: int, dhash_threshold: int, keep: list[str] = ()
+    candidates: list[Candidate], phash_threshold: int, dhash_threshold: int, keep: list[str] = (),
+    colour_threshold: int = 255,
 ) -> list[NearGroup]:
-    """Group near-duplicates (transitively) and pick the copy to keep in each group."""
+    """Group near-duplicates and pick the copy to keep in each group.
+
+    Pairs within every threshold link images into clusters; in each cluster the
+    best copy (`Candidate.order_key`) is kept and only the images within the
+    thresholds of THAT copy are dropped; the rest are grouped again the same way
+    (a chain a~b~c never drops c for a when c is far from a).
+    """
     import numpy as np
 
     cands = sorted(candidates, key=lambda c: c.ref)
@@ -196,6 +225,7 @@ def near_duplicates(
     dh = np.array([c.dhash for c in cands], dtype=np.uint64)
     i, j, _ = near_pairs(ph, phash_threshold)
     close = np.bitwise_count(dh[i] ^ dh[j]) <= dhash_threshold
+    i, j = i[close], j[close]
     parent = list(range(len(cands)))
 
     def root(x: int) -> int:
@@ -204,25 +234,36 @@ def near_duplicates(
             x = parent[x]
         return x
 
-    for a, b in zip(i[close].tolist(), j[close].tolist()):
+    for a, b in zip(i.tolist(), j.tolist()):
+        if colour_distance(cands[a].colour, cands[b].colour) > colour_threshold:
+            continue
         ra, rb = root(a), root(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
     members: dict[int, list[Candidate]] = {}
     for index, cand in enumerate(cands):
         members.setdefault(root(index), []).append(cand)
+
+    def near(a: Candidate, b: Candidate) -> bool:
+        return (hamming(a.phash, b.phash) <= phash_threshold and hamming(a.dhash, b.dhash) <= dhash_threshold
+                and colour_distance(a.colour, b.colour) <= colour_threshold)
+
     groups = []
-    for group in members.values():
-        if len(group) < 2:
-            continue
-        ranked = sorted(group, key=Candidate.order_key)
-        protected = [c for c in ranked if matches_keep(c.ref, list(keep))]
-        kept = ranked[:1] + [c for c in protected if c is not ranked[0]]  # `keep` adds, never replaces
-        best = kept[0]
-        dropped = [
-            NearDuplicate(c, best, hamming(c.phash, best.phash), hamming(c.dhash, best.dhash))
-            for c in ranked
-            if c not in kept
-        ]
-        groups.append(NearGroup(kept, dropped))
+    for cluster in members.values():
+        rest = sorted(cluster, key=Candidate.order_key)
+        while len(rest) > 1:
+            best, others = rest[0], rest[1:]
+            group = [best] + [c for c in others if near(best, c)]
+            rest = [c for c in others if c not in group]
+            if len(group) < 2:
+                continue
+            protected = [c for c in group[1:] if matches_keep(c.ref, list(keep))]
+            kept = [best] + protected  # `keep` adds, never replaces
+            dropped = [
+                NearDuplicate(c, best, hamming(c.phash, best.phash), hamming(c.dhash, best.dhash),
+                              colour_distance(c.colour, best.colour))
+                for c in group
+                if c not in kept
+            ]
+            groups.append(NearGroup(kept, dropped))
     return sorted(groups, key=lambda g: g.kept[0].ref)
