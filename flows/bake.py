@@ -11,20 +11,24 @@ from prefect.artifacts import create_markdown_artifact
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet
 from bakery.recipe import Recipe, load_recipe, stage_params_json
 from bakery.stages import plan_run
+from tasks.alpha import ALPHA
+from tasks.buckets import BUCKETS
 from tasks.convert import CONVERT
 from tasks.dedupe import DEDUPE
-from tasks.ingest import INGEST, FolderSpec, Listing, scan_sources
 from tasks.evaluate import EVALUATE
-from tasks.scrape import SCRAPE, booru_specs
+from tasks.ingest import INGEST, FolderSpec, Listing, scan_sources
 from tasks.masks import MASKS, masks_params
-from tasks.report import run_summary_markdown
 from tasks.pool import Runner, use_runner
+from tasks.report import run_summary_markdown
+from tasks.scrape import SCRAPE, booru_specs
 from tasks.stage import RunInfo, begin_run, end_run, run_stage
+from tasks.trim import TRIM
+from tasks.upscale import UPSCALE, upscale_params_json
 
 # Stages built so far, in chain order. A stage not built is absent, not a no-op.
-# masks: after upscale in the full chain (bakery/stages.py), after dedupe until those land.
-GATHER = (INGEST, CONVERT, DEDUPE, MASKS)
-BUILT = (SCRAPE.name, *(s.name for s in GATHER))
+GATHER = (INGEST, CONVERT, DEDUPE)
+PREPARE = (ALPHA, TRIM, UPSCALE, MASKS, BUCKETS)
+BUILT = (SCRAPE.name, *(s.name for s in GATHER + PREPARE))
 # Last in the chain, after bake: the bake's payload (BakeOutput) in, the report path out.
 TASTE = (EVALUATE,)
 
@@ -45,8 +49,7 @@ def _folders(recipe: Recipe) -> list[FolderSpec]:
 def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]) -> list[ImageRef]:
     """Sources to a clean set of originals: scan (+ scrape) -> ingest -> convert -> dedupe."""
     recipe = load_recipe(recipe_path)
-    params = {"ingest": recipe.ingest, "convert": recipe.convert, "dedupe": recipe.dedupe,
-              "masks": masks_params(recipe)}
+    params = {"ingest": recipe.ingest, "convert": recipe.convert, "dedupe": recipe.dedupe}
     inputs: object = scan_sources(_folders(recipe))
     boorus = booru_specs(recipe)
     if boorus and SCRAPE.name in stages:  # scrape first: its downloads join the folder listing
@@ -75,6 +78,29 @@ def taste(recipe: Recipe, run: RunInfo, bake: BakeOutput, train: TrainSet | None
     return result
 
 
+def prepare_params(recipe: Recipe) -> dict[str, str]:
+    """Each prepare stage's parameters as canonical JSON (what its cache key sees)."""
+    model = recipe.resolve(recipe.upscale.model) if recipe.upscale.model else None
+    return {
+        "alpha": stage_params_json(recipe.alpha),
+        "trim": stage_params_json(recipe.trim),
+        "upscale": upscale_params_json(recipe.upscale, recipe.buckets.resolution, model),
+        "masks": stage_params_json(masks_params(recipe)),
+        "buckets": stage_params_json(recipe.buckets),
+    }
+
+
+@flow(name="prepare")
+def prepare(recipe_path: str, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str]) -> list[ImageRef]:
+    """Clean originals to training images: alpha -> trim -> upscale -> masks -> buckets."""
+    params = prepare_params(load_recipe(recipe_path))
+    for stage in PREPARE:
+        if stage.name not in stages:
+            break
+        images = run_stage(stage, images, params[stage.name], run, stage.name in refresh).images
+    return images
+
+
 @flow(name="bake-lora")
 def bake_lora(recipe_path: str, from_stage: str | None = None, only_stage: str | None = None) -> str:
     """Run a recipe. Returns the run id (its record is in the work dir's catalog)."""
@@ -84,7 +110,9 @@ def bake_lora(recipe_path: str, from_stage: str | None = None, only_stage: str |
                     recipe.model_dump_json(), recipe.runtime.workers)
     try:
         with use_runner(_runner(recipe)):
-            gather(recipe_path, run, list(plan.stages), sorted(plan.refresh))
+            images = gather(recipe_path, run, list(plan.stages), sorted(plan.refresh))
+            if PREPARE[0].name in plan.stages:
+                prepare(recipe_path, run, images, list(plan.stages), sorted(plan.refresh))
     except BaseException as exc:
         end_run(run, "failed", f"{type(exc).__name__}: {exc}")
         raise

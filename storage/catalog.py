@@ -227,6 +227,18 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        3,
+        """
+        CREATE TABLE perceptual_hashes (
+            image_hash VARCHAR PRIMARY KEY,
+            phash UBIGINT NOT NULL,        -- imagehash pHash, 8x8 bits
+            dhash UBIGINT NOT NULL,        -- imagehash dHash, 8x8 bits
+            colour VARCHAR NOT NULL,       -- 4x4 box-averaged RGB thumbnail, hex
+            created_at TIMESTAMPTZ NOT NULL
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(v for v, _ in MIGRATIONS)
@@ -400,6 +412,45 @@ class Catalog:
         return self.rows(
             "SELECT image_hash, mask_hash, accepted, reason FROM mask_qa WHERE run_id = ? ORDER BY image_hash", [run_id]
         )
+
+    def add_perceptual_hashes(self, rows: Iterable[dict[str, Any]]) -> int:
+        return self._insert("perceptual_hashes", ({"created_at": now(), **r} for r in rows))
+
+    def clear_duplicates(self, stage: str, image_hashes: Sequence[str]) -> None:
+        """Forget earlier verdicts on these images (the recipe's keep list may have changed)."""
+        if image_hashes:
+            self.con.execute(
+                "DELETE FROM duplicates WHERE stage = ? AND image_hash IN (SELECT unnest(?))", [stage, list(image_hashes)]
+            )
+
+    # -- reading ---------------------------------------------------------------
+    def perceptual_hashes(self, hashes: Sequence[str]) -> dict[str, tuple[int, int, str]]:
+        """(pHash, dHash, colour thumbnail) of the images hashed already."""
+        if not hashes:
+            return {}
+        rows = self.con.execute(
+            "SELECT image_hash, phash, dhash, colour FROM perceptual_hashes WHERE image_hash IN (SELECT unnest(?))",
+            [list(hashes)],
+        ).fetchall()
+        return {h: (p, d, c) for h, p, d, c in rows}
+
+    def origins(self, hashes: Sequence[str]) -> dict[str, tuple[list[str], str]]:
+        """For each image, the source kinds of its originals and when the first was fetched (ISO)."""
+        if not hashes:
+            return {}
+        rows = self.con.execute(
+            """WITH RECURSIVE up(image_hash, current, depth) AS (
+                   SELECT h, h, 0 FROM (SELECT unnest(?) AS h)
+                   UNION ALL
+                   SELECT up.image_hash, d.input_hash, up.depth + 1 FROM up
+                   JOIN derivations d ON d.output_hash = up.current AND d.input_hash <> d.output_hash
+                   WHERE up.depth < 32
+               )
+               SELECT up.image_hash, list(DISTINCT coalesce(s.source_kind, 'unknown')), min(s.fetched_at)
+               FROM up JOIN sources s ON s.image_hash = up.current GROUP BY up.image_hash""",
+            [list(hashes)],
+        ).fetchall()
+        return {h: (sorted(kinds), first.isoformat() if first else "") for h, kinds, first in rows}
 
     def add_skips(self, run_id: str, stage: str, skips: Iterable[tuple[str, str]]) -> int:
         return self._insert("skips", ({"run_id": run_id, "stage": stage, "subject": s, "reason": r} for s, r in skips), verb="INSERT")

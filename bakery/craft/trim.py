@@ -1,0 +1,61 @@
+"""Trim: remove uniform padding like ImageMagick `-fuzz 20% -trim` (rules.md §3).
+
+The background is the top-left corner colour. A pixel matches it when its
+colour distance is within `fuzz` of the full range (ImageMagick's fuzz: the
+root-mean-square of the channel differences, 0..1). Rows and columns at the
+edges whose every pixel matches are cut. A side never ends up below
+`min_size` pixels: the kept box grows around the content, inside the image.
+"""
+
+from __future__ import annotations
+
+from PIL import Image, ImageChops
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom
+
+
+def content_box(im: Image.Image, fuzz: float = 0.2, min_size: int = 64) -> Box:
+    """The box to keep; the full image when there is nothing to trim.
+
+    All in Pillow's C code: |pixel - corner| per channel, each squared through a
+    lookup table scaled so that the fuzz limit lands near 200 of 255 (values past
+    the table's range saturate, and are over the limit anyway), summed with
+    saturation, thresholded, and `getbbox` finds the content.
+    """
+    rgb = im.convert("RGB")
+    w, h = rgb.size
+    corner = rgb.getpixel((0, 0))
+    diff = ImageChops.difference(rgb, Image.new("RGB", rgb.size, corner))
+    limit = 3 * (fuzz * 255.0) ** 2  # on the sum of squared channel differences
+    scale = 200.0 / limit if limit else 1.0
+    threshold = limit * scale  # 200, or 0 for fuzz 0
+    square = [min(255, round(v * v * scale)) for v in range(256)]
+    r, g, b = (band.point(square) for band in diff.split())
+    total = ImageChops.add(ImageChops.add(r, g), b)
+    box = total.point([255 if v > threshold else 0 for v in range(256)]).getbbox()
+    if box is None:  # uniform picture: nothing to keep apart from the rest
+        return (0, 0, w, h)
+    left, top, right, bottom = box
+    left, right = _grow(left, right, min(min_size, w), w)
+    top, bottom = _grow(top, bottom, min(min_size, h), h)
+    return (left, top, right, bottom)
+
+
+def _grow(lo: int, hi: int, size: int, limit: int) -> tuple[int, int]:
+    """Widen [lo, hi) around its centre to at least `size`, staying in [0, limit)."""
+    missing = size - (hi - lo)
+    if missing <= 0:
+        return lo, hi
+    lo = max(0, lo - missing // 2)
+    hi = lo + size
+    if hi > limit:
+        hi, lo = limit, limit - size
+    return lo, hi
+
+
+def trim(im: Image.Image, fuzz: float = 0.2, min_size: int = 64) -> Image.Image | None:
+    """The trimmed image, or None when there is no padding to remove."""
+    box = content_box(im, fuzz, min_size)
+    if box == (0, 0, im.width, im.height):
+        return None
+    return im.crop(box)

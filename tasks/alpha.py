@@ -1,0 +1,32 @@
+"""Alpha: transparent images composited onto the background colour; the rest pass through."""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import task
+
+import tasks.prepare_workers as prep
+from bakery.craft import alpha as craft
+from bakery.manifest import ImageRef, StageResult
+from bakery.recipe import AlphaParams
+from storage import Catalog
+from tasks import caching
+from tasks.stage import RunInfo, Stage, derive_per_image
+
+
+@task(name="alpha")
+def alpha(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, workers: int | None) -> StageResult:
+    params = AlphaParams.model_validate_json(params_json)
+    run = RunInfo(run_id, workdir, workers)
+    root = str(run.store.root)
+    with Catalog.open(run.catalog) as cat:
+        known = cat.pixel_hashes([r.hash for r in inputs])
+    return derive_per_image(
+        "alpha", ALPHA.code_version, inputs, params_json, run,
+        work=prep.alpha_one,
+        make_job=lambda ref: prep.AlphaJob(ref, root, known.get(ref.hash), background=params.background),
+    )
+
+
+ALPHA = Stage("alpha", alpha, caching.code_version(craft, prep, sys.modules[__name__]))

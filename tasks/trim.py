@@ -1,0 +1,34 @@
+"""Trim: uniform padding removed (`-fuzz 20% -trim`); images without padding pass through."""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import task
+
+import tasks.prepare_workers as prep
+from bakery.craft import trim as craft
+from bakery.manifest import ImageRef, StageResult
+from bakery.recipe import TrimParams
+from storage import Catalog
+from tasks import caching
+from tasks.stage import RunInfo, Stage, derive_per_image
+
+
+@task(name="trim")
+def trim(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, workers: int | None) -> StageResult:
+    params = TrimParams.model_validate_json(params_json)
+    if not params.enabled:
+        return StageResult(images=sorted(inputs), n_in=len(inputs))
+    run = RunInfo(run_id, workdir, workers)
+    root = str(run.store.root)
+    with Catalog.open(run.catalog) as cat:
+        known = cat.pixel_hashes([r.hash for r in inputs])
+    return derive_per_image(
+        "trim", TRIM.code_version, inputs, params_json, run,
+        work=prep.trim_one,
+        make_job=lambda ref: prep.TrimJob(ref, root, known.get(ref.hash), fuzz=params.fuzz, min_size=params.min_size),
+    )
+
+
+TRIM = Stage("trim", trim, caching.code_version(craft, prep, sys.modules[__name__]))
