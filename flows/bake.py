@@ -7,9 +7,10 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from bakery.manifest import ImageRef
+from bakery.manifest import BakeOutput, ImageRef, TrainSet
 from bakery.recipe import Recipe, load_recipe, stage_params_json
 from bakery.stages import plan_run
+from tasks.bake import BAKE, bake_params_json
 from tasks.convert import CONVERT
 from tasks.dedupe import DEDUPE
 from tasks.ingest import INGEST, FolderSpec, scan_sources
@@ -38,6 +39,13 @@ def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]
         result = run_stage(stage, inputs, stage_params_json(params[stage.name]), run, stage.name in refresh)
         inputs = images = result.images
     return images
+
+
+def run_bake(recipe: Recipe, run: RunInfo, trainset: TrainSet, refresh: bool = False) -> BakeOutput:
+    """The bake stage on the prune stage's TrainSet (wired after prune; resumes a killed bake by itself)."""
+    params = bake_params_json(recipe.train, recipe.buckets, recipe.project.name)
+    result = run_stage(BAKE, trainset, params, run, refresh)
+    return result.payload
 
 
 @flow(name="bake-lora")

@@ -667,6 +667,7 @@ def bake(
             loss = loss.mean()
 
             trainable = [p for g in groups for p in g["params"]]
+            lr = float(optimizer.param_groups[0]["lr"])  # the rate this step uses
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
@@ -684,7 +685,6 @@ def bake(
             if not math.isfinite(value):
                 raise BakeError(f"loss is {value} at step {step}: lower the learning rate, or use bf16/fp32 "
                                 "(fp16 gives NaN for some networks)")
-            lr = float(optimizer.param_groups[0]["lr"])
             if params.optimizer == "prodigy":
                 lr *= float(optimizer.param_groups[0].get("d", 1.0))
             losses.append((step, epoch, value, lr))
@@ -715,6 +715,8 @@ def bake(
             path = out_dir / f"{name}-{epoch:06d}.safetensors"
             K.save_kohya(path, tensors, meta, params.save_precision)
             files[epoch] = saved = str(path)
+        if on_epoch:  # before the state: what the caller records for this epoch is never lost on a kill
+            on_epoch(epoch, saved)
         _save_state(state_file, {
             "bake_key": bake_key,
             "epoch": epoch,
@@ -727,12 +729,11 @@ def bake(
             "files": {str(k): v for k, v in files.items()},
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "seed": params.seed},
         })
-        if on_epoch:
-            on_epoch(epoch, saved)
 
     return BakeResult(files=dict(sorted(files.items())), losses=losses, resumed_from_epoch=start_epoch, steps=step,
                       latent_cache_hits=latents.hits, latent_cache_misses=latents.misses,
-                      seconds=time.monotonic() - started, extra={"device": prec.device, "per_epoch": per_epoch})
+                      seconds=time.monotonic() - started, extra={"device": prec.device, "per_epoch": per_epoch, "architecture": arch,
+                             "base_source": base.source})
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
