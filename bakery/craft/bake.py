@@ -266,6 +266,7 @@ class LatentCache:
         self.folder, self.vae, self.vae_id, self.device, self.dtype = folder, vae, vae_id, device, dtype
         self.enabled = enabled
         self.hits = self.misses = 0
+        self.memory: dict[str, Any] = {}  # kohya keeps cached latents in RAM too: disk is for the next run
         if enabled:
             folder.mkdir(parents=True, exist_ok=True)
 
@@ -286,12 +287,17 @@ class LatentCache:
 
         if not self.enabled:
             return self.encode(load_pixels(path, sample.choice, flip)[None])[0]
-        file = self.folder / f"{self.key(sample.image.image_hash, sample.bucket, flip)}.safetensors"
+        key = self.key(sample.image.image_hash, sample.bucket, flip)
+        if key in self.memory:
+            self.hits += 1
+            return self.memory[key]
+        file = self.folder / f"{key}.safetensors"
         if file.exists():
             self.hits += 1
-            return load_file(str(file))["latent"].to(self.device)
+            self.memory[key] = load_file(str(file))["latent"].to(self.device)
+            return self.memory[key]
         self.misses += 1
-        latent = self.encode(load_pixels(path, sample.choice, flip)[None])[0]
+        latent = self.memory[key] = self.encode(load_pixels(path, sample.choice, flip)[None])[0]
         tmp = file.with_name(file.name + f".{os.getpid()}.tmp")
         save_file({"latent": latent.to("cpu", torch.float32).contiguous()}, str(tmp))
         os.replace(tmp, file)
