@@ -283,3 +283,37 @@ def test_network_types_train_and_save_kohya_names(work, network_type):
     if network_type != "dora":  # the ResNet convs are covered
         assert any(k.startswith("lora_unet_down_blocks_0_resnets_0_conv1.") for k in tensors)
     assert all(torch.isfinite(v.float()).all() for v in tensors.values())
+
+
+def test_sdxl_bake_writes_te1_te2_and_loads_in_diffusers(work):
+    from diffusers import StableDiffusionXLPipeline
+
+    from tests.tiny_sdxl import build_tiny_sdxl
+
+    folder = build_tiny_sdxl(work / "sdxl")
+    store = ContentStore(work / "store")
+    base = B.load_base(str(folder), work)
+    assert base.architecture == "sdxl"
+    res = B.bake(make_trainset(store), params(epochs=1, base_model=str(folder)), image_path=store.path, workdir=work,
+                 out_dir=work / "out" / "xl", state_dir=work / "state" / "xl", name="chara", data=DATA, bake_key="xl",
+                 base=base)
+    tensors, meta = K.read_kohya(res.files[1])
+    prefixes = {k.split("_text_model")[0] for k in tensors if k.startswith("lora_te")}
+    assert prefixes == {"lora_te1", "lora_te2"} and any(k.startswith("lora_unet_") for k in tensors)
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0" and meta["ss_sdxl"] == "True"
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
+
+    def render(pipe):
+        pipe.set_progress_bar_config(disable=True)
+        with torch.no_grad():
+            return pipe(TRIGGER, num_inference_steps=2, height=64, width=64, output_type="np",
+                        generator=torch.Generator().manual_seed(1)).images
+
+    for m in (base.pipe.unet, base.pipe.text_encoder, base.pipe.text_encoder_2):
+        m.eval()
+    expected = render(base.pipe)
+    fresh = StableDiffusionXLPipeline.from_pretrained(folder)
+    plain = render(fresh)
+    fresh.load_lora_weights(res.files[1])
+    got = render(fresh)
+    assert abs(got - plain).max() > 1e-3 and abs(got - expected).max() < 5e-3
