@@ -148,10 +148,26 @@ def test_lycoris_names_round_trip(tiny, tmp_path, network_type):
     assert json.loads(meta["ss_network_args"])["algo"] == ("lora" if network_type == "dora" else network_type)
     if network_type == "dora":
         assert saved["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.dora_scale"].shape == (32, 1)
+    if network_type == "lokr":
+        # Where both Kronecker factors are full, readers apply no alpha/dim: the file holds w1 (x) (alpha/r * w2),
+        # the very delta peft trained.
+        from peft import get_peft_model_state_dict
+
+        full = [k[: -len(".lokr_w2")] for k in saved if k.endswith(".lokr_w2") and k.replace("w2", "w1") in saved]
+        assert full
+        peft_sd = get_peft_model_state_dict(trained.unet)
+        paths = {K.module_key("lora_unet", p): p for p in targets["unet"].all}
+        name = full[0]
+        w1, w2 = peft_sd[f"{paths[name]}.lokr_w1"], peft_sd[f"{paths[name]}.lokr_w2"]
+        rank = 4
+        alpha = saved[f"{name}.alpha"].item()
+        want = torch.kron(w1, w2) * alpha / rank
+        got_delta = torch.kron(saved[f"{name}.lokr_w1"].float(), saved[f"{name}.lokr_w2"].float())
+        assert torch.allclose(got_delta, want.float(), atol=2e-3)
 
     fresh = _pipe(tiny)
     fresh.unet.add_adapter(K.peft_config(targets["unet"], spec))
-    result = set_peft_model_state_dict(fresh.unet, K.kohya_to_peft(saved, "lora_unet", targets["unet"]))
+    result = set_peft_model_state_dict(fresh.unet, K.kohya_to_peft(saved, "lora_unet", targets["unet"], spec))
     assert not result.unexpected_keys
     x, t, emb = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), 10, torch.randn(1, 77, 32)
     with torch.no_grad():

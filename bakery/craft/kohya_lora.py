@@ -176,20 +176,41 @@ def peft_to_kohya(
             raise ValueError(f"no kohya name for peft parameter {key!r}")
         name = module_key(prefix, module)
         if kohya_suffix == "dora_scale":
-            # LyCORIS (and diffusers' reader) keep the magnitude as (out, 1) for linear layers,
-            # (out, 1, 1, 1) for convs.
+            # LyCORIS (what ComfyUI/A1111 read) keeps the magnitude as (out, 1) for linear layers,
+            # (out, 1, 1, 1) for convs; peft as (out,) / (1, out, 1, 1).
             extra = 3 if module in conv or tensor.dim() == 4 else 1
             tensor = tensor.reshape(-1, *([1] * extra))
         out[f"{name}.{kohya_suffix}"] = tensor.detach().contiguous()
         alpha_key = f"{name}.alpha"
         if alpha_key not in out:
             out[alpha_key] = torch.tensor(float(alpha_for(module, targets, spec)))
+    for name, scale in _lokr_full_scales(out, prefix, targets, spec).items():
+        out[f"{name}.lokr_w2"] = out[f"{name}.lokr_w2"] * scale
     return out
 
 
-def kohya_to_peft(tensors: Mapping[str, "torch.Tensor"], prefix: str, targets: Targets) -> dict[str, "torch.Tensor"]:
+def _lokr_full_scales(tensors: Mapping[str, Any], prefix: str, targets: Targets, spec: NetworkSpec) -> dict[str, float]:
+    """LoKr modules whose two factors are both full matrices. LyCORIS and ComfyUI apply no alpha/dim
+    to those (there is no rank to divide by) while peft applies alpha/r: the file carries peft's
+    scale folded into `lokr_w2`, so every reader gets the trained strength."""
+    if spec.network_type != "lokr":
+        return {}
+    conv = set(targets.conv)
+    scales = {}
+    for path in targets.all:
+        name = module_key(prefix, path)
+        if f"{name}.lokr_w1" in tensors and f"{name}.lokr_w2" in tensors:
+            rank = spec.conv_dim if path in conv else spec.dim
+            scales[name] = alpha_for(path, targets, spec) / rank
+    return scales
+
+
+def kohya_to_peft(
+    tensors: Mapping[str, "torch.Tensor"], prefix: str, targets: Targets, spec: NetworkSpec
+) -> dict[str, "torch.Tensor"]:
     """The inverse of `peft_to_kohya` for one model (alphas dropped: they live in the peft config)."""
     paths = {module_key(prefix, p): p for p in targets.all}
+    folded = _lokr_full_scales(tensors, prefix, targets, spec)
     out = {}
     for key, tensor in tensors.items():
         name, suffix = key.split(".", 1)
@@ -199,6 +220,8 @@ def kohya_to_peft(tensors: Mapping[str, "torch.Tensor"], prefix: str, targets: T
             raise ValueError(f"unknown kohya tensor name {key!r}")
         if suffix == "dora_scale":  # peft: (out,) for linear layers, (1, out, 1, 1) for convs
             tensor = tensor.reshape(1, -1, 1, 1) if tensor.dim() == 4 else tensor.reshape(-1)
+        if suffix == "lokr_w2" and name in folded:
+            tensor = tensor / folded[name]
         out[f"{paths[name]}.{_KOHYA_TO_PEFT[suffix]}"] = tensor
     return out
 
