@@ -134,6 +134,9 @@ def test_missing_model_and_cpu_only_options_fail_clearly(tmp_path):
         B.load_base(None, tmp_path)
     with pytest.raises(B.BakeError, match="no such file"):
         B.load_base(str(tmp_path / "nope.safetensors"), tmp_path)
+    (tmp_path / "broken.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(B.BakeError, match="cannot load train.base_model .*broken.safetensors"):
+        B.load_base(str(tmp_path / "broken.safetensors"), tmp_path)
     with pytest.raises(B.BakeError, match="adamw8bit' needs CUDA"):
         B.make_optimizer("adamw8bit", [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-4}],
                          weight_decay=0.0, d_coef=1.0, device="cpu")

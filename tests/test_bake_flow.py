@@ -88,6 +88,17 @@ def test_bake_stage_runs_logs_loss_and_is_cached(tmp_path):
     assert [r["step"] for r in log] == list(range(1, 9)) and {r["epoch"] for r in log} == {1, 2}
     assert all(r["loss"] > 0 and r["lr"] > 0 for r in log)
 
+    # The dashboard shows the bake's progress (steps, epoch, loss, it/s, ETA) and its loss per epoch.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["bake-progress", "bake-loss"])))
+    by_type = {a.type: a for a in arts}
+    assert by_type["progress"].data == 100.0 and "loss" in by_type["progress"].description
+    assert "it/s" in by_type["progress"].description and "ETA" in by_type["progress"].description
+    assert by_type["table"].key == "bake-loss"
+
     run2, out2 = gather_then_bake(str(recipe))
     assert bake_stage(work, run2)["status"] == "cached" and out2 == out
 
