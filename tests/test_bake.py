@@ -320,3 +320,16 @@ def test_sdxl_bake_writes_te1_te2_and_loads_in_diffusers(work):
     fresh.load_lora_weights(res.files[1])
     got = render(fresh)
     assert abs(got - plain).max() > 1e-3 and abs(got - expected).max() < 5e-3
+
+
+def test_gradient_checkpointing_trains_the_same_weights(work):
+    """The CUDA profiles turn checkpointing on: it must not change what is learned (LoRA grads included)."""
+    store = ContentStore(work / "store")
+    ts = make_trainset(store)
+    plain = run(work, params(epochs=1), ts, key="ckpt-off")
+    ckpt = run(work, params(epochs=1, gradient_checkpointing=True), ts, key="ckpt-on")
+    assert [l[2] for l in ckpt.losses] == pytest.approx([l[2] for l in plain.losses], abs=1e-3)
+    a, _ = K.read_kohya(plain.files[1])
+    b, _ = K.read_kohya(ckpt.files[1])
+    assert any(v.any() for k, v in b.items() if k.startswith("lora_te_") and k.endswith("lora_up.weight"))
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-3

@@ -529,16 +529,22 @@ def bake(
     alphas_cumprod = noise_sched.alphas_cumprod
     n_train_t = noise_sched.config.num_train_timesteps
 
-    for m in [unet, vae, *te_models]:
+    for m in [unet, *te_models]:
         m.requires_grad_(False)
         m.to(prec.device)
         if prec.weight_dtype != torch.float32:
             m.to(dtype=prec.weight_dtype)
+    # The VAE gives NaN in fp16 (SDXL's notably): fp32 unless bf16. It runs once per image with cached latents.
+    vae.requires_grad_(False)
+    vae.to(prec.device, prec.weight_dtype if prec.weight_dtype == torch.bfloat16 else torch.float32)
     vae.eval()
 
     spec = K.NetworkSpec(params.network_type, params.network_dim, params.network_alpha, params.conv_dim,
                          params.conv_alpha)
     prefixes: list[tuple[str, Any, K.Targets]] = []
+    # The network's initial weights (lora_down is random) come from the seed alone, whatever loading
+    # the base model drew from the global generator before.
+    torch.manual_seed(params.seed)
     if params.train_unet:
         t = K.find_targets(unet, "unet", spec)
         unet.add_adapter(K.peft_config(t, spec))
@@ -558,7 +564,12 @@ def bake(
         unet.enable_gradient_checkpointing()
         for te in te_models:
             if params.train_text_encoder:
-                te.gradient_checkpointing_enable()
+                # Non-reentrant: the frozen embeddings give no grad-requiring input, and the reentrant
+                # form would then silently drop the LoRA gradients inside checkpointed layers.
+                if hasattr(te, "activation_checkpointing_enable"):  # transformers >= 5.2x
+                    te.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                else:
+                    te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     unet.train()
     for te in te_models:
         te.train(params.train_text_encoder)
@@ -599,8 +610,7 @@ def bake(
             files = {int(k): v for k, v in state["files"].items() if Path(v).exists()}
 
     vae_id = module_id(vae) if params.cache_latents else ""
-    latents = LatentCache(workdir / "cache" / "latents", vae, vae_id, prec.device,
-                          torch.float32 if prec.device == "cpu" else prec.weight_dtype, params.cache_latents)
+    latents = LatentCache(workdir / "cache" / "latents", vae, vae_id, prec.device, vae.dtype, params.cache_latents)
     text = TextEncoder(pipe, arch, params.clip_skip, prec.device, cache=not params.train_text_encoder)
     tag_freq = K.tag_frequency((s.image.kohya_dir, s.image.caption) for s in samples if not s.image.is_reg)
     dataset_dirs: dict[str, dict[str, int]] = {}
