@@ -333,3 +333,18 @@ def test_gradient_checkpointing_trains_the_same_weights(work):
     b, _ = K.read_kohya(ckpt.files[1])
     assert any(v.any() for k, v in b.items() if k.startswith("lora_te_") and k.endswith("lora_up.weight"))
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-3
+
+
+def test_external_vae_and_text_embedding_cache(work):
+    base = B.load_base("tiny", work, words=[TRIGGER])
+    with_vae = B.load_base("tiny", work, vae=str(Path(base.source) / "vae"), words=[TRIGGER])
+    assert with_vae.pipe.vae is not base.pipe.vae and B.module_id(with_vae.pipe.vae) == B.module_id(base.pipe.vae)
+    with pytest.raises(B.BakeError, match="cannot load train.vae"):
+        B.load_base("tiny", work, vae=str(work / "no-vae"), words=[TRIGGER])
+    # Frozen text encoder: each distinct caption is encoded once.
+    enc = B.TextEncoder(base.pipe, "sd15", 2, "cpu", cache=True)
+    first, _ = enc([TRIGGER, "red_dress", TRIGGER])
+    assert sorted(enc.cache) == sorted([TRIGGER, "red_dress"]) and torch.equal(first[0], first[2])
+    again, _ = enc([TRIGGER])
+    assert torch.equal(again[0], first[0]) and len(enc.cache) == 2
+    assert B.TextEncoder(base.pipe, "sd15", 2, "cpu", cache=False).cache is None
