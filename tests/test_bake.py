@@ -302,7 +302,12 @@ def test_sdxl_bake_writes_te1_te2_and_loads_in_diffusers(work):
                  base=base)
     tensors, meta = K.read_kohya(res.files[1])
     prefixes = {k.split("_text_model")[0] for k in tensors if k.startswith("lora_te")}
-    assert prefixes == {"lora_te1", "lora_te2"} and any(k.startswith("lora_unet_") for k in tensors)
+    assert prefixes == {"lora_te1", "lora_te2"}
+    # kohya names SDXL's UNet in the original sgm layout (what A1111/ComfyUI expect for SDXL).
+    unet_names = {k.split(".")[0] for k in tensors if k.startswith("lora_unet_")}
+    assert "lora_unet_input_blocks_3_1_transformer_blocks_0_attn1_to_q" in unet_names  # 1 layer per block
+    assert "lora_unet_output_blocks_0_1_proj_in" in unet_names and "lora_unet_middle_block_1_proj_out" in unet_names
+    assert not any("down_blocks" in n or "up_blocks" in n for n in unet_names)
     assert meta["ss_base_model_version"] == "sdxl_base_v1-0" and meta["ss_sdxl"] == "True"
     assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
 

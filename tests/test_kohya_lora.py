@@ -173,3 +173,21 @@ def test_lycoris_names_round_trip(tiny, tmp_path, network_type):
     with torch.no_grad():
         want, got = trained.unet(x, t, emb).sample, fresh.unet(x, t, emb).sample
     assert (want - got).abs().max() < 5e-3
+
+
+def test_sdxl_unet_names_are_kohyas_sgm_layout():
+    up_attention = [True, True, False]  # SDXL: CrossAttnUpBlock2D x2, UpBlock2D
+    names = {
+        "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q": "input_blocks.4.1.transformer_blocks.0.attn1.to_q",
+        "down_blocks.2.attentions.1.proj_in": "input_blocks.8.1.proj_in",
+        "down_blocks.0.downsamplers.0.conv": "input_blocks.3.0.op",
+        "down_blocks.1.resnets.0.conv1": "input_blocks.4.0.in_layers.2",
+        "down_blocks.1.resnets.0.conv_shortcut": "input_blocks.4.0.skip_connection",
+        "mid_block.attentions.0.transformer_blocks.9.ff.net.2": "middle_block.1.transformer_blocks.9.ff.net.2",
+        "mid_block.resnets.1.time_emb_proj": "middle_block.2.emb_layers.1",
+        "up_blocks.0.attentions.2.proj_out": "output_blocks.2.1.proj_out",
+        "up_blocks.1.resnets.2.conv2": "output_blocks.5.0.out_layers.3",
+        "up_blocks.1.upsamplers.0.conv": "output_blocks.5.2.conv",
+    }
+    for path, sgm in names.items():
+        assert K.sgm_unet_path(path, 2, up_attention) == sgm

@@ -546,7 +546,7 @@ def bake(
     # the base model drew from the global generator before.
     torch.manual_seed(params.seed)
     if params.train_unet:
-        t = K.find_targets(unet, "unet", spec)
+        t = K.find_targets(unet, "unet", spec, sgm=arch == "sdxl")
         unet.add_adapter(K.peft_config(t, spec))
         prefixes.append(("lora_unet", unet, t))
     if params.train_text_encoder:

@@ -89,14 +89,19 @@ class Targets:
 
     linear: list[str] = field(default_factory=list)
     conv: list[str] = field(default_factory=list)
+    renames: dict[str, str] = field(default_factory=dict)  # module path -> the path kohya names it by (SDXL)
 
     @property
     def all(self) -> list[str]:
         return self.linear + self.conv
 
 
-def find_targets(model: Any, kind: str, spec: NetworkSpec) -> Targets:
-    """kohya's layer choice on a diffusers UNet (`kind="unet"`) or a CLIP text encoder (`"te"`)."""
+def find_targets(model: Any, kind: str, spec: NetworkSpec, sgm: bool = False) -> Targets:
+    """kohya's layer choice on a diffusers UNet (`kind="unet"`) or a CLIP text encoder (`"te"`).
+
+    `sgm`: name UNet modules as kohya does for SDXL, whose UNet it trains in the original
+    (sgm/LDM) layout: `input_blocks_4_1_...`, `middle_block_1_...`, `output_blocks_...`.
+    """
     import torch.nn as nn
 
     if kind == "unet":
@@ -128,7 +133,40 @@ def find_targets(model: Any, kind: str, spec: NetworkSpec) -> Targets:
             else:
                 continue
             seen.add(name)
+    if sgm and kind == "unet":
+        cfg = model.config
+        up_attn = ["CrossAttn" in t for t in cfg.up_block_types]
+        targets.renames = {p: sgm_unet_path(p, cfg.layers_per_block, up_attn) for p in targets.all}
     return targets
+
+
+_RESNET_TO_SGM = {"conv1": "in_layers.2", "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1",
+                  "conv_shortcut": "skip_connection"}
+
+
+def sgm_unet_path(path: str, layers_per_block: int, up_has_attention: list[bool]) -> str:
+    """A diffusers UNet module path in the sgm/LDM layout kohya uses for SDXL (the inverse of
+    diffusers' `_maybe_map_sgm_blocks_to_diffusers` + `_convert_unet_lora_key`)."""
+    parts = path.split(".")
+    n = layers_per_block + 1
+    if parts[0] == "down_blocks":
+        i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), parts[4:]
+        if kind == "downsamplers":
+            return f"input_blocks.{n * (i + 1)}.0.op"
+        head = f"input_blocks.{n * i + j + 1}.{0 if kind == 'resnets' else 1}"
+    elif parts[0] == "mid_block":
+        kind, j, rest = parts[1], int(parts[2]), parts[3:]
+        head = f"middle_block.{ {('resnets', 0): 0, ('attentions', 0): 1, ('resnets', 1): 2}[(kind, j)] }"
+    elif parts[0] == "up_blocks":
+        i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), parts[4:]
+        if kind == "upsamplers":
+            return f"output_blocks.{n * i + n - 1}.{2 if up_has_attention[i] else 1}.conv"
+        head = f"output_blocks.{n * i + j}.{0 if kind == 'resnets' else 1}"
+    else:
+        return path
+    if kind == "resnets" and rest and rest[0] in _RESNET_TO_SGM:
+        rest = _RESNET_TO_SGM[rest[0]].split(".") + rest[1:]
+    return ".".join([head, *rest])
 
 
 def _exact(name: str) -> str:
@@ -174,7 +212,7 @@ def peft_to_kohya(
                 break
         else:
             raise ValueError(f"no kohya name for peft parameter {key!r}")
-        name = module_key(prefix, module)
+        name = module_key(prefix, module, targets)
         if kohya_suffix == "dora_scale":
             # LyCORIS (what ComfyUI/A1111 read) keeps the magnitude as (out, 1) for linear layers,
             # (out, 1, 1, 1) for convs; peft as (out,) / (1, out, 1, 1).
@@ -198,7 +236,7 @@ def _lokr_full_scales(tensors: Mapping[str, Any], prefix: str, targets: Targets,
     conv = set(targets.conv)
     scales = {}
     for path in targets.all:
-        name = module_key(prefix, path)
+        name = module_key(prefix, path, targets)
         if f"{name}.lokr_w1" in tensors and f"{name}.lokr_w2" in tensors:
             rank = spec.conv_dim if path in conv else spec.dim
             scales[name] = alpha_for(path, targets, spec) / rank
@@ -209,7 +247,7 @@ def kohya_to_peft(
     tensors: Mapping[str, "torch.Tensor"], prefix: str, targets: Targets, spec: NetworkSpec
 ) -> dict[str, "torch.Tensor"]:
     """The inverse of `peft_to_kohya` for one model (alphas dropped: they live in the peft config)."""
-    paths = {module_key(prefix, p): p for p in targets.all}
+    paths = {module_key(prefix, p, targets): p for p in targets.all}
     folded = _lokr_full_scales(tensors, prefix, targets, spec)
     out = {}
     for key, tensor in tensors.items():
@@ -226,9 +264,11 @@ def kohya_to_peft(
     return out
 
 
-def module_key(prefix: str, module_path: str) -> str:
+def module_key(prefix: str, module_path: str, targets: Targets | None = None) -> str:
     """kohya's name of a module. transformers 5 dropped CLIPTextModel's `text_model.` level; the
     files keep it (`lora_te_text_model_encoder_layers_0_...`), as every reader expects."""
+    if targets is not None:
+        module_path = targets.renames.get(module_path, module_path)
     if prefix.startswith("lora_te") and not module_path.startswith("text_model."):
         module_path = "text_model." + module_path
     return f"{prefix}_{module_path.replace('.', '_')}"
