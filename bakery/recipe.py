@@ -223,6 +223,12 @@ class TrainParams(_Section):
             raise ValueError("dora with adamw8bit is not supported: use adamw or prodigy")
         if not (self.train_unet or self.train_text_encoder):
             raise ValueError("train_unet and train_text_encoder are both false: nothing to train")
+        if self.device == "cpu" and self.optimizer == "adamw8bit":
+            raise ValueError("optimizer adamw8bit needs CUDA (bitsandbytes), but device is 'cpu': use adamw")
+        if self.device == "cpu" and self.mixed_precision in ("fp16", "bf16"):
+            raise ValueError(f"mixed_precision {self.mixed_precision} needs CUDA, but device is 'cpu': use 'no' or 'auto'")
+        if self.base_model == "tiny" and self.architecture == "sdxl":
+            raise ValueError("base_model 'tiny' is SD1.5-shaped: architecture must be 'auto' or 'sd15'")
         return self
 
     @property

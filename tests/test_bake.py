@@ -124,7 +124,10 @@ def test_recipe_profiles_and_bad_combinations(tmp_path):
     assert parse_recipe({"train": {"optimizer": "adamw"}}, tmp_path).train.effective_lr_scheduler == "cosine_with_restarts"
     for bad, msg in [({"network_type": "lokr", "network_dim": 64}, "network_dim must be <= 32"),
                      ({"train_unet": False, "train_text_encoder": False}, "nothing to train"),
-                     ({"loss_type": "mse"}, "train.loss_type: must be one of")]:
+                     ({"loss_type": "mse"}, "train.loss_type: must be one of"),
+                     ({"device": "cpu", "optimizer": "adamw8bit"}, "adamw8bit needs CUDA"),
+                     ({"device": "cpu", "mixed_precision": "bf16"}, "bf16 needs CUDA"),
+                     ({"base_model": "tiny", "architecture": "sdxl"}, "SD1.5-shaped")]:
         with pytest.raises(RecipeError, match=msg):
             parse_recipe({"train": bad}, tmp_path)
 
