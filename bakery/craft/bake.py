@@ -536,7 +536,9 @@ def bake(
             m.to(dtype=prec.weight_dtype)
     # The VAE gives NaN in fp16 (SDXL's notably): fp32 unless bf16. It runs once per image with cached latents.
     vae.requires_grad_(False)
-    vae.to(prec.device, prec.weight_dtype if prec.weight_dtype == torch.bfloat16 else torch.float32)
+    vae.to(prec.device)
+    if prec.weight_dtype == torch.bfloat16:
+        vae.to(dtype=torch.bfloat16)
     vae.eval()
 
     spec = K.NetworkSpec(params.network_type, params.network_dim, params.network_alpha, params.conv_dim,
