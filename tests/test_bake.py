@@ -239,6 +239,9 @@ def test_resume_after_kill_matches_uninterrupted_run(work):
     b, _ = K.read_kohya(resumed.files[3])
     assert a.keys() == b.keys()
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-3
+    # A finished bake asked again (its Prefect result lost) trains nothing and hands back its files.
+    done = run(work, params(epochs=3), key="resume")
+    assert done.resumed_from_epoch == 3 and not done.losses and done.files == resumed.files
 
 
 def test_all_black_masks_mean_no_loss(work):
