@@ -274,6 +274,8 @@ def test_training_options(work, options):
     assert res.steps == 5 and all(l[2] > 0 for l in res.losses)
     tensors, meta = K.read_kohya(res.files[1])
     assert meta["ss_num_reg_images"] == "2" and meta["ss_loss_type"] == options["loss_type"]
+    assert json.loads(meta["ss_reg_dataset_dirs"]) == {"1_chara": {"n_repeats": 1, "img_count": 2}}
+    assert json.loads(meta["ss_dataset_dirs"]) == {"2_chara": {"n_repeats": 2, "img_count": 4}}
     assert any(k.startswith("lora_te_") for k in tensors) == options.get("train_text_encoder", True)
     if not options.get("cache_latents", True):
         assert res.latent_cache_hits == res.latent_cache_misses == 0

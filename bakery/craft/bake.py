@@ -616,8 +616,10 @@ def bake(
     text = TextEncoder(pipe, arch, params.clip_skip, prec.device, cache=not params.train_text_encoder)
     tag_freq = K.tag_frequency((s.image.kohya_dir, s.image.caption) for s in samples if not s.image.is_reg)
     dataset_dirs: dict[str, dict[str, int]] = {}
+    reg_dirs: dict[str, dict[str, int]] = {}
     for s in samples:
-        d = dataset_dirs.setdefault(s.image.kohya_dir, {"n_repeats": s.image.repeats, "img_count": 0})
+        dirs = reg_dirs if s.image.is_reg else dataset_dirs
+        d = dirs.setdefault(s.image.kohya_dir, {"n_repeats": s.image.repeats, "img_count": 0})
         d["img_count"] += 1
     n_train = sum(s.image.repeats for s in samples if not s.image.is_reg)
     n_reg = sum(s.image.repeats for s in samples if s.image.is_reg)
@@ -728,7 +730,8 @@ def bake(
                        "ss_loss_type": params.loss_type, "ss_keep_tokens": str(params.keep_tokens),
                        "ss_flip_aug": str(params.flip_aug), "ss_cache_latents": str(params.cache_latents),
                        "ss_mixed_precision": "no" if prec.autocast is None else str(prec.autocast).split(".")[-1],
-                       "ss_max_train_steps": str(total), "ss_session_id": bake_key[:16]},
+                       "ss_max_train_steps": str(total), "ss_session_id": bake_key[:16],
+                       "ss_reg_dataset_dirs": json.dumps(reg_dirs), "ss_prior_loss_weight": str(params.prior_loss_weight)},
             )
             path = out_dir / f"{name}-{epoch:06d}.safetensors"
             K.save_kohya(path, tensors, meta, params.save_precision)
