@@ -222,14 +222,15 @@ def test_resume_after_kill_matches_uninterrupted_run(work):
     full = run(work, params(epochs=3), key="full")
     assert full.resumed_from_epoch == 0
     log = work / "child.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "OMP_NUM_THREADS": "1"}
+    # The child computes with as many threads as this process (float sums depend on the split).
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     code = _CHILD.format(root=str(Path(__file__).parent.parent), log=str(log), kill_at=6, work=str(work))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     killed = [json.loads(line) for line in log.read_text().splitlines()]
     assert [s for s, _, _ in killed] == [1, 2, 3, 4, 5, 6]
     # Same recipe, another process: the same loss curve (seeded, deterministic on CPU).
-    assert [l for _, _, l in killed] == pytest.approx([l[2] for l in full.losses[:6]], abs=1e-6)
+    assert [l for _, _, l in killed] == pytest.approx([l[2] for l in full.losses[:6]], abs=1e-5)
 
     resumed = run(work, params(epochs=3), key="resume")
     assert resumed.resumed_from_epoch == 1  # epoch 1's state; epoch 2 was cut at step 6

@@ -105,7 +105,9 @@ def test_bake_stage_runs_logs_loss_and_is_cached(tmp_path):
 
 def test_killed_bake_resumes_when_the_flow_is_rerun(tmp_path):
     recipe = make_project(tmp_path / "a", epochs=4)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    import torch
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     from prefect.settings import PREFECT_API_URL
 
     env["PREFECT_API_URL"] = PREFECT_API_URL.value()
