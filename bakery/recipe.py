@@ -178,8 +178,8 @@ class TrainParams(_Section):
     text_encoder_lr: Annotated[float, Field(gt=0)] | None = None  # None: learning_rate
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
     d_coef: Annotated[float, Field(gt=0)] = 1.0  # Prodigy
-    # None: cosine with restarts for AdamW/CAME, cosine for Prodigy (rules.md §12).
-    lr_scheduler: Literal["constant", "cosine", "cosine_with_restarts"] | None = None
+    # None: cosine with restarts for AdamW, cosine for Prodigy, REX for CAME (rules.md §12).
+    lr_scheduler: Literal["constant", "cosine", "cosine_with_restarts", "rex"] | None = None
     lr_restarts: Annotated[int, Field(ge=0)] = 1
     lr_warmup_steps: Annotated[int, Field(ge=0)] = 0
     max_grad_norm: Annotated[float, Field(ge=0)] = 1.0
@@ -241,7 +241,7 @@ class TrainParams(_Section):
     def effective_lr_scheduler(self) -> str:
         if self.lr_scheduler is not None:
             return self.lr_scheduler
-        return "cosine" if self.optimizer == "prodigy" else "cosine_with_restarts"
+        return {"prodigy": "cosine", "came": "rex"}.get(self.optimizer, "cosine_with_restarts")
 
 
 class EvaluateParams(_Section):

@@ -122,6 +122,10 @@ def test_recipe_profiles_and_bad_combinations(tmp_path):
     assert r.train.optimizer == "prodigy" and not r.train.train_text_encoder and r.train.batch_size == 2
     assert r.train.effective_lr_scheduler == "cosine"
     assert parse_recipe({"train": {"optimizer": "adamw"}}, tmp_path).train.effective_lr_scheduler == "cosine_with_restarts"
+    assert parse_recipe({"train": {"optimizer": "came"}}, tmp_path).train.effective_lr_scheduler == "rex"
+    rex = [B.rex_factor(s, 0, 10) for s in range(11)]
+    assert rex[0] == 1.0 and rex[10] == 0.0 and all(a > b for a, b in zip(rex, rex[1:]))
+    assert rex[5] == pytest.approx(0.5 / 0.75)  # REX stays above linear decay mid-way
     for bad, msg in [({"network_type": "lokr", "network_dim": 64}, "network_dim must be <= 32"),
                      ({"train_unet": False, "train_text_encoder": False}, "nothing to train"),
                      ({"loss_type": "mse"}, "train.loss_type: must be one of"),
@@ -260,26 +264,34 @@ def test_all_black_masks_mean_no_loss(work):
 @pytest.mark.parametrize(
     "options",
     [
+        {"optimizer": "adamw", "lr_scheduler": "cosine_with_restarts", "lr_restarts": 1, "network_dim": 8},
         {"optimizer": "prodigy", "learning_rate": None, "loss_type": "huber", "huber_schedule": "snr",
          "noise_offset": 0.1, "ip_noise_gamma": 0.1, "flip_aug": True, "cache_latents": False,
          "lr_warmup_steps": 2, "lr_scheduler": "constant"},
         {"optimizer": "came", "loss_type": "smooth_l1", "huber_schedule": "exponential", "multires_noise_iterations": 3,
-         "lr_scheduler": "cosine_with_restarts", "lr_restarts": 1, "train_text_encoder": False,
+         "lr_scheduler": None, "train_text_encoder": False,
          "caption_dropout_rate": 0.5, "tag_dropout_rate": 0.2, "token_warmup_step": 4, "min_snr_gamma": 0},
     ],
-    ids=["prodigy-huber-noise-flip-uncached", "came-smoothl1-multires-unet-only"],
+    ids=["adamw-restarts", "prodigy-huber-noise-flip-uncached", "came-rex-smoothl1-multires-unet-only"],
 )
 def test_training_options(work, options):
     store = ContentStore(work / "store")
     res = run(work, params(epochs=1, **options), make_trainset(store, reg=2), key="opt-" + options["optimizer"])
     assert res.steps == 5 and all(l[2] > 0 for l in res.losses)
     tensors, meta = K.read_kohya(res.files[1])
-    assert meta["ss_num_reg_images"] == "2" and meta["ss_loss_type"] == options["loss_type"]
+    assert meta["ss_num_reg_images"] == "2" and meta["ss_loss_type"] == options.get("loss_type", "l2")
+    assert meta["ss_lr_scheduler"] == params(**options).effective_lr_scheduler
     assert json.loads(meta["ss_reg_dataset_dirs"]) == {"1_chara": {"n_repeats": 1, "img_count": 2}}
     assert json.loads(meta["ss_dataset_dirs"]) == {"2_chara": {"n_repeats": 2, "img_count": 4}}
     assert any(k.startswith("lora_te_") for k in tensors) == options.get("train_text_encoder", True)
     if not options.get("cache_latents", True):
         assert res.latent_cache_hits == res.latent_cache_misses == 0
+    if options["lr_scheduler"] == "cosine_with_restarts":  # 2 cycles of 2.5 steps: the rate rises again
+        lrs = [l[3] for l in res.losses]
+        assert lrs[0] == 1e-3 and min(lrs[1:3]) < lrs[3]
+    if options["lr_scheduler"] is None:  # REX decays every step
+        lrs = [l[3] for l in res.losses]
+        assert all(a > b for a, b in zip(lrs, lrs[1:]))
     if options["lr_scheduler"] == "constant":  # warmup over 2 steps, then Prodigy's d * 1.0
         assert res.losses[0][3] < res.losses[-1][3]
 

@@ -450,9 +450,22 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], *, weight_decay: flo
     raise BakeError(f"unknown optimizer {name!r}")
 
 
+def rex_factor(step: int, warmup: int, total: int) -> float:
+    """REX (Chen et al., "REX: Revisiting Budgeted Training"): (1 - p) / (1 - p/2) after a linear warmup."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return (1 - p) / (1 - p / 2)
+
+
 def make_scheduler(optimizer: Any, name: str, *, warmup: int, total: int, restarts: int) -> Any:
+    import functools
+
+    import torch
     from diffusers.optimization import get_scheduler
 
+    if name == "rex":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(rex_factor, warmup=warmup, total=total))
     if name == "constant" and warmup:
         name = "constant_with_warmup"
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total,
