@@ -12,6 +12,7 @@ from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet
 from bakery.recipe import Recipe, load_recipe, stage_params_json
 from bakery.stages import plan_run
 from tasks.alpha import ALPHA
+from tasks.bake import BAKE, bake_params_json
 from tasks.buckets import BUCKETS
 from tasks.convert import CONVERT
 from tasks.dedupe import DEDUPE
@@ -99,6 +100,13 @@ def prepare(recipe_path: str, run: RunInfo, images: list[ImageRef], stages: list
             break
         images = run_stage(stage, images, params[stage.name], run, stage.name in refresh).images
     return images
+
+
+def run_bake(recipe: Recipe, run: RunInfo, trainset: TrainSet, refresh: bool = False) -> BakeOutput:
+    """The bake stage on the prune stage's TrainSet (wired after prune; resumes a killed bake by itself)."""
+    params = bake_params_json(recipe.train, recipe.buckets, recipe.project.name)
+    result = run_stage(BAKE, trainset, params, run, refresh)
+    return result.payload
 
 
 @flow(name="bake-lora")

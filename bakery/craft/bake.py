@@ -1,0 +1,786 @@
+"""LoRA training (rules.md §12) with diffusers + peft: data, noise, loss, optimizer, resumable state.
+
+Pure: no Prefect. `bake()` trains one network on a TrainSet and calls back per
+step and per epoch; the stage (tasks/bake.py) turns those into a progress bar,
+the catalog's loss log and the BakeOutput.
+
+Determinism: every random draw of step `s` comes from generators seeded with
+(seed, s) and the epoch order from (seed, epoch), so a run resumed from the
+state saved at the end of an epoch takes the same draws as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bakery.craft import kohya_lora as K
+from bakery.craft.buckets import bucket_resolutions, fit_to_bucket, select_bucket
+from bakery.manifest import TrainImage, TrainSet
+
+TINY = "tiny"
+STATE_FILE = "state.pt"
+SNR_EPS = 1e-8
+
+
+class BakeError(RuntimeError):
+    """A bake that cannot run as asked (missing model, optimizer without its hardware...)."""
+
+
+# --- captions ------------------------------------------------------------------------
+
+
+def split_caption(caption: str, keep_tokens: int) -> tuple[list[str], list[str]]:
+    """(head kept in place, tags that may be shuffled/dropped). `|||` ends the head when present."""
+    if "|||" in caption:
+        head, tail = caption.split("|||", 1)
+        return _tags(head), _tags(tail)
+    tags = _tags(caption)
+    return tags[:keep_tokens], tags[keep_tokens:]
+
+
+def _tags(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def process_caption(
+    caption: str,
+    rng: random.Random,
+    *,
+    keep_tokens: int = 1,
+    shuffle: bool = True,
+    caption_dropout_rate: float = 0.0,
+    tag_dropout_rate: float = 0.0,
+    token_warmup_min: int = 1,
+    token_warmup_step: int = 0,
+    step: int = 0,
+) -> str:
+    """kohya's caption augmentation: the head (keep tokens / before `|||`) always stays first."""
+    if caption_dropout_rate and rng.random() < caption_dropout_rate:
+        return ""
+    head, tail = split_caption(caption, keep_tokens)
+    if token_warmup_step and step < token_warmup_step:
+        n_total = len(head) + len(tail)
+        n = token_warmup_min + (n_total - token_warmup_min) * step / token_warmup_step
+        tail = tail[: max(0, math.floor(n) - len(head))]
+    if shuffle:
+        tail = tail[:]
+        rng.shuffle(tail)
+    if tag_dropout_rate:
+        tail = [t for t in tail if rng.random() >= tag_dropout_rate]
+    return ", ".join(head + tail)
+
+
+# --- base model ----------------------------------------------------------------------
+
+
+@dataclass
+class Base:
+    pipe: Any
+    architecture: str  # "sd15" | "sdxl"
+    source: str  # what was loaded (a folder, a file, a hub id)
+
+
+def _detect_single_file_architecture(path: Path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = f.keys()
+        return "sdxl" if any(k.startswith("conditioner.embedders.1") for k in keys) else "sd15"
+
+
+def load_base(base_model: str | None, workdir: Path, *, vae: str | None = None, architecture: str = "auto",
+              words: list[str] = ()) -> Base:  # type: ignore[assignment]
+    """The base pipeline: `tiny`, a single `.safetensors` checkpoint, a diffusers folder or a hub id."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if not base_model:
+        raise BakeError("train.base_model is not set: pass a .safetensors checkpoint, a diffusers folder, "
+                        "a hub id, or 'tiny' (a small random-weight model that proves the pipeline)")
+    if base_model == TINY:
+        from bakery.craft.tiny_model import build_tiny_sd15
+
+        key = hashlib.sha256(json.dumps(sorted(set(words))).encode()).hexdigest()[:10]
+        folder = build_tiny_sd15(Path(workdir) / "models" / f"tiny-{key}", words=words)
+        pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+        source, arch = str(folder), "sd15"
+    else:
+        path = Path(base_model).expanduser()
+        try:
+            if path.is_file():
+                if path.suffix not in (".safetensors", ".ckpt"):
+                    raise BakeError(f"train.base_model {base_model!r}: expected a .safetensors checkpoint")
+                arch = architecture if architecture != "auto" else _detect_single_file_architecture(path)
+                cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
+                kw = {} if arch == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+                pipe = cls.from_single_file(str(path), **kw)
+            elif path.is_dir() or not _looks_like_hub_id(base_model):
+                if not (path / "model_index.json").exists():
+                    raise BakeError(f"train.base_model {base_model!r}: no such file, and not a diffusers folder "
+                                    "(model_index.json missing)")
+                index = json.loads((path / "model_index.json").read_text())
+                arch = "sdxl" if "XL" in index.get("_class_name", "") else "sd15"
+                cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
+                kw = {} if arch == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+                pipe = cls.from_pretrained(str(path), **kw)
+            else:
+                cls = StableDiffusionXLPipeline if architecture == "sdxl" else StableDiffusionPipeline
+                pipe = cls.from_pretrained(base_model)
+                arch = "sdxl" if architecture == "sdxl" else "sd15"
+        except BakeError:
+            raise
+        except Exception as exc:  # diffusers' own errors (offline hub, wrong file) say what went wrong
+            raise BakeError(f"cannot load train.base_model {base_model!r}: {type(exc).__name__}: {exc}. "
+                            "Pass a local .safetensors checkpoint or diffusers folder (or 'tiny')") from exc
+        source = base_model
+    if vae:
+        from diffusers import AutoencoderKL
+
+        try:
+            vpath = Path(vae).expanduser()
+            pipe.vae = (AutoencoderKL.from_single_file(str(vpath)) if vpath.is_file()
+                        else AutoencoderKL.from_pretrained(str(vpath)))
+        except Exception as exc:
+            raise BakeError(f"cannot load train.vae {vae!r}: {type(exc).__name__}: {exc}") from exc
+    return Base(pipe, arch, source)
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
+
+
+# --- precision and device ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Precision:
+    device: str
+    weight_dtype: Any  # torch dtype of the frozen base weights
+    autocast: Any  # None on CPU (fp32)
+    grad_checkpointing: bool
+    scaler: bool  # fp16 needs loss scaling
+
+
+def choose_precision(device: str, mixed_precision: str, gradient_checkpointing: bool | None) -> Precision:
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BakeError("train.device is 'cuda' but no CUDA GPU is visible")
+    if device == "cpu":
+        if mixed_precision in ("fp16", "bf16"):
+            raise BakeError(f"train.mixed_precision {mixed_precision!r} needs CUDA; on CPU use 'no' or 'auto'")
+        return Precision("cpu", torch.float32, None, bool(gradient_checkpointing), False)
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mixed_precision]
+    ckpt = True if gradient_checkpointing is None else gradient_checkpointing
+    return Precision("cuda", dtype, None if dtype == torch.float32 else dtype, ckpt, dtype == torch.float16)
+
+
+# --- data ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: TrainImage
+    bucket: tuple[int, int]  # (width, height)
+    choice: Any  # BucketChoice for the image's stored size
+
+
+@dataclass
+class DataConfig:
+    resolution: int = 512
+    min_side: int = 256
+    max_side: int = 1024
+    step: int = 64
+    batch_size: int = 1
+
+
+def plan_samples(trainset: TrainSet, image_path: Callable[[str], Path], cfg: DataConfig) -> list[Sample]:
+    from PIL import Image
+
+    resos = bucket_resolutions(cfg.resolution, cfg.min_side, cfg.max_side, cfg.step)
+    samples = []
+    for img in trainset.images:
+        with Image.open(image_path(img.image_hash)) as im:
+            w, h = im.size
+        choice = select_bucket(w, h, resos, step=cfg.step)
+        samples.append(Sample(img, choice.bucket, choice))
+    return samples
+
+
+def epoch_batches(samples: list[Sample], batch_size: int, seed: int, epoch: int) -> list[list[Sample]]:
+    """kohya: each image `repeats` times, batches from one bucket at a time, order shuffled per epoch."""
+    rng = random.Random(f"{seed}:epoch:{epoch}")
+    by_bucket: dict[tuple[int, int], list[Sample]] = {}
+    for s in sorted(samples, key=lambda s: (s.image.folder, s.image.name, s.image.image_hash)):
+        by_bucket.setdefault(s.bucket, []).extend([s] * s.image.repeats)
+    batches = []
+    for bucket in sorted(by_bucket):
+        items = by_bucket[bucket]
+        rng.shuffle(items)
+        batches += [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def steps_per_epoch(samples: list[Sample], batch_size: int) -> int:
+    return len(epoch_batches(samples, batch_size, 0, 0))
+
+
+def load_pixels(path: Path, choice: Any, flip: bool, mode: str = "RGB") -> Any:
+    """The image scaled/cropped to its bucket as a (C, H, W) tensor in [-1, 1] (masks: [0, 1], 1 channel)."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        if mode == "RGB" and im.mode in ("RGBA", "LA", "P"):
+            im = im.convert("RGBA")
+            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(bg, im)
+        im = fit_to_bucket(im.convert(mode), choice)
+    if flip:
+        im = ImageOps.mirror(im)
+    arr = np.asarray(im, dtype=np.float32) / 255.0
+    if mode == "L":
+        return torch.from_numpy(arr)[None]
+    return torch.from_numpy(arr).permute(2, 0, 1) * 2.0 - 1.0
+
+
+class LatentCache:
+    """VAE latents on disk, one file per (image content, bucket, flip, VAE weights)."""
+
+    def __init__(self, folder: Path, vae: Any, vae_id: str, device: str, dtype: Any, enabled: bool = True):
+        self.folder, self.vae, self.vae_id, self.device, self.dtype = folder, vae, vae_id, device, dtype
+        self.enabled = enabled
+        self.hits = self.misses = 0
+        self.memory: dict[str, Any] = {}  # kohya keeps cached latents in RAM too: disk is for the next run
+        if enabled:
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def key(self, image_hash: str, bucket: tuple[int, int], flip: bool) -> str:
+        text = f"{image_hash}:{bucket[0]}x{bucket[1]}:{int(flip)}:{self.vae_id}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def encode(self, pixels: Any) -> Any:
+        import torch
+
+        with torch.no_grad():
+            dist = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
+            return (dist.mean * self.vae.config.scaling_factor).float()
+
+    def get(self, path: Path, sample: Sample, flip: bool) -> Any:
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        if not self.enabled:
+            return self.encode(load_pixels(path, sample.choice, flip)[None])[0]
+        key = self.key(sample.image.image_hash, sample.bucket, flip)
+        if key in self.memory:
+            self.hits += 1
+            return self.memory[key]
+        file = self.folder / f"{key}.safetensors"
+        if file.exists():
+            self.hits += 1
+            self.memory[key] = load_file(str(file))["latent"].to(self.device)
+            return self.memory[key]
+        self.misses += 1
+        latent = self.memory[key] = self.encode(load_pixels(path, sample.choice, flip)[None])[0]
+        tmp = file.with_name(file.name + f".{os.getpid()}.tmp")
+        save_file({"latent": latent.to("cpu", torch.float32).contiguous()}, str(tmp))
+        os.replace(tmp, file)
+        return latent
+
+
+def module_id(module: Any) -> str:
+    """sha256 of a module's weights: what the latent cache is keyed by."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu").contiguous().view(-1).view(__import__("torch").uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# --- text ----------------------------------------------------------------------------
+
+
+class TextEncoder:
+    """Captions to UNet conditioning, with clip skip (kohya's: penultimate layer + final norm for 2)."""
+
+    def __init__(self, pipe: Any, architecture: str, clip_skip: int, device: str, cache: bool):
+        self.pipe, self.arch, self.clip_skip, self.device = pipe, architecture, clip_skip, device
+        self.cache: dict[str, Any] | None = {} if cache else None
+
+    def _ids(self, tokenizer: Any, captions: list[str]) -> Any:
+        return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                         return_tensors="pt").input_ids.to(self.device)
+
+    def _encode(self, captions: list[str]) -> tuple[Any, Any]:
+        import torch
+
+        if self.arch == "sdxl":
+            hidden = []
+            pooled = None
+            for tok, enc in ((self.pipe.tokenizer, self.pipe.text_encoder),
+                             (self.pipe.tokenizer_2, self.pipe.text_encoder_2)):
+                out = enc(self._ids(tok, captions), output_hidden_states=True)
+                hidden.append(out.hidden_states[-2])  # SDXL conditions on the penultimate layer, no final norm
+                pooled = out[0]  # text_embeds of the projection model
+            return torch.cat(hidden, dim=-1), pooled
+        enc = self.pipe.text_encoder
+        out = enc(self._ids(self.pipe.tokenizer, captions), output_hidden_states=True)
+        if self.clip_skip == 1:
+            return out.last_hidden_state, None
+        norm = getattr(enc, "text_model", enc).final_layer_norm
+        return norm(out.hidden_states[-self.clip_skip]), None
+
+    def __call__(self, captions: list[str]) -> tuple[Any, Any]:
+        import torch
+
+        if self.cache is None:
+            return self._encode(captions)
+        missing = [c for c in dict.fromkeys(captions) if c not in self.cache]
+        if missing:
+            with torch.no_grad():
+                hidden, pooled = self._encode(missing)
+            for i, c in enumerate(missing):
+                self.cache[c] = (hidden[i], None if pooled is None else pooled[i])
+        hidden = torch.stack([self.cache[c][0] for c in captions])
+        pooled = None if self.arch != "sdxl" else torch.stack([self.cache[c][1] for c in captions])
+        return hidden, pooled
+
+
+# --- noise and loss ------------------------------------------------------------------
+
+
+def pyramid_noise(noise: Any, gen: Any, iterations: int, discount: float) -> Any:
+    """kohya's multires noise (`pyramid_noise_like`)."""
+    import torch
+    import torch.nn.functional as F
+
+    b, c, h, w = noise.shape
+    for i in range(iterations):
+        r = float(torch.rand((), generator=gen)) * 2 + 2
+        hn, wn = max(1, int(h / (r ** i))), max(1, int(w / (r ** i)))
+        small = torch.randn((b, c, hn, wn), generator=gen).to(noise.device)
+        noise = noise + F.interpolate(small, size=(h, w), mode="bilinear") * discount ** i
+        if hn == 1 or wn == 1:
+            break
+    return noise / noise.std()
+
+
+def huber_c(kind: str, c: float, timesteps: Any, alphas_cumprod: Any, num_train_timesteps: int) -> Any:
+    """kohya's huber_schedule: the per-sample Huber threshold."""
+    import torch
+
+    t = timesteps.float()
+    if kind == "constant":
+        return torch.full_like(t, c)
+    if kind == "exponential":
+        return torch.exp(-(-math.log(c) / num_train_timesteps) * t)
+    if kind == "snr":
+        a = alphas_cumprod[timesteps.cpu()].to(t.device).float()
+        sigmas = ((1.0 - a) / a) ** 0.5
+        return (1 - c) / (1 + sigmas) ** 4 + c
+    raise ValueError(f"unknown huber_schedule {kind!r}")
+
+
+def conditional_loss(pred: Any, target: Any, loss_type: str, hc: Any) -> Any:
+    """Elementwise loss (no reduction): l2, huber or smooth_l1 (kohya's pseudo-Huber forms)."""
+    import torch
+
+    if loss_type == "l2":
+        return (pred - target) ** 2
+    c = hc.view(-1, *([1] * (pred.dim() - 1)))
+    if loss_type == "huber":
+        return 2 * c * (torch.sqrt((pred - target) ** 2 + c ** 2) - c)
+    if loss_type == "smooth_l1":
+        return 2 * (torch.sqrt((pred - target) ** 2 + c ** 2) - c)
+    raise ValueError(f"unknown loss_type {loss_type!r}")
+
+
+def min_snr_weight(timesteps: Any, alphas_cumprod: Any, gamma: float) -> Any:
+    """min(SNR, gamma) / SNR for epsilon prediction (Hang et al.; kohya apply_snr_weight)."""
+    import torch
+
+    a = alphas_cumprod[timesteps.cpu()].float()
+    snr = a / (1 - a)
+    return torch.clamp(gamma / (snr + SNR_EPS), max=1.0)
+
+
+# --- optimizer and schedule ----------------------------------------------------------
+
+
+def make_optimizer(name: str, groups: list[dict[str, Any]], *, weight_decay: float, d_coef: float,
+                   device: str) -> Any:
+    import torch
+
+    if name == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=weight_decay)
+    if name == "adamw8bit":
+        if device != "cuda":
+            raise BakeError("train.optimizer 'adamw8bit' needs CUDA (bitsandbytes); on CPU use 'adamw'")
+        try:
+            import bitsandbytes as bnb
+        except ImportError as exc:
+            raise BakeError("train.optimizer 'adamw8bit' needs bitsandbytes: pip install bitsandbytes") from exc
+        return bnb.optim.AdamW8bit(groups, weight_decay=weight_decay)
+    if name == "prodigy":
+        from prodigyopt import Prodigy
+
+        # rules.md §12: weight_decay 0.01, decouple, use_bias_correction, safeguard_warmup, d_coef 1-2.
+        return Prodigy(groups, weight_decay=weight_decay, decouple=True, use_bias_correction=True,
+                       safeguard_warmup=True, d_coef=d_coef)
+    if name == "came":
+        from came_pytorch import CAME
+
+        return CAME(groups, lr=groups[0]["lr"], weight_decay=weight_decay, betas=(0.9, 0.999, 0.9999), eps=(1e-30, 1e-16))
+    raise BakeError(f"unknown optimizer {name!r}")
+
+
+def rex_factor(step: int, warmup: int, total: int) -> float:
+    """REX (Chen et al., "REX: Revisiting Budgeted Training"): (1 - p) / (1 - p/2) after a linear warmup."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return (1 - p) / (1 - p / 2)
+
+
+def make_scheduler(optimizer: Any, name: str, *, warmup: int, total: int, restarts: int) -> Any:
+    import functools
+
+    import torch
+    from diffusers.optimization import get_scheduler
+
+    if name == "rex":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(rex_factor, warmup=warmup, total=total))
+    if name == "constant" and warmup:
+        name = "constant_with_warmup"
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total,
+                         num_cycles=restarts + 1 if name == "cosine_with_restarts" else 1)
+
+
+# --- the bake ------------------------------------------------------------------------
+
+
+@dataclass
+class StepInfo:
+    step: int  # 1-based optimizer step
+    total: int
+    epoch: int  # 1-based
+    loss: float
+    lr: float
+    elapsed_s: float
+
+
+@dataclass
+class BakeResult:
+    files: dict[int, str]
+    losses: list[tuple[int, int, float, float]]  # (step, epoch, loss, lr) of the steps run in this call
+    resumed_from_epoch: int
+    steps: int
+    latent_cache_hits: int = 0
+    latent_cache_misses: int = 0
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _seeded(seed: int, step: int, what: str) -> Any:
+    import torch
+
+    digest = hashlib.sha256(f"{seed}:{step}:{what}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def bake(
+    trainset: TrainSet,
+    params: Any,  # bakery.recipe.TrainParams
+    *,
+    image_path: Callable[[str], Path],
+    workdir: Path,
+    out_dir: Path,
+    state_dir: Path,
+    name: str,
+    data: DataConfig,
+    bake_key: str = "",
+    base: Base | None = None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    on_epoch: Callable[[int, str | None], None] | None = None,
+) -> BakeResult:
+    """Train; resume from `state_dir` when it holds this bake's state. Returns the epoch files."""
+    import torch
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    started = time.monotonic()
+    workdir, out_dir, state_dir = Path(workdir), Path(out_dir), Path(state_dir)
+    if not trainset.images:
+        raise BakeError("the training set is empty")
+    prec = choose_precision(params.device, params.mixed_precision, params.gradient_checkpointing)
+    torch.manual_seed(params.seed)
+    if base is None:
+        base = load_base(params.base_model, workdir, vae=params.vae, architecture=params.architecture,
+                         words=trainset.triggers)
+    pipe, arch = base.pipe, base.architecture
+    unet, vae = pipe.unet, pipe.vae
+    te_models = [pipe.text_encoder] + ([pipe.text_encoder_2] if arch == "sdxl" else [])
+    noise_sched = pipe.scheduler
+    from diffusers import DDPMScheduler
+
+    noise_sched = DDPMScheduler.from_config(noise_sched.config)
+    alphas_cumprod = noise_sched.alphas_cumprod
+    n_train_t = noise_sched.config.num_train_timesteps
+
+    for m in [unet, *te_models]:
+        m.requires_grad_(False)
+        m.to(prec.device)
+        if prec.weight_dtype != torch.float32:
+            m.to(dtype=prec.weight_dtype)
+    # The VAE gives NaN in fp16 (SDXL's notably): fp32 unless bf16. It runs once per image with cached latents.
+    vae.requires_grad_(False)
+    vae.to(prec.device)
+    if prec.weight_dtype == torch.bfloat16:
+        vae.to(dtype=torch.bfloat16)
+    vae.eval()
+
+    spec = K.NetworkSpec(params.network_type, params.network_dim, params.network_alpha, params.conv_dim,
+                         params.conv_alpha)
+    prefixes: list[tuple[str, Any, K.Targets]] = []
+    # The network's initial weights (lora_down is random) come from the seed alone, whatever loading
+    # the base model drew from the global generator before.
+    torch.manual_seed(params.seed)
+    if params.train_unet:
+        t = K.find_targets(unet, "unet", spec, sgm=arch == "sdxl")
+        unet.add_adapter(K.peft_config(t, spec))
+        prefixes.append(("lora_unet", unet, t))
+    if params.train_text_encoder:
+        for prefix, te in zip(K.te_prefixes(arch), te_models):
+            t = K.find_targets(te, "te", spec)
+            te.add_adapter(K.peft_config(t, spec))
+            prefixes.append((prefix, te, t))
+    if not prefixes:
+        raise BakeError("train.train_unet and train.train_text_encoder are both off: nothing to train")
+    for _, model, _t in prefixes:  # trainable weights in fp32 (mixed precision only for the frozen base)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    if prec.grad_checkpointing:
+        unet.enable_gradient_checkpointing()
+        for te in te_models:
+            if params.train_text_encoder:
+                # Non-reentrant: the frozen embeddings give no grad-requiring input, and the reentrant
+                # form would then silently drop the LoRA gradients inside checkpointed layers.
+                if hasattr(te, "activation_checkpointing_enable"):  # transformers >= 5.2x
+                    te.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                else:
+                    te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    unet.train()
+    for te in te_models:
+        te.train(params.train_text_encoder)
+
+    base_lr = params.effective_learning_rate
+    unet_lr = params.unet_lr or base_lr
+    te_lr = params.text_encoder_lr or base_lr
+    groups = []
+    for prefix, model, _t in prefixes:
+        ps = [p for p in model.parameters() if p.requires_grad]
+        groups.append({"params": ps, "lr": unet_lr if prefix == "lora_unet" else te_lr})
+    optimizer = make_optimizer(params.optimizer, groups, weight_decay=params.weight_decay, d_coef=params.d_coef,
+                               device=prec.device)
+
+    samples = plan_samples(trainset, image_path, data)
+    per_epoch = steps_per_epoch(samples, data.batch_size)
+    total = per_epoch * params.epochs
+    scheduler = make_scheduler(optimizer, params.effective_lr_scheduler, warmup=params.lr_warmup_steps,
+                               total=total, restarts=params.lr_restarts)
+    scaler = torch.amp.GradScaler("cuda") if prec.scaler else None
+
+    # Resume: the last state saved at the end of an epoch of this same bake.
+    start_epoch = 0
+    state_file = state_dir / STATE_FILE
+    files: dict[int, str] = {}
+    if state_file.exists():
+        state = torch.load(state_file, map_location="cpu", weights_only=False)
+        if state.get("bake_key") == bake_key:
+            for prefix, model, _t in prefixes:
+                res = set_peft_model_state_dict(model, state["networks"][prefix])
+                if res.unexpected_keys:
+                    raise BakeError(f"training state {state_file} does not match the network: {res.unexpected_keys[:3]}")
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            start_epoch = state["epoch"]
+            files = {int(k): v for k, v in state["files"].items() if Path(v).exists()}
+
+    vae_id = module_id(vae) if params.cache_latents else ""
+    latents = LatentCache(workdir / "cache" / "latents", vae, vae_id, prec.device, vae.dtype, params.cache_latents)
+    text = TextEncoder(pipe, arch, params.clip_skip, prec.device, cache=not params.train_text_encoder)
+    tag_freq = K.tag_frequency((s.image.kohya_dir, s.image.caption) for s in samples if not s.image.is_reg)
+    dataset_dirs: dict[str, dict[str, int]] = {}
+    reg_dirs: dict[str, dict[str, int]] = {}
+    for s in samples:
+        dirs = reg_dirs if s.image.is_reg else dataset_dirs
+        d = dirs.setdefault(s.image.kohya_dir, {"n_repeats": s.image.repeats, "img_count": 0})
+        d["img_count"] += 1
+    n_train = sum(s.image.repeats for s in samples if not s.image.is_reg)
+    n_reg = sum(s.image.repeats for s in samples if s.image.is_reg)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    losses: list[tuple[int, int, float, float]] = []
+    step = start_epoch * per_epoch
+    autocast = (torch.autocast("cuda", dtype=prec.autocast) if prec.autocast is not None else None)
+
+    for epoch in range(start_epoch + 1, params.epochs + 1):
+        for batch in epoch_batches(samples, data.batch_size, params.seed, epoch):
+            step += 1
+            rng = random.Random(f"{params.seed}:{step}:data")
+            gen = _seeded(params.seed, step, "noise")
+            flips = [params.flip_aug and rng.random() < 0.5 for _ in batch]
+            caps = [process_caption(s.image.caption, rng, keep_tokens=params.keep_tokens,
+                                    shuffle=params.shuffle_caption, caption_dropout_rate=params.caption_dropout_rate,
+                                    tag_dropout_rate=params.tag_dropout_rate,
+                                    token_warmup_min=params.token_warmup_min,
+                                    token_warmup_step=params.token_warmup_step, step=step - 1) for s in batch]
+            lat = torch.stack([latents.get(image_path(s.image.image_hash), s, f) for s, f in zip(batch, flips)])
+            lat = lat.to(prec.device, torch.float32)
+            b = lat.shape[0]
+            noise = torch.randn(lat.shape, generator=gen).to(prec.device)
+            if params.noise_offset:
+                noise = noise + params.noise_offset * torch.randn((b, lat.shape[1], 1, 1), generator=gen).to(prec.device)
+            if params.multires_noise_iterations:
+                noise = pyramid_noise(noise, gen, params.multires_noise_iterations, params.multires_noise_discount)
+            timesteps = torch.randint(0, n_train_t, (b,), generator=gen).to(prec.device)
+            input_noise = noise
+            if params.ip_noise_gamma:
+                input_noise = noise + params.ip_noise_gamma * torch.randn(lat.shape, generator=gen).to(prec.device)
+            noisy = noise_sched.add_noise(lat, input_noise, timesteps)
+
+            ctx = autocast if autocast is not None else _nullcontext()
+            with ctx:
+                if params.train_text_encoder:
+                    hidden, pooled = text(caps)
+                else:
+                    with torch.no_grad():
+                        hidden, pooled = text(caps)
+                kwargs: dict[str, Any] = {}
+                if arch == "sdxl":
+                    time_ids = torch.tensor([[s.bucket[1], s.bucket[0], 0, 0, s.bucket[1], s.bucket[0]] for s in batch],
+                                            device=prec.device, dtype=hidden.dtype)
+                    kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+                pred = unet(noisy.to(prec.weight_dtype), timesteps, hidden.to(prec.weight_dtype), **kwargs).sample
+            target = noise
+            hc = huber_c(params.huber_schedule, params.huber_c, timesteps, alphas_cumprod, n_train_t)
+            loss = conditional_loss(pred.float(), target.float(), params.loss_type, hc.to(prec.device))
+            if params.masked_loss and any(s.image.mask_hash for s in batch):
+                masks = torch.stack([
+                    load_pixels(image_path(s.image.mask_hash), s.choice, f, mode="L") if s.image.mask_hash
+                    else torch.ones((1, s.bucket[1], s.bucket[0])) for s, f in zip(batch, flips)
+                ]).to(prec.device)
+                masks = torch.nn.functional.interpolate(masks, size=loss.shape[2:], mode="area")
+                loss = loss * masks
+            loss = loss.mean(dim=[1, 2, 3])
+            weights = torch.tensor([params.prior_loss_weight if s.image.is_reg else 1.0 for s in batch],
+                                   device=prec.device)
+            loss = loss * weights
+            if params.min_snr_gamma:
+                loss = loss * min_snr_weight(timesteps, alphas_cumprod, params.min_snr_gamma).to(prec.device)
+            loss = loss.mean()
+
+            trainable = [p for g in groups for p in g["params"]]
+            lr = float(optimizer.param_groups[0]["lr"])  # the rate this step uses
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                if params.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise BakeError(f"loss is {value} at step {step}: lower the learning rate, or use bf16/fp32 "
+                                "(fp16 gives NaN for some networks)")
+            if params.optimizer == "prodigy":
+                lr *= float(optimizer.param_groups[0].get("d", 1.0))
+            losses.append((step, epoch, value, lr))
+            if on_step:
+                on_step(StepInfo(step, total, epoch, value, lr, time.monotonic() - started))
+
+        saved = None
+        if epoch % params.save_every_n_epochs == 0 or epoch == params.epochs:
+            tensors: dict[str, Any] = {}
+            for prefix, model, targets in prefixes:
+                tensors.update(K.peft_to_kohya(get_peft_model_state_dict(model), prefix, targets, spec))
+            meta = K.build_metadata(
+                spec=spec, architecture=arch, output_name=name, triggers=trainset.triggers,
+                resolution=data.resolution, epoch=epoch, num_epochs=params.epochs, steps=step,
+                learning_rate=base_lr, unet_lr=unet_lr if params.train_unet else None,
+                text_encoder_lr=te_lr if params.train_text_encoder else None,
+                optimizer=type(optimizer).__module__ + "." + type(optimizer).__name__, seed=params.seed,
+                clip_skip=params.clip_skip, base_model=Path(base.source).name if base.source else "",
+                tag_freq=tag_freq, dataset_dirs=dataset_dirs, num_train_images=n_train, num_reg_images=n_reg,
+                batch_size=data.batch_size,
+                extra={"ss_lr_scheduler": params.effective_lr_scheduler, "ss_min_snr_gamma": str(params.min_snr_gamma),
+                       "ss_noise_offset": str(params.noise_offset), "ss_ip_noise_gamma": str(params.ip_noise_gamma),
+                       "ss_loss_type": params.loss_type, "ss_keep_tokens": str(params.keep_tokens),
+                       "ss_flip_aug": str(params.flip_aug), "ss_cache_latents": str(params.cache_latents),
+                       "ss_mixed_precision": "no" if prec.autocast is None else str(prec.autocast).split(".")[-1],
+                       "ss_max_train_steps": str(total), "ss_session_id": bake_key[:16],
+                       "ss_reg_dataset_dirs": json.dumps(reg_dirs), "ss_prior_loss_weight": str(params.prior_loss_weight)},
+            )
+            path = out_dir / f"{name}-{epoch:06d}.safetensors"
+            K.save_kohya(path, tensors, meta, params.save_precision)
+            files[epoch] = saved = str(path)
+        if on_epoch:  # before the state: what the caller records for this epoch is never lost on a kill
+            on_epoch(epoch, saved)
+        _save_state(state_file, {
+            "bake_key": bake_key,
+            "epoch": epoch,
+            "step": step,
+            "networks": {prefix: {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
+                         for prefix, model, _t in prefixes},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "files": {str(k): v for k, v in files.items()},
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "seed": params.seed},
+        })
+
+    return BakeResult(files=dict(sorted(files.items())), losses=losses, resumed_from_epoch=start_epoch, steps=step,
+                      latent_cache_hits=latents.hits, latent_cache_misses=latents.misses,
+                      seconds=time.monotonic() - started, extra={"device": prec.device, "per_epoch": per_epoch, "architecture": arch,
+                             "base_source": base.source})
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
