@@ -238,6 +238,17 @@ class Catalog:
         if not rows:
             return 0
         cols = list(rows[0])
+        if len(rows) > 1:
+            # One statement with a list per column: DuckDB's executemany costs ~4 ms a row.
+            columns = [[_jsonable(r[c]) for r in rows] for c in cols]
+            selects = ", ".join(f"unnest(?) AS {c}" for c in cols)
+            try:
+                self.con.execute(
+                    f"{verb} INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM (SELECT {selects})", columns
+                )
+                return len(rows)
+            except (duckdb.ConversionException, duckdb.BinderException, duckdb.InvalidInputException):
+                pass  # a column whose values do not make one list type: row by row below
         sql = f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
         values = [[_jsonable(r[c]) for c in cols] for r in rows]
         self.con.executemany(sql, values)
@@ -247,9 +258,13 @@ class Catalog:
         return self._insert("images", ({"created_at": now(), **r} for r in rows))
 
     def set_pixel_hashes(self, pairs: Iterable[tuple[str, str]]) -> None:
-        pairs = [[ph, h] for h, ph in pairs]
+        pairs = list(pairs)
         if pairs:
-            self.con.executemany("UPDATE images SET pixel_hash = ? WHERE hash = ?", pairs)
+            self.con.execute(
+                """UPDATE images SET pixel_hash = v.ph FROM (SELECT unnest(?) AS h, unnest(?) AS ph) AS v
+                   WHERE images.hash = v.h AND images.pixel_hash IS DISTINCT FROM v.ph""",
+                [[h for h, _ in pairs], [ph for _, ph in pairs]],
+            )
 
     def add_sources(self, rows: Iterable[dict[str, Any]], run_id: str | None) -> int:
         return self._insert("sources", ({"fetched_at": now(), "run_id": run_id, **r} for r in rows))
