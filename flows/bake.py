@@ -91,9 +91,12 @@ def prepare_params(recipe: Recipe) -> dict[str, str]:
     }
 
 
-@flow(name="prepare")
 def prepare(recipe_path: str, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str]) -> list[ImageRef]:
-    """Clean originals to training images: alpha -> trim -> upscale -> masks -> buckets."""
+    """Clean originals to training images: alpha -> trim -> upscale -> masks -> buckets.
+
+    A plain function in the main flow, not a subflow: a subflow's parameters (here
+    every image) would be sent to the Prefect API.
+    """
     params = prepare_params(load_recipe(recipe_path))
     for stage in PREPARE:
         if stage.name not in stages:

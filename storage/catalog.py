@@ -343,16 +343,25 @@ class Catalog:
         # OR IGNORE the first of two rows with one key is kept, as row by row.
         columns = [[_jsonable(r[c]) for r in rows] for c in cols]
         select = ", ".join(f"unnest(?) AS {c}" for c in cols)
-        self.con.execute(f"{verb} INTO {table} ({', '.join(cols)}) SELECT {select}", columns)
+        try:
+            self.con.execute(f"{verb} INTO {table} ({', '.join(cols)}) SELECT {select}", columns)
+        except (duckdb.ConversionException, duckdb.BinderException, duckdb.InvalidInputException):
+            # a column whose values do not make one list type: row by row
+            sql = f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+            self.con.executemany(sql, [[_jsonable(r[c]) for c in cols] for r in rows])
         return len(rows)
 
     def add_images(self, rows: Iterable[dict[str, Any]]) -> int:
         return self._insert("images", ({"created_at": now(), **r} for r in rows))
 
     def set_pixel_hashes(self, pairs: Iterable[tuple[str, str]]) -> None:
-        pairs = [[ph, h] for h, ph in pairs]
+        pairs = list(pairs)
         if pairs:
-            self.con.executemany("UPDATE images SET pixel_hash = ? WHERE hash = ?", pairs)
+            self.con.execute(
+                """UPDATE images SET pixel_hash = v.ph FROM (SELECT unnest(?) AS h, unnest(?) AS ph) AS v
+                   WHERE images.hash = v.h AND images.pixel_hash IS DISTINCT FROM v.ph""",
+                [[h for h, _ in pairs], [ph for _, ph in pairs]],
+            )
 
     def add_sources(self, rows: Iterable[dict[str, Any]], run_id: str | None) -> int:
         return self._insert("sources", ({"fetched_at": now(), "run_id": run_id, **r} for r in rows))

@@ -73,7 +73,7 @@ def hash_one(job: ImageJob) -> tuple[int, int, str] | Skip:
     try:
         ph = perceptual_hash(_open(job))
     except (OSError, ValueError) as exc:
-        return Skip(job.image.name, f"cannot hash image: {type(exc).__name__}: {exc}")
+        return Skip(job.image.name, f"not compared for near-duplicates (cannot hash: {type(exc).__name__}: {exc})")
     return ph.phash, ph.dhash, ph.colour
 
 

@@ -119,9 +119,11 @@ def test_prepare_chain_on_generated_images(tmp_path: Path):
     keys = ["dedupe-review", "upscale-report", "buckets-report"]
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
-    found = {a.key: a.data for a in arts}
+    found: dict[str, list[str]] = {}
+    for art in arts:  # every run's versions of these keys (other tests write them too)
+        found.setdefault(art.key, []).append(art.data)
     assert set(found) == set(keys)
-    assert "| scene0 | scene0_small |" in found["dedupe-review"]
+    assert any("| scene0 | scene0_small |" in data for data in found["dedupe-review"])
 
     # Unchanged: every stage cached. A `keep` override: dedupe re-runs, one image flows down.
     assert set(status(work, bake(recipe)).values()) == {"cached"}

@@ -22,7 +22,7 @@ def content_box(im: Image.Image, fuzz: float = 0.2, min_size: int = 64) -> Box:
     the table's range saturate, and are over the limit anyway), summed with
     saturation, thresholded, and `getbbox` finds the content.
     """
-    rgb = im.convert("RGB")
+    rgb = im if im.mode == "RGB" else im.convert("RGB")
     w, h = rgb.size
     corner = rgb.getpixel((0, 0))
     diff = ImageChops.difference(rgb, Image.new("RGB", rgb.size, corner))
