@@ -10,15 +10,18 @@ from prefect.artifacts import create_markdown_artifact
 from bakery.manifest import ImageRef
 from bakery.recipe import Recipe, load_recipe, stage_params_json
 from bakery.stages import plan_run
+from tasks.autotag import AUTOTAG, autotag_params_json
 from tasks.convert import CONVERT
 from tasks.dedupe import DEDUPE
 from tasks.ingest import INGEST, FolderSpec, scan_sources
+from tasks.prune import PRUNE, caption_sources, prune_params_json
 from tasks.report import run_summary_markdown
 from tasks.stage import RunInfo, begin_run, end_run, run_stage
 
 # Stages built so far, in chain order. A stage not built is absent, not a no-op.
 GATHER = (INGEST, CONVERT, DEDUPE)
-BUILT = tuple(s.name for s in GATHER)
+CAPTION = (AUTOTAG, PRUNE)  # after the image-preparation stages
+BUILT = tuple(s.name for s in GATHER + CAPTION)
 
 
 def _folders(recipe: Recipe) -> list[FolderSpec]:
@@ -40,6 +43,18 @@ def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]
     return images
 
 
+def caption(recipe_path: str, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str]):
+    """Prepared images to a TrainSet: autotag -> prune. Needs [[concepts]] (autotag alone runs with a model)."""
+    recipe = load_recipe(recipe_path)
+    result = None
+    if "autotag" in stages and (recipe.concepts or recipe.autotag.model):
+        result = run_stage(AUTOTAG, images, autotag_params_json(recipe), run, "autotag" in refresh)
+        images = result.images
+    if "prune" in stages and recipe.concepts:
+        result = run_stage(PRUNE, caption_sources(images, run.workdir), prune_params_json(recipe), run, "prune" in refresh)
+    return result
+
+
 @flow(name="bake-lora")
 def bake_lora(recipe_path: str, from_stage: str | None = None, only_stage: str | None = None) -> str:
     """Run a recipe. Returns the run id (its record is in the work dir's catalog)."""
@@ -48,7 +63,8 @@ def bake_lora(recipe_path: str, from_stage: str | None = None, only_stage: str |
     run = begin_run(recipe.workdir, str(Path(recipe_path).resolve()), recipe.digest(),
                     recipe.model_dump_json(), recipe.runtime.workers)
     try:
-        gather(recipe_path, run, list(plan.stages), sorted(plan.refresh))
+        images = gather(recipe_path, run, list(plan.stages), sorted(plan.refresh))
+        caption(recipe_path, run, images, list(plan.stages), sorted(plan.refresh))
     except BaseException as exc:
         end_run(run, "failed", f"{type(exc).__name__}: {exc}")
         raise

@@ -193,11 +193,17 @@ def _prunes(rule: GroupRule, tag: str, garments: set[str]) -> bool:
     return False
 
 
-def build_caption(rule: GroupRule, tags: Sequence[str], style: str = "underscore", keep_tokens_separator: bool = False) -> str:
-    """Trigger first (rules.md §10), then the kept tags in their order; the style modes decide the head."""
+def caption_parts(rule: GroupRule, tags: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(head, body): triggers first (rules.md §10), then the kept tags; the style modes decide each part."""
     head = [] if rule.style in ("style_no_tags", "style_all_tags") else rule.head
     body = [] if rule.style in ("style_no_tags", "style_trigger_only") else list(tags)
-    head_text = ", ".join(head)  # triggers are written exactly as the user spelled them
+    return head, body
+
+
+def build_caption(rule: GroupRule, tags: Sequence[str], style: str = "underscore", keep_tokens_separator: bool = False) -> str:
+    """The caption text: triggers exactly as the user spelled them, then tags in their order."""
+    head, body = caption_parts(rule, tags)
+    head_text = ", ".join(head)
     body_text = join_caption(body, style)
     if keep_tokens_separator and head_text:
         return f"{head_text} {KEEP_TOKENS_SEPARATOR} {body_text}".rstrip()

@@ -170,3 +170,43 @@ def flag_caption(caption: str, tags: Sequence[str], post_counts: dict[str, int] 
     counts = post_counts or {}
     rare = tuple(t for t in tags if t in counts and counts[t] < rare_below)
     return CaptionFlags(len(caption.encode()) > max_bytes, rare)
+
+
+_CATEGORY_ORDER = {"character": 0, "copyright": 1, "artist": 2, "general": 3, "meta": 4, "rating": 5}
+
+
+def source_tags(
+    sidecars: Sequence[str],
+    tag_rows: Sequence[dict],
+    sources: Sequence[str] = ("user", "booru", "tagger"),
+    merge: str = "union",
+    keep_namespaces: Iterable[str] = ("general", "character", "copyright"),
+) -> list[str]:
+    """One image's raw tags from its caption sources, in `sources` order.
+
+    user: the `.txt`/Grabber sidecars beside the original; booru: scraped tags
+    (categories outside `keep_namespaces` dropped, rating kept only when stored);
+    tagger: WD14 tags, characters first, then by confidence. `merge = "first"`
+    takes the first source that has any tag.
+    """
+    keep = set(keep_namespaces) | {"rating"}
+    by_source: dict[str, list[str]] = {
+        "user": dedupe(t for text in sidecars for t in parse_caption(text, keep_namespaces)),
+        "booru": [
+            normalize_tag(r["tag"])
+            for r in sorted((r for r in tag_rows if r["origin"] == "booru" and r["category"] in keep),
+                            key=lambda r: (_CATEGORY_ORDER.get(r["category"], 9), r["tag"]))
+        ],
+        "tagger": [
+            normalize_tag(r["tag"])
+            for r in sorted((r for r in tag_rows if r["origin"] == "tagger"),
+                            key=lambda r: (_CATEGORY_ORDER.get(r["category"], 9), -(r["confidence"] or 0), r["tag"]))
+        ],
+    }
+    out: list[str] = []
+    for name in sources:
+        tags = by_source.get(name, [])
+        if merge == "first" and tags:
+            return dedupe(tags)
+        out.extend(tags)
+    return dedupe(out)
