@@ -1,0 +1,105 @@
+"""Autotag and prune in real Prefect runs: sidecars, Grabber files, the tiny WD14 model, the catalog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from storage import Catalog
+from tests.conftest import write_recipe
+from tests.wd14_model import write_tiny_wd14
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+CONCEPTS = """
+[[concepts]]
+name = "CharaA"
+trigger = "CharaA"
+paths = ["chara/*"]
+prune_tags = ["1girl"]
+
+[[concepts.outfits]]
+name = "Outfit1"
+trigger = "Outfit1"
+paths = ["chara/outfit1/*"]
+"""
+GUIDE = ("1girl, ascot, closed_mouth, frilled_ascot, frilled_skirt, frills, green_hair, long_sleeves, looking_at_viewer, "
+         "one-hour_drawing_challenge, open_mouth, plaid, plaid_skirt, plaid_vest, red_skirt, red_vest, shirt, "
+         "short_hair, simple_background, skirt, solo, umbrella, vest, white_shirt, yellow_background")
+
+
+def bake(recipe: Path, **kw) -> str:
+    from flows.bake import bake_lora
+
+    return bake_lora(str(recipe), **kw)
+
+
+def status(work: Path, run_id: str) -> dict[str, str]:
+    with Catalog.open(work, read_only=True) as cat:
+        return {s["stage"]: s["status"] for s in cat.stage_table(run_id)}
+
+
+def _dataset(tmp_path: Path) -> Path:
+    images = tmp_path / "images"
+    (images / "chara" / "outfit1").mkdir(parents=True)
+    Image.new("RGB", (48, 48), (250, 250, 60)).save(images / "chara/outfit1/a.png")
+    (images / "chara/outfit1/a.txt").write_text(GUIDE, encoding="utf-8")
+    Image.new("RGB", (48, 40), (60, 250, 60)).save(images / "chara/outfit1/b.png")
+    # Grabber: `|`-joined, spaces in tags, namespaces.
+    (images / "chara/outfit1/b.txt").write_text(
+        "character:chara a|artist:someone|general:green hair|plaid skirt|red vest|smile|meta:highres", encoding="utf-8")
+    Image.new("RGB", (40, 48), (255, 0, 0)).save(images / "chara/c.png")  # no sidecar: the tagger captions it
+    return images
+
+
+def test_captions_from_sidecars_grabber_and_tagger(tmp_path: Path):
+    _dataset(tmp_path)
+    write_tiny_wd14(tmp_path / "tagger")
+    recipe = write_recipe(tmp_path, CONCEPTS + '\n[autotag]\nmodel = "tagger"\nkeep_rating = true\n'
+                          '\n[captions]\nmerge = "first"\n')  # user sidecars first, the tagger where none
+    work = tmp_path / "work"
+    first = bake(recipe)
+    assert status(work, first) == {"ingest": "ran", "convert": "ran", "dedupe": "ran", "autotag": "ran", "prune": "ran"}
+    with Catalog.open(work, read_only=True) as cat:
+        tagged = cat.rows("SELECT tag, category, confidence FROM tags WHERE origin = 'tagger' ORDER BY tag")
+        assert {r["tag"] for r in tagged} >= {"red_theme", "simple_background", "general"}
+        assert all(0 < r["confidence"] <= 1 for r in tagged)
+        rows = {r["name"]: r for r in cat.train_captions(first)}
+        assert rows["chara_outfit1_a"]["caption"] == (
+            "CharaA, Outfit1, closed_mouth, looking_at_viewer, open_mouth, simple_background, solo, umbrella, "
+            "yellow_background"
+        )
+        assert rows["chara_outfit1_a"]["folder"] == "Outfit1"
+        # Grabber: character kept (prefix removed), artist/meta dropped; intrinsics and garments pruned.
+        assert rows["chara_outfit1_b"]["caption"] == "CharaA, Outfit1, chara_a, smile"
+        assert rows["chara_c"]["folder"] == "CharaA"
+        assert rows["chara_c"]["caption"] == "CharaA, red_theme, simple_background, general"  # rating kept, last
+        # Repeats: CharaA 300/1, Outfit1 100/2 -> x3/5 (min-SNR on by default) = 180, 30.
+        assert {r["folder"]: r["repeats"] for r in rows.values()} == {"CharaA": 180, "Outfit1": 30}
+        stats = cat.tag_stats(first)
+        before = {(s["concept"], s["tag"]) for s in stats if s["phase"] == "before_prune"}
+        after = {(s["concept"], s["tag"]) for s in stats if s["phase"] == "after_prune"}
+        assert ("Outfit1", "plaid_skirt") in before and ("Outfit1", "plaid_skirt") not in after
+        assert ("Outfit1", "Outfit1") in after
+
+    second = bake(recipe)
+    assert set(status(work, second).values()) == {"cached"}
+
+    # A sidecar edited beside an unchanged image reaches the captions.
+    (tmp_path / "images/chara/outfit1/b.txt").write_text("smile, umbrella", encoding="utf-8")
+    third = bake(recipe)
+    assert status(work, third)["prune"] == "ran" and status(work, third)["autotag"] == "cached"
+    with Catalog.open(work, read_only=True) as cat:
+        rows = {r["name"]: r for r in cat.train_captions(third)}
+    assert rows["chara_outfit1_b"]["caption"] == "CharaA, Outfit1, smile, umbrella"
+
+
+def test_an_image_without_caption_fails_before_bake(tmp_path: Path):
+    _dataset(tmp_path)
+    recipe = write_recipe(tmp_path, CONCEPTS)  # no tagger: chara/c has no caption at all
+    with pytest.raises(Exception, match=r"1 images have no caption.*CharaA/chara/c"):
+        bake(recipe)
+    with Catalog.open(tmp_path / "work", read_only=True) as cat:
+        assert cat.last_run()["status"] == "failed"
