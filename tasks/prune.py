@@ -22,6 +22,7 @@ from bakery.craft import prune as craft
 from bakery.craft import repeats as repeats_craft
 from bakery.craft import tags as tags_craft
 from bakery.manifest import ImageRef, Skip, StageResult, TrainImage, TrainSet, digest
+from bakery.kohya_export import concept_spec
 from bakery.recipe import CaptionParams, Concept, Recipe, RepeatsParams
 from storage import Catalog
 from tasks import caching
@@ -77,17 +78,6 @@ def caption_sources(images: list[ImageRef], workdir: str) -> PruneInput:
     return PruneInput(sorted(images), digest(payload))
 
 
-def _spec(c: Concept) -> craft.ConceptSpec:
-    return craft.ConceptSpec(
-        name=c.name, trigger=c.trigger, paths=tuple(c.paths), style=c.prune, target_steps=c.target_steps,
-        outfits=tuple(craft.OutfitSpec(o.name, o.trigger, tuple(o.paths), o.target_steps, tuple(o.absorb), o.auto_absorb)
-                      for o in c.outfits),
-        extra_triggers=tuple(c.extra_triggers), prune_tags=tuple(c.prune_tags), keep_tags=tuple(c.keep_tags),
-        intrinsic=tuple(c.intrinsic), prune_people_count=c.prune_people_count, duplicate_split=c.duplicate_split,
-        absorb_min_share=c.absorb_min_share,
-    )
-
-
 def _file_names(names: list[str]) -> dict[str, str]:
     """Flat, unique file names for kohya folders (`chara/img001` -> `chara_img001`)."""
     out, used = {}, set()
@@ -105,7 +95,7 @@ def _file_names(names: list[str]) -> dict[str, str]:
 @task(name="prune")
 def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, workers: int | None) -> StageResult:
     cfg = json.loads(params_json)
-    concepts = [_spec(Concept.model_validate(c)) for c in cfg["concepts"]]
+    concepts = [concept_spec(Concept.model_validate(c)) for c in cfg["concepts"]]
     cap = CaptionParams.model_validate(cfg["captions"])
     rep = RepeatsParams.model_validate(cfg["repeats"])
     train = cfg["train"]

@@ -95,6 +95,39 @@ def test_captions_from_sidecars_grabber_and_tagger(tmp_path: Path):
         rows = {r["name"]: r for r in cat.train_captions(third)}
     assert rows["chara_outfit1_b"]["caption"] == "CharaA, Outfit1, smile, umbrella"
 
+    # `bakery tags`: frequency table, the change since the run before, the overlap between groups.
+    from typer.testing import CliRunner
+
+    from bakery.cli import app
+
+    out = CliRunner().invoke(app, ["tags", str(recipe)])
+    assert out.exit_code == 0, out.output
+    assert f"tags of run {third}" in out.output and f"changes since run {first}" in out.output
+    assert "Outfit1: gained -; lost chara_a (1); changed umbrella 1->2" in out.output
+    assert "plaid_skirt: pruned in Outfit1" in out.output
+
+    # `bakery export-kohya`: the layout sd-scripts reads, parsed back.
+    import tomllib
+
+    dest = tmp_path / "kohya"
+    out = CliRunner().invoke(app, ["export-kohya", str(recipe), str(dest)])
+    assert out.exit_code == 0, out.output
+    assert sorted(p.relative_to(dest).as_posix() for p in (dest / "img").rglob("*")) == [
+        "img/180_CharaA", "img/180_CharaA/chara_c.png", "img/180_CharaA/chara_c.txt",
+        "img/30_Outfit1", "img/30_Outfit1/chara_outfit1_a.png", "img/30_Outfit1/chara_outfit1_a.txt",
+        "img/30_Outfit1/chara_outfit1_b.png", "img/30_Outfit1/chara_outfit1_b.txt",
+    ]
+    assert (dest / "img/30_Outfit1/chara_outfit1_b.txt").read_text() == "CharaA, Outfit1, smile, umbrella"
+    ds = tomllib.loads((dest / "dataset_config.toml").read_text())
+    subsets = {Path(s["image_dir"]).name: s for s in ds["datasets"][0]["subsets"]}
+    assert subsets["30_Outfit1"]["num_repeats"] == 30 and subsets["30_Outfit1"]["keep_tokens"] == 2
+    assert subsets["180_CharaA"]["keep_tokens"] == 1 and Path(subsets["180_CharaA"]["image_dir"]).is_dir()
+    cfg = tomllib.loads((dest / "train_network.toml").read_text())
+    assert cfg["training"]["dataset_config"] == str((dest / "dataset_config.toml").resolve())
+    assert cfg["saving"]["training_comment"] == "triggers: CharaA, Outfit1"
+    again = CliRunner().invoke(app, ["export-kohya", str(recipe), str(dest)])
+    assert again.exit_code == 1 and "--force" in again.output
+
 
 def test_an_image_without_caption_fails_before_bake(tmp_path: Path):
     _dataset(tmp_path)
