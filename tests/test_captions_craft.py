@@ -97,7 +97,7 @@ def test_categories_by_pattern():
     for t in ("smile", "open_mouth", "parted_lips", "hair_ornament", "white_shirt"):
         assert not P.is_intrinsic(t), t
     assert P.is_intrinsic("mole_under_eye", extra=("mole*",))
-    for t in ("white_shirt", "long_sleeves", "plaid", "frills", "red_vest", "pleated_skirt", "detached_sleeves"):
+    for t in ("white_shirt", "long_sleeves", "plaid", "frills", "red_vest", "pleated_skirt", "detached_sleeves", "sleeveless"):
         assert P.is_garment(t), t
     for t in ("black_footwear", "high_heels", "boots", "thigh_boots", "loafers"):
         assert P.is_footwear(t) and not P.is_garment(t), t

@@ -53,7 +53,7 @@ GARMENT_WORDS = frozenset(
     swimsuit kimono hakama obi sash corset neckerchief choker capelet shawl overalls robe tunic camisole tank_top
     crop_top epaulettes pauldrons gauntlets military hood bow ribbon trim jumpsuit blazer raincoat poncho tabard
     gorget breastplate vambraces greaves bracers waistcoat petticoat crinoline bloomers garter_straps garters
-    sailor_collar wrist_cuffs bodice""".split()
+    sailor_collar wrist_cuffs bodice sleeveless strapless backless halterneck turtleneck""".split()
 )
 FOOTWEAR_WORDS = frozenset(
     "shoes boots heels high_heels sandals sneakers loafers slippers footwear pumps mary_janes geta zouri "
