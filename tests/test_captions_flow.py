@@ -95,6 +95,21 @@ def test_captions_from_sidecars_grabber_and_tagger(tmp_path: Path):
         rows = {r["name"]: r for r in cat.train_captions(third)}
     assert rows["chara_outfit1_b"]["caption"] == "CharaA, Outfit1, smile, umbrella"
 
+    # Booru tags recorded against the original (as scrape does) come before the tagger's ("first" merge).
+    from storage import digest_file
+
+    original = digest_file(tmp_path / "images/chara/c.png").sha256
+    with Catalog.open(work) as cat:
+        cat.replace_tags("booru", [original], [
+            {"image_hash": original, "tag": "outdoors", "category": "general", "confidence": None},
+            {"image_hash": original, "tag": "some_artist", "category": "artist", "confidence": None},
+        ])
+    fourth = bake(recipe)
+    with Catalog.open(work, read_only=True) as cat:
+        rows = {r["name"]: r for r in cat.train_captions(fourth)}
+    assert rows["chara_c"]["caption"] == "CharaA, outdoors"
+    third = fourth
+
     # `bakery tags`: frequency table, the change since the run before, the overlap between groups.
     from typer.testing import CliRunner
 
@@ -102,8 +117,8 @@ def test_captions_from_sidecars_grabber_and_tagger(tmp_path: Path):
 
     out = CliRunner().invoke(app, ["tags", str(recipe)])
     assert out.exit_code == 0, out.output
-    assert f"tags of run {third}" in out.output and f"changes since run {first}" in out.output
-    assert "Outfit1: gained -; lost chara_a (1); changed umbrella 1->2" in out.output
+    assert f"tags of run {fourth}" in out.output and "changes since run" in out.output
+    assert "CharaA: gained outdoors (1); lost general (1), red_theme (1), simple_background (1)" in out.output
     assert "plaid_skirt: pruned in Outfit1" in out.output
 
     # `bakery export-kohya`: the layout sd-scripts reads, parsed back.
@@ -125,6 +140,7 @@ def test_captions_from_sidecars_grabber_and_tagger(tmp_path: Path):
     cfg = tomllib.loads((dest / "train_network.toml").read_text())
     assert cfg["training"]["dataset_config"] == str((dest / "dataset_config.toml").resolve())
     assert cfg["saving"]["training_comment"] == "triggers: CharaA, Outfit1"
+    assert (dest / "img/180_CharaA/chara_c.txt").read_text() == "CharaA, outdoors"
     again = CliRunner().invoke(app, ["export-kohya", str(recipe), str(dest)])
     assert again.exit_code == 1 and "--force" in again.output
 
