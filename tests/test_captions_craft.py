@@ -231,3 +231,23 @@ def test_repeats_multipliers_and_caps():
     half = R.plan_repeats(folders[:1], epochs=8, optimizer="adamw", mult=R.multiplier(sdxl=True))
     assert half.repeats() == {"CharaA": 2} and not half.warnings  # 150 / 100 = 1.5 -> 2
     assert half.table()[0]["folder"] == "2_CharaA"
+
+
+def test_recipe_keys_fail_with_their_path():
+    from pathlib import Path
+
+    import pytest
+
+    from bakery.recipe import RecipeError, parse_recipe
+
+    with pytest.raises(RecipeError) as exc:
+        parse_recipe({"concepts": [{"name": "a", "trigger": "A", "prune": "loose", "absorb_min_share": 0}],
+                      "autotag": {"general_threshold": 1.5}, "captions": {"merge": "all", "tag_style": "x"},
+                      "repeats": {"sdxl": "maybe"}}, Path("."))
+    problems = "\n".join(exc.value.problems)
+    for key in ("concepts[0].prune: must be one of", "concepts[0].absorb_min_share: must be > 0",
+                "autotag.general_threshold: must be < 1", "captions.merge: must be one of", "captions.tag_style",
+                "repeats.sdxl"):
+        assert key in problems, (key, problems)
+    with pytest.raises(RecipeError, match="repeats.main_concept 'zz' is not a concept name"):
+        parse_recipe({"repeats": {"main_concept": "zz"}}, Path("."))
