@@ -84,6 +84,18 @@ def test_captions_from_sidecars_grabber_and_tagger(tmp_path: Path):
         assert ("Outfit1", "plaid_skirt") in before and ("Outfit1", "plaid_skirt") not in after
         assert ("Outfit1", "Outfit1") in after
 
+    # Prefect table artifacts: tag counts per group and the repeats plan.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with Catalog.open(work, read_only=True) as cat:
+        flow_run_id = cat.rows("SELECT flow_run_id FROM runs WHERE run_id = ?", [first])[0]["flow_run_id"]
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key: a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))}
+    assert artifacts["tag-stats"].type == "table" and "plaid_skirt" in str(artifacts["tag-stats"].data)
+    assert "180" in str(artifacts["repeats"].data)
+
     second = bake(recipe)
     assert set(status(work, second).values()) == {"cached"}
 
