@@ -162,18 +162,23 @@ def prune_group(rule: GroupRule, captions: Mapping[str, Sequence[str]]) -> Group
     if rule.absorb and rule.style == "fluid":
         result.warnings.append(f"{rule.folder}: absorb is ignored with prune = 'fluid' (keeps all tags)")
 
+    heads = {normalize_tag(t) for t in rule.head}
+    verdict: dict[str, bool] = {}  # the rule depends on the tag alone: decide each tag once per group
     for name, tags in captions.items():
         tags = dedupe(normalize_tag(t) for t in tags)
-        kept = [t for t in tags if not _prunes(rule, t, garments)]
+        for t in tags:
+            if t not in verdict:
+                verdict[t] = _prunes(rule, t, garments, heads)
+        kept = [t for t in tags if not verdict[t]]
         result.pruned.update(t for t in tags if t not in kept)
         result.captions[name] = kept
     return result
 
 
-def _prunes(rule: GroupRule, tag: str, garments: set[str]) -> bool:
+def _prunes(rule: GroupRule, tag: str, garments: set[str], heads: set[str]) -> bool:
     if is_breast_size(tag) or matches(tag, rule.keep_tags):
         return False
-    if normalize_tag(tag) in {normalize_tag(t) for t in rule.head}:
+    if tag in heads:
         return True  # a trigger word a tagger happened to emit: it is the head already
     style = rule.style
     if style in ("fluid", "style_all_tags", "style_all_tags_trigger"):

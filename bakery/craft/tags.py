@@ -9,6 +9,7 @@ recipe asks.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -73,7 +74,7 @@ def parse_caption(text: str, keep_namespaces: Iterable[str] = ("general", "chara
             continue
         if tag.strip():
             tags.append(tag)
-    return dedupe([normalize_tag(t) for t in tags if normalize_tag(t)])
+    return dedupe(t for t in map(normalize_tag, tags) if t)
 
 
 def dedupe(tags: Iterable[str]) -> list[str]:
@@ -81,9 +82,17 @@ def dedupe(tags: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(tags))
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
 def matches(tag: str, patterns: Iterable[str]) -> bool:
     """A tag against exact names or globs (`*_(meme)`)."""
-    return any(tag == p or fnmatch.fnmatchcase(tag, p) for p in patterns)
+    rx = _compiled(tuple(patterns))
+    return rx is not None and rx.match(tag) is not None
 
 
 def is_more_specific(specific: str, generic: str) -> bool:
@@ -110,7 +119,7 @@ def clean_tags(tags: Sequence[str], rules: CleanRules) -> list[str]:
     out: list[str] = []
     synonyms = {normalize_tag(k): normalize_tag(v) for k, v in rules.synonyms.items()}
     splits = {normalize_tag(k): [normalize_tag(p) for p in v] for k, v in rules.split.items()}
-    delete = [normalize_tag(p) for p in rules.delete]
+    delete = tuple(normalize_tag(p) for p in rules.delete)
     for raw in tags:
         tag = normalize_tag(raw)
         if not tag:
@@ -135,15 +144,9 @@ def drop_redundant(
     for specific, generics in (implies or {}).items():
         if normalize_tag(specific) in present:
             implied.update(normalize_tag(g) for g in generics)
-    out = []
-    for tag in tags:
-        if tag in keep:
-            out.append(tag)
-            continue
-        if tag in implied or any(is_more_specific(other, tag) for other in present):
-            continue
-        out.append(tag)
-    return out
+    # Every "_"-suffix of every tag: `black_back_bow` refines `back_bow` and `bow`.
+    refined = {t.split("_", i)[-1] for t in present for i in range(1, t.count("_") + 1)}
+    return [t for t in tags if t in keep or not (t in implied or t in refined)]
 
 
 def format_tag(tag: str, style: str = "underscore") -> str:
