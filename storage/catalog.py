@@ -451,6 +451,10 @@ class Catalog:
                 [stage, except_params_hash, list(hashes)],
             )
 
+    def add_tag_counts(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Booru post counts per tag ({tag, posts, site}); the newest count wins."""
+        return self._insert("tag_counts", ({"fetched_at": now(), **r} for r in rows), verb="INSERT OR REPLACE")
+
     def tag_post_counts(self, tags: Sequence[str]) -> dict[str, int]:
         if not tags:
             return {}

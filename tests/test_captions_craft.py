@@ -251,3 +251,16 @@ def test_recipe_keys_fail_with_their_path():
         assert key in problems, (key, problems)
     with pytest.raises(RecipeError, match="repeats.main_concept 'zz' is not a concept name"):
         parse_recipe({"repeats": {"main_concept": "zz"}}, Path("."))
+
+
+def test_readme_layout_example_parses(tmp_path):
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from bakery.recipe import parse_recipe
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"### Multi-concept layouts.*?```toml\n(.*?)```", readme, re.S).group(1)
+    recipe = parse_recipe(tomllib.loads(block), tmp_path)
+    assert [c.name for c in recipe.concepts] == ["CharaA", "CharaB", "CharaAPLUSCharaB", "misc"]
