@@ -120,6 +120,7 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
         redundancy=cap.redundancy, keep_generic=tuple(cap.keep_generic), implies={k: tuple(v) for k, v in cap.implies.items()},
     )
     cleaned: dict[str, list[str]] = {}
+    characters: set[str] = set()
     missing = []
     for rule in rules:
         for name in members[rule.folder]:
@@ -127,6 +128,7 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
             if name not in cleaned:
                 raw = tags_craft.source_tags(side[h], rows[h], cap.sources, cap.merge, cap.keep_namespaces)
                 cleaned[name] = tags_craft.clean_tags(raw, clean_rules)
+                characters |= tags_craft.character_tags(side[h], rows[h])
             if not cleaned[name] and craft.needs_tags(rule):
                 missing.append(f"{rule.folder}/{name}")
     if missing:
@@ -142,7 +144,7 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
         group = {n: cleaned[n] for n in members[rule.folder]}
         if not group:
             continue
-        result = craft.prune_group(rule, group)
+        result = craft.prune_group(rule, group, characters)
         warnings += result.warnings
         pruned_by[rule.folder] = result.pruned
         before = Counter(t for tags in group.values() for t in tags)

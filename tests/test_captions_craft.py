@@ -135,6 +135,16 @@ def test_breast_size_is_never_pruned_even_when_asked():
     assert P.check_layout([P.ConceptSpec("c", "t", prune_tags=("small_breasts",))])
 
 
+def test_recognised_characters_pruned_unless_fluid():
+    assert T.character_tags(["character:hatsune miku|long hair"], [
+        {"tag": "kagamine_rin", "category": "character"}, {"tag": "smile", "category": "general"}]) == {
+        "hatsune_miku", "kagamine_rin"}
+    tags = {"a": ["hatsune_miku", "smile"]}
+    semi = P.prune_group(P.GroupRule("g", ("Miku",)), tags, characters={"hatsune_miku"})
+    fluid = P.prune_group(P.GroupRule("g", ("Miku",), style="fluid"), tags, characters={"hatsune_miku"})
+    assert semi.captions["a"] == ["smile"] and fluid.captions["a"] == ["hatsune_miku", "smile"]
+
+
 def test_user_lists_extend_and_protect():
     assert "outdoors" not in _prune("semi_static", prune_tags=("outdoor*",))
     assert "long_hair" in _prune("semi_static", keep_tags=("long_hair",))

@@ -72,8 +72,8 @@ def test_captions_from_sidecars_grabber_and_tagger(tmp_path: Path):
             "yellow_background"
         )
         assert rows["chara_outfit1_a"]["folder"] == "Outfit1"
-        # Grabber: character kept (prefix removed), artist/meta dropped; intrinsics and garments pruned.
-        assert rows["chara_outfit1_b"]["caption"] == "CharaA, Outfit1, chara_a, smile"
+        # Grabber: artist/meta dropped; the recognised character, intrinsics and garments pruned.
+        assert rows["chara_outfit1_b"]["caption"] == "CharaA, Outfit1, smile"
         assert rows["chara_c"]["folder"] == "CharaA"
         assert rows["chara_c"]["caption"] == "CharaA, red_theme, simple_background, general"  # rating kept, last
         # Repeats: CharaA 300/1, Outfit1 100/2 -> x3/5 (min-SNR on by default) = 180, 30.
@@ -82,6 +82,7 @@ def test_captions_from_sidecars_grabber_and_tagger(tmp_path: Path):
         before = {(s["concept"], s["tag"]) for s in stats if s["phase"] == "before_prune"}
         after = {(s["concept"], s["tag"]) for s in stats if s["phase"] == "after_prune"}
         assert ("Outfit1", "plaid_skirt") in before and ("Outfit1", "plaid_skirt") not in after
+        assert ("Outfit1", "chara_a") in before and ("Outfit1", "chara_a") not in after
         assert ("Outfit1", "Outfit1") in after
 
     # Prefect table artifacts: tag counts per group and the repeats plan.

@@ -149,8 +149,13 @@ def absorbed_garments(rule: GroupRule, captions: Mapping[str, Sequence[str]]) ->
     return out, warnings
 
 
-def prune_group(rule: GroupRule, captions: Mapping[str, Sequence[str]]) -> GroupResult:
-    """Apply the group's pruning style to every caption (tags already cleaned, no triggers)."""
+def prune_group(rule: GroupRule, captions: Mapping[str, Sequence[str]], characters: Iterable[str] = ()) -> GroupResult:
+    """Apply the group's pruning style to every caption (tags already cleaned, no triggers).
+
+    `characters`: tags known to name a character (tagger/booru category). Semi-static and
+    static groups prune them: the trigger stands for the character (rules.md §9 "evaluate
+    recognised characters: use as trigger or delete").
+    """
     if rule.style not in PRUNE_STYLES + STYLE_MODES:
         raise ValueError(f"unknown prune style {rule.style!r}")
     result = GroupResult(captions={})
@@ -163,6 +168,8 @@ def prune_group(rule: GroupRule, captions: Mapping[str, Sequence[str]]) -> Group
         result.warnings.append(f"{rule.folder}: absorb is ignored with prune = 'fluid' (keeps all tags)")
 
     heads = {normalize_tag(t) for t in rule.head}
+    if rule.style in ("semi_static", "static"):
+        heads |= {normalize_tag(t) for t in characters}
     verdict: dict[str, bool] = {}  # the rule depends on the tag alone: decide each tag once per group
     for name, tags in captions.items():
         tags = dedupe(normalize_tag(t) for t in tags)

@@ -175,6 +175,17 @@ def flag_caption(caption: str, tags: Sequence[str], post_counts: dict[str, int] 
     return CaptionFlags(len(caption.encode()) > max_bytes, rare)
 
 
+def character_tags(sidecars: Sequence[str], tag_rows: Sequence[dict]) -> set[str]:
+    """Tags known to name a character: `character:` prefixes in sidecars, category `character` in the catalog."""
+    out = {normalize_tag(r["tag"]) for r in tag_rows if r["category"] == "character"}
+    for text in sidecars:
+        for part in re.split(r"[|,\n]", text):
+            ns, tag = split_namespace(part)
+            if ns == "character" and tag.strip():
+                out.add(normalize_tag(tag))
+    return out
+
+
 _CATEGORY_ORDER = {"character": 0, "copyright": 1, "artist": 2, "general": 3, "meta": 4, "rating": 5}
 
 
