@@ -199,6 +199,11 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
             {"folder": t.folder, "name": t.name, "image_hash": t.image_hash, "caption": t.caption,
              "repeats": t.repeats, "mask_hash": t.mask_hash, "is_reg": t.is_reg} for t in train_images
         ])
+    logger.info(
+        "prune: %s; steps per epoch per concept %s; %d steps over %d epochs (before batch size)",
+        ", ".join(f"{f.repeats}_{f.folder} ({f.images} img, {f.steps_per_epoch}/epoch)" for f in plan.folders),
+        plan.per_concept, plan.total_steps, plan.epochs,
+    )
     for w in warnings:
         logger.warning("prune: %s", w)
     create_table_artifact(table=plan.table(), key="repeats", description=(
