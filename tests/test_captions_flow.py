@@ -165,3 +165,72 @@ def test_an_image_without_caption_fails_before_bake(tmp_path: Path):
         bake(recipe)
     with Catalog.open(tmp_path / "work", read_only=True) as cat:
         assert cat.last_run()["status"] == "failed"
+
+
+def test_multi_concept_layout_from_the_recipe(tmp_path: Path):
+    images = tmp_path / "images"
+    files = {
+        "a/1": "1girl, solo, red_hair, smile",
+        "a/dress/2": "1girl, red_hair, red_dress, white_apron, black_footwear",
+        "b/1": "1girl, blue_hair, sitting",
+        "ab/1": "2girls, multiple_girls, red_hair, blue_hair, hug",
+        "misc/1": "1girl, red_hair, bow",
+        "solo/1": "1girl, green_hair, red_dress",
+    }
+    for i, (name, caption) in enumerate(files.items()):
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), (i * 40, 80, 120)).save(images / f"{name}.png")
+        (images / f"{name}.txt").write_text(caption, encoding="utf-8")
+    layout = """
+[[concepts]]
+name = "CharaA"
+trigger = "CharaA"
+paths = ["a/**"]
+  [[concepts.outfits]]
+  name = "CharaA_dress"
+  trigger = "red_dress_white_apron"
+  paths = ["a/dress/**"]
+[[concepts]]
+name = "CharaB"
+trigger = "CharaB"
+paths = ["b/**"]
+[[concepts]]
+name = "CharaAPLUSCharaB"
+trigger = "CharaA"
+extra_triggers = ["CharaB"]
+paths = ["ab/**"]
+prune_people_count = true
+[[concepts]]
+name = "misc"
+trigger = "CharaA"
+paths = ["misc/**"]
+prune = "fluid"
+[[concepts]]
+name = "CharaC"
+trigger = "CharaC"
+paths = ["solo/**"]
+duplicate_split = true
+  [[concepts.outfits]]
+  name = "CharaC_dress"
+  trigger = "CharaC_red_dress"
+  paths = ["solo/**"]
+"""
+    recipe = write_recipe(tmp_path, layout)
+    run_id = bake(recipe)
+    with Catalog.open(tmp_path / "work", read_only=True) as cat:
+        got = {(r["folder"], r["name"]): (r["caption"], r["repeats"]) for r in cat.train_captions(run_id)}
+    captions = {k: v[0] for k, v in got.items()}
+    assert captions == {
+        ("CharaA", "a_1"): "CharaA, 1girl, solo, smile",
+        # The outfit absorbs its garments, never the footwear.
+        ("CharaA_dress", "a_dress_2"): "CharaA, red_dress_white_apron, 1girl, black_footwear",
+        ("CharaB", "b_1"): "CharaB, 1girl, sitting",
+        ("CharaAPLUSCharaB", "ab_1"): "CharaA, CharaB, hug",
+        ("misc", "misc_1"): "CharaA, 1girl, red_hair, bow",
+        ("CharaC_dress", "solo_1"): "CharaC, CharaC_red_dress, 1girl",
+        ("CharaC_dress_unpruned", "solo_1"): "CharaC, 1girl, red_dress",
+    }
+    # One image per folder: 300 x 3/5 = 180 for concepts, 100 x 3/5 = 60 for outfits and their copies.
+    assert {k[0]: v[1] for k, v in got.items()} == {
+        "CharaA": 180, "CharaA_dress": 60, "CharaB": 180, "CharaAPLUSCharaB": 180, "misc": 180,
+        "CharaC_dress": 60, "CharaC_dress_unpruned": 60}
