@@ -217,6 +217,61 @@ def recipe_doc(
         typer.echo(reference_markdown())
     else:
         typer.echo(f"{write}: {'updated' if update_readme(write) else 'already up to date'}")
+@app.command()
+def tags(
+    recipe: Path = typer.Argument(..., help="Recipe TOML file."),
+    group: Optional[str] = typer.Option(None, help="Only this group (concept/outfit folder)."),
+    top: int = typer.Option(25, help="Tags shown per group."),
+) -> None:
+    """Tag frequency per group before/after pruning, the change since the previous run, and the overlap."""
+    from bakery.craft import tagstats
+    from storage import Catalog
+
+    cfg = _load(recipe)
+    if not (cfg.workdir / "catalog.duckdb").exists():
+        fail(f"no runs yet: {cfg.workdir} has no catalog (run: bakery run {recipe})")
+    with Catalog.open(cfg.workdir, read_only=True) as cat:
+        runs = cat.runs_with("tag_stats")
+        if not runs:
+            fail("no tag statistics yet: the recipe needs [[concepts]] and a run through the prune stage")
+        current = cat.tag_stats(runs[0])
+        previous = cat.tag_stats(runs[1]) if len(runs) > 1 else None
+    typer.echo(f"tags of run {runs[0]} (count before -> after pruning)")
+    typer.echo(tagstats.format_table(tagstats.frequency(current, group, top)))
+    if previous is None:
+        typer.echo("\nno previous run to compare with")
+    else:
+        changes = [d for d in tagstats.diff(previous, current) if not group or d.group == group]
+        typer.echo(f"\nchanges since run {runs[1]}:" + ("" if changes else " none"))
+        for d in changes:
+            typer.echo(f"  {d.group}: gained {', '.join(f'{t} ({n})' for t, n in d.gained.items()) or '-'}; "
+                       f"lost {', '.join(f'{t} ({n})' for t, n in d.lost.items()) or '-'}"
+                       + (f"; changed {', '.join(f'{t} {a}->{b}' for t, (a, b) in d.changed.items())}" if d.changed else ""))
+    typer.echo("\noverlap (what each trigger absorbs: pruned in its group, kept elsewhere):")
+    for o in tagstats.overlap(current):
+        if not group or group in o.pruned_in + o.kept_in:
+            typer.echo(f"  {o.tag}: pruned in {', '.join(o.pruned_in)}"
+                       + (f"; kept in {', '.join(o.kept_in)}" if o.kept_in else "; kept nowhere"))
+
+
+@app.command("export-kohya")
+def export_kohya(
+    recipe: Path = typer.Argument(..., help="Recipe TOML file."),
+    out: Path = typer.Argument(..., help="Folder to write img/, mask/, reg/ and the two TOML files into."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier export in OUT."),
+) -> None:
+    """Write the last training set as kohya sd-scripts expects it (train with sd-scripts instead)."""
+    from bakery.kohya_export import ExportError
+    from bakery.kohya_export import export_kohya as do_export
+
+    cfg = _load(recipe)
+    try:
+        done = do_export(cfg, out, force)
+    except ExportError as exc:
+        fail(str(exc))
+    typer.echo(f"exported {done.images} images of run {done.run_id} into {out}: {', '.join(done.folders)}")
+    for kind, path in done.files.items():
+        typer.echo(f"  {kind}: {path}")
 
 
 def main() -> None:  # pragma: no cover - console entry

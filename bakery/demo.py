@@ -84,6 +84,9 @@ def generate(dest: Path, seed: int = 7, count_per_outfit: int = 10) -> Path:
     base.rotate(90, expand=True).save(extras / "pose_rotated.jpg", quality=90, exif=exif)
     frames = [draw_character((520, 640), "blue_uniform", seed=200 + k) for k in range(3)]
     frames[0].save(extras / "wave.gif", save_all=True, append_images=frames[1:], duration=200, loop=0)
+    for name, outfit in (("pose", "red_dress"), ("pose_copy", "red_dress"), ("pose_resized", "red_dress"),
+                         ("pose_rotated", "red_dress"), ("wave", "blue_uniform")):
+        (extras / f"{name}.txt").write_text(_tags(outfit) + "\n", encoding="utf-8")  # every image needs a caption
     (extras / "notes.pdf").write_bytes(b"%PDF-1.4 not an image")
     (extras / "empty.png").write_bytes(b"")
     truncated = (images / "red_dress" / "red_dress_00.jpg").read_bytes()

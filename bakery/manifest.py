@@ -58,6 +58,11 @@ class TrainSet:
 
     images: list[TrainImage]
     triggers: list[str]  # every trigger word, for metadata and evaluation prompts
+    # A style LoRA captioned with no tags (rules.md §10 mode 1): train the UNet only.
+    unet_only: bool = False
+    # Captions hold the keep-tokens separator "|||" after their triggers.
+    keep_tokens_separator: bool = False
+    warnings: list[str] = field(default_factory=list)  # caption/repeat checks from the guide
 
 
 @dataclass

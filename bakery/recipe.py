@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from bakery.craft.tags import DEFAULT_DELETE, DEFAULT_SYNONYMS
+
 # Pillow's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS).
 DEFAULT_MAX_PIXELS = 178_956_970
 
@@ -142,16 +144,39 @@ class Outfit(_Section):
     paths: list[str]
     # rules.md §8: ~100 steps per epoch per sub-concept.
     target_steps: Annotated[int, Field(gt=0)] = 100
+    # Garment tags this outfit trigger absorbs (names or globs); footwear is refused (rules.md §10).
+    absorb: list[str] = []
+    # Also absorb every garment tag found in >= the concept's absorb_min_share of the outfit's images.
+    auto_absorb: bool = True
 
 
 class Concept(_Section):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     trigger: str
     paths: list[str] = ["**"]
-    prune: Literal["fluid", "semi_static", "static"] = "semi_static"
+    # fluid | semi_static | static (characters), or a style LoRA's captioning mode (rules.md §10):
+    # style_no_tags (UNet only), style_trigger_only, style_all_tags, style_all_tags_trigger.
+    prune: Literal[
+        "fluid", "semi_static", "static",
+        "style_no_tags", "style_trigger_only", "style_all_tags", "style_all_tags_trigger",
+    ] = "semi_static"
     # rules.md §8: ~300 steps per epoch per concept (Prodigy).
     target_steps: Annotated[int, Field(gt=0)] = 300
     outfits: list[Outfit] = []
+    # More triggers after the first (CharaAPLUSCharaB: trigger = "CharaA", extra_triggers = ["CharaB"]).
+    extra_triggers: list[str] = []
+    # Tags (names or globs) always pruned in this concept's folders; tags never pruned.
+    prune_tags: list[str] = []
+    keep_tags: list[str] = []
+    # Notable anatomy the trigger absorbs besides hair/eye colour, hairstyle and makeup.
+    intrinsic: list[str] = []
+    # Prune people-count tags (1girl, 2girls, multiple_girls, solo): groups of several characters.
+    prune_people_count: bool = False
+    # rules.md §10 note: a single-outfit set goes in twice, pruned with the outfit trigger and
+    # unpruned without it (folder `<outfit>_unpruned`).
+    duplicate_split: bool = False
+    # Share of an outfit's images a garment tag must appear in to be absorbed automatically.
+    absorb_min_share: Annotated[float, Field(gt=0, le=1)] = 0.5
 
     @field_validator("trigger")
     @classmethod
@@ -461,6 +486,46 @@ class ScrapeParams(_Section):
     export_dir: Path | None = None
 
 
+class AutotagParams(_Section):
+    # WD14 tagger: a folder holding model.onnx + selected_tags.csv, or a hub repo id
+    # ("SmilingWolf/wd-v1-4-vit-tagger-v2"). None: captions come from booru tags and sidecars.
+    model: str | None = None
+    # Optional second tagger merged in (union, highest confidence): rules.md §9.
+    second_model: str | None = None
+    general_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.35
+    character_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.85
+    keep_rating: bool = False
+    batch_size: Annotated[int, Field(gt=0)] = 8
+
+
+class CaptionParams(_Section):
+    # Where an image's tags come from, and how they combine: union of all, or the first source that has any.
+    sources: list[Literal["user", "booru", "tagger"]] = ["user", "booru", "tagger"]
+    merge: Literal["union", "first"] = "union"
+    # Grabber/booru `namespace:tag` prefixes kept (prefix removed); the others are dropped (rules.md §9).
+    keep_namespaces: list[str] = ["general", "character", "copyright"]
+    delete: list[str] = list(DEFAULT_DELETE)
+    synonyms: dict[str, str] = dict(DEFAULT_SYNONYMS)
+    split: dict[str, list[str]] = {}
+    redundancy: bool = True
+    keep_generic: list[str] = []
+    implies: dict[str, list[str]] = {}
+    tag_style: Literal["underscore", "space"] = "underscore"
+    keep_tokens_separator: bool = False  # write "trigger ||| tags" (kohya keep_tokens_separator)
+    warn_caption_bytes: Annotated[int, Field(gt=0)] = 1024
+    rare_tag_posts: Annotated[int, Field(ge=0)] = 500
+
+
+class RepeatsParams(_Section):
+    # rules.md §8 multipliers on target_steps: x1/2 SDXL, x3/5 when train.min_snr_gamma or
+    # train.ip_noise_gamma is set, x1/3 for old anime / low-res screencaps.
+    sdxl: bool = False
+    snr_multiplier: bool = True
+    old_anime: bool = False
+    # The concept the step caps apply to (6,000 AdamW / 3,000 Prodigy); None = the first concept.
+    main_concept: str | None = None
+
+
 class RuntimeParams(_Section):
     # Processes for per-image work; None = one per CPU core.
     workers: Annotated[int, Field(gt=0)] | None = None
@@ -488,6 +553,9 @@ class Recipe(_Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     runtime: RuntimeParams = RuntimeParams()
+    autotag: AutotagParams = AutotagParams()
+    captions: CaptionParams = CaptionParams()
+    repeats: RepeatsParams = RepeatsParams()
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -497,6 +565,13 @@ class Recipe(_Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"concept/outfit names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _main_concept_exists(self) -> "Recipe":
+        main = self.repeats.main_concept
+        if main is not None and main not in [c.name for c in self.concepts]:
+            raise ValueError(f"repeats.main_concept '{main}' is not a concept name")
         return self
 
     def resolve(self, path: Path) -> Path:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet
 from bakery.recipe import Recipe, load_recipe, stage_params_json
 from bakery.stages import plan_run
 from tasks.alpha import ALPHA
+from tasks.autotag import AUTOTAG, autotag_params_json
 from tasks.bake import BAKE, bake_params_json
 from tasks.buckets import BUCKETS
 from tasks.convert import CONVERT
@@ -20,6 +21,7 @@ from tasks.evaluate import EVALUATE
 from tasks.ingest import INGEST, FolderSpec, Listing, scan_sources
 from tasks.masks import MASKS, masks_params
 from tasks.pool import Runner, use_runner
+from tasks.prune import PRUNE, caption_sources, prune_params_json
 from tasks.report import run_summary_markdown
 from tasks.scrape import SCRAPE, booru_specs
 from tasks.stage import RunInfo, begin_run, end_run, run_stage
@@ -29,9 +31,11 @@ from tasks.upscale import UPSCALE, upscale_params_json
 # Stages built so far, in chain order. A stage not built is absent, not a no-op.
 GATHER = (INGEST, CONVERT, DEDUPE)
 PREPARE = (ALPHA, TRIM, UPSCALE, MASKS, BUCKETS)
-BUILT = (SCRAPE.name, *(s.name for s in GATHER + PREPARE))
-# Last in the chain, after bake: the bake's payload (BakeOutput) in, the report path out.
-TASTE = (EVALUATE,)
+CAPTION = (AUTOTAG, PRUNE)
+BUILT = (SCRAPE.name, *(s.name for s in GATHER + PREPARE + CAPTION), BAKE.name, EVALUATE.name)
+# Stages a recipe only runs when it asks for them: scrape (booru sources), autotag and prune
+# ([[concepts]] or an autotag model), bake (a TrainSet and train.base_model), evaluate (a bake).
+OPTIONAL = (SCRAPE.name, AUTOTAG.name, PRUNE.name, BAKE.name, EVALUATE.name)
 
 
 def _runner(recipe: Recipe) -> Runner:
@@ -112,6 +116,18 @@ def run_bake(recipe: Recipe, run: RunInfo, trainset: TrainSet, refresh: bool = F
     return result.payload
 
 
+def caption(recipe_path: str, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str]):
+    """Prepared images to a TrainSet: autotag -> prune. Needs [[concepts]] (autotag alone runs with a model)."""
+    recipe = load_recipe(recipe_path)
+    result = None
+    if "autotag" in stages and (recipe.concepts or recipe.autotag.model):
+        result = run_stage(AUTOTAG, images, autotag_params_json(recipe), run, "autotag" in refresh)
+        images = result.images
+    if "prune" in stages and recipe.concepts:
+        result = run_stage(PRUNE, caption_sources(images, run.workdir), prune_params_json(recipe), run, "prune" in refresh)
+    return result
+
+
 @flow(name="bake-lora")
 def bake_lora(recipe_path: str, from_stage: str | None = None, only_stage: str | None = None) -> str:
     """Run a recipe. Returns the run id (its record is in the work dir's catalog)."""
@@ -121,9 +137,22 @@ def bake_lora(recipe_path: str, from_stage: str | None = None, only_stage: str |
                     recipe.model_dump_json(), recipe.runtime.workers)
     try:
         with use_runner(_runner(recipe)):
-            images = gather(recipe_path, run, list(plan.stages), sorted(plan.refresh))
-            if PREPARE[0].name in plan.stages:
-                prepare(recipe_path, run, images, list(plan.stages), sorted(plan.refresh))
+            stages, refresh = list(plan.stages), sorted(plan.refresh)
+            images = gather(recipe_path, run, stages, refresh)
+            if PREPARE[0].name in stages:
+                images = prepare(recipe_path, run, images, stages, refresh)
+            captioned = caption(recipe_path, run, images, stages, refresh)
+            trainset = captioned.payload if captioned is not None and isinstance(captioned.payload, TrainSet) else None
+            if trainset is not None and trainset.images and BAKE.name in stages:
+                if recipe.train.base_model is None:
+                    get_run_logger().warning(
+                        "bake: not run, no base model: set [train] base_model (a .safetensors checkpoint, "
+                        "a diffusers folder, a hub id, or \"tiny\" for the test model)"
+                    )
+                else:
+                    baked = run_bake(recipe, run, trainset, plan.refreshes(BAKE.name))
+                    if EVALUATE.name in stages:
+                        taste(recipe, run, baked, trainset, plan.refreshes(EVALUATE.name))
     except BaseException as exc:
         end_run(run, "failed", f"{type(exc).__name__}: {exc}")
         raise

@@ -239,6 +239,28 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        4,
+        """
+        CREATE TABLE train_captions (      -- the training set a run's prune stage produced
+            run_id VARCHAR NOT NULL,
+            folder VARCHAR NOT NULL,       -- concept group, kohya folder without repeats
+            name VARCHAR NOT NULL,
+            image_hash VARCHAR NOT NULL,
+            caption VARCHAR NOT NULL,      -- trigger first
+            repeats INTEGER NOT NULL,
+            mask_hash VARCHAR,
+            is_reg BOOLEAN NOT NULL,
+            PRIMARY KEY (run_id, folder, name, is_reg)
+        );
+        CREATE TABLE tag_counts (          -- booru post counts per tag (rare-tag check, rules.md §9)
+            tag VARCHAR PRIMARY KEY,
+            posts INTEGER NOT NULL,
+            site VARCHAR,
+            fetched_at TIMESTAMPTZ
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(v for v, _ in MIGRATIONS)
@@ -307,7 +329,7 @@ class Catalog:
         self.con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ)")
         done = {v for (v,) in self.con.execute("SELECT version FROM schema_version").fetchall()}
         applied = []
-        for version, sql in migrations:
+        for version, sql in sorted(migrations, key=lambda m: m[0]):
             if version in done:  # by set, not by max: versions may land out of order
                 continue
             self.con.execute("BEGIN TRANSACTION")
@@ -364,7 +386,8 @@ class Catalog:
             )
 
     def add_sources(self, rows: Iterable[dict[str, Any]], run_id: str | None) -> int:
-        return self._insert("sources", ({"fetched_at": now(), "run_id": run_id, **r} for r in rows))
+        # Replace: a sidecar edited beside an unchanged image must reach the captions.
+        return self._insert("sources", ({"fetched_at": now(), "run_id": run_id, **r} for r in rows), verb="INSERT OR REPLACE")
 
     def add_derivations(self, rows: Iterable[dict[str, Any]], run_id: str | None) -> int:
         return self._insert("derivations", ({"created_at": now(), "run_id": run_id, **r} for r in rows))
@@ -460,6 +483,85 @@ class Catalog:
             [list(hashes)],
         ).fetchall()
         return {h: (sorted(kinds), first.isoformat() if first else "") for h, kinds, first in rows}
+
+    def ancestors(self, hashes: Sequence[str]) -> dict[str, list[str]]:
+        """Each image with the images it was derived from, nearest first (itself included)."""
+        chains = {h: [h] for h in hashes}
+        frontier = {h: {h} for h in hashes}  # image -> hashes reached at the last step
+        for _ in range(64):  # chains are short; the bound guards against cycles
+            wanted = sorted({x for xs in frontier.values() for x in xs})
+            if not wanted:
+                break
+            parents: dict[str, set[str]] = {}
+            for out, inp in self.con.execute(
+                """SELECT output_hash, input_hash FROM derivations
+                   WHERE output_hash IN (SELECT unnest(?)) AND input_hash <> output_hash""", [wanted]
+            ).fetchall():
+                parents.setdefault(out, set()).add(inp)
+            nxt = {}
+            for h, xs in frontier.items():
+                found = sorted({p for x in xs for p in parents.get(x, ())} - set(chains[h]))
+                chains[h].extend(found)
+                if found:
+                    nxt[h] = set(found)
+            frontier = nxt
+        return chains
+
+    def tags_for(self, hashes: Sequence[str]) -> list[dict[str, Any]]:
+        return self.rows(
+            """SELECT image_hash, tag, category, origin, confidence FROM tags
+               WHERE image_hash IN (SELECT unnest(?)) ORDER BY image_hash, origin, confidence DESC NULLS LAST, tag""",
+            [list(hashes)],
+        )
+
+    def sidecars_for(self, hashes: Sequence[str]) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for h, text in self.con.execute(
+            """SELECT image_hash, sidecar FROM sources WHERE image_hash IN (SELECT unnest(?))
+               AND sidecar IS NOT NULL ORDER BY image_hash, location""", [list(hashes)]
+        ).fetchall():
+            found.setdefault(h, []).append(text)
+        return found
+
+    def forget_derivations(self, stage: str, hashes: Sequence[str], except_params_hash: str) -> None:
+        """Drop a stage's records for these inputs made with other parameters (their outputs were replaced)."""
+        if hashes:
+            self.con.execute(
+                "DELETE FROM derivations WHERE stage = ? AND params_hash <> ? AND input_hash IN (SELECT unnest(?))",
+                [stage, except_params_hash, list(hashes)],
+            )
+
+    def add_tag_counts(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Booru post counts per tag ({tag, posts, site}); the newest count wins."""
+        return self._insert("tag_counts", ({"fetched_at": now(), **r} for r in rows), verb="INSERT OR REPLACE")
+
+    def tag_post_counts(self, tags: Sequence[str]) -> dict[str, int]:
+        if not tags:
+            return {}
+        return dict(self.con.execute("SELECT tag, posts FROM tag_counts WHERE tag IN (SELECT unnest(?))", [list(tags)]).fetchall())
+
+    def add_tag_stats(self, run_id: str, rows: Iterable[dict[str, Any]]) -> int:
+        self.con.execute("DELETE FROM tag_stats WHERE run_id = ?", [run_id])
+        return self._insert("tag_stats", ({"run_id": run_id, **r} for r in rows), verb="INSERT")
+
+    def add_train_captions(self, run_id: str, rows: Iterable[dict[str, Any]]) -> int:
+        self.con.execute("DELETE FROM train_captions WHERE run_id = ?", [run_id])
+        return self._insert("train_captions", ({"run_id": run_id, **r} for r in rows), verb="INSERT")
+
+    def runs_with(self, table: str) -> list[str]:
+        """Run ids that wrote rows to `table` (tag_stats, train_captions), newest first."""
+        if table not in ("tag_stats", "train_captions"):
+            raise ValueError(table)
+        return [r for (r,) in self.con.execute(
+            f"""SELECT t.run_id FROM (SELECT DISTINCT run_id FROM {table}) t JOIN runs USING (run_id)
+                ORDER BY runs.started_at DESC"""
+        ).fetchall()]
+
+    def tag_stats(self, run_id: str) -> list[dict[str, Any]]:
+        return self.rows("SELECT concept, phase, tag, count FROM tag_stats WHERE run_id = ? ORDER BY concept, phase, count DESC, tag", [run_id])
+
+    def train_captions(self, run_id: str) -> list[dict[str, Any]]:
+        return self.rows("SELECT * FROM train_captions WHERE run_id = ? ORDER BY is_reg, folder, name", [run_id])
 
     def add_skips(self, run_id: str, stage: str, skips: Iterable[tuple[str, str]]) -> int:
         return self._insert("skips", ({"run_id": run_id, "stage": stage, "subject": s, "reason": r} for s, r in skips), verb="INSERT")
@@ -637,6 +739,7 @@ class Catalog:
     def stage_table(self, run_id: str) -> list[dict[str, Any]]:
         return self.rows("SELECT * FROM stage_runs WHERE run_id = ? ORDER BY started_at", [run_id])
 
+    # -- captions ------------------------------------------------------------
     def skips_for(self, run_id: str) -> list[dict[str, Any]]:
         return self.rows("SELECT stage, subject, reason FROM skips WHERE run_id = ? ORDER BY stage, subject", [run_id])
 

@@ -36,10 +36,10 @@ def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
 
 def every(first: str, rest: str, **stage_status: str) -> dict[str, str]:
     """The status of every built stage: `first` for ingest, `rest` for the others, unless named."""
-    from flows.bake import BUILT
+    from flows.bake import BUILT, OPTIONAL
 
-    # scrape runs only for booru sources; these recipes have folders only
-    return {s: stage_status.get(s, first if s == "ingest" else rest) for s in BUILT if s != "scrape"}
+    # these recipes have folders and no concepts: the optional stages do not run
+    return {s: stage_status.get(s, first if s == "ingest" else rest) for s in BUILT if s not in OPTIONAL}
 
 
 # The sample gradients differ only in hue: near-duplicates to pHash; these tests are about the chain.

@@ -1,0 +1,103 @@
+"""Repeats per folder (rules.md §8): balance steps per epoch across concepts.
+
+Folder `N_name`: N repeats per epoch, steps per epoch = N x images (counted
+before dividing by batch size). N = round(target / images), at least 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+# rules.md §8: keep the main concept under these totals.
+STEP_CAPS = {"adamw": 6000, "adamw8bit": 6000, "came": 6000, "prodigy": 3000}
+MIN_OUTFIT_IMAGES = 8  # rules.md §8: fewer go to misc
+
+SDXL = 1 / 2
+SNR_OR_IP_NOISE = 3 / 5
+OLD_ANIME = 1 / 3
+
+
+def multiplier(sdxl: bool = False, snr_or_ip_noise: bool = False, old_anime: bool = False) -> float:
+    """The guide's step multipliers: x1/2 SDXL, x3/5 min-SNR or ip-noise gamma, x1/3 old anime/low-res screencaps."""
+    m = 1.0
+    if sdxl:
+        m *= SDXL
+    if snr_or_ip_noise:
+        m *= SNR_OR_IP_NOISE
+    if old_anime:
+        m *= OLD_ANIME
+    return m
+
+
+def repeats_for(images: int, target_steps: float) -> int:
+    """round(target / images), halves rounded up, at least 1 (100 images, 300 steps -> 3)."""
+    if images <= 0:
+        raise ValueError("a folder needs at least one image")
+    return max(1, math.floor(target_steps / images + 0.5))
+
+
+@dataclass(frozen=True)
+class FolderIn:
+    folder: str
+    concept: str
+    images: int
+    target_steps: int  # before multipliers
+    is_outfit: bool = False
+
+
+@dataclass(frozen=True)
+class FolderPlan:
+    folder: str
+    concept: str
+    images: int
+    repeats: int
+    steps_per_epoch: int
+
+
+@dataclass
+class RepeatsPlan:
+    folders: list[FolderPlan]
+    multiplier: float
+    epochs: int
+    per_concept: dict[str, int] = field(default_factory=dict)  # steps per epoch
+    total_steps: int = 0  # every folder, all epochs (before batch size)
+    warnings: list[str] = field(default_factory=list)
+
+    def repeats(self) -> dict[str, int]:
+        return {f.folder: f.repeats for f in self.folders}
+
+    def table(self) -> list[dict[str, object]]:
+        return [
+            {"folder": f"{f.repeats}_{f.folder}", "concept": f.concept, "images": f.images, "repeats": f.repeats,
+             "steps_per_epoch": f.steps_per_epoch, "steps_total": f.steps_per_epoch * self.epochs}
+            for f in self.folders
+        ]
+
+
+def plan_repeats(folders: Sequence[FolderIn], epochs: int, optimizer: str, mult: float = 1.0,
+                 main_concept: str | None = None) -> RepeatsPlan:
+    plan = RepeatsPlan(folders=[], multiplier=mult, epochs=epochs)
+    for f in folders:
+        if f.images <= 0:
+            continue
+        n = repeats_for(f.images, f.target_steps * mult)
+        plan.folders.append(FolderPlan(f.folder, f.concept, f.images, n, n * f.images))
+        plan.per_concept[f.concept] = plan.per_concept.get(f.concept, 0) + n * f.images
+        if f.is_outfit and f.images < MIN_OUTFIT_IMAGES:
+            plan.warnings.append(
+                f"{f.folder}: {f.images} images; an outfit needs >= {MIN_OUTFIT_IMAGES} (>= 20 if complex), "
+                "the guide puts fewer in misc"
+            )
+    plan.total_steps = sum(f.steps_per_epoch for f in plan.folders) * epochs
+    main = main_concept or (folders[0].concept if folders else None)
+    cap = STEP_CAPS.get(optimizer)
+    if main in plan.per_concept and cap:
+        main_total = plan.per_concept[main] * epochs
+        if main_total > cap:
+            plan.warnings.append(
+                f"main concept {main}: {main_total} steps over {epochs} epochs exceeds the guide's cap of {cap} "
+                f"for {optimizer} (lower target_steps or epochs)"
+            )
+    return plan
