@@ -50,12 +50,29 @@ def _print_run(recipe: Recipe, run_id: str | None = None) -> None:
             fail(f"no runs recorded in {cat.path}")
         run = record[0]
         typer.echo(f"run {run['run_id']} ({run['status']}, started {run['started_at']:%Y-%m-%d %H:%M:%S})")
-        typer.echo(text_table(cat.stage_table(run["run_id"])))
+        stages = cat.stage_table(run["run_id"])
+        typer.echo(text_table(stages))
         skips = cat.skips_for(run["run_id"])
+        tasted = any(s["stage"] == "evaluate" and s["status"] in ("ran", "cached") for s in stages)
+        evaluation = cat.rows("SELECT * FROM evaluations ORDER BY created_at DESC LIMIT 1") if tasted else []
+        files = [r["file"] for r in cat.rows(
+            "SELECT file FROM evaluation_epochs WHERE eval_key = ? ORDER BY epoch", [evaluation[0]["eval_key"]]
+        )] if evaluation else []
     if skips:
         typer.echo(f"\nskipped ({len(skips)}):")
         for line in skip_summary(skips):
             typer.echo(f"  {line}")
+    if evaluation:
+        ev = evaluation[0]
+        typer.echo("\nLoRA files (kohya format, one per epoch):")
+        for f in files:
+            typer.echo(f"  {f}")
+        if ev["recommended_epoch"] is not None:
+            typer.echo(f"recommended: epoch {ev['recommended_epoch']} at weight {ev['weight_min']:g}-{ev['weight_max']:g}"
+                       f" ({ev['recommended_file']})")
+        else:
+            typer.echo("recommended: none (see the report's flags)")
+        typer.echo(f"report: {ev['report_path']}")
 
 
 def execute(recipe_path: Path, from_stage: str | None = None, only_stage: str | None = None) -> str:

@@ -107,24 +107,70 @@ source_kind = "fanart_hires"
 [[concepts]]
 name = "demo_chara"
 trigger = "demo_chara"
+target_steps = 30  # steps per epoch; the guide's 300 (100 per outfit) would take an hour on a CPU
 
   [[concepts.outfits]]
   name = "red_dress"
   trigger = "demo_chara_red_dress"
   paths = ["red_dress/**"]
+  target_steps = 15
 
   [[concepts.outfits]]
   name = "blue_uniform"
   trigger = "demo_chara_blue_uniform"
   paths = ["blue_uniform/**"]
+  target_steps = 15
+
+# Small numbers so every stage runs on 2 CPU cores in minutes. The models under
+# models/ have random weights (built by `bakery demo`): they prove the path, not quality.
+[buckets]
+resolution = 256
+min_side = 128
+max_side = 512
+
+[masks]
+checkpoint = "models/inspyrenet-random.pth"
+mode = "fast"
+size = 64
+
+[autotag]
+model = "models/wd14-tiny"
+
+[train]
+base_model = "tiny"
+optimizer = "adamw"
+learning_rate = 0.001
+network_dim = 4
+network_alpha = 2
+batch_size = 2
+epochs = 3
+
+[evaluate]
+weights = [0.0, 0.5, 1.0]
+seeds = [1234]
+steps = 8
+width = 128
+height = 128
 """
 
 
+def build_demo_models(models: Path) -> None:
+    """Random-weight models of the real architectures and file formats (built once)."""
+    from bakery.craft.masks import build_random_inspyrenet_ckpt
+    from bakery.craft.tiny_wd14 import write_tiny_wd14
+
+    if not (models / "wd14-tiny" / "model.onnx").exists():
+        write_tiny_wd14(models / "wd14-tiny")
+    if not (models / "inspyrenet-random.pth").exists():
+        build_random_inspyrenet_ckpt(models / "inspyrenet-random.pth")
+
+
 def write_demo(workdir: Path) -> Path:
-    """Dataset plus recipe under `workdir`; returns the recipe path."""
+    """Dataset, models and recipe under `workdir`; returns the recipe path."""
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / "images").exists():  # never redraw (or overwrite) an existing dataset
         generate(workdir)
+    build_demo_models(workdir / "models")
     recipe = workdir / "recipe.toml"
     if not recipe.exists():
         recipe.write_text(DEMO_RECIPE, encoding="utf-8")

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,12 +132,29 @@ def write_config(config_dir: Path, mode: str, size: int | None) -> Path:
     return path
 
 
+@contextmanager
+def _quiet_import() -> Iterator[None]:
+    """Import transparent-background without its side effects on our process.
+
+    Its imports add a handler to the root logger (which re-formats every Prefect log
+    line after it) and warn about flet (its GUI) and torch.meshgrid.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 def _import_library(config_dir: Path):
     # albumentations checks PyPI for updates on import unless told not to.
     os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
     os.environ[CONFIG_ENV] = str(config_dir)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "Failed to import flet" (its GUI), torch.meshgrid
+    with _quiet_import():
         import transparent_background
     return transparent_background
 
@@ -218,8 +237,7 @@ def build_random_inspyrenet_ckpt(path: Path | str, seed: int = 0) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _quiet_import():
         from transparent_background.InSPyReNet import InSPyReNet_SwinB
 
         with torch.random.fork_rng(devices=[]):
