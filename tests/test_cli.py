@@ -41,8 +41,8 @@ def test_missing_source_folder_and_unknown_stage_exit_2(tmp_path: Path):
     result = runner.invoke(app, ["run", str(recipe)])
     assert result.exit_code == 2 and "sources[0].path: folder does not exist" in result.output
     (tmp_path / "images").mkdir()
-    result = runner.invoke(app, ["run", str(recipe), "--from", "bake"])
-    assert result.exit_code == 2 and "stage 'bake' is not built yet" in result.output
+    result = runner.invoke(app, ["run", str(recipe), "--from", "baek"])
+    assert result.exit_code == 2 and "unknown stage 'baek'" in result.output
 
 
 @pytest.mark.usefixtures("prefect_server")
