@@ -538,7 +538,12 @@ class Catalog:
     def tag_post_counts(self, tags: Sequence[str]) -> dict[str, int]:
         if not tags:
             return {}
-        return dict(self.con.execute("SELECT tag, posts FROM tag_counts WHERE tag IN (SELECT unnest(?))", [list(tags)]).fetchall())
+        # counts given by hand (tag_counts) and those the scrape stage fetched (booru_tags): the largest wins
+        return dict(self.con.execute(
+            """SELECT tag, max(n) FROM (
+                   SELECT tag, posts AS n FROM tag_counts UNION ALL
+                   SELECT tag, post_count AS n FROM booru_tags WHERE post_count IS NOT NULL)
+               WHERE tag IN (SELECT unnest(?)) GROUP BY tag""", [list(tags)]).fetchall())
 
     def add_tag_stats(self, run_id: str, rows: Iterable[dict[str, Any]]) -> int:
         self.con.execute("DELETE FROM tag_stats WHERE run_id = ?", [run_id])

@@ -106,3 +106,13 @@ def test_provenance_walks_derivations_back_to_the_source(tmp_path: Path):
         assert cat.provenance(orig).steps == []
         with pytest.raises(LookupError, match="no image"):
             cat.resolve_hash("ffffff")
+
+
+def test_rare_tag_counts_come_from_scrape_and_user_counts(tmp_path: Path):
+    with Catalog.open(tmp_path) as cat:
+        cat.add_tag_counts([{"tag": "a", "posts": 10, "site": "x"}])
+        cat.con.execute(
+            "INSERT INTO booru_tags VALUES ('s', 'a', 'general', 700, now()), ('s', 'b', 'general', 3, now()),"
+            " ('s', 'c', 'general', NULL, now())"
+        )
+        assert cat.tag_post_counts(["a", "b", "c", "d"]) == {"a": 700, "b": 3}
