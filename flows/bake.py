@@ -73,16 +73,6 @@ def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]
     return images
 
 
-def taste(recipe: Recipe, run: RunInfo, bake: BakeOutput, train: TrainSet | None, refresh: bool = False) -> StageResult:
-    """Evaluate a bake (rules.md §13). `train` (the prune stage's TrainSet) enables likeness and tag statistics;
-    it stays out of the cache key because the bake's key already identifies it."""
-    params = stage_params_json(recipe.evaluate)
-    result = run_stage(EVALUATE, bake, params, run, refresh, extra={"train": train})
-    if not Path(str(result.payload)).is_file():  # a cached result whose report was deleted since: taste again
-        result = run_stage(EVALUATE, bake, params, run, True, extra={"train": train})
-    return result
-
-
 def prepare_params(recipe: Recipe) -> dict[str, str]:
     """Each prepare stage's parameters as canonical JSON (what its cache key sees)."""
     model = recipe.resolve(recipe.upscale.model) if recipe.upscale.model else None
@@ -109,13 +99,6 @@ def prepare(recipe_path: str, run: RunInfo, images: list[ImageRef], stages: list
     return images
 
 
-def run_bake(recipe: Recipe, run: RunInfo, trainset: TrainSet, refresh: bool = False) -> BakeOutput:
-    """The bake stage on the prune stage's TrainSet (wired after prune; resumes a killed bake by itself)."""
-    params = bake_params_json(recipe.train, recipe.buckets, recipe.project.name)
-    result = run_stage(BAKE, trainset, params, run, refresh)
-    return result.payload
-
-
 def caption(recipe_path: str, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str]):
     """Prepared images to a TrainSet: autotag -> prune. Needs [[concepts]] (autotag alone runs with a model)."""
     recipe = load_recipe(recipe_path)
@@ -125,6 +108,23 @@ def caption(recipe_path: str, run: RunInfo, images: list[ImageRef], stages: list
         images = result.images
     if "prune" in stages and recipe.concepts:
         result = run_stage(PRUNE, caption_sources(images, run.workdir), prune_params_json(recipe), run, "prune" in refresh)
+    return result
+
+
+def run_bake(recipe: Recipe, run: RunInfo, trainset: TrainSet, refresh: bool = False) -> BakeOutput:
+    """The bake stage on the prune stage's TrainSet (wired after prune; resumes a killed bake by itself)."""
+    params = bake_params_json(recipe.train, recipe.buckets, recipe.project.name)
+    result = run_stage(BAKE, trainset, params, run, refresh)
+    return result.payload
+
+
+def taste(recipe: Recipe, run: RunInfo, bake: BakeOutput, train: TrainSet | None, refresh: bool = False) -> StageResult:
+    """Evaluate a bake (rules.md §13). `train` (the prune stage's TrainSet) enables likeness and tag statistics;
+    it stays out of the cache key because the bake's key already identifies it."""
+    params = stage_params_json(recipe.evaluate)
+    result = run_stage(EVALUATE, bake, params, run, refresh, extra={"train": train})
+    if not Path(str(result.payload)).is_file():  # a cached result whose report was deleted since: taste again
+        result = run_stage(EVALUATE, bake, params, run, True, extra={"train": train})
     return result
 
 
