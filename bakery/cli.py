@@ -75,7 +75,9 @@ def _print_run(recipe: Recipe, run_id: str | None = None) -> None:
         typer.echo(f"report: {ev['report_path']}")
 
 
-def execute(recipe_path: Path, from_stage: str | None = None, only_stage: str | None = None) -> str:
+def execute(
+    recipe_path: Path, from_stage: str | None = None, only_stage: str | None = None, to_stage: str | None = None
+) -> str:
     """Run a recipe through the flow (shared by `run` and `demo`); returns the run id."""
     from bakery.stages import plan_run
     from flows.bake import BUILT, bake_lora
@@ -83,13 +85,13 @@ def execute(recipe_path: Path, from_stage: str | None = None, only_stage: str | 
 
     recipe = _load(recipe_path)
     try:
-        plan_run(BUILT, from_stage, only_stage)
+        plan_run(BUILT, from_stage, only_stage, to_stage)
     except PlanError as exc:
         fail(str(exc), code=2)
     _quiet_prefect_defaults()
     with prefect_api(recipe.workdir / "logs"):
         try:
-            run_id = bake_lora(str(recipe_path.resolve()), from_stage, only_stage)
+            run_id = bake_lora(str(recipe_path.resolve()), from_stage, only_stage, to_stage)
         except Exception as exc:  # the flow's logs hold the details
             fail(f"run failed: {exc}")
     _print_run(recipe, run_id)
@@ -113,9 +115,10 @@ def run(
     recipe: Path = typer.Argument(..., help="Recipe TOML file."),
     from_stage: Optional[str] = typer.Option(None, "--from", help="Re-run this stage and every later one."),
     only: Optional[str] = typer.Option(None, "--only", help="Re-run only this stage (earlier ones from cache)."),
+    to: Optional[str] = typer.Option(None, "--to", help="Stop after this stage (e.g. review dedupe before the rest)."),
 ) -> None:
     """Run a recipe; unchanged stages come from cache."""
-    execute(recipe, from_stage, only)
+    execute(recipe, from_stage, only, to)
 
 
 @app.command()

@@ -129,10 +129,12 @@ def taste(recipe: Recipe, run: RunInfo, bake: BakeOutput, train: TrainSet | None
 
 
 @flow(name="bake-lora")
-def bake_lora(recipe_path: str, from_stage: str | None = None, only_stage: str | None = None) -> str:
+def bake_lora(
+    recipe_path: str, from_stage: str | None = None, only_stage: str | None = None, to_stage: str | None = None
+) -> str:
     """Run a recipe. Returns the run id (its record is in the work dir's catalog)."""
     recipe = load_recipe(recipe_path)
-    plan = plan_run(BUILT, from_stage, only_stage)
+    plan = plan_run(BUILT, from_stage, only_stage, to_stage)
     run = begin_run(recipe.workdir, str(Path(recipe_path).resolve()), recipe.digest(),
                     recipe.model_dump_json(), recipe.runtime.workers)
     try:

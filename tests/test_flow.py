@@ -172,3 +172,15 @@ def test_plan_rejects_unknown_and_unbuilt_stages():
         plan_run(built, "ingest", "convert")
     assert plan_run(built, from_stage="convert").refresh == {"convert", "dedupe"}
     assert plan_run(built, only_stage="convert").stages == ("ingest", "convert")
+
+
+def test_plan_to_stops_after_a_stage_without_forcing_it():
+    built = ("ingest", "convert", "dedupe", "alpha")
+    plan = plan_run(built, to_stage="convert")
+    assert plan.stages == ("ingest", "convert") and plan.refresh == frozenset()
+    plan = plan_run(built, from_stage="convert", to_stage="dedupe")
+    assert plan.stages == ("ingest", "convert", "dedupe") and plan.refresh == {"convert", "dedupe"}
+    with pytest.raises(PlanError, match="comes after"):
+        plan_run(built, from_stage="alpha", to_stage="convert")
+    with pytest.raises(PlanError, match="not both"):
+        plan_run(built, only_stage="alpha", to_stage="convert")
