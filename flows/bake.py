@@ -55,7 +55,7 @@ def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]
     """Sources to a clean set of originals: scan (+ scrape) -> ingest -> convert -> dedupe."""
     recipe = load_recipe(recipe_path)
     params = {"ingest": recipe.ingest, "convert": recipe.convert, "dedupe": recipe.dedupe}
-    inputs: object = scan_sources(_folders(recipe))
+    inputs: object = scan_sources(_folders(recipe), str(recipe.workdir / "cache" / "source-digests.json"))
     boorus = booru_specs(recipe)
     if boorus and SCRAPE.name in stages:  # scrape first: its downloads join the folder listing
         again = SCRAPE.name in refresh or recipe.scrape.recheck  # the site may have new posts

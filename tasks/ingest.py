@@ -14,7 +14,8 @@ import tasks.image_workers as image_workers
 from bakery.craft import ingest as craft
 from bakery.manifest import ImageRef, Skip, StageResult
 from bakery.recipe import IngestParams
-from storage import Catalog, digest_file
+from storage import Catalog
+from storage.digests import DigestCache
 from tasks import caching
 from tasks.pool import map_images
 from tasks.stage import RunInfo, Stage
@@ -35,9 +36,9 @@ class Listing:
     skips: list[Skip] = field(default_factory=list)
 
 
-def _describe(path: Path, root: Path, spec: FolderSpec) -> craft.SourceFile | Skip:
+def _describe(path: Path, root: Path, spec: FolderSpec, digests: DigestCache) -> craft.SourceFile | Skip:
     try:
-        digest = digest_file(path)
+        digest = digests.digest(path)
         sidecar = craft.read_sidecar(path)
     except OSError as exc:
         return Skip(str(path), f"cannot read file: {exc.strerror or exc}")
@@ -48,11 +49,17 @@ def _describe(path: Path, root: Path, spec: FolderSpec) -> craft.SourceFile | Sk
 
 
 @task(name="scan-sources", cache_policy=NO_CACHE)
-def scan_sources(folders: list[FolderSpec]) -> Listing:
-    """Hash every file's content (never cached: this is how changes are noticed)."""
+def scan_sources(folders: list[FolderSpec], digest_cache: str | None = None) -> Listing:
+    """Every file with its content hash (never cached: this is how changes are noticed).
+
+    `digest_cache`: a file remembering digests by path, size, mtime and inode, so that
+    unchanged files are not read again (storage/digests.py).
+    """
+    digests = DigestCache(digest_cache)
     paths = [(p, Path(f.path), f) for f in folders for p in craft.walk_folder(Path(f.path), f.recursive)]
     with ThreadPoolExecutor(max_workers=4) as pool:  # hashlib releases the GIL
-        found = list(pool.map(lambda item: _describe(*item), paths))
+        found = list(pool.map(lambda item: _describe(*item, digests), paths))
+    digests.save()
     return Listing(
         files=[f for f in found if isinstance(f, craft.SourceFile)],
         skips=[s for s in found if isinstance(s, Skip)],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 from pathlib import Path
@@ -116,3 +117,23 @@ def test_rare_tag_counts_come_from_scrape_and_user_counts(tmp_path: Path):
             " ('s', 'c', 'general', NULL, now())"
         )
         assert cat.tag_post_counts(["a", "b", "c", "d"]) == {"a": 700, "b": 3}
+
+
+def test_digest_cache_trusts_unchanged_files_and_rereads_changed_ones(tmp_path: Path):
+    from storage.digests import DigestCache
+
+    img, cache_file = tmp_path / "a.png", tmp_path / "cache" / "digests.json"
+    img.write_bytes(b"one")
+    os.utime(img, (1_600_000_000, 1_600_000_000))  # old: not racy
+    cache = DigestCache(cache_file)
+    assert cache.digest(img).sha256 == hashlib.sha256(b"one").hexdigest()
+    cache.save()
+    # A remembered digest is used as long as size, mtime and inode match (here: a planted one).
+    entries = json.loads(cache_file.read_text())
+    entries[str(img)][3] = "planted"
+    cache_file.write_text(json.dumps(entries))
+    assert DigestCache(cache_file).digest(img).sha256 == "planted"
+    img.write_bytes(b"two")  # new content, new mtime: read again
+    assert DigestCache(cache_file).digest(img).sha256 == hashlib.sha256(b"two").hexdigest()
+    cache_file.write_text("{broken")
+    assert DigestCache(cache_file).digest(img).sha256 == hashlib.sha256(b"two").hexdigest()
