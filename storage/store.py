@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,23 +88,13 @@ class ContentStore:
         """
         if expected_sha256 and self.has(expected_sha256):
             return digest_file(self.path(expected_sha256))
-        fd, tmp = self._tempfile()
-        sha, md5, size = hashlib.sha256(), hashlib.md5(), 0
-        try:
-            with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
-                while chunk := fin.read(CHUNK):
-                    sha.update(chunk)
-                    md5.update(chunk)
-                    size += len(chunk)
-                    fout.write(chunk)
-            digest = Digest(sha.hexdigest(), md5.hexdigest(), size)
+
+        def check(digest: Digest) -> None:
             if expected_sha256 and digest.sha256 != expected_sha256:
                 raise OSError(f"{src}: content does not match the expected sha256")
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        self._commit(tmp, digest.sha256)
-        return digest
+
+        with open(src, "rb") as fin:
+            return self._put_chunks(iter(lambda: fin.read(CHUNK), b""), check=check)
 
     def put_stream(self, chunks: Iterable[bytes], expected_md5: str | None = None, max_bytes: int | None = None) -> Digest:
         """Store a stream (a download) through a temp file, hashing as it goes.
@@ -113,6 +103,17 @@ class ContentStore:
         `expected_md5`, its md5 matched; otherwise the temp file is removed and
         StreamRejected (or the stream's own error) is raised: no half file is ever stored.
         """
+
+        def check(digest: Digest) -> None:
+            if expected_md5 and digest.md5 != expected_md5.lower():
+                raise StreamRejected(f"md5 mismatch: expected {expected_md5.lower()}, got {digest.md5}")
+
+        return self._put_chunks(chunks, max_bytes, check)
+
+    def _put_chunks(
+        self, chunks: Iterable[bytes], max_bytes: int | None = None, check: Callable[[Digest], None] | None = None
+    ) -> Digest:
+        """Write chunks to a temp file while hashing; `check` may reject the result before it is stored."""
         fd, tmp = self._tempfile()
         sha, md5, size = hashlib.sha256(), hashlib.md5(), 0
         try:
@@ -125,8 +126,8 @@ class ContentStore:
                     md5.update(chunk)
                     fout.write(chunk)
             digest = Digest(sha.hexdigest(), md5.hexdigest(), size)
-            if expected_md5 and digest.md5 != expected_md5.lower():
-                raise StreamRejected(f"md5 mismatch: expected {expected_md5.lower()}, got {digest.md5}")
+            if check:
+                check(digest)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
