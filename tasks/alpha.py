@@ -10,9 +10,8 @@ import tasks.prepare_workers as prep
 from bakery.craft import alpha as craft
 from bakery.manifest import ImageRef, StageResult
 from bakery.recipe import AlphaParams
-from storage import Catalog
 from tasks import caching
-from tasks.stage import RunInfo, Stage, derive_per_image
+from tasks.stage import RunInfo, Stage, derive_per_image, known_pixel_hashes
 
 
 @task(name="alpha")
@@ -20,8 +19,7 @@ def alpha(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, w
     params = AlphaParams.model_validate_json(params_json)
     run = RunInfo(run_id, workdir, workers)
     root = str(run.store.root)
-    with Catalog.open(run.catalog) as cat:
-        known = cat.pixel_hashes([r.hash for r in inputs])
+    known = known_pixel_hashes(run, inputs)
     return derive_per_image(
         "alpha", ALPHA.code_version, inputs, params_json, run,
         work=prep.alpha_one,

@@ -128,6 +128,12 @@ def run_stage(
     return result
 
 
+def known_pixel_hashes(run: RunInfo, inputs: list[ImageRef]) -> dict[str, str]:
+    """Pixel hashes the catalog already holds for `inputs`: workers pass an unchanged image on without decoding it."""
+    with Catalog.open(run.catalog) as cat:
+        return cat.pixel_hashes([r.hash for r in inputs])
+
+
 class _PendingRows:
     """Catalog rows of finished images, written in batches while the stage runs.
 

@@ -10,9 +10,8 @@ import tasks.prepare_workers as prep
 from bakery.craft import trim as craft
 from bakery.manifest import ImageRef, StageResult
 from bakery.recipe import TrimParams
-from storage import Catalog
 from tasks import caching
-from tasks.stage import RunInfo, Stage, derive_per_image
+from tasks.stage import RunInfo, Stage, derive_per_image, known_pixel_hashes
 
 
 @task(name="trim")
@@ -22,8 +21,7 @@ def trim(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, wo
         return StageResult(images=sorted(inputs), n_in=len(inputs))
     run = RunInfo(run_id, workdir, workers)
     root = str(run.store.root)
-    with Catalog.open(run.catalog) as cat:
-        known = cat.pixel_hashes([r.hash for r in inputs])
+    known = known_pixel_hashes(run, inputs)
     return derive_per_image(
         "trim", TRIM.code_version, inputs, params_json, run,
         work=prep.trim_one,
