@@ -85,13 +85,13 @@ def prepare_params(recipe: Recipe) -> dict[str, str]:
     }
 
 
-def prepare(recipe_path: str, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str]) -> list[ImageRef]:
+def prepare(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str]) -> list[ImageRef]:
     """Clean originals to training images: alpha -> trim -> upscale -> masks -> buckets.
 
     A plain function in the main flow, not a subflow: a subflow's parameters (here
     every image) would be sent to the Prefect API.
     """
-    params = prepare_params(load_recipe(recipe_path))
+    params = prepare_params(recipe)
     for stage in PREPARE:
         if stage.name not in stages:
             break
@@ -99,9 +99,8 @@ def prepare(recipe_path: str, run: RunInfo, images: list[ImageRef], stages: list
     return images
 
 
-def caption(recipe_path: str, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str]):
+def caption(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str]):
     """Prepared images to a TrainSet: autotag -> prune. Needs [[concepts]] (autotag alone runs with a model)."""
-    recipe = load_recipe(recipe_path)
     result = None
     if "autotag" in stages and (recipe.concepts or recipe.autotag.model):
         result = run_stage(AUTOTAG, images, autotag_params_json(recipe), run, "autotag" in refresh)
@@ -142,8 +141,8 @@ def bake_lora(
             stages, refresh = list(plan.stages), sorted(plan.refresh)
             images = gather(recipe_path, run, stages, refresh)
             if PREPARE[0].name in stages:
-                images = prepare(recipe_path, run, images, stages, refresh)
-            captioned = caption(recipe_path, run, images, stages, refresh)
+                images = prepare(recipe, run, images, stages, refresh)
+            captioned = caption(recipe, run, images, stages, refresh)
             trainset = captioned.payload if captioned is not None and isinstance(captioned.payload, TrainSet) else None
             if trainset is not None and trainset.images and BAKE.name in stages:
                 if recipe.train.base_model is None:
