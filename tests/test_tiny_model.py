@@ -24,3 +24,14 @@ def test_tiny_sd15_builds_loads_and_generates(tmp_path):
     # Built once: a second call reuses the folder.
     mtime = (folder / "unet" / "config.json").stat().st_mtime
     assert build_tiny_sd15(folder) == folder and (folder / "unet" / "config.json").stat().st_mtime == mtime
+
+
+def test_tiny_sd15_with_only_single_character_words(tmp_path):
+    """No whole-word merges at all (a one-letter trigger): merges.txt must still parse."""
+    from transformers import CLIPTokenizer
+
+    from bakery.craft.tiny_model import build_tiny_sd15
+
+    folder = build_tiny_sd15(tmp_path / "tiny", words=["x"])
+    tok = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    assert tok.tokenize("x, y") == ["x</w>", ",</w>", "y</w>"]

@@ -281,27 +281,37 @@ class LatentCache:
             dist = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
             return (dist.mean * self.vae.config.scaling_factor).float()
 
-    def get(self, path: Path, sample: Sample, flip: bool) -> Any:
+    def _cached(self, key: str) -> Any:
+        from safetensors.torch import load_file
+
+        if key not in self.memory:
+            file = self.folder / f"{key}.safetensors"
+            if not file.exists():
+                return None
+            self.memory[key] = load_file(str(file))["latent"].to(self.device)
+        return self.memory[key]
+
+    def batch(self, items: list[tuple[Path, Sample, bool]]) -> Any:
+        """The latents of one batch (one bucket): cached ones read, the rest encoded in one VAE call."""
         import torch
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import save_file
 
         if not self.enabled:
-            return self.encode(load_pixels(path, sample.choice, flip)[None])[0]
-        key = self.key(sample.image.image_hash, sample.bucket, flip)
-        if key in self.memory:
-            self.hits += 1
-            return self.memory[key]
-        file = self.folder / f"{key}.safetensors"
-        if file.exists():
-            self.hits += 1
-            self.memory[key] = load_file(str(file))["latent"].to(self.device)
-            return self.memory[key]
-        self.misses += 1
-        latent = self.memory[key] = self.encode(load_pixels(path, sample.choice, flip)[None])[0]
-        tmp = file.with_name(file.name + f".{os.getpid()}.tmp")
-        save_file({"latent": latent.to("cpu", torch.float32).contiguous()}, str(tmp))
-        os.replace(tmp, file)
-        return latent
+            return self.encode(torch.stack([load_pixels(path, s.choice, flip) for path, s, flip in items]))
+        keys = [self.key(s.image.image_hash, s.bucket, flip) for _p, s, flip in items]
+        # A repeated image can come twice in one batch: encode it once.
+        missing = {k: item for k, item in zip(keys, items) if self._cached(k) is None}
+        self.misses += len(missing)
+        self.hits += len(items) - len(missing)
+        if missing:
+            pixels = torch.stack([load_pixels(path, s.choice, flip) for path, s, flip in missing.values()])
+            for key, latent in zip(missing, self.encode(pixels)):
+                self.memory[key] = latent
+                file = self.folder / f"{key}.safetensors"
+                tmp = file.with_name(file.name + f".{os.getpid()}.tmp")
+                save_file({"latent": latent.to("cpu", torch.float32).contiguous()}, str(tmp))
+                os.replace(tmp, file)
+        return torch.stack([self.memory[k] for k in keys])
 
 
 def module_id(module: Any) -> str:
@@ -428,7 +438,9 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], *, weight_decay: flo
     import torch
 
     if name == "adamw":
-        return torch.optim.AdamW(groups, weight_decay=weight_decay)
+        # fused: one kernel for all LoRA tensors instead of a Python loop over hundreds of small ones
+        # (torch's default on CPU is that loop).
+        return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=True)
     if name == "adamw8bit":
         if device != "cuda":
             raise BakeError("train.optimizer 'adamw8bit' needs CUDA (bitsandbytes); on CPU use 'adamw'")
@@ -654,7 +666,7 @@ def bake(
                                     tag_dropout_rate=params.tag_dropout_rate,
                                     token_warmup_min=params.token_warmup_min,
                                     token_warmup_step=params.token_warmup_step, step=step - 1) for s in batch]
-            lat = torch.stack([latents.get(image_path(s.image.image_hash), s, f) for s, f in zip(batch, flips)])
+            lat = latents.batch([(image_path(s.image.image_hash), s, f) for s, f in zip(batch, flips)])
             lat = lat.to(prec.device, torch.float32)
             b = lat.shape[0]
             noise = torch.randn(lat.shape, generator=gen).to(prec.device)
@@ -710,7 +722,7 @@ def bake(
             else:
                 loss.backward()
                 if params.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm, foreach=True)
                 optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
