@@ -45,17 +45,27 @@ PREPARE_STAGES = ("dedupe", "alpha", "trim", "upscale", "buckets")
 
 
 def _scene(w: int, h: int, seed: int):
+    """A picture that fills its frame, as most training images do: a two-colour gradient ground, shapes
+    (some running off the edges) and a little grain. Only the `padded` and `rgba` kinds have a border
+    for trim to cut."""
+    import numpy as np
     from PIL import Image, ImageDraw
 
     rng = random.Random(seed)
-    im = Image.new("RGB", (w, h), tuple(rng.randrange(256) for _ in range(3)))
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle = rng.uniform(0, 6.283)
+    ramp = x * np.cos(angle) + y * np.sin(angle)
+    ramp = (ramp - ramp.min()) / (np.ptp(ramp) + 1e-6)
+    c0, c1 = (np.array([rng.randrange(256) for _ in range(3)], np.float32) for _ in range(2))
+    im = Image.fromarray((c0 + ramp[..., None] * (c1 - c0)).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(im)
     for _ in range(14):
-        x0, y0 = rng.randrange(w), rng.randrange(h)
+        x0, y0 = rng.randrange(-w // 8, w), rng.randrange(-h // 8, h)
         x1, y1 = x0 + rng.randrange(w // 8, w // 2), y0 + rng.randrange(h // 8, h // 2)
         (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(
             [x0, y0, x1, y1], fill=tuple(rng.randrange(256) for _ in range(3)))
-    return im
+    grain = np.random.default_rng(seed).normal(0, 2, (h, w, 3)).astype(np.float32)
+    return Image.fromarray(np.clip(np.asarray(im, np.float32) + grain, 0, 255).astype(np.uint8), "RGB")
 
 
 def plan(n: int, seed: int) -> list[tuple[int, str, int]]:
@@ -74,7 +84,7 @@ def draw(args: tuple[int, str, int, int, str]) -> None:
 
     index, kind, source, seed, folder = args
     rng = random.Random(seed * 1_000_003 + (source if kind == "near" else index))
-    w, h = rng.randrange(200, 1200), rng.randrange(200, 1200)
+    w, h = rng.randrange(512, 1200), rng.randrange(512, 1200)  # >= 512² pixels: only `small` needs upscaling
     if kind == "small":
         w, h = rng.randrange(120, 400), rng.randrange(120, 400)
     im = _scene(w, h, seed * 7919 + (source if kind == "near" else index))

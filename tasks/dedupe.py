@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import html
-import io
 import sys
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 import tasks.prepare_workers as prep
@@ -105,16 +104,8 @@ def near_dedupe(images: list[ImageRef], params: DedupeParams, run: RunInfo) -> t
     return [r for r in images if r not in dropped], skips, n_hashed
 
 
-def _thumb(ref: ImageRef, run: RunInfo, folder: Path) -> str:
-    from PIL import Image
-
-    name = f"{ref.hash[:16]}.jpg"
-    path = folder / "thumbs" / name
-    if not path.exists():
-        with Image.open(io.BytesIO(run.store.read_bytes(ref.hash))) as im:
-            im.thumbnail((256, 256))
-            im.convert("RGB").save(path, "JPEG", quality=85)
-    return f"thumbs/{name}"
+def _thumb_name(ref: ImageRef) -> str:
+    return f"thumbs/{ref.hash[:16]}.jpg"
 
 
 def write_review(groups: list[craft.NearGroup], run: RunInfo, params: DedupeParams) -> Path:
@@ -122,9 +113,15 @@ def write_review(groups: list[craft.NearGroup], run: RunInfo, params: DedupePara
     folder = Path(run.workdir) / REVIEW_DIR
     (folder / "thumbs").mkdir(parents=True, exist_ok=True)
     page = folder / "index.html"
+    shown = {c.ref.hash: c.ref for g in groups for c in [*g.kept, *(d.dropped for d in g.dropped)]}
+    jobs = [prep.ThumbJob(ref, str(run.store.root), None, path=str(folder / _thumb_name(ref)))
+            for ref in shown.values() if not (folder / _thumb_name(ref)).exists()]
+    for failed in map_images("dedupe-review", prep.thumb_one, jobs, run.workers):  # decoding: in the pool
+        if failed is not None:
+            get_run_logger().warning("%s: %s", failed.subject, failed.reason)
 
     def card(c: craft.Candidate, label: str, extra: str = "") -> str:
-        return (f'<figure class="{label}"><img src="{_thumb(c.ref, run, folder)}" loading="lazy">'
+        return (f'<figure class="{label}"><img src="{_thumb_name(c.ref)}" loading="lazy">'
                 f"<figcaption><b>{label}</b> {html.escape(c.ref.name)}<br>{c.width}x{c.height} "
                 f"<code>{c.ref.hash[:12]}</code>{extra}</figcaption></figure>")
 

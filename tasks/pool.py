@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextvars
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -39,13 +40,46 @@ class Runner:
 _RUNNER: contextvars.ContextVar[Runner] = contextvars.ContextVar("bakery_runner", default=Runner())
 
 
+class _RunPools:
+    """Worker processes kept for a whole run, so the stages after the first find them started.
+
+    Spawning a worker (a fresh interpreter importing Pillow, numpy and our modules) costs about
+    a second; paying it once per stage was most of a small stage's time.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pools: dict[int, ProcessPoolExecutor] = {}
+
+    def get(self, workers: int) -> ProcessPoolExecutor:
+        with self._lock:
+            pool = self._pools.get(workers)
+            if pool is None or getattr(pool, "_broken", False):  # a worker died: start afresh
+                pool = self._pools[workers] = ProcessPoolExecutor(
+                    max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            return pool
+
+    def shutdown(self) -> None:
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+_POOLS: contextvars.ContextVar[_RunPools | None] = contextvars.ContextVar("bakery_pools", default=None)
+
+
 @contextmanager
 def use_runner(runner: Runner) -> Iterator[None]:
-    token = _RUNNER.set(runner)
+    """Run per-image work on `runner` until the block ends; local worker processes live that long."""
+    pools = _RunPools()
+    token, pools_token = _RUNNER.set(runner), _POOLS.set(pools)
     try:
         yield
     finally:
+        _POOLS.reset(pools_token)
         _RUNNER.reset(token)
+        pools.shutdown()
 
 
 def worker_count(requested: int | None) -> int:
@@ -75,8 +109,13 @@ def map_images(
                 yield fn(job)
                 progress.advance()
             return
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        pools = _POOLS.get()
+        with ExitStack() as stack:
+            if pools is not None:
+                pool = pools.get(workers)
+            else:  # outside a run (a stage called on its own): a pool for this call only
+                pool = stack.enter_context(ProcessPoolExecutor(
+                    max_workers=workers, mp_context=multiprocessing.get_context("spawn")))
             # Small chunks keep memory flat (a few images in flight per worker).
             for result in pool.map(fn, jobs, chunksize=2):
                 yield result

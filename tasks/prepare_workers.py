@@ -17,7 +17,7 @@ from bakery.craft import alpha as alpha_craft
 from bakery.craft import trim as trim_craft
 from bakery.craft import upscale as upscale_craft
 from bakery.craft.buckets import BucketChoice, fit_to_bucket
-from bakery.craft.convert import pixel_hash
+from bakery.craft.convert import pixel_hash, png_bytes
 from bakery.craft.dedupe import perceptual_hash
 from bakery.manifest import ImageRef, Skip
 from storage import ContentStore, Digest
@@ -51,9 +51,7 @@ def _same(job: ImageJob, im: Image.Image) -> list[dict[str, Any]]:
 
 
 def _stored(job: ImageJob, im: Image.Image) -> list[dict[str, Any]]:
-    buf = io.BytesIO()
-    im.save(buf, "PNG", compress_level=job.compress_level)
-    digest: Digest = ContentStore(job.store_root).put_bytes(buf.getvalue())
+    digest: Digest = ContentStore(job.store_root).put_bytes(png_bytes(im, job.compress_level))
     return [
         {
             "hash": digest.sha256, "md5": digest.md5, "width": im.width, "height": im.height, "mode": im.mode,
@@ -75,6 +73,22 @@ def hash_one(job: ImageJob) -> tuple[int, int, str] | Skip:
     except (OSError, ValueError) as exc:
         return Skip(job.image.name, f"not compared for near-duplicates (cannot hash: {type(exc).__name__}: {exc})")
     return ph.phash, ph.dhash, ph.colour
+
+
+@dataclass(frozen=True)
+class ThumbJob(ImageJob):
+    path: str = ""
+
+
+def thumb_one(job: ThumbJob) -> Skip | None:
+    """A <= 256 px JPEG of the image for the near-duplicate review page."""
+    try:
+        im = _open(job)
+        im.thumbnail((256, 256))
+        im.convert("RGB").save(job.path, "JPEG", quality=85)
+    except (OSError, ValueError) as exc:
+        return Skip(job.image.name, f"no review thumbnail: {type(exc).__name__}: {exc}")
+    return None
 
 
 @dataclass(frozen=True)

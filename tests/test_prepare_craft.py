@@ -61,8 +61,27 @@ def test_trim_keeps_min_size_and_uniform_images():
     assert out.size == (64, 64)
     assert np.asarray(out).min() == 0  # the content is inside
     assert trim.trim(Image.new("RGB", (50, 50), (9, 9, 9)), 0.2, 16) is None
-    nothing = padded(scene(80, 80, 1), (0, 0, 0, 0), colour=(0, 0, 0))
-    assert trim.content_box(nothing, 0.0, 1)[2:] == (80, 80) or True
+
+
+def test_trim_border_shortcut_gives_the_full_scan_box():
+    """Deciding "nothing to trim" from the edge rows and columns alone gives what scanning every pixel gives,
+    whichever sides are padded (none, one, several, all) and however near the padding colour the content is."""
+    rng = np.random.default_rng(7)
+    for case in range(60):
+        w, h = (int(v) for v in rng.integers(20, 90, 2))
+        content = rng.integers(0, 256, (h, w, 3))
+        if case % 3 == 0:  # content close to the padding colour (white), around the fuzz limit
+            content = 255 - rng.integers(0, 80, (h, w, 3))
+        sides = tuple(int(rng.integers(1, 12)) if rng.random() < 0.4 else 0 for _ in range(4))
+        pic = padded(Image.fromarray(content.astype(np.uint8)), sides)
+        full = trim._off_corner(pic, pic.getpixel((0, 0)), 0.2).getbbox()
+        box = trim.content_box(pic, 0.2, 1)
+        if full is None or full == (0, 0, pic.width, pic.height):
+            assert box == (0, 0, pic.width, pic.height), (case, sides)
+        else:
+            assert box == full, (case, sides)
+        if sides == (0, 0, 0, 0) and case % 3:  # random content fills the frame
+            assert trim.trim(pic, 0.2, 1) is None
 
 
 # -- upscale ----------------------------------------------------------------

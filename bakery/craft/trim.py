@@ -15,16 +15,32 @@ Box = tuple[int, int, int, int]  # left, top, right, bottom
 
 
 def content_box(im: Image.Image, fuzz: float = 0.2, min_size: int = 64) -> Box:
-    """The box to keep; the full image when there is nothing to trim.
+    """The box to keep; the full image when there is nothing to trim."""
+    rgb = im if im.mode == "RGB" else im.convert("RGB")
+    w, h = rgb.size
+    corner = rgb.getpixel((0, 0))
+    # Most pictures fill the frame: when every edge row and column holds a pixel off the corner
+    # colour there is nothing to trim, and the border alone (a few thousand pixels) says so.
+    edges = ((0, 0, w, 1), (0, h - 1, w, h), (0, 0, 1, h), (w - 1, 0, w, h))
+    if all(_off_corner(rgb.crop(edge), corner, fuzz).getbbox() for edge in edges):
+        return (0, 0, w, h)
+    box = _off_corner(rgb, corner, fuzz).getbbox()
+    if box is None:  # uniform picture: nothing to keep apart from the rest
+        return (0, 0, w, h)
+    left, top, right, bottom = box
+    left, right = _grow(left, right, min(min_size, w), w)
+    top, bottom = _grow(top, bottom, min(min_size, h), h)
+    return (left, top, right, bottom)
+
+
+def _off_corner(rgb: Image.Image, corner: tuple[int, ...], fuzz: float) -> Image.Image:
+    """255 where a pixel is further than `fuzz` from the corner colour, else 0.
 
     All in Pillow's C code: |pixel - corner| per channel, each squared through a
     lookup table scaled so that the fuzz limit lands near 200 of 255 (values past
     the table's range saturate, and are over the limit anyway), summed with
-    saturation, thresholded, and `getbbox` finds the content.
+    saturation and thresholded.
     """
-    rgb = im if im.mode == "RGB" else im.convert("RGB")
-    w, h = rgb.size
-    corner = rgb.getpixel((0, 0))
     diff = ImageChops.difference(rgb, Image.new("RGB", rgb.size, corner))
     limit = 3 * (fuzz * 255.0) ** 2  # on the sum of squared channel differences
     scale = 200.0 / limit if limit else 1.0
@@ -32,13 +48,7 @@ def content_box(im: Image.Image, fuzz: float = 0.2, min_size: int = 64) -> Box:
     square = [min(255, round(v * v * scale)) for v in range(256)]
     r, g, b = (band.point(square) for band in diff.split())
     total = ImageChops.add(ImageChops.add(r, g), b)
-    box = total.point([255 if v > threshold else 0 for v in range(256)]).getbbox()
-    if box is None:  # uniform picture: nothing to keep apart from the rest
-        return (0, 0, w, h)
-    left, top, right, bottom = box
-    left, right = _grow(left, right, min(min_size, w), w)
-    top, bottom = _grow(top, bottom, min(min_size, h), h)
-    return (left, top, right, bottom)
+    return total.point([255 if v > threshold else 0 for v in range(256)])
 
 
 def _grow(lo: int, hi: int, size: int, limit: int) -> tuple[int, int]:
