@@ -3,10 +3,11 @@
 
     .venv/bin/python benchmarks/prepare.py [--n 1000] [--scaling] [--json out.json] [--strict]
 
-1. Draws N images (seeded; shapes on a coloured ground, 200-1,200 px per side):
-   ~60 % opaque PNG/JPEG, ~12 % RGBA with a transparent ground, ~10 % padded
-   with a uniform border, ~8 % small (< 512² pixels), ~10 % near-duplicates of
-   others (resized to 60-90 % or re-encoded as JPEG).
+1. Draws N images (seeded; a gradient ground with shapes and grain that fill
+   the frame, 512-1,200 px per side): ~60 % opaque PNG/JPEG, ~12 % RGBA with a
+   transparent ground, ~10 % padded with a uniform border, ~8 % small (< 512²
+   pixels), ~10 % near-duplicates of others (resized to 60-90 % or re-encoded
+   as JPEG).
 2. Baseline: one process opens and fully decodes every image once.
 3. In a fresh process: starts the temporary Prefect server, runs `bake_lora`
    (ingest -> convert -> dedupe -> alpha -> trim -> upscale -> buckets), runs it
