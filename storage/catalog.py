@@ -261,6 +261,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        9,
+        """
+        -- bakery/craft/trim.py edge_spread: trim leaves a picture whose spread is past its fuzz
+        -- alone without decoding it. NULL: not known (hashed before this column, or transparent).
+        ALTER TABLE perceptual_hashes ADD COLUMN edge_spread DOUBLE;
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(v for v, _ in MIGRATIONS)
@@ -465,6 +473,17 @@ class Catalog:
             [list(hashes)],
         ).fetchall()
         return {h: (p, d, c) for h, p, d, c in rows}
+
+    def edge_spreads(self, hashes: Sequence[str]) -> dict[str, float]:
+        """Known edge spreads (bakery/craft/trim.py) of these images."""
+        if not hashes:
+            return {}
+        rows = self.con.execute(
+            "SELECT image_hash, edge_spread FROM perceptual_hashes "
+            "WHERE image_hash IN (SELECT unnest(?)) AND edge_spread IS NOT NULL",
+            [list(hashes)],
+        ).fetchall()
+        return dict(rows)
 
     def origins(self, hashes: Sequence[str]) -> dict[str, tuple[list[str], str]]:
         """For each image, the source kinds of its originals and when the first was fetched (ISO)."""

@@ -8,6 +8,8 @@ from prefect import task
 
 import tasks.image_workers as image_workers
 from bakery.craft import convert as craft
+from bakery.craft import dedupe as dedupe_craft
+from bakery.craft import trim as trim_craft
 from bakery.manifest import ImageRef, StageResult
 from bakery.recipe import ConvertParams
 from tasks import caching
@@ -26,4 +28,6 @@ def convert(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str,
     )
 
 
-CONVERT = Stage("convert", convert, caching.code_version(craft, image_workers, sys.modules[__name__]))
+# dedupe and trim craft: convert works out their pixel facts (image_workers.pixel_facts).
+CONVERT = Stage("convert", convert, caching.code_version(craft, dedupe_craft, trim_craft, image_workers,
+                                                         sys.modules[__name__]))

@@ -9,6 +9,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+import tasks.image_workers as image_workers
 import tasks.prepare_workers as prep
 from bakery.craft import dedupe as craft
 from bakery.manifest import ImageRef, Skip, StageResult
@@ -59,8 +60,8 @@ def perceptual_hashes(images: list[ImageRef], run: RunInfo) -> tuple[dict[str, t
         if isinstance(out, Skip):
             skips.append(out)
             continue
-        known[ref.hash] = out
-        rows.append({"image_hash": ref.hash, "phash": out[0], "dhash": out[1], "colour": out[2]})
+        known[ref.hash] = (out["phash"], out["dhash"], out["colour"])
+        rows.append({"image_hash": ref.hash, **out})
     with Catalog.open(run.catalog) as cat:
         cat.add_perceptual_hashes(rows)
     return known, skips, len(todo)
@@ -149,4 +150,4 @@ def write_review(groups: list[craft.NearGroup], run: RunInfo, params: DedupePara
     return page
 
 
-DEDUPE = Stage("dedupe", dedupe, caching.code_version(craft, prep, sys.modules[__name__]))
+DEDUPE = Stage("dedupe", dedupe, caching.code_version(craft, prep, image_workers, sys.modules[__name__]))

@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+from bakery.craft import trim as trim_craft
 from bakery.craft.convert import convert_image
+from bakery.craft.dedupe import perceptual_hash
 from bakery.craft.ingest import Limits, SkipImage, SourceFile, inspect_image
 from bakery.manifest import ImageRef, Skip
 from storage import ContentStore, Digest
@@ -50,6 +54,13 @@ def ingest_one(job: IngestJob) -> dict[str, Any] | Skip:
     }
 
 
+def pixel_facts(im: Image.Image) -> dict[str, Any]:
+    """What dedupe and trim want of a decoded picture: its perceptual hashes and edge spread
+    (a `perceptual_hashes` catalog row without the image hash)."""
+    ph = perceptual_hash(im)
+    return {"phash": ph.phash, "dhash": ph.dhash, "colour": ph.colour, "edge_spread": trim_craft.edge_spread(im)}
+
+
 @dataclass(frozen=True)
 class ConvertJob:
     image: ImageRef
@@ -62,7 +73,8 @@ def convert_one(job: ConvertJob) -> list[dict[str, Any]] | Skip:
     store = ContentStore(job.store_root)
     data = store.read_bytes(job.image.hash)
     try:
-        frames = convert_image(data, job.compress_level)
+        # The pixels are decoded here anyway: dedupe and trim find what they need in the catalog.
+        frames = convert_image(data, job.compress_level, facts=pixel_facts)
     except (OSError, ValueError) as exc:  # decoded in ingest, but a mode Pillow cannot convert
         return Skip(job.image.hash, f"cannot convert: {type(exc).__name__}: {exc}")
     rows = []
@@ -81,6 +93,7 @@ def convert_one(job: ConvertJob) -> list[dict[str, Any]] | Skip:
                 "frames": 1,
                 "pixel_hash": frame.pixel_hash,
                 "output_suffix": frame.suffix,
+                "pixel_facts": frame.facts,
             }
         )
     return rows

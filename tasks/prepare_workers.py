@@ -18,9 +18,9 @@ from bakery.craft import trim as trim_craft
 from bakery.craft import upscale as upscale_craft
 from bakery.craft.buckets import BucketChoice, fit_to_bucket
 from bakery.craft.convert import pixel_hash, png_bytes
-from bakery.craft.dedupe import perceptual_hash
 from bakery.manifest import ImageRef, Skip
 from storage import ContentStore, Digest
+from tasks.image_workers import pixel_facts
 
 
 @dataclass(frozen=True)
@@ -67,12 +67,11 @@ def _guarded(fn: Any, job: Any) -> list[dict[str, Any]] | Skip:
         return Skip(job.image.name, f"cannot read or write image: {type(exc).__name__}: {exc}")
 
 
-def hash_one(job: ImageJob) -> tuple[int, int, str] | Skip:
+def hash_one(job: ImageJob) -> dict[str, Any] | Skip:
     try:
-        ph = perceptual_hash(_open(job))
+        return pixel_facts(_open(job))
     except (OSError, ValueError) as exc:
         return Skip(job.image.name, f"not compared for near-duplicates (cannot hash: {type(exc).__name__}: {exc})")
-    return ph.phash, ph.dhash, ph.colour
 
 
 @dataclass(frozen=True)
@@ -109,9 +108,12 @@ def _alpha_one(job: AlphaJob) -> list[dict[str, Any]]:
 class TrimJob(ImageJob):
     fuzz: float = 0.2
     min_size: int = 64
+    edge_spread: float | None = None  # from the catalog, when an earlier stage decoded the picture
 
 
 def _trim_one(job: TrimJob) -> list[dict[str, Any]]:
+    if job.pixel_hash and trim_craft.leaves_alone(job.edge_spread, job.fuzz):
+        return _same(job, _open(job, load=False))  # decided from the catalog: nothing decoded
     im = _open(job)
     out = trim_craft.trim(im, job.fuzz, job.min_size)
     return _same(job, im) if out is None else _stored(job, out)

@@ -149,6 +149,7 @@ class _PendingRows:
         self.images: list[dict[str, Any]] = []
         self.passthrough: list[tuple[str, str]] = []
         self.derivations: list[dict[str, Any]] = []
+        self.facts: list[dict[str, Any]] = []  # perceptual_hashes rows
         self._last = time.monotonic()
 
     def flush_if_due(self) -> None:
@@ -160,8 +161,9 @@ class _PendingRows:
             with Catalog.open(self.run.catalog) as cat:
                 cat.add_images(self.images)
                 cat.set_pixel_hashes(self.passthrough)
+                cat.add_perceptual_hashes(self.facts)
                 cat.add_derivations(self.derivations, self.run.run_id)
-        self.images, self.passthrough, self.derivations = [], [], []
+        self.images, self.passthrough, self.derivations, self.facts = [], [], [], []
         self._last = time.monotonic()
 
 
@@ -176,8 +178,9 @@ def derive_per_image(
 ) -> StageResult:
     """Apply `work` to each input image not already derived with these parameters and code.
 
-    `work(job)` returns one row per output image (image columns plus `output_suffix`),
-    or a Skip. An output equal to its input (nothing to change) keeps the input's file.
+    `work(job)` returns one row per output image (image columns plus `output_suffix`, and
+    optionally `pixel_facts`: a perceptual_hashes row of the output), or a Skip. An output
+    equal to its input (nothing to change) keeps the input's file.
     """
     p_hash = params_hash(params_json)
     unique = list({ref.hash: ref for ref in sorted(inputs)}.values())
@@ -195,6 +198,8 @@ def derive_per_image(
         memo[ref.hash] = [(row["hash"], row["output_suffix"]) for row in rows]
         for row in rows:
             suffix = row.pop("output_suffix")
+            if facts := row.pop("pixel_facts", None):
+                pending.facts.append({"image_hash": row["hash"], **facts})
             if row["hash"] == ref.hash:
                 pending.passthrough.append((ref.hash, row["pixel_hash"]))
             else:

@@ -10,6 +10,7 @@ import tasks.prepare_workers as prep
 from bakery.craft import trim as craft
 from bakery.manifest import ImageRef, StageResult
 from bakery.recipe import TrimParams
+from storage import Catalog
 from tasks import caching
 from tasks.stage import RunInfo, Stage, derive_per_image, known_pixel_hashes
 
@@ -22,10 +23,13 @@ def trim(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, wo
     run = RunInfo(run_id, workdir, workers)
     root = str(run.store.root)
     known = known_pixel_hashes(run, inputs)
+    with Catalog.open(run.catalog) as cat:  # pictures convert or dedupe decoded: no need to decode them again
+        spreads = cat.edge_spreads([r.hash for r in inputs])
     return derive_per_image(
         "trim", TRIM.code_version, inputs, params_json, run,
         work=prep.trim_one,
-        make_job=lambda ref: prep.TrimJob(ref, root, known.get(ref.hash), fuzz=params.fuzz, min_size=params.min_size),
+        make_job=lambda ref: prep.TrimJob(ref, root, known.get(ref.hash), fuzz=params.fuzz, min_size=params.min_size,
+                                          edge_spread=spreads.get(ref.hash)),
     )
 
 

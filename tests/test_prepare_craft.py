@@ -82,6 +82,28 @@ def test_trim_border_shortcut_gives_the_full_scan_box():
             assert box == full, (case, sides)
         if sides == (0, 0, 0, 0) and case % 3:  # random content fills the frame
             assert trim.trim(pic, 0.2, 1) is None
+        if trim.leaves_alone(trim.edge_spread(pic), 0.2):  # what trim decides from the catalog, undecoded
+            assert full is None or full == (0, 0, pic.width, pic.height), (case, sides)
+
+
+@pytest.mark.parametrize("fuzz", [0.0, 0.05, 0.2, 0.5])
+def test_edge_spread_agrees_with_the_full_scan_at_the_fuzz_limit(fuzz):
+    """Edges that differ from the corner by just about the fuzz (the lookup tables' rounding zone)."""
+    limit = fuzz * 255 * 3 ** 0.5  # the largest in-fuzz distance, all of it on one channel
+    for step in range(-6, 7):
+        d = min(255, max(0, round(limit + step * 0.3)))
+        pic = Image.new("RGB", (40, 30), (0, 0, 0))
+        for xy in ((20, 0), (20, 29), (0, 15), (39, 15)):  # one pixel per edge, d off on red
+            pic.putpixel(xy, (d, 0, 0))
+        pic.paste((d, 0, 0), (10, 10, 30, 20))
+        full = trim._off_corner(pic, (0, 0, 0), fuzz).getbbox()
+        spread = trim.edge_spread(pic)
+        assert abs(spread - d / 255 / 3 ** 0.5) < 1e-9
+        if trim.leaves_alone(spread, fuzz):
+            assert full == (0, 0, 40, 30), (fuzz, d)
+        assert trim.content_box(pic, fuzz, 1) == (full or (0, 0, 40, 30))
+    assert trim.edge_spread(Image.new("RGBA", (8, 8))) is None  # the alpha stage changes it first
+    assert not trim.leaves_alone(None, fuzz)
 
 
 # -- upscale ----------------------------------------------------------------

@@ -80,6 +80,13 @@ def test_prepare_chain_on_generated_images(tmp_path: Path):
         reasons = [s["reason"] for s in cat.skips_for(run_id) if s["stage"] == "dedupe"]
         assert len(reasons) == 3 and all("near duplicate of" in r for r in reasons)
         assert cat.rows("SELECT count(*) AS n FROM perceptual_hashes")[0]["n"] >= 13
+        # convert worked out each output's pixel facts while it had the pixels decoded
+        facts = {r["name"]: r["edge_spread"] for r in cat.rows(
+            """SELECT s.name, p.edge_spread FROM perceptual_hashes p
+               JOIN derivations d ON d.output_hash = p.image_hash AND d.stage = 'convert'
+               JOIN sources s ON s.image_hash = d.input_hash""")}
+        assert len(facts) == 13 and facts["sprite_rgba"] is None  # transparent: the alpha stage changes it
+        assert facts["padded"] == 0.0 and facts["gradient"] > 0.2 * 1.01
     assert st["dedupe"]["n_out"] == 10
     page = (work / "reports/dedupe/index.html").read_text()
     assert page.count("<section>") == 3 and page.count('class="dropped"') == 3
@@ -172,3 +179,22 @@ def test_spandrel_backend_and_snap_through_the_flow(tmp_path: Path):
     (tmp_path / "tiny_x4.safetensors").unlink()
     with pytest.raises(Exception, match="upscale model file not found"):
         bake(recipe)
+
+
+def test_trim_leaves_a_picture_alone_from_its_known_edge_spread_without_decoding(tmp_path: Path):
+    """The spread convert recorded decides; the picture is not decoded (here it could not be)."""
+    import dataclasses
+    import io
+
+    import tasks.prepare_workers as prep
+    from bakery.manifest import ImageRef, Skip
+
+    store = ContentStore(tmp_path / "store")
+    buf = io.BytesIO()
+    padded(scene(120, 90, 3), (20, 10, 20, 10)).save(buf, "PNG")
+    cut = store.put_bytes(buf.getvalue()[: len(buf.getvalue()) // 2]).sha256  # header intact, pixels cut off
+    job = prep.TrimJob(ImageRef("cut", cut), str(store.root), "known-pixels", fuzz=0.2, edge_spread=0.5)
+    (row,) = prep.trim_one(job)
+    assert row["hash"] == cut and (row["width"], row["height"]) == (160, 110)
+    assert isinstance(prep.trim_one(dataclasses.replace(job, edge_spread=None)), Skip)  # decoding it fails
+    assert isinstance(prep.trim_one(dataclasses.replace(job, edge_spread=0.15)), Skip)  # within the fuzz: decoded

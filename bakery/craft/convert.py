@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import io
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
@@ -27,6 +29,7 @@ class ConvertedFrame:
     height: int
     mode: str
     suffix: str  # appended to the input's name: "" or "0001", "0002", ... for frames
+    facts: dict[str, Any] | None = None  # what `facts(frame)` found while the pixels were decoded
 
 
 def pixel_hash(im: Image.Image) -> str:
@@ -101,17 +104,24 @@ def png_bytes(im: Image.Image, compress_level: int) -> bytes:
     return buf.getvalue()
 
 
-def convert_image(data: bytes, compress_level: int) -> list[ConvertedFrame]:
-    """All frames of an (already validated) image, normalised and PNG-encoded."""
+def convert_image(
+    data: bytes, compress_level: int, facts: Callable[[Image.Image], dict[str, Any]] | None = None
+) -> list[ConvertedFrame]:
+    """All frames of an (already validated) image, normalised and PNG-encoded.
+
+    `facts(frame)`: anything later stages want to know of each output's pixels, worked
+    out here while they are decoded anyway.
+    """
     with Image.open(io.BytesIO(data)) as im:
         if _is_normalised_png(im):
             im.load()
-            return [ConvertedFrame(None, pixel_hash(im), im.width, im.height, im.mode, "")]
+            return [ConvertedFrame(None, pixel_hash(im), im.width, im.height, im.mode, "", facts and facts(im))]
         n_frames = getattr(im, "n_frames", 1)
         out = []
         for index in range(n_frames):
             im.seek(index)
             frame = normalise(ImageOps.exif_transpose(im) if n_frames == 1 else im.copy())
             suffix = f"{index + 1:04d}" if n_frames > 1 else ""
-            out.append(ConvertedFrame(png_bytes(frame, compress_level), pixel_hash(frame), frame.width, frame.height, frame.mode, suffix))
+            out.append(ConvertedFrame(png_bytes(frame, compress_level), pixel_hash(frame), frame.width, frame.height,
+                                      frame.mode, suffix, facts and facts(frame)))
         return out
