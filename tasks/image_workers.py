@@ -61,6 +61,13 @@ def pixel_facts(im: Image.Image) -> dict[str, Any]:
     return {"phash": ph.phash, "dhash": ph.dhash, "colour": ph.colour, "edge_spread": trim_craft.edge_spread(im)}
 
 
+def _facts_if_any(im: Image.Image) -> dict[str, Any] | None:
+    try:
+        return pixel_facts(im)
+    except (OSError, ValueError):  # never fails a convert: dedupe hashes it again and says why it cannot
+        return None
+
+
 @dataclass(frozen=True)
 class ConvertJob:
     image: ImageRef
@@ -74,7 +81,7 @@ def convert_one(job: ConvertJob) -> list[dict[str, Any]] | Skip:
     data = store.read_bytes(job.image.hash)
     try:
         # The pixels are decoded here anyway: dedupe and trim find what they need in the catalog.
-        frames = convert_image(data, job.compress_level, facts=pixel_facts)
+        frames = convert_image(data, job.compress_level, facts=_facts_if_any)
     except (OSError, ValueError) as exc:  # decoded in ingest, but a mode Pillow cannot convert
         return Skip(job.image.hash, f"cannot convert: {type(exc).__name__}: {exc}")
     rows = []

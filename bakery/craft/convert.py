@@ -105,7 +105,7 @@ def png_bytes(im: Image.Image, compress_level: int) -> bytes:
 
 
 def convert_image(
-    data: bytes, compress_level: int, facts: Callable[[Image.Image], dict[str, Any]] | None = None
+    data: bytes, compress_level: int, facts: Callable[[Image.Image], dict[str, Any] | None] | None = None
 ) -> list[ConvertedFrame]:
     """All frames of an (already validated) image, normalised and PNG-encoded.
 
