@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,24 @@ class ContentStore:
         os.chmod(tmp_path, 0o444)  # objects are immutable
         os.replace(tmp_path, dest)
         return dest
+
+    def sweep_leftovers(self, older_than_s: float = 3600.0) -> int:
+        """Delete temp files a killed run left half-written (they never entered the store).
+
+        Only files untouched for `older_than_s`: a write in progress elsewhere keeps its file fresh.
+        Returns how many were deleted.
+        """
+        if not self._tmp.is_dir():
+            return 0
+        cutoff, removed = time.time() - older_than_s, 0
+        for tmp in self._tmp.glob("put-*"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed += 1
+            except FileNotFoundError:  # finished or swept by someone else meanwhile
+                continue
+        return removed
 
     def _tempfile(self) -> tuple[int, Path]:
         self._tmp.mkdir(parents=True, exist_ok=True)

@@ -68,6 +68,8 @@ def begin_run(workdir: Path, recipe_path: str, recipe_hash: str, recipe_json: st
     run = RunInfo(run_id=uuid.uuid4().hex[:12], workdir=str(workdir), workers=workers)
     with Catalog.open(run.catalog) as cat:
         cat.start_run(run.run_id, recipe_path, recipe_hash, recipe_json, flow_run_id)
+    if swept := run.store.sweep_leftovers():
+        get_run_logger().info("removed %d half-written file(s) an interrupted run left in %s/tmp", swept, STORE_DIR)
     return run
 
 

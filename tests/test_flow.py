@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -100,8 +102,15 @@ def test_second_run_is_all_cached_and_param_change_reruns_downstream_only(tmp_pa
 
     first = bake(recipe)
     assert status(work, first) == every("ran", "ran")
+    # What a killed run leaves half-written in the store's tmp goes at the next run's start;
+    # a temp file still being written (recent) stays.
+    leftover, fresh = work / "store/tmp/put-killed", work / "store/tmp/put-writing"
+    leftover.write_bytes(b"half a file")
+    fresh.write_bytes(b"being written")
+    os.utime(leftover, (time.time() - 7200, time.time() - 7200))
     second = bake(recipe)
     assert status(work, second) == every("cached", "cached")
+    assert not leftover.exists() and fresh.exists()
 
     write_recipe(tmp_path, NO_NEAR + "\n[convert]\npng_compress_level = 6\n")
     third = bake(recipe)
