@@ -63,6 +63,23 @@ def _trainset(store, n: int, size: int):
     return TrainSet(images, ["bakery_girl"])
 
 
+def _bench_set(prefix: str, size: int, steps: int):
+    """A fresh work dir with 8 generated images of `size` px in its store, batch 2, and enough epochs
+    for `steps` steps after the first epoch (the warm-up one)."""
+    from storage import ContentStore
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    store = ContentStore(work / "store")
+    n_images, batch = 8, 2
+    epochs = 1 + max(1, -(-steps // (n_images // batch)))
+    return work, store, _trainset(store, n_images, size), batch, epochs
+
+
+def _warm_steps(stamps: list[tuple[int, int, float]]) -> tuple[tuple[int, int, float], list[tuple[int, int, float]]]:
+    """The last step of epoch 1 (the clock's start) and the steps after it."""
+    return [t for t in stamps if t[1] == 1][-1], [t for t in stamps if t[1] >= 2]
+
+
 def _sd15_vae():
     from diffusers import AutoencoderKL
 
@@ -78,15 +95,9 @@ def one_cpu(cached: bool, steps: int, vae: str = "tiny") -> dict:  # noqa: C901
 
     from bakery.craft import bake as B
     from bakery.recipe import TrainParams
-    from storage import ContentStore
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    work = Path(tempfile.mkdtemp(prefix="bench-bake-"))
-    store = ContentStore(work / "store")
-    n_images, batch = 8, 2
-    ts = _trainset(store, n_images, 64)
-    per_epoch = n_images // batch
-    epochs = 1 + max(1, -(-steps // per_epoch))
+    work, store, ts, batch, epochs = _bench_set("bench-bake-", 64, steps)
     params = TrainParams(base_model="tiny", device="cpu", optimizer="adamw", learning_rate=1e-4, epochs=epochs,
                          batch_size=batch, network_dim=8, network_alpha=4, cache_latents=cached,
                          save_every_n_epochs=epochs)
@@ -105,8 +116,7 @@ def one_cpu(cached: bool, steps: int, vae: str = "tiny") -> dict:  # noqa: C901
     res = B.bake(ts, params, image_path=store.path, workdir=work, out_dir=work / "out", state_dir=work / "state",
                  name="bench", data=B.DataConfig(64, 64, 64, 64, batch), bake_key="bench", base=base,
                  on_step=lambda i: stamps.append((i.step, i.epoch, time.perf_counter())))
-    warm = [t for t in stamps if t[1] >= 2]
-    first_warm = [t for t in stamps if t[1] == 1][-1]
+    first_warm, warm = _warm_steps(stamps)
     # The median step time: the build machine is shared, and a mean is at the mercy of other jobs.
     times = sorted(b[2] - a[2] for a, b in zip([first_warm, *warm[:-1]], warm))
     rate = 1.0 / times[len(times) // 2]
@@ -125,7 +135,7 @@ def one_cpu(cached: bool, steps: int, vae: str = "tiny") -> dict:  # noqa: C901
 def _sd15_shape_pipeline(folder: Path):
     """SD1.5's real architecture with random weights (nothing downloaded)."""
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from bakery.craft.tiny_model import write_clip_tokenizer
@@ -135,9 +145,7 @@ def _sd15_shape_pipeline(folder: Path):
     tokenizer = CLIPTokenizer(str(folder / "tokenizer" / "vocab.json"), str(folder / "tokenizer" / "merges.txt"),
                               model_max_length=77, pad_token="<|endoftext|>")
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # SD1.5 defaults
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4,
-                        sample_size=512)
+    vae = _sd15_vae()
     te = CLIPTextModel(CLIPTextConfig(vocab_size=vocab, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                       num_attention_heads=12, max_position_embeddings=77, bos_token_id=vocab - 2,
                                       eos_token_id=vocab - 1, pad_token_id=vocab - 1, projection_dim=768))
@@ -151,14 +159,8 @@ def one_cuda(steps: int) -> dict:
 
     from bakery.craft import bake as B
     from bakery.recipe import TrainParams
-    from storage import ContentStore
 
-    work = Path(tempfile.mkdtemp(prefix="bench-bake-cuda-"))
-    store = ContentStore(work / "store")
-    n_images, batch = 8, 2
-    ts = _trainset(store, n_images, 512)
-    per_epoch = n_images // batch
-    epochs = 1 + max(1, -(-steps // per_epoch))
+    work, store, ts, batch, epochs = _bench_set("bench-bake-cuda-", 512, steps)
     pipe = _sd15_shape_pipeline(work / "model")
     params = TrainParams(profile="sd15_8gb", base_model="sd15-shape", optimizer="adamw", learning_rate=1e-4,
                          epochs=epochs, batch_size=batch, network_dim=32, network_alpha=16, save_every_n_epochs=epochs)
@@ -172,8 +174,7 @@ def one_cuda(steps: int) -> dict:
     B.bake(ts, params, image_path=store.path, workdir=work, out_dir=work / "out", state_dir=work / "state",
            name="bench", data=B.DataConfig(512, 256, 1024, 64, batch), bake_key="bench",
            base=B.Base(pipe, "sd15", "sd15-shape"), on_step=on_step)
-    warm = [t for t in stamps if t[1] >= 2]
-    first_warm = [t for t in stamps if t[1] == 1][-1]
+    first_warm, warm = _warm_steps(stamps)
     prec = B.choose_precision("auto", "auto", None)
     return {
         "device": torch.cuda.get_device_name(0),
