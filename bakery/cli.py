@@ -53,6 +53,7 @@ def _print_run(recipe: Recipe, run_id: str | None = None) -> None:
         stages = cat.stage_table(run["run_id"])
         typer.echo(text_table(stages))
         skips = cat.skips_for(run["run_id"])
+        warnings = cat.stage_warnings(run["run_id"])
         tasted = any(s["stage"] == "evaluate" and s["status"] in ("ran", "cached") for s in stages)
         evaluation = cat.rows("SELECT * FROM evaluations ORDER BY created_at DESC LIMIT 1") if tasted else []
         files = [r["file"] for r in cat.rows(
@@ -62,6 +63,12 @@ def _print_run(recipe: Recipe, run_id: str | None = None) -> None:
         typer.echo(f"\nskipped ({len(skips)}):")
         for line in skip_summary(skips):
             typer.echo(f"  {line}")
+    if warnings:
+        typer.echo(f"\nwarnings ({len(warnings)}):")
+        for w in warnings[:10]:
+            typer.echo(f"  {w['stage']}: {w['message']}")
+        if len(warnings) > 10:
+            typer.echo(f"  ... and {len(warnings) - 10} more (all in the catalog's stage_warnings table)")
     if evaluation:
         ev = evaluation[0]
         typer.echo("\nLoRA files (kohya format, one per epoch):")
@@ -123,7 +130,7 @@ def run(
 
 @app.command()
 def status(recipe: Path = typer.Argument(..., help="Recipe TOML file.")) -> None:
-    """Stage table of the last run: ran/cached/failed, counts, time."""
+    """The last run: each stage ran/cached/failed, its picture account (in + split = out + skipped), time; skips, warnings."""
     cfg = _load(recipe)
     if not (cfg.workdir / "catalog.duckdb").exists():
         fail(f"no runs yet: {cfg.workdir} has no catalog (run: bakery run {recipe})")

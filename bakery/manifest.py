@@ -29,6 +29,10 @@ class StageResult:
     # What a late stage hands on besides images: TrainSet (prune), BakeOutput (bake),
     # the report path (evaluate). None for the per-image stages.
     payload: object = None
+    # Output name -> the input picture it came from, where they differ (frames, renamed
+    # collisions, ingest's files): the conservation check follows it (bakery/account.py).
+    origins: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # about pictures that go on (not skips)
 
     @property
     def n_out(self) -> int:
@@ -52,6 +56,17 @@ class TrainImage:
         return f"{self.repeats}_{self.folder}"
 
 
+def picture_subjects(inputs: object) -> list[str] | None:
+    """How a stage's input pictures are named in its skips and origins; None: its input holds no pictures.
+
+    A list of ImageRefs is named by `ImageRef.name`; other inputs say it with a `subjects()` method.
+    """
+    if isinstance(inputs, list) and all(isinstance(r, ImageRef) for r in inputs):
+        return [r.name for r in inputs]
+    subjects = getattr(inputs, "subjects", None)
+    return subjects() if callable(subjects) else None
+
+
 @dataclass
 class TrainSet:
     """What the prune stage hands the bake stage."""
@@ -63,6 +78,9 @@ class TrainSet:
     # Captions hold the keep-tokens separator "|||" after their triggers.
     keep_tokens_separator: bool = False
     warnings: list[str] = field(default_factory=list)  # caption/repeat checks from the guide
+
+    def subjects(self) -> list[str]:
+        return [f"{t.folder}/{t.name}" for t in self.images]
 
 
 @dataclass

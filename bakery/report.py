@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-STAGE_COLUMNS = ("stage", "status", "n_in", "n_out", "n_processed", "n_skipped", "duration_s")
-HEADERS = ("stage", "status", "in", "out", "processed", "skipped", "time")
+# The picture account (bakery/account.py) reads across: in + split = out + skipped.
+STAGE_COLUMNS = ("stage", "status", "n_in", "n_split", "n_out", "n_skipped", "n_lost", "n_processed", "duration_s")
+HEADERS = ("stage", "status", "in", "+split", "out", "skipped", "account", "processed", "time")
 
 
 def _cell(col: str, value: Any) -> str:
@@ -14,6 +15,8 @@ def _cell(col: str, value: Any) -> str:
         return "-"
     if col == "duration_s":
         return f"{value:.2f}s"
+    if col == "n_lost":
+        return "ok" if value == 0 else f"{value} LOST"
     return str(value)
 
 
@@ -35,7 +38,8 @@ def skip_summary(skips: list[dict[str, Any]], limit: int = 20) -> list[str]:
     return lines
 
 
-def markdown_summary(run: dict[str, Any], stages: list[dict[str, Any]], skips: list[dict[str, Any]]) -> str:
+def markdown_summary(run: dict[str, Any], stages: list[dict[str, Any]], skips: list[dict[str, Any]],
+                     warnings: list[dict[str, Any]] = ()) -> str:
     out = [f"# Run `{run['run_id']}`: {run['status']}", "", f"Recipe: `{run['recipe_path']}`", ""]
     out.append("| " + " | ".join(HEADERS) + " |")
     out.append("|" + "---|" * len(HEADERS))
@@ -44,4 +48,7 @@ def markdown_summary(run: dict[str, Any], stages: list[dict[str, Any]], skips: l
         out += ["", f"## Skipped ({len(skips)})", ""]
         for (stage, reason), n in Counter((s["stage"], s["reason"]) for s in skips).most_common():
             out.append(f"- **{stage}** ×{n}: {reason}")
+    if warnings:
+        out += ["", f"## Warnings ({len(warnings)})", ""]
+        out += [f"- **{w['stage']}**: {w['message']}" for w in warnings]
     return "\n".join(out) + "\n"

@@ -269,6 +269,19 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE perceptual_hashes ADD COLUMN edge_spread DOUBLE;
         """,
     ),
+    (
+        10,
+        """
+        -- The picture account of a stage (bakery/account.py): in + split = out + skipped.
+        ALTER TABLE stage_runs ADD COLUMN n_split INTEGER;  -- outputs beyond the first of one input (frames)
+        ALTER TABLE stage_runs ADD COLUMN n_lost INTEGER;   -- pictures the account cannot follow: fails the run
+        CREATE TABLE stage_warnings (      -- about pictures that go on (e.g. one caption file for two pictures)
+            run_id VARCHAR NOT NULL,
+            stage VARCHAR NOT NULL,
+            message VARCHAR NOT NULL
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(v for v, _ in MIGRATIONS)
@@ -589,6 +602,13 @@ class Catalog:
 
     def add_skips(self, run_id: str, stage: str, skips: Iterable[tuple[str, str]]) -> int:
         return self._insert("skips", ({"run_id": run_id, "stage": stage, "subject": s, "reason": r} for s, r in skips), verb="INSERT")
+
+    def add_stage_warnings(self, run_id: str, stage: str, messages: Iterable[str]) -> int:
+        return self._insert("stage_warnings", [{"run_id": run_id, "stage": stage, "message": m} for m in messages],
+                            verb="INSERT")
+
+    def stage_warnings(self, run_id: str) -> list[dict[str, Any]]:
+        return self.rows("SELECT stage, message FROM stage_warnings WHERE run_id = ? ORDER BY rowid", [run_id])
 
     def start_run(self, run_id: str, recipe_path: str, recipe_hash: str, recipe_json: str, flow_run_id: str | None) -> None:
         self._insert(

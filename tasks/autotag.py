@@ -16,7 +16,7 @@ from PIL import Image
 from prefect import get_run_logger, task
 
 from bakery.craft import wd14 as craft
-from bakery.manifest import ImageRef, Skip, StageResult
+from bakery.manifest import ImageRef, StageResult
 from bakery.recipe import AutotagParams, Recipe
 from storage import Catalog
 from tasks import caching
@@ -62,7 +62,7 @@ def autotag(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str,
     with Catalog.open(run.catalog) as cat:
         memo = cat.find_derivations("autotag", p_hash, AUTOTAG.code_version, [r.hash for r in unique])
     todo = [r for r in unique if r.hash not in memo]
-    skips: list[Skip] = []
+    notes: list[str] = []  # the picture goes on untagged
     if todo:
         taggers = [craft.WD14Tagger(_model_path(m, cfg["base_dir"])) for m in (params.model, params.second_model) if m]
         logger = get_run_logger()
@@ -79,7 +79,7 @@ def autotag(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str,
                             pics.append(im.copy())
                         chunk.append(ref)
                     except Exception as exc:  # a store object that does not decode: report, go on
-                        skips.append(Skip(ref.name, f"cannot read image for tagging: {type(exc).__name__}: {exc}"))
+                        notes.append(f"{ref.name}: not tagged, cannot read it: {type(exc).__name__}: {exc}")
                 per_model = [t.predict(pics, params.batch_size) for t in taggers]
                 rows, derivations = [], []
                 for i, ref in enumerate(chunk):
@@ -95,7 +95,7 @@ def autotag(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str,
                     cat.replace_tags("tagger", [r.hash for r in chunk], rows)
                     cat.add_derivations(derivations, run_id)
                 progress.advance(len(chunk))
-    return StageResult(images=images, skips=skips, n_in=len(inputs), n_processed=len(todo))
+    return StageResult(images=images, n_in=len(inputs), n_processed=len(todo), warnings=notes)
 
 
 AUTOTAG = Stage("autotag", autotag, caching.code_version(craft, sys.modules[__name__]))

@@ -41,11 +41,12 @@ def dedupe(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, 
             )
             skips += [Skip(d.name, f"exact duplicate of {k.name}") for d, k in dropped]
             n_processed = len(inputs)
+    notes: list[str] = []
     if params.near:
-        kept, near_skips, hashed = near_dedupe(kept, params, run)
+        kept, near_skips, notes, hashed = near_dedupe(kept, params, run)
         skips += near_skips
         n_processed = max(n_processed, hashed)
-    return StageResult(images=sorted(kept), skips=skips, n_in=len(inputs), n_processed=n_processed)
+    return StageResult(images=sorted(kept), skips=skips, n_in=len(inputs), n_processed=n_processed, warnings=notes)
 
 
 def perceptual_hashes(images: list[ImageRef], run: RunInfo) -> tuple[dict[str, tuple[int, int, str]], list[Skip], int]:
@@ -67,8 +68,11 @@ def perceptual_hashes(images: list[ImageRef], run: RunInfo) -> tuple[dict[str, t
     return known, skips, len(todo)
 
 
-def near_dedupe(images: list[ImageRef], params: DedupeParams, run: RunInfo) -> tuple[list[ImageRef], list[Skip], int]:
-    hashes, skips, n_hashed = perceptual_hashes(images, run)
+def near_dedupe(
+    images: list[ImageRef], params: DedupeParams, run: RunInfo
+) -> tuple[list[ImageRef], list[Skip], list[str], int]:
+    """Kept pictures, the dropped ones as skips, notes on pictures kept unhashed, how many were hashed."""
+    hashes, unhashed, n_hashed = perceptual_hashes(images, run)
     with Catalog.open(run.catalog) as cat:
         rows = cat.image_rows([r.hash for r in images])
         origins = cat.origins([r.hash for r in images])
@@ -96,13 +100,14 @@ def near_dedupe(images: list[ImageRef], params: DedupeParams, run: RunInfo) -> t
             ],
             run.run_id,
         )
-    skips += [
+    skips = [
         Skip(d.dropped.ref.name, f"near duplicate of {d.kept.ref.name} (pHash distance {d.phash_distance}, "
                                  f"dHash {d.dhash_distance}, colour {d.colour_distance})")
         for g in groups for d in g.dropped
     ]
     write_review(groups, run, params)
-    return [r for r in images if r not in dropped], skips, n_hashed
+    notes = [f"{s.subject}: {s.reason}" for s in unhashed]
+    return [r for r in images if r not in dropped], skips, notes, n_hashed
 
 
 def _thumb_name(ref: ImageRef) -> str:

@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 import tasks.image_workers as image_workers
 from bakery.craft import ingest as craft
+from bakery.craft import names as names_craft
 from bakery.manifest import ImageRef, Skip, StageResult
 from bakery.recipe import IngestParams
 from storage import Catalog
@@ -34,18 +35,34 @@ class Listing:
 
     files: list[craft.SourceFile]
     skips: list[Skip] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def subjects(self) -> list[str]:
+        """Every file found, as ingest's skips and origins name it."""
+        return [f.subject for f in self.files] + [s.subject for s in self.skips]
 
 
 def _describe(path: Path, root: Path, spec: FolderSpec, digests: DigestCache) -> craft.SourceFile | Skip:
     try:
         digest = digests.digest(path)
-        sidecar = craft.read_sidecar(path)
+        sidecar_path = craft.sidecar_path(path)
+        sidecar = craft.read_sidecar(path) if sidecar_path else None
     except OSError as exc:
         return Skip(str(path), f"cannot read file: {exc.strerror or exc}")
     return craft.SourceFile(
         path=str(path), name=craft.source_name(path, root), sha256=digest.sha256, md5=digest.md5,
         size=digest.size, source_kind=spec.source_kind, sidecar=sidecar,
+        sidecar_path=str(sidecar_path) if sidecar_path else None,
     )
+
+
+def _sidecar_warnings(files: list[craft.SourceFile]) -> list[str]:
+    shared = craft.shared_sidecars((f.path, f.sidecar_path) for f in files)
+    return [
+        f"{sidecar} captions {len(users)} pictures ({', '.join(Path(u).name for u in users)}): "
+        f"give each its own caption file ({Path(users[0]).name}.txt, ...) if they differ"
+        for sidecar, users in sorted(shared.items())
+    ]
 
 
 @task(name="scan-sources", cache_policy=NO_CACHE)
@@ -60,10 +77,8 @@ def scan_sources(folders: list[FolderSpec], digest_cache: str | None = None) -> 
     with ThreadPoolExecutor(max_workers=4) as pool:  # hashlib releases the GIL
         found = list(pool.map(lambda item: _describe(*item, digests), paths))
     digests.save()
-    return Listing(
-        files=[f for f in found if isinstance(f, craft.SourceFile)],
-        skips=[s for s in found if isinstance(s, Skip)],
-    )
+    files = [f for f in found if isinstance(f, craft.SourceFile)]
+    return Listing(files=files, skips=[s for s in found if isinstance(s, Skip)], warnings=_sidecar_warnings(files))
 
 
 def _limits(params: IngestParams) -> craft.Limits:
@@ -87,7 +102,7 @@ def ingest(inputs: Listing, params_json: str, workdir: str, run_id: str, workers
         known = cat.image_rows([f.sha256 for f in inputs.files])
 
     skips = list(inputs.skips)
-    accepted: dict[str, craft.SourceFile] = {}  # sha256 -> file, in path order
+    accepted: dict[str, craft.SourceFile] = {}  # sha256 -> a file holding it
     todo = []
     for f in inputs.files:
         if f.sha256 in known:
@@ -123,8 +138,24 @@ def ingest(inputs: Listing, params_json: str, workdir: str, run_id: str, workers
         cat.add_images(new_images.values())
         cat.add_sources(sources, run_id)
 
-    images = sorted(ImageRef(f.name, h) for h, f in accepted.items())
-    return StageResult(images=images, skips=skips, n_in=len(inputs.files), n_processed=len(unique_todo))
+    result = _pictures(inputs.files, set(accepted))
+    result.skips[:0] = skips
+    result.n_in, result.n_processed, result.warnings = len(inputs.files), len(unique_todo), inputs.warnings
+    return result
 
 
-INGEST = Stage("ingest", ingest, caching.code_version(craft, image_workers, sys.modules[__name__]))
+def _pictures(files: list[craft.SourceFile], accepted: set[str]) -> StageResult:
+    """One picture per accepted content, named after its first file by path; its other files are skips."""
+    first: dict[str, craft.SourceFile] = {}
+    for f in files:
+        if f.sha256 in accepted:
+            first.setdefault(f.sha256, f)
+    skips = [Skip(f.subject, f"identical to {first[f.sha256].subject}: one picture, stored once "
+                             "(both sources and their captions are recorded)")
+             for f in files if f.sha256 in first and first[f.sha256] is not f]
+    names = names_craft.unique_names([craft.wanted_name(f) for f in first.values()])
+    return StageResult(images=sorted(ImageRef(names[h], h) for h in first), skips=skips,
+                       origins={names[h]: f.subject for h, f in first.items()})
+
+
+INGEST = Stage("ingest", ingest, caching.code_version(craft, names_craft, image_workers, sys.modules[__name__]))

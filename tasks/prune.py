@@ -40,6 +40,9 @@ class PruneInput:
     images: list[ImageRef]
     sources_digest: str  # tags and sidecars of these images and their originals
 
+    def subjects(self) -> list[str]:
+        return [r.name for r in self.images]
+
 
 def prune_params_json(recipe: Recipe) -> str:
     data = {
@@ -210,7 +213,9 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
         f"Repeats per folder (multiplier {plan.multiplier:.3g}); total {plan.total_steps} steps over "
         f"{plan.epochs} epochs before batch size" + ("".join(f"\n- {w}" for w in plan.warnings))))
     create_table_artifact(table=stats_table(stats), key="tag-stats", description="Tag counts per group, before and after pruning")
-    return StageResult(images=images, skips=skips, n_in=len(images), n_processed=len(captions), payload=train_set)
+    # The pictures that went into the training set (a picture in two folders is still one picture).
+    trained = sorted(by_name[n] for n in {n for _, n in captions})
+    return StageResult(images=trained, skips=skips, n_in=len(images), n_processed=len(captions), payload=train_set)
 
 
 def stats_table(stats: list[dict], top: int = 30) -> list[dict]:

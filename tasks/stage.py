@@ -10,6 +10,7 @@ with the same parameters and code, so adding one image processes one image.
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -20,9 +21,12 @@ from typing import Any
 from prefect import Task, get_run_logger
 from prefect.context import FlowRunContext
 
-from bakery.manifest import ImageRef, Skip, StageResult
+import bakery.manifest
+from bakery.account import Account, account
+from bakery.craft.names import Wanted, unique_names
+from bakery.manifest import ImageRef, Skip, StageResult, picture_subjects
 from storage import STORE_DIR, Catalog, ContentStore
-from tasks.caching import stage_cache_key_fn
+from tasks.caching import code_version, stage_cache_key_fn
 from tasks.pool import map_images
 
 RESULTS_DIR = "results"
@@ -78,16 +82,21 @@ def end_run(run: RunInfo, status: str, message: str | None = None) -> None:
         cat.finish_run(run.run_id, status, message)
 
 
+def _result_format() -> str:
+    # What every stage returns and how per-image work names its outputs: part of every cache key.
+    return code_version(bakery.manifest, sys.modules[__name__])
+
+
 def run_stage(
     stage: Stage, inputs: Any, params_json: str, run: RunInfo, refresh: bool = False, extra: dict[str, Any] | None = None
 ) -> StageResult:
-    """Run (or fetch from cache) one stage and record it in the catalog.
+    """Run (or fetch from cache) one stage, check its picture account and record it in the catalog.
 
     `extra`: further keyword arguments for the task, outside its cache key (things
     its inputs already identify, e.g. the training set of a bake for evaluate).
     """
     task = stage.task.with_options(
-        cache_key_fn=stage_cache_key_fn(stage.name, stage.code_version),
+        cache_key_fn=stage_cache_key_fn(stage.name, stage.code_version + _result_format()),
         result_storage=Path(run.workdir) / RESULTS_DIR,
         persist_result=True,
         refresh_cache=refresh,
@@ -110,24 +119,40 @@ def run_stage(
         raise StageFailed(stage.name, reason)
     result: StageResult = state.result()
     cached = state.name == "Cached"
+    subjects = picture_subjects(inputs)
+    books = account(subjects, result) if subjects is not None else None
+    _record_stage(stage.name, run, result, cached, duration, books)
+    if books is not None and not books.ok:
+        raise StageFailed(stage.name, books.problem(stage.name))
+    return result
+
+
+def _record_stage(name: str, run: RunInfo, result: StageResult, cached: bool, duration: float,
+                  books: Account | None) -> None:
+    """The stage's row in `stage_runs` (with its picture account), its skips and warnings; one log line."""
+    logger = get_run_logger()
+    n_in = books.n_in if books else result.n_in
+    status = "cached" if cached else "ran"
+    message = None
+    if books is not None and not books.ok:
+        status, message = "failed", books.problem(name)
+        logger.error("%s; every one: lost %s; named twice %s; of unknown origin %s",
+                     message, books.lost, books.named_twice, books.unknown)
     with Catalog.open(run.catalog) as cat:
         cat.record_stage(
-            run.run_id,
-            stage.name,
-            status="cached" if cached else "ran",
-            n_in=result.n_in,
-            n_out=result.n_out,
-            n_processed=0 if cached else result.n_processed,
-            n_skipped=len(result.skips),
-            duration_s=duration,
+            run.run_id, name, status=status, n_in=n_in, n_out=result.n_out,
+            n_processed=0 if cached else result.n_processed, n_skipped=len(result.skips),
+            n_split=books.n_split if books else None, n_lost=books.n_broken if books else None,
+            duration_s=duration, message=message,
         )
-        cat.add_skips(run.run_id, stage.name, [(s.subject, s.reason) for s in result.skips])
-    get_run_logger().info(
-        "%s: %d in, %d out, %d skipped, %d processed%s",
-        stage.name, result.n_in, result.n_out, len(result.skips),
+        cat.add_skips(run.run_id, name, [(s.subject, s.reason) for s in result.skips])
+        cat.add_stage_warnings(run.run_id, name, result.warnings)
+    for w in result.warnings:
+        logger.warning("%s: %s", name, w)
+    logger.info(
+        "%s: %d in, %d out, %d skipped, %d processed%s", name, n_in, result.n_out, len(result.skips),
         0 if cached else result.n_processed, " (cached)" if cached else "",
     )
-    return result
 
 
 def known_pixel_hashes(run: RunInfo, inputs: list[ImageRef]) -> dict[str, str]:
@@ -191,11 +216,11 @@ def derive_per_image(
     store = run.store
     todo = [r for r in unique if not all(store.has(h) for h, _ in memo.get(r.hash, [("", "")]))]
 
-    skips: list[Skip] = []
+    skipped: dict[str, str] = {}  # input hash -> why
     pending = _PendingRows(run)
     for ref, rows in zip(todo, map_images(stage, work, [make_job(r) for r in todo], run.workers)):
         if isinstance(rows, Skip):
-            skips.append(rows)
+            skipped[ref.hash] = rows.reason
             continue
         memo[ref.hash] = [(row["hash"], row["output_suffix"]) for row in rows]
         for row in rows:
@@ -220,7 +245,26 @@ def derive_per_image(
         pending.flush_if_due()
     pending.flush()
 
-    outputs = [
-        ImageRef(ref.name + suffix, out_hash) for ref in sorted(inputs) for out_hash, suffix in memo.get(ref.hash, [])
-    ]
-    return StageResult(images=outputs, skips=skips, n_in=len(inputs), n_processed=len(todo))
+    images, origins = name_outputs(sorted(inputs), memo)
+    # Every picture of a skipped content is a skip, named as the stage's inputs name it.
+    skips = [Skip(ref.name, skipped[ref.hash]) for ref in sorted(inputs) if ref.hash in skipped]
+    return StageResult(images=images, skips=skips, n_in=len(inputs), n_processed=len(todo), origins=origins)
+
+
+def name_outputs(inputs: list[ImageRef], memo: dict[str, list[tuple[str, str]]]) -> tuple[list[ImageRef], dict[str, str]]:
+    """Each input's outputs named `<input name><suffix>` (`anim` -> `anim0001`), unique across the stage.
+
+    Returns the outputs and, for every output not named like its input, the input's name.
+    """
+    wanted = [(ref, out_hash, ref.name + suffix) for ref in inputs for out_hash, suffix in memo.get(ref.hash, [])]
+    # One identity per output: the input it came from and its own content ("anim0001" of anim.gif
+    # and a file "anim0001.png" are two pictures).
+    keys = [f"{out_hash}:{ref.name}" for ref, out_hash, _ in wanted]
+    names = unique_names([Wanted(name, key) for (_, _, name), key in zip(wanted, keys)])
+    images, origins = [], {}
+    for (ref, out_hash, _), key in zip(wanted, keys):
+        name = names[key]
+        images.append(ImageRef(name, out_hash))
+        if name != ref.name:
+            origins[name] = ref.name
+    return images, origins

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError, features
+
+from bakery.craft.names import Wanted
 
 # Caption files that may sit beside an image (Grabber, kohya, booru downloads).
 SIDECAR_SUFFIXES = (".txt", ".caption")
@@ -37,6 +39,7 @@ class SourceFile:
     # `location` the post URL; the scrape stage has recorded its sources already.
     kind: str = "folder"
     location: str = ""
+    sidecar_path: str | None = None  # the caption file `sidecar` was read from
 
     @property
     def subject(self) -> str:
@@ -61,13 +64,39 @@ def walk_folder(root: Path, recursive: bool = True) -> Iterator[Path]:
     yield from sorted(p for p in found if p.is_file() and p.suffix.lower() not in SIDECAR_SUFFIXES)
 
 
-def read_sidecar(image_path: Path) -> str | None:
-    """The caption file beside an image (`img.png` -> `img.txt`), as raw text."""
-    for suffix in SIDECAR_SUFFIXES:
-        candidate = image_path.with_suffix(suffix)
+def sidecar_path(image_path: Path) -> Path | None:
+    """The caption file of an image: its own (`img.png.txt`) first, else the stem's (`img.txt`).
+
+    The stem's file is kohya's convention; when `img.png` and `img.jpg` both exist it
+    captions both (the scan warns), and `img.png.txt` / `img.jpg.txt` tell them apart.
+    """
+    for candidate in (
+        *(image_path.with_name(image_path.name + s) for s in SIDECAR_SUFFIXES),
+        *(image_path.with_suffix(s) for s in SIDECAR_SUFFIXES),
+    ):
         if candidate.is_file():
-            return candidate.read_bytes().decode("utf-8", errors="replace")
+            return candidate
     return None
+
+
+def read_sidecar(image_path: Path) -> str | None:
+    """The caption file of an image (see `sidecar_path`), as raw text."""
+    path = sidecar_path(image_path)
+    return path.read_bytes().decode("utf-8", errors="replace") if path else None
+
+
+def shared_sidecars(pairs: Iterable[tuple[str, str | None]]) -> dict[str, list[str]]:
+    """Caption files that serve more than one picture file: sidecar -> those files (from (file, sidecar) pairs)."""
+    users: dict[str, list[str]] = {}
+    for image, sidecar in pairs:
+        if sidecar:
+            users.setdefault(sidecar, []).append(image)
+    return {s: sorted(files) for s, files in users.items() if len(files) > 1}
+
+
+def wanted_name(f: SourceFile) -> Wanted:
+    """What a source file would like to be called: its source-relative name, told apart by extension if needed."""
+    return Wanted(f.name, f.sha256, Path(f.path).suffix.lstrip(".").lower())
 
 
 def source_name(path: Path, root: Path) -> str:
