@@ -67,6 +67,7 @@ def export_kohya(recipe: Recipe, out: Path, force: bool = False) -> Exported:
         rows = cat.train_captions(run_id)
     images = [TrainImage(r["folder"], r["name"], r["image_hash"], r["caption"], r["repeats"], r["mask_hash"] or "",
                          bool(r["is_reg"])) for r in rows]
+    # "mask" is what exports before the alpha-channel masks wrote: --force clears it too.
     ours = [out / d for d in ("img", "mask", "reg", "dataset_config.toml", "train_network.toml")]
     if any(p.exists() for p in ours):
         if not force:
@@ -82,6 +83,9 @@ def export_kohya(recipe: Recipe, out: Path, force: bool = False) -> Exported:
     missing = [t.name for t in images if not store.has(t.image_hash) or (t.mask_hash and not store.has(t.mask_hash))]
     if missing:
         raise ExportError(f"{len(missing)} images of run {run_id} are gone from the store (e.g. {missing[0]}): run the recipe again")
-    files = kohya.export(out.resolve(), images, store.path, settings(recipe, triggers, unet_only), heads,
-                         recipe.captions.keep_tokens_separator)
+    try:
+        files = kohya.export(out.resolve(), images, store.path, settings(recipe, triggers, unet_only), heads,
+                             recipe.captions.keep_tokens_separator)
+    except ValueError as exc:  # a mask that does not fit its image
+        raise ExportError(f"run {run_id}: {exc}") from exc
     return Exported(run_id, len(images), sorted({t.kohya_dir for t in images}), files)

@@ -1,15 +1,20 @@
-"""kohya export (layout + both TOML files parsed back) and tag statistics, without Prefect."""
+"""kohya export (layout, pixels, both TOML files parsed back and checked as sd-scripts checks them) and tag
+statistics, without Prefect."""
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
 
+import numpy as np
+import pytest
+import voluptuous
 from PIL import Image
 
 from bakery.craft import kohya, tagstats
 from bakery.manifest import TrainImage
 from storage import ContentStore
+from tests import sd_scripts_schema
 
 
 def _settings(**kw) -> kohya.TrainSettings:
@@ -23,11 +28,11 @@ def _settings(**kw) -> kohya.TrainSettings:
 
 def test_export_layout_masks_reg_and_configs(tmp_path: Path):
     store = ContentStore(tmp_path / "store")
-    img = store.put_bytes(_png(tmp_path / "a.png", "RGB", (64, 48))).sha256
-    mask = store.put_bytes(_png(tmp_path / "m.png", "L", (64, 48))).sha256
+    img = store.put_bytes(_noise_png(tmp_path / "a.png", (64, 48))).sha256
+    mask = store.put_bytes(_gradient_mask(tmp_path / "m.png", (64, 48))).sha256
     images = [
         TrainImage("CharaA", "a", img, "CharaA, smile", 3, mask_hash=mask),
-        TrainImage("Outfit1", "b", img, "CharaA, Outfit1 ||| sitting", 6),  # no mask: a white one is written
+        TrainImage("Outfit1", "b", img, "CharaA, Outfit1 ||| sitting", 6),  # no mask: opaque alpha
         TrainImage("CharaA", "r", img, "smile", 1, is_reg=True),
         TrainImage("Style", "s", img, "", 2),  # style mode "no tags": no caption file
     ]
@@ -37,13 +42,12 @@ def test_export_layout_masks_reg_and_configs(tmp_path: Path):
     got = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert got == [
         "dataset_config.toml", "img/2_Style/s.png", "img/3_CharaA/a.png", "img/3_CharaA/a.txt",
-        "img/6_Outfit1/b.png", "img/6_Outfit1/b.txt", "mask/2_Style/s.png", "mask/3_CharaA/a.png",
-        "mask/6_Outfit1/b.png", "mask/reg/1_CharaA/r.png", "reg/1_CharaA/r.png", "reg/1_CharaA/r.txt",
+        "img/6_Outfit1/b.png", "img/6_Outfit1/b.txt", "reg/1_CharaA/r.png", "reg/1_CharaA/r.txt",
         "train_network.toml",
     ]
-    assert (out / "mask/3_CharaA/a.png").read_bytes() == store.path(mask).read_bytes()
-    with Image.open(out / "mask/6_Outfit1/b.png") as m:
-        assert m.mode == "L" and m.size == (64, 48) and m.getextrema() == (255, 255)
+    _assert_rgb_and_alpha(out / "img/3_CharaA/a.png", store.path(img), store.path(mask))
+    for opaque in ("img/6_Outfit1/b.png", "reg/1_CharaA/r.png", "img/2_Style/s.png"):
+        _assert_rgb_and_alpha(out / opaque, store.path(img), None)
     ds = tomllib.loads(files["dataset_config"].read_text())
     assert ds["general"] == {"enable_bucket": True, "caption_extension": ".txt"}
     d = ds["datasets"][0]
@@ -53,7 +57,7 @@ def test_export_layout_masks_reg_and_configs(tmp_path: Path):
     assert set(subs) == {"img/2_Style", "img/3_CharaA", "img/6_Outfit1", "reg/1_CharaA"}
     assert subs["reg/1_CharaA"]["is_reg"] is True and subs["reg/1_CharaA"]["num_repeats"] == 1
     assert subs["img/6_Outfit1"]["keep_tokens_separator"] == "|||" and subs["img/6_Outfit1"]["shuffle_caption"]
-    assert subs["img/3_CharaA"]["conditioning_data_dir"] == str(out / "mask/3_CharaA")
+    assert all(s["alpha_mask"] is True and "conditioning_data_dir" not in s for s in subs.values())
     cfg = tomllib.loads(files["train_config"].read_text())
     flat = {k: v for section in cfg.values() for k, v in section.items()}  # what sd-scripts does with sections
     assert flat["pretrained_model_name_or_path"] == "/models/sd15.safetensors"
@@ -63,6 +67,87 @@ def test_export_layout_masks_reg_and_configs(tmp_path: Path):
     assert flat["max_train_epochs"] == 8 and flat["clip_skip"] == 2 and flat["min_snr_gamma"] == 5.0
     assert flat["masked_loss"] is True and flat["network_train_unet_only"] is True and flat["prior_loss_weight"] == 1.0
     assert flat["save_model_as"] == "safetensors" and flat["output_name"] == "mylora"
+
+
+# -- sd-scripts' own dataset check ----------------------------------------------------------------
+# Every export variant, with masks on train and regularisation images built here directly
+# (the pipeline makes no regularisation images yet).
+VARIANTS = ["plain", "masks", "reg", "masks_reg", "style_no_tags", "keep_tokens_separator"]
+
+
+def _variant(tmp_path: Path, variant: str) -> tuple[Path, ContentStore, list[TrainImage]]:
+    store = ContentStore(tmp_path / "store")
+    img = store.put_bytes(_noise_png(tmp_path / "a.png", (40, 56))).sha256
+    mask = store.put_bytes(_gradient_mask(tmp_path / "m.png", (40, 56))).sha256
+    masked = "masks" in variant
+    images = [
+        TrainImage("CharaA", "a", img, "CharaA, smile", 3, mask_hash=mask if masked else ""),
+        TrainImage("Outfit1", "b", img, "CharaA, Outfit1, sitting", 6),
+    ]
+    if "reg" in variant:
+        images += [TrainImage("CharaA", "r1", img, "1girl, smile", 1, mask_hash=mask if masked else "", is_reg=True),
+                   TrainImage("CharaA", "r2", img, "1girl", 1, is_reg=True)]
+    settings, sep = _settings(), False
+    if variant == "style_no_tags":
+        images, settings = [TrainImage("Style", "s", img, "", 2)], _settings(unet_only=True)
+    if variant == "keep_tokens_separator":
+        images = [TrainImage("CharaA", "a", img, "CharaA ||| smile, sitting", 3)]
+        sep = True
+    out = tmp_path / "out"
+    kohya.export(out, images, store.path, settings, {"CharaA": 1, "Outfit1": 2}, keep_tokens_separator=sep)
+    return out, store, images
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_export_passes_sd_scripts_dataset_check(tmp_path: Path, variant: str):
+    out, store, images = _variant(tmp_path, variant)
+    masked = any(t.mask_hash for t in images)
+    flat = {k: v for section in tomllib.loads((out / "train_network.toml").read_text()).values()
+            for k, v in section.items()}
+    assert flat["masked_loss"] is masked  # train_network.py's support_controlnet
+    for support_controlnet in (True, False):
+        checked = sd_scripts_schema.check_train_network(out / "dataset_config.toml", support_controlnet)
+        (dataset,) = checked["datasets"]
+        # DreamBooth subsets: the only kind that honours is_reg and alpha_mask.
+        assert sd_scripts_schema.subset_kind(dataset) == "dreambooth"
+        assert len(dataset["subsets"]) == len({(t.kohya_dir, t.is_reg) for t in images})
+        assert all(s.get("alpha_mask", False) is masked for s in dataset["subsets"])
+        assert {s["is_reg"] for s in dataset["subsets"]} == {t.is_reg for t in images}
+    if masked:  # each PNG carries its mask (or full opacity) as alpha over the untouched RGB
+        for t in images:
+            png = out / ("reg" if t.is_reg else "img") / t.kohya_dir / f"{t.name}.png"
+            _assert_rgb_and_alpha(png, store.path(t.image_hash), store.path(t.mask_hash) if t.mask_hash else None)
+    else:  # unmasked exports copy the stored image byte for byte
+        for t in images:
+            png = out / ("reg" if t.is_reg else "img") / t.kohya_dir / f"{t.name}.png"
+            assert png.read_bytes() == store.path(t.image_hash).read_bytes()
+
+
+def test_the_old_conditioning_layout_is_refused(tmp_path: Path):
+    """What export wrote before alpha masks (conditioning_data_dir + is_reg) fails the same check."""
+    out, _, _ = _variant(tmp_path, "masks_reg")
+    ds = tomllib.loads((out / "dataset_config.toml").read_text())
+    for sub in ds["datasets"][0]["subsets"]:
+        del sub["alpha_mask"]
+        sub["conditioning_data_dir"] = str(out / "mask" / Path(sub["image_dir"]).name)
+    old = tmp_path / "old_dataset_config.toml"
+    old.write_text(kohya.to_toml(ds), encoding="utf-8")
+    assert sd_scripts_schema.subset_kind(ds["datasets"][0]) == "controlnet"
+    # --masked_loss: every subset has conditioning_data_dir, so the ControlNet schema is chosen; it has no is_reg.
+    with pytest.raises(voluptuous.MultipleInvalid, match=r"extra keys not allowed.*'is_reg'"):
+        sd_scripts_schema.check_train_network(old, masked_loss=True)
+    # Without it: the DreamBooth schema, which has no conditioning_data_dir.
+    with pytest.raises(voluptuous.MultipleInvalid, match=r"extra keys not allowed.*'conditioning_data_dir'"):
+        sd_scripts_schema.check_train_network(old, masked_loss=False)
+
+
+def test_a_mask_that_does_not_fit_its_image_is_refused(tmp_path: Path):
+    store = ContentStore(tmp_path / "store")
+    img = store.put_bytes(_noise_png(tmp_path / "a.png", (40, 56))).sha256
+    mask = store.put_bytes(_gradient_mask(tmp_path / "m.png", (56, 40))).sha256
+    with pytest.raises(ValueError, match=r"mask of a is 56x40, its image 40x56"):
+        kohya.export(tmp_path / "out", [TrainImage("CharaA", "a", img, "CharaA", 3, mask_hash=mask)], store.path,
+                     _settings(), {"CharaA": 1})
 
 
 def test_network_and_optimizer_mapping():
@@ -102,6 +187,29 @@ def test_tag_stats_frequency_diff_overlap():
     assert "bow" in tagstats.format_table(freq)
 
 
-def _png(path: Path, mode: str, size: tuple[int, int]) -> bytes:
-    Image.new(mode, size, 200).save(path)
+def _noise_png(path: Path, size: tuple[int, int]) -> bytes:
+    """An RGB picture whose every pixel differs, so a changed channel shows."""
+    rng = np.random.default_rng(7)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB").save(path)
     return path.read_bytes()
+
+
+def _gradient_mask(path: Path, size: tuple[int, int]) -> bytes:
+    """A greyscale mask with every level from black to white."""
+    w, h = size
+    ramp = (np.arange(w * h) * 255 // (w * h - 1)).astype(np.uint8).reshape(h, w)
+    Image.fromarray(ramp, "L").save(path)
+    return path.read_bytes()
+
+
+def _assert_rgb_and_alpha(png: Path, image: Path, mask: Path | None) -> None:
+    """The exported PNG is RGBA: the stored image's RGB, and the mask as alpha (none: fully opaque)."""
+    with Image.open(png) as got, Image.open(image) as want:
+        assert got.mode == "RGBA" and got.size == want.size
+        arr = np.asarray(got)
+        assert np.array_equal(arr[..., :3], np.asarray(want.convert("RGB")))
+    if mask is None:
+        assert (arr[..., 3] == 255).all()
+    else:
+        with Image.open(mask) as m:
+            assert np.array_equal(arr[..., 3], np.asarray(m.convert("L")))

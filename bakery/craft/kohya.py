@@ -1,11 +1,18 @@
 """Export a training set in kohya sd-scripts' layout, with its two TOML files.
 
 OUT/img/<N>_<folder>/<name>.png + <name>.txt   training images and captions
-OUT/mask/<N>_<folder>/<name>.png               masked-loss masks (white = train), same names
-OUT/mask/reg/<N>_<folder>/<name>.png           (and for regularisation images)
 OUT/reg/<N>_<folder>/<name>.png (+ .txt)       regularisation images
 OUT/dataset_config.toml                        `--dataset_config` (one subset per folder)
 OUT/train_network.toml                         `--config_file` for train_network.py / sdxl_train_network.py
+
+With masks, every PNG is RGBA: the image's RGB and its mask as alpha (white =
+train; no mask = opaque = train everything), and every subset says
+`alpha_mask = true`. Mapping targets sd-scripts v0.10.0 (library/config_util.py
+as of commit 264167fa): train_network.py validates with
+ConfigSanitizer(True, True, args.masked_loss, True), which reads subsets that all
+carry `conditioning_data_dir` as ControlNet subsets, and those refuse `is_reg`;
+DreamBooth subsets take `is_reg` and `alpha_mask` together (v0.8.7 and older
+have no `alpha_mask`).
 
 No Prefect, no catalog: the caller hands the set, a function that gives an
 object's path in the content store, and the recipe's training settings.
@@ -22,6 +29,7 @@ from typing import Any
 
 from PIL import Image
 
+from bakery.craft.masks import as_rgb
 from bakery.manifest import TrainImage
 
 CAPTION_EXTENSION = ".txt"
@@ -141,8 +149,8 @@ def dataset_config(out: Path, images: Sequence[TrainImage], settings: TrainSetti
                 sub["keep_tokens_separator"] = "|||"
             else:
                 sub["keep_tokens"] = heads.get(folder, 0)
-        if masked:
-            sub["conditioning_data_dir"] = str(_mask_dir(out, d, is_reg))
+        if masked:  # the mask is each PNG's alpha channel (see masked_png)
+            sub["alpha_mask"] = True
         subsets.append(sub)
     return {
         "general": {"enable_bucket": True, "caption_extension": CAPTION_EXTENSION},
@@ -212,11 +220,27 @@ def train_network_config(out: Path, s: TrainSettings, masked: bool, has_reg: boo
     return {"model": model, "network": network, "optimizer": optimizer, "training": training, "saving": saving}
 
 
-def _mask_dir(out: Path, kohya_dir: str, is_reg: bool) -> Path:
-    return out / "mask" / "reg" / kohya_dir if is_reg else out / "mask" / kohya_dir
-
-
 # -- files -----------------------------------------------------------------------------------
+def masked_png(image: Path, mask: Path | None, target: Path) -> None:
+    """The image's RGB with its mask as alpha, for an `alpha_mask` subset.
+
+    sd-scripts loads such an image as RGBA and weights the loss by alpha / 255
+    (an image without alpha counts as all ones). No mask: opaque, train everything.
+    """
+    with Image.open(image) as im:
+        rgba = as_rgb(im).convert("RGBA")  # a copy: RGB pixels as stored, alpha replaced below
+    if mask is None:
+        alpha = Image.new("L", rgba.size, 255)
+    else:
+        with Image.open(mask) as m:
+            alpha = m.convert("L")
+        if alpha.size != rgba.size:
+            raise ValueError(f"mask of {target.stem} is {alpha.width}x{alpha.height}, "
+                             f"its image {rgba.width}x{rgba.height}")
+    rgba.putalpha(alpha)
+    rgba.save(target, "PNG")
+
+
 def export(out: Path, images: Sequence[TrainImage], store_path: Callable[[str], Path], settings: TrainSettings,
            heads: Mapping[str, int], keep_tokens_separator: bool = False) -> dict[str, Path]:
     """Write the folders and both TOML files; returns their paths."""
@@ -224,17 +248,13 @@ def export(out: Path, images: Sequence[TrainImage], store_path: Callable[[str], 
     for t in images:
         base = out / ("reg" if t.is_reg else "img") / t.kohya_dir
         base.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(store_path(t.image_hash), base / f"{t.name}.png")
+        if masked:
+            masked_png(store_path(t.image_hash), store_path(t.mask_hash) if t.mask_hash else None,
+                       base / f"{t.name}.png")
+        else:
+            shutil.copyfile(store_path(t.image_hash), base / f"{t.name}.png")
         if t.caption:  # no file = empty caption (style mode "no tags"); sd-scripts rejects empty files
             (base / f"{t.name}{CAPTION_EXTENSION}").write_text(t.caption, encoding="utf-8")
-        if masked:
-            mdir = _mask_dir(out, t.kohya_dir, t.is_reg)
-            mdir.mkdir(parents=True, exist_ok=True)
-            if t.mask_hash:
-                shutil.copyfile(store_path(t.mask_hash), mdir / f"{t.name}.png")
-            else:  # sd-scripts needs a mask for every image of a masked run: all white = train everything
-                with Image.open(store_path(t.image_hash)) as im:
-                    Image.new("L", im.size, 255).save(mdir / f"{t.name}.png")
     has_reg = any(t.is_reg for t in images)
     comments = [
         "kohya sd-scripts dataset config, written by `bakery export-kohya`",

@@ -1,0 +1,136 @@
+"""sd-scripts' dataset-config check, as train_network.py runs it, to test `bakery export-kohya` against.
+
+A transcription of `ConfigSanitizer` (the user-config half) and of the subset-class choice in
+`BlueprintGenerator.generate`, from kohya-ss/sd-scripts `library/config_util.py` at commit
+264167fa1636c79f106c63c3cdb67b6bee80aceb (sd3-branch code, released with v0.10.0). train_network.py
+builds `ConfigSanitizer(True, True, args.masked_loss, True)` and reads the file with `toml.load`
+(`config_util.load_user_config`). Keys sd-scripts added to these dicts later (e.g. resize_interpolation)
+are keys we never write, so they cannot change a verdict here.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any as AnyType
+
+import toml
+import voluptuous
+from voluptuous import Any, ExactSequence, Required, Schema
+
+
+def _twodim(klass: type, value: Sequence) -> tuple:
+    Schema(ExactSequence([klass, klass]))(value)
+    return tuple(value)
+
+
+def _scalar_or_twodim(klass: type, value: AnyType) -> tuple:
+    Schema(Any(klass, ExactSequence([klass, klass])))(value)
+    try:
+        Schema(klass)(value)
+        return (value, value)
+    except voluptuous.Invalid:  # sd-scripts: a bare except
+        return _twodim(klass, value)
+
+
+SUBSET_ASCENDABLE_SCHEMA = {
+    "color_aug": bool,
+    "face_crop_aug_range": functools.partial(_twodim, float),
+    "flip_aug": bool,
+    "num_repeats": int,
+    "random_crop": bool,
+    "shuffle_caption": bool,
+    "keep_tokens": int,
+    "keep_tokens_separator": str,
+    "secondary_separator": str,
+    "caption_separator": str,
+    "enable_wildcard": bool,
+    "token_warmup_min": int,
+    "token_warmup_step": Any(float, int),
+    "caption_prefix": str,
+    "caption_suffix": str,
+    "custom_attributes": dict,
+}
+DO_SUBSET_ASCENDABLE_SCHEMA = {  # DO: dropout
+    "caption_dropout_every_n_epochs": int,
+    "caption_dropout_rate": Any(float, int),
+    "caption_tag_dropout_rate": Any(float, int),
+}
+DB_SUBSET_ASCENDABLE_SCHEMA = {"caption_extension": str, "class_tokens": str, "cache_info": bool}  # DreamBooth
+DB_SUBSET_DISTINCT_SCHEMA = {Required("image_dir"): str, "is_reg": bool, "alpha_mask": bool}
+FT_SUBSET_DISTINCT_SCHEMA = {Required("metadata_file"): str, "image_dir": str, "alpha_mask": bool}  # fine tuning
+CN_SUBSET_ASCENDABLE_SCHEMA = {"caption_extension": str, "cache_info": bool}  # ControlNet
+CN_SUBSET_DISTINCT_SCHEMA = {Required("image_dir"): str, Required("conditioning_data_dir"): str}
+DATASET_ASCENDABLE_SCHEMA = {
+    "batch_size": int,
+    "bucket_no_upscale": bool,
+    "bucket_reso_steps": int,
+    "enable_bucket": bool,
+    "max_bucket_reso": int,
+    "min_bucket_reso": int,
+    "validation_seed": int,
+    "validation_split": float,
+    "resolution": functools.partial(_scalar_or_twodim, int),
+    "network_multiplier": float,
+}
+
+
+def _merge(*dicts: dict) -> dict:
+    """Later dicts win, as ConfigSanitizer.__merge_dict."""
+    merged: dict = {}
+    for d in dicts:
+        merged.update(d)
+    return merged
+
+
+def user_config_validator(support_dreambooth: bool, support_finetuning: bool, support_controlnet: bool,
+                          support_dropout: bool) -> Schema:
+    """ConfigSanitizer(...).user_config_validator."""
+    do = DO_SUBSET_ASCENDABLE_SCHEMA if support_dropout else {}
+    db_subset = _merge(SUBSET_ASCENDABLE_SCHEMA, DB_SUBSET_DISTINCT_SCHEMA, DB_SUBSET_ASCENDABLE_SCHEMA, do)
+    ft_subset = _merge(SUBSET_ASCENDABLE_SCHEMA, FT_SUBSET_DISTINCT_SCHEMA, do)
+    cn_subset = _merge(SUBSET_ASCENDABLE_SCHEMA, CN_SUBSET_DISTINCT_SCHEMA, CN_SUBSET_ASCENDABLE_SCHEMA, do)
+    db_dataset = _merge(DATASET_ASCENDABLE_SCHEMA, SUBSET_ASCENDABLE_SCHEMA, DB_SUBSET_ASCENDABLE_SCHEMA, do,
+                        {"subsets": [db_subset]})
+    ft_dataset = _merge(DATASET_ASCENDABLE_SCHEMA, SUBSET_ASCENDABLE_SCHEMA, do, {"subsets": [ft_subset]})
+    cn_dataset = _merge(DATASET_ASCENDABLE_SCHEMA, SUBSET_ASCENDABLE_SCHEMA, CN_SUBSET_ASCENDABLE_SCHEMA, do,
+                        {"subsets": [cn_subset]})
+
+    dataset_schema: AnyType
+    if support_dreambooth and support_finetuning:
+        def dataset_schema(dataset_config: dict) -> dict:  # validate_flex_dataset
+            subsets = dataset_config.get("subsets", [])
+            if support_controlnet and all("conditioning_data_dir" in s for s in subsets):
+                return Schema(cn_dataset)(dataset_config)
+            if all("metadata_file" in s for s in subsets):
+                return Schema(ft_dataset)(dataset_config)
+            if all("metadata_file" not in s for s in subsets):
+                return Schema(db_dataset)(dataset_config)
+            raise voluptuous.Invalid("DreamBooth subset and fine tuning subset cannot be mixed in the same dataset.")
+    elif support_dreambooth:
+        dataset_schema = cn_dataset if support_controlnet else db_dataset
+    elif support_finetuning:
+        dataset_schema = ft_dataset
+    else:
+        dataset_schema = cn_dataset
+
+    general = _merge(DATASET_ASCENDABLE_SCHEMA, SUBSET_ASCENDABLE_SCHEMA,
+                     DB_SUBSET_ASCENDABLE_SCHEMA if support_dreambooth else {},
+                     CN_SUBSET_ASCENDABLE_SCHEMA if support_controlnet else {}, do)
+    return Schema({"general": general, "datasets": [dataset_schema]})
+
+
+def subset_kind(dataset_config: dict) -> str:
+    """The Subset class BlueprintGenerator.generate builds for a dataset's subsets."""
+    subsets = dataset_config.get("subsets", [])
+    if all("conditioning_data_dir" in s for s in subsets):
+        return "controlnet"  # ControlNetSubset: no is_reg, no alpha_mask
+    if all("metadata_file" not in s for s in subsets):
+        return "dreambooth"  # DreamBoothSubset: is_reg, alpha_mask
+    return "finetuning"
+
+
+def check_train_network(dataset_config: Path, masked_loss: bool) -> dict:
+    """The file as train_network.py's sanitizer returns it; raises voluptuous.MultipleInvalid when refused."""
+    return user_config_validator(True, True, masked_loss, True)(toml.load(dataset_config))
