@@ -284,7 +284,7 @@ def tags(
 @app.command("export-kohya")
 def export_kohya(
     recipe: Path = typer.Argument(..., help="Recipe TOML file."),
-    out: Path = typer.Argument(..., help="Folder to write img/, mask/, reg/ and the two TOML files into."),
+    out: Path = typer.Argument(..., help="Folder to write img/, reg/ and the two TOML files into."),
     force: bool = typer.Option(False, "--force", help="Replace an earlier export in OUT."),
 ) -> None:
     """Write the last training set as kohya sd-scripts expects it (train with sd-scripts instead)."""
