@@ -199,7 +199,8 @@ def apng_bytes(size, frames, colour_type: int = 6, cover: np.ndarray | None = No
     if cover is not None:
         out.append(_chunk(b"IDAT", data(cover)))
     for i, (x, y, px, dispose, blend) in enumerate(frames):
-        out.append(_chunk(b"fcTL", struct.pack(">IIIIIHHBB", seq, px.shape[1], px.shape[0], x, y, 1, 10, dispose, blend)))
+        control = struct.pack(">IIIIIHHBB", seq, px.shape[1], px.shape[0], x, y, 1, 10, dispose, blend)
+        out.append(_chunk(b"fcTL", control))
         seq += 1
         if i == 0 and cover is None:
             out.append(_chunk(b"IDAT", data(px)))
@@ -343,7 +344,8 @@ def _gif(c: _Corpus) -> None:
                                                           for x, y, _, p, d, t in frames]))
     small = [(2, 2, *patch(6, 8, 90), 1, None), (0, 0, *patch(12, 16, 110), 1, None)]
     data = gif_bytes((16, 12), palette, [(x, y, idx, d, t) for x, y, idx, _, d, t in small])
-    c.write("anim/small_first_frame.gif", data, *composite((16, 12), [(x, y, p, 0, True) for x, y, _, p, _, _ in small]))
+    c.write("anim/small_first_frame.gif", data,
+            *composite((16, 12), [(x, y, p, 0, True) for x, y, _, p, _, _ in small]))
 
 
 def _apng(c: _Corpus) -> None:
@@ -399,8 +401,8 @@ def _names(c: _Corpus) -> None:
 
 def _bombs_and_unreadable(c: _Corpus) -> None:
     c.write("bomb/huge.png", png_with_size(40_000, 40_000), skip="decompression bomb")
-    c.write("bomb/huge.gif", gif_bytes((65_000, 65_000), np.zeros((256, 3)), [(0, 0, np.zeros((1, 1), np.uint8), 0, None)]),
-            skip="decompression bomb")
+    dot = [(0, 0, np.zeros((1, 1), np.uint8), 0, None)]
+    c.write("bomb/huge.gif", gif_bytes((65_000, 65_000), np.zeros((256, 3)), dot), skip="decompression bomb")
     small = encode(Image.fromarray(picture(16, 16, seed=90)), "JPEG")
     c.write("bomb/huge.jpg", jpeg_with_size(small, 60_000, 60_000), skip="decompression bomb")
     c.write("bad/empty.png", b"", skip="empty file")
