@@ -7,6 +7,7 @@ import sys
 from prefect import task
 
 import tasks.image_workers as image_workers
+from bakery.craft import animation as animation_craft
 from bakery.craft import convert as craft
 from bakery.craft import dedupe as dedupe_craft
 from bakery.craft import trim as trim_craft
@@ -29,5 +30,5 @@ def convert(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str,
 
 
 # dedupe and trim craft: convert works out their pixel facts (image_workers.pixel_facts).
-CONVERT = Stage("convert", convert, caching.code_version(craft, dedupe_craft, trim_craft, image_workers,
-                                                         sys.modules[__name__]))
+CONVERT = Stage("convert", convert, caching.code_version(craft, animation_craft, dedupe_craft, trim_craft,
+                                                         image_workers, sys.modules[__name__]))

@@ -82,8 +82,8 @@ def convert_one(job: ConvertJob) -> list[dict[str, Any]] | Skip:
     try:
         # The pixels are decoded here anyway: dedupe and trim find what they need in the catalog.
         frames = convert_image(data, job.compress_level, facts=_facts_if_any)
-    except (OSError, ValueError) as exc:  # decoded in ingest, but a mode Pillow cannot convert
-        return Skip(job.image.hash, f"cannot convert: {type(exc).__name__}: {exc}")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # decoded in ingest, but not convertible
+        return Skip(job.image.name, f"cannot convert: {type(exc).__name__}: {exc}")
     rows = []
     for frame in frames:
         # png None: the input is kept as it is (its image row exists already)

@@ -73,12 +73,14 @@ def scan_sources(folders: list[FolderSpec], digest_cache: str | None = None) -> 
     unchanged files are not read again (storage/digests.py).
     """
     digests = DigestCache(digest_cache)
-    paths = [(p, Path(f.path), f) for f in folders for p in craft.walk_folder(Path(f.path), f.recursive)]
+    walks = [(f, craft.list_folder(Path(f.path), f.recursive)) for f in folders]
+    paths = [(p, Path(f.path), f) for f, walk in walks for p in walk.files]
     with ThreadPoolExecutor(max_workers=4) as pool:  # hashlib releases the GIL
         found = list(pool.map(lambda item: _describe(*item, digests), paths))
     digests.save()
     files = [f for f in found if isinstance(f, craft.SourceFile)]
-    return Listing(files=files, skips=[s for s in found if isinstance(s, Skip)], warnings=_sidecar_warnings(files))
+    skips = [Skip(*s) for _, walk in walks for s in walk.skips] + [s for s in found if isinstance(s, Skip)]
+    return Listing(files=files, skips=skips, warnings=_sidecar_warnings(files))
 
 
 def _limits(params: IngestParams) -> craft.Limits:

@@ -1,8 +1,9 @@
 """Convert: every image becomes an 8-bit RGB or RGBA PNG (rules.md §3).
 
 RGBA is kept so the alpha stage can composite it onto a background; EXIF
-orientation is applied; GIF/WebP/APNG animations become one PNG per frame
-(`name0001.png`, ...); 16-bit, palette, CMYK and other modes are normalised.
+orientation is applied; colour profiles are converted to sRGB; GIF/WebP/APNG
+animations become one PNG per frame (`name0001.png`, ...) as a browser shows
+them; 16-bit, palette, CMYK and other modes are normalised.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import io
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageChops, ImageCms, ImageOps
+
+from bakery.craft import animation
 
 ORIENTATION_TAG = 0x0112
 _SRGB = ImageCms.createProfile("sRGB")
@@ -39,45 +42,77 @@ def pixel_hash(im: Image.Image) -> str:
     return h.hexdigest()
 
 
-def _has_transparency(im: Image.Image) -> bool:
-    return "transparency" in im.info or im.mode in ("RGBA", "LA", "La", "RGBa", "PA")
+_16BIT_GREY = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def _to_8bit_grey(im: Image.Image) -> Image.Image:
+    """16-bit (or float) grey as 8-bit L, or LA when a grey value is marked transparent (tRNS)."""
     arr = np.asarray(im)
     if im.mode == "F":
         top = float(arr.max()) if arr.size else 1.0
         scale = 255.0 if top <= 1.0 else 255.0 / top
-        out = np.clip(arr * scale, 0, 255)
-    else:  # I;16* or I (Pillow loads 16-bit PNG greyscale as I): 0..65535
-        out = np.clip(arr.astype(np.int64) >> 8, 0, 255)
-    return Image.fromarray(out.astype(np.uint8), "L")
+        out = np.clip(arr * scale, 0, 255).round()
+    else:  # I;16* or I (Pillow loads 16-bit PNG greyscale as I): 0..65535 -> 0..255, rounded
+        out = (np.clip(arr.astype(np.int64), 0, 65535) * 255 + 32767) // 65535
+    grey = Image.fromarray(out.astype(np.uint8), "L")
+    if isinstance(key := im.info.get("transparency"), int):
+        grey.putalpha(Image.fromarray(np.where(arr == key, 0, 255).astype(np.uint8), "L"))
+    return grey
 
 
-def _icc_to_srgb(im: Image.Image) -> Image.Image:
-    """Colour-manage embedded profiles into sRGB; SD was trained on sRGB images."""
-    icc = im.info.get("icc_profile")
-    if not icc or im.mode not in ("RGB", "CMYK"):
+def _decoded_colours(im: Image.Image) -> Image.Image:
+    """L, LA, RGB, RGBA or CMYK: 8 bits, palette looked up, a transparency key as an alpha channel."""
+    if im.mode in _16BIT_GREY:
+        return _to_8bit_grey(im)
+    keyed = "transparency" in im.info
+    if im.mode in ("L", "LA", "RGB", "RGBA", "CMYK") and not keyed:
         return im
+    if im.mode in ("1", "L"):
+        return im.convert("LA" if keyed else "L")
+    return im.convert("RGBA" if keyed or im.mode in ("La", "RGBa", "PA") else "RGB")
+
+
+def _profile(icc: bytes | None) -> ImageCms.ImageCmsProfile | None:
+    """The embedded profile when it needs converting; None for none, sRGB, or one lcms cannot read."""
+    if not icc:
+        return None
     try:
-        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if "sRGB" in (ImageCms.getProfileDescription(src) or ""):
-            return im
-        return ImageCms.profileToProfile(im, src, _SRGB, outputMode="RGB")
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        return None if "sRGB" in (ImageCms.getProfileDescription(profile) or "") else profile
     except (ImageCms.PyCMSError, OSError):
-        return im  # a broken profile: plain conversion below is the best we can do
+        return None
+
+
+def _to_srgb(im: Image.Image, profile: ImageCms.ImageCmsProfile) -> Image.Image | None:
+    """L, LA, RGB, RGBA or CMYK pixels converted by their profile into sRGB (alpha kept as it is).
+
+    None when lcms cannot use the profile (broken, or for another colour space).
+    """
+    alpha = im.getchannel("A") if im.mode in ("LA", "RGBA") else None
+    colour = im.convert("L" if im.mode == "LA" else "RGB") if alpha is not None else im
+    try:
+        out = ImageCms.profileToProfile(colour, profile, _SRGB, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return None
+    if alpha is not None:
+        out.putalpha(alpha)
+    return out
 
 
 def normalise(im: Image.Image) -> Image.Image:
-    """One frame in any Pillow mode -> RGB, or RGBA when it has transparency."""
-    im = _icc_to_srgb(im)
-    if im.mode in ("RGB", "RGBA"):
-        return im
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        return _to_8bit_grey(im).convert("RGB")
-    if _has_transparency(im):
-        return im.convert("RGBA")
-    return im.convert("RGB")
+    """One frame in any Pillow mode -> a new RGB image, or RGBA when it has transparency.
+
+    Embedded colour profiles are converted to sRGB: SD was trained on sRGB images. One
+    that cannot be used is ignored (plain conversion). The result carries no metadata,
+    so no stale profile or transparency key reaches the PNG.
+    """
+    profile = _profile(im.info.get("icc_profile"))
+    im = _decoded_colours(im)
+    out = _to_srgb(im, profile) if profile is not None else None
+    if out is None:
+        out = im.convert("RGBA" if im.mode in ("LA", "RGBA") else "RGB")
+    out.info.clear()
+    return out
 
 
 def _is_normalised_png(im: Image.Image) -> bool:
@@ -104,10 +139,51 @@ def png_bytes(im: Image.Image, compress_level: int) -> bytes:
     return buf.getvalue()
 
 
+def _upright(im: Image.Image) -> Image.Image:
+    """A single picture as it is meant to be seen: EXIF orientation applied, CMYK polarity fixed."""
+    frame = ImageOps.exif_transpose(im)
+    if im.format in ("JPEG", "MPO") and im.mode == "CMYK" and "adobe" not in im.info:
+        # Pillow reads every CMYK JPEG as Adobe's inverted CMYK; only an Adobe (APP14) marker says it is.
+        frame = ImageChops.invert(frame)
+    return frame
+
+
+def _each_frame(im: Image.Image) -> Iterator[Image.Image]:
+    for index in range(im.n_frames):
+        im.seek(index)
+        yield im.copy()
+
+
+def _with_profile(frames: Iterator[Image.Image], icc: bytes | None) -> Iterator[Image.Image]:
+    """Composited frames carry the file's colour profile, as the frames Pillow gives do."""
+    for frame in frames:
+        if icc:
+            frame.info["icc_profile"] = icc
+        yield frame
+
+
+def pictures(im: Image.Image, data: bytes) -> tuple[int, Iterator[Image.Image]]:
+    """How many pictures the file holds, and each as a viewer shows it.
+
+    GIF and APNG frames are composited as browsers do (animation.py); an MPO (a phone's
+    JPEG with a preview or gain map after it) is its first picture; other multi-frame
+    files (animated WebP: libwebp composites) give Pillow's frames.
+    """
+    if im.format == "GIF":
+        size, patches = animation.gif_patches(data)
+        return len(patches), animation.composite(size, patches)
+    if im.format == "PNG" and getattr(im, "is_animated", False):
+        size, patches = animation.apng_patches(data)
+        return len(patches), _with_profile(animation.composite(size, patches), im.info.get("icc_profile"))
+    if im.format == "MPO" or getattr(im, "n_frames", 1) == 1:
+        return 1, iter([_upright(im)])
+    return im.n_frames, _each_frame(im)
+
+
 def convert_image(
     data: bytes, compress_level: int, facts: Callable[[Image.Image], dict[str, Any] | None] | None = None
 ) -> list[ConvertedFrame]:
-    """All frames of an (already validated) image, normalised and PNG-encoded.
+    """All pictures of an (already validated) image, normalised and PNG-encoded.
 
     `facts(frame)`: anything later stages want to know of each output's pixels, worked
     out here while they are decoded anyway.
@@ -116,11 +192,10 @@ def convert_image(
         if _is_normalised_png(im):
             im.load()
             return [ConvertedFrame(None, pixel_hash(im), im.width, im.height, im.mode, "", facts and facts(im))]
-        n_frames = getattr(im, "n_frames", 1)
+        n_frames, each = pictures(im, data)
         out = []
-        for index in range(n_frames):
-            im.seek(index)
-            frame = normalise(ImageOps.exif_transpose(im) if n_frames == 1 else im.copy())
+        for index, picture in enumerate(each):
+            frame = normalise(picture)
             suffix = f"{index + 1:04d}" if n_frames > 1 else ""
             out.append(ConvertedFrame(png_bytes(frame, compress_level), pixel_hash(frame), frame.width, frame.height,
                                       frame.mode, suffix, facts and facts(frame)))

@@ -5,10 +5,13 @@ Pure functions (no Prefect, no catalog): the ingest task wires them to storage.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import stat
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError, features
@@ -17,6 +20,10 @@ from bakery.craft.names import Wanted
 
 # Caption files that may sit beside an image (Grabber, kohya, booru downloads).
 SIDECAR_SUFFIXES = (".txt", ".caption")
+
+# A folder named like this was likely meant to be a picture: its name is recorded.
+IMAGE_SUFFIXES = (".png", ".apng", ".jpg", ".jpeg", ".jfif", ".gif", ".webp", ".avif", ".bmp", ".tif", ".tiff")
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
 
 # Pillow format names, keyed by what users write in the recipe.
 FORMAT_ALIASES = {"JPG": "JPEG", "MPO": "JPEG"}
@@ -56,12 +63,97 @@ class ImageInfo:
     frames: int
 
 
-def walk_folder(root: Path, recursive: bool = True) -> Iterator[Path]:
-    """Every candidate image file below `root`, sorted, caption sidecars left out."""
+@dataclass
+class FolderWalk:
+    """What a walk found: candidate image files, and every other entry it could not use, with why."""
+
+    files: list[Path] = field(default_factory=list)
+    skips: list[tuple[str, str]] = field(default_factory=list)  # (path as shown, reason)
+    followed: set[Path] = field(default_factory=set)  # folders outside the root reached through links
+
+
+def shown(path: Path) -> str:
+    """The path as text that can be stored and printed, even when the name is not UTF-8."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _unusable(path: Path) -> tuple[str, os.stat_result | None]:
+    """("", stat) for an entry that can be looked at; else (why not, None)."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8: rename it", None
+    try:
+        return "", path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop: the link leads back to itself", None
+        if path.is_symlink() and isinstance(exc, FileNotFoundError):
+            return f"broken link: its target {os.readlink(path)} does not exist", None
+        return f"cannot read: {exc.strerror or exc}", None
+
+
+def _link_skip(link: Path, root: Path, walk: FolderWalk) -> str:
+    """Why a link to a folder is not followed ("" to follow it): loops and second ways in end here."""
+    target = link.resolve()
+    if link.parent.resolve().is_relative_to(target):
+        return f"symlink loop: leads back to {shown(target)}, which holds the link"
+    if target.is_relative_to(root):
+        return "a link to a folder inside the source folder (walked there)"
+    if target in walk.followed:
+        return "already walked through another link to the same folder"
+    walk.followed.add(target)
+    return ""
+
+
+def _walk(folder: Path, root: Path, recursive: bool, walk: FolderWalk) -> None:
+    try:
+        entries = sorted(Path(e.path) for e in os.scandir(folder))
+    except OSError as exc:
+        walk.skips.append((shown(folder), f"cannot read folder: {exc.strerror or exc}"))
+        return
+    for path in entries:
+        reason, st = _unusable(path)
+        if st is None:
+            walk.skips.append((shown(path), reason))
+        elif stat.S_ISREG(st.st_mode):
+            if path.suffix.lower() not in SIDECAR_SUFFIXES:
+                walk.files.append(path)
+        elif not stat.S_ISDIR(st.st_mode):
+            walk.skips.append((shown(path), f"not a regular file ({_KINDS.get(stat.S_IFMT(st.st_mode), 'special')})"))
+        else:
+            _walk_into(path, root, recursive, walk)
+
+
+def _walk_into(folder: Path, root: Path, recursive: bool, walk: FolderWalk) -> None:
+    if folder.suffix.lower() in IMAGE_SUFFIXES:
+        walk.skips.append((shown(folder), "a folder, not an image file"))
+    if not recursive:
+        return
+    if reason := _link_skip(folder, root, walk) if folder.is_symlink() else "":
+        walk.skips.append((shown(folder), reason))
+    else:
+        _walk(folder, root, recursive, walk)
+
+
+def list_folder(root: Path, recursive: bool = True) -> FolderWalk:
+    """Every candidate image file below `root` (sorted, caption sidecars left out) and every skipped entry.
+
+    Nothing vanishes silently: broken links, symlink loops, FIFOs and other special
+    files, folders named like images and names that are not UTF-8 are recorded skips.
+    A link to a folder outside `root` is walked once; links back into what is walked are not.
+    """
     if not root.is_dir():
         raise FileNotFoundError(f"source folder does not exist: {root}")
-    found = root.rglob("*") if recursive else root.iterdir()
-    yield from sorted(p for p in found if p.is_file() and p.suffix.lower() not in SIDECAR_SUFFIXES)
+    walk = FolderWalk()
+    _walk(root, root.resolve(), recursive, walk)
+    walk.files.sort()
+    return walk
+
+
+def walk_folder(root: Path, recursive: bool = True) -> Iterator[Path]:
+    """Every candidate image file below `root`, sorted, caption sidecars left out (`list_folder` says what else)."""
+    yield from list_folder(root, recursive).files
 
 
 def sidecar_path(image_path: Path) -> Path | None:
