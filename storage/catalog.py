@@ -567,15 +567,16 @@ class Catalog:
         """Booru post counts per tag ({tag, posts, site}); the newest count wins."""
         return self._insert("tag_counts", ({"fetched_at": now(), **r} for r in rows), verb="INSERT OR REPLACE")
 
-    def tag_post_counts(self, tags: Sequence[str]) -> dict[str, int]:
-        if not tags:
+    def tag_post_counts(self, tags: Sequence[str] | None) -> dict[str, int]:
+        """Post counts of `tags` (None: of every tag known)."""
+        if tags is not None and not tags:
             return {}
         # counts given by hand (tag_counts) and those the scrape stage fetched (booru_tags): the largest wins
         return dict(self.con.execute(
             """SELECT tag, max(n) FROM (
                    SELECT tag, posts AS n FROM tag_counts UNION ALL
                    SELECT tag, post_count AS n FROM booru_tags WHERE post_count IS NOT NULL)
-               WHERE tag IN (SELECT unnest(?)) GROUP BY tag""", [list(tags)]).fetchall())
+               WHERE ? OR tag IN (SELECT unnest(?)) GROUP BY tag""", [tags is None, list(tags or [])]).fetchall())
 
     def add_tag_stats(self, run_id: str, rows: Iterable[dict[str, Any]]) -> int:
         self.con.execute("DELETE FROM tag_stats WHERE run_id = ?", [run_id])

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +70,12 @@ def qa_of(params: MaskParams) -> craft.MaskQA:
 
 @task(name="masks")
 def masks(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, workers: int | None) -> StageResult:
+    """Read which pictures have masks -> craft.mask_pictures (model, then QA) -> write the verdicts."""
     data = json.loads(params_json)
     params = MaskParams.model_validate(data["masks"])
-    logger = get_run_logger()
     plain = sorted(ImageRef(r.name, r.hash) for r in inputs)
     if params.checkpoint is None:
-        logger.warning(craft.DISABLED_MESSAGE)
+        get_run_logger().warning(craft.DISABLED_MESSAGE)
         create_markdown_artifact(f"**masks: off.** {craft.DISABLED_MESSAGE}", key="masks-qa",
                                  description="Mask QA")
         return StageResult(images=plain, n_in=len(inputs))
@@ -84,77 +86,70 @@ def masks(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, w
 
     run = RunInfo(run_id, workdir, workers)
     model_json = model_params_json(params, sha)
-    p_hash = params_hash(model_json)
+    known, todo = _known_masks(run, plain, params_hash(model_json))
+    with _mask_maker(run, params, todo) as make, StageProgress("masks", len(todo)) as progress:
+        outcome = craft.mask_pictures(plain, known, todo, make, _keeper(run, model_json), qa_of(params),
+                                      advance=progress.advance, batch=FLUSH_EVERY)
+    with Catalog.open(run.catalog) as cat:
+        cat.add_mask_qa(outcome.verdicts, run_id)
+    if outcome.rejected:
+        get_run_logger().warning("masks: %d of %d masks rejected; those images train without masked loss",
+                                 len(outcome.rejected), len(plain))
+    create_markdown_artifact(qa_markdown(len(plain), outcome.rejected), key="masks-qa", description="Mask QA")
+    return StageResult(images=outcome.images, n_in=len(inputs), n_processed=outcome.made)
+
+
+def _known_masks(run: RunInfo, plain: list[ImageRef], p_hash: str) -> tuple[dict[str, craft.Mask], list[ImageRef]]:
+    """Masks the catalog holds for these pictures with this model, and the pictures that still need one."""
     unique = list({r.hash: r for r in plain}.values())
-    store = run.store
     with Catalog.open(run.catalog) as cat:
         memo = {h: outs[0][0] for h, outs in
                 cat.find_derivations("masks", p_hash, MASKS.code_version, [r.hash for r in unique]).items()}
         hists = cat.mask_histograms(sorted(set(memo.values())))
-    todo = [r for r in unique if r.hash not in memo or memo[r.hash] not in hists or not store.has(memo[r.hash])]
+    store = run.store
+    known = {h: craft.Mask(h, m, hists[m]) for h, m in memo.items() if m in hists and store.has(m)}
+    return known, [r for r in unique if r.hash not in known]
 
-    failed: dict[str, str] = {}
-    if todo:
-        model = craft.MaskModel(params.checkpoint, Path(workdir) / CONFIG_DIR, params.mode, params.size, params.device)
-        logger.info("masks: %d images on %s (mode %s, size %s)", len(todo), model.device, params.mode,
-                    params.size or "the mode's own")
-        pending: list[tuple[ImageRef, str, int, int, list[int]]] = []
 
-        def flush() -> None:
-            with Catalog.open(run.catalog) as cat:
-                cat.add_mask_stats(
-                    {"mask_hash": m, "width": w, "height": h, "histogram": hist} for _, m, w, h, hist in pending
-                )
-                cat.add_derivations(
-                    [
-                        {
-                            "input_hash": ref.hash, "output_hash": m, "output_suffix": "", "stage": "masks",
-                            "params": model_json, "params_hash": p_hash, "code_version": MASKS.code_version,
-                        }
-                        for ref, m, *_ in pending
-                    ],
-                    run_id,
-                )
-            pending.clear()
+@contextmanager
+def _mask_maker(run: RunInfo, params: MaskParams, todo: list[ImageRef]) -> Iterator[Callable[[ImageRef], craft.Mask] | None]:
+    """Picture -> its mask in the store, with the model loaded only when there is work; closed after."""
+    if not todo:
+        yield None
+        return
+    model = craft.MaskModel(params.checkpoint, Path(run.workdir) / CONFIG_DIR, params.mode, params.size, params.device)
+    get_run_logger().info("masks: %d images on %s (mode %s, size %s)", len(todo), model.device, params.mode,
+                          params.size or "the mode's own")
+    store = run.store
 
-        try:
-            with StageProgress("masks", len(todo)) as progress:
-                for ref in todo:
-                    try:
-                        with Image.open(store.path(ref.hash)) as img:
-                            img.load()
-                            mask = model.predict(img)
-                    except OSError as exc:  # a file gone from the store, or unreadable
-                        failed[ref.hash] = f"cannot read image: {exc}"
-                        progress.advance()
-                        continue
-                    digest = store.put_bytes(craft.mask_png(mask))
-                    hist = craft.histogram(np.asarray(mask))
-                    memo[ref.hash], hists[digest.sha256] = digest.sha256, hist
-                    pending.append((ref, digest.sha256, mask.width, mask.height, hist))
-                    if len(pending) >= FLUSH_EVERY:
-                        flush()
-                    progress.advance()
-        finally:
-            if pending:
-                flush()
-            model.close()
+    def make(ref: ImageRef) -> craft.Mask:
+        with Image.open(store.path(ref.hash)) as img:
+            img.load()
+            mask = model.predict(img)
+        digest = store.put_bytes(craft.mask_png(mask))
+        return craft.Mask(ref.hash, digest.sha256, craft.histogram(np.asarray(mask)), mask.width, mask.height)
 
-    qa = qa_of(params)
-    images, verdicts = [], []
-    for ref in plain:
-        mask_hash = memo.get(ref.hash) if ref.hash not in failed else None
-        reason = failed.get(ref.hash) or craft.qa_reason(hists[mask_hash], qa)
-        images.append(ImageRef(ref.name, ref.hash, mask_hash if reason is None else ""))
-        verdicts.append({"image_hash": ref.hash, "mask_hash": mask_hash, "accepted": reason is None, "reason": reason})
-    with Catalog.open(run.catalog) as cat:
-        cat.add_mask_qa(verdicts, run_id)
-    rejected = [(ref, v["reason"]) for ref, v in zip(plain, verdicts) if not v["accepted"]]
-    if rejected:
-        logger.warning("masks: %d of %d masks rejected; those images train without masked loss",
-                       len(rejected), len(plain))
-    create_markdown_artifact(qa_markdown(len(plain), rejected), key="masks-qa", description="Mask QA")
-    return StageResult(images=images, n_in=len(inputs), n_processed=len(todo))
+    try:
+        yield make
+    finally:
+        model.close()
+
+
+def _keeper(run: RunInfo, model_json: str) -> Callable[[list[craft.Mask]], None]:
+    """Writes a batch of new masks: their histograms and their derivations (a killed run keeps them)."""
+    p_hash = params_hash(model_json)
+
+    def keep(batch: list[craft.Mask]) -> None:
+        with Catalog.open(run.catalog) as cat:
+            cat.add_mask_stats({"mask_hash": m.mask_hash, "width": m.width, "height": m.height,
+                                "histogram": m.histogram} for m in batch)
+            cat.add_derivations([
+                {"input_hash": m.image_hash, "output_hash": m.mask_hash, "output_suffix": "", "stage": "masks",
+                 "params": model_json, "params_hash": p_hash, "code_version": MASKS.code_version}
+                for m in batch
+            ], run.run_id)
+
+    return keep
 
 
 def qa_markdown(total: int, rejected: list[tuple[ImageRef, str]]) -> str:

@@ -11,28 +11,22 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
 from dataclasses import dataclass
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from bakery.craft import prune as craft
+from bakery.craft import prune as prune_craft
 from bakery.craft import repeats as repeats_craft
 from bakery.craft import tags as tags_craft
-from bakery.manifest import ImageRef, Skip, StageResult, TrainImage, TrainSet, digest
+from bakery.craft import trainset as craft
+from bakery.manifest import ImageRef, StageResult, TrainSet, digest
 from bakery.kohya_export import concept_spec
 from bakery.recipe import CaptionParams, Concept, Recipe, RepeatsParams
 from storage import Catalog
 from tasks import caching
 from tasks.stage import RunInfo, Stage
-
-MAX_LISTED = 10  # image names shown in an error message
-
-
-class CaptionError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -81,141 +75,69 @@ def caption_sources(images: list[ImageRef], workdir: str) -> PruneInput:
     return PruneInput(sorted(images), digest(payload))
 
 
-def _file_names(names: list[str]) -> dict[str, str]:
-    """Flat, unique file names for kohya folders (`chara/img001` -> `chara_img001`)."""
-    out, used = {}, set()
-    for name in names:
-        flat = name.replace("/", "_")
-        candidate, k = flat, 1
-        while candidate in used:
-            k += 1
-            candidate = f"{flat}_{k}"
-        used.add(candidate)
-        out[name] = candidate
-    return out
-
-
 @task(name="prune")
 def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, workers: int | None) -> StageResult:
+    """Read the pictures' caption sources -> craft.build_trainset -> write tag stats, the set, artifacts."""
     cfg = json.loads(params_json)
-    concepts = [concept_spec(Concept.model_validate(c)) for c in cfg["concepts"]]
-    cap = CaptionParams.model_validate(cfg["captions"])
-    rep = RepeatsParams.model_validate(cfg["repeats"])
-    train = cfg["train"]
     run = RunInfo(run_id, workdir, workers)
-    logger = get_run_logger()
     images = sorted(inputs.images)
+    concepts = [concept_spec(Concept.model_validate(c)) for c in cfg["concepts"]]
     if not concepts:
-        logger.info("prune: the recipe has no [[concepts]]: no training set")
+        get_run_logger().info("prune: the recipe has no [[concepts]]: no training set")
         return StageResult(images=images, n_in=len(images), payload=TrainSet([], []))
-
-    warnings = craft.check_layout(concepts)
-    if any("duplicate_split" in w for w in warnings):
-        raise CaptionError("; ".join(w for w in warnings if "duplicate_split" in w))
-    by_name = {r.name: r for r in images}
-    rules, members, unassigned = craft.layout(concepts, by_name)
-    skips = [Skip(n, "no concept's paths match this image") for n in unassigned]
-
     with Catalog.open(run.catalog) as cat:
-        side, rows = _gather(cat, [by_name[n] for names in members.values() for n in names])
-    clean_rules = tags_craft.CleanRules(
+        side, rows = _gather(cat, images)
+        counts = cat.tag_post_counts(None)
+    pictures = {r.name: craft.Picture(r.name, r.hash, r.mask, tuple(side[r.hash]), tuple(rows[r.hash])) for r in images}
+    built = craft.build_trainset(concepts, pictures, caption_settings(cfg["captions"]), repeat_settings(cfg), counts)
+    _write(run, built)
+    by_name = {r.name: r for r in images}
+    return StageResult(images=[by_name[n] for n in built.trained], skips=built.skips, n_in=len(images),
+                       n_processed=len(built.captions), payload=built.trainset)
+
+
+def caption_settings(data: dict) -> craft.CaptionSettings:
+    cap = CaptionParams.model_validate(data)
+    clean = tags_craft.CleanRules(
         delete=tuple(cap.delete), synonyms=dict(cap.synonyms), split={k: tuple(v) for k, v in cap.split.items()},
         redundancy=cap.redundancy, keep_generic=tuple(cap.keep_generic), implies={k: tuple(v) for k, v in cap.implies.items()},
     )
-    cleaned: dict[str, list[str]] = {}
-    characters: set[str] = set()
-    missing = []
-    for rule in rules:
-        for name in members[rule.folder]:
-            h = by_name[name].hash
-            if name not in cleaned:
-                raw = tags_craft.source_tags(side[h], rows[h], cap.sources, cap.merge, cap.keep_namespaces)
-                cleaned[name] = tags_craft.clean_tags(raw, clean_rules)
-                characters |= tags_craft.character_tags(side[h], rows[h])
-            if not cleaned[name] and craft.needs_tags(rule):
-                missing.append(f"{rule.folder}/{name}")
-    if missing:
-        listed = ", ".join(missing[:MAX_LISTED]) + (f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else "")
-        raise CaptionError(
-            f"{len(missing)} images have no caption (no tags from user sidecars, booru tags or the tagger): {listed}. "
-            "kohya would caption them with the folder name; add .txt sidecars, set autotag.model, or remove them"
-        )
+    return craft.CaptionSettings(
+        clean, tuple(cap.sources), cap.merge, tuple(cap.keep_namespaces), cap.tag_style, cap.keep_tokens_separator,
+        cap.warn_caption_bytes, cap.rare_tag_posts,
+    )
 
-    # Prune per group, count tags before and after.
-    stats, captions, pruned_by = [], {}, {}
-    for rule in rules:
-        group = {n: cleaned[n] for n in members[rule.folder]}
-        if not group:
-            continue
-        result = craft.prune_group(rule, group, characters)
-        warnings += result.warnings
-        pruned_by[rule.folder] = result.pruned
-        before = Counter(t for tags in group.values() for t in tags)
-        after: Counter[str] = Counter()
-        for n, kept in result.captions.items():
-            text = craft.build_caption(rule, kept, cap.tag_style, cap.keep_tokens_separator)
-            captions[(rule.folder, n)] = text
-            head, body = craft.caption_parts(rule, kept)
-            after.update(dict.fromkeys(head + body, 1))
-        stats += [{"concept": rule.folder, "phase": "before_prune", "tag": t, "count": c} for t, c in before.items()]
-        stats += [{"concept": rule.folder, "phase": "after_prune", "tag": t, "count": c} for t, c in after.items()]
 
-    # Repeats per folder.
+def repeat_settings(cfg: dict) -> craft.RepeatSettings:
+    rep, train = RepeatsParams.model_validate(cfg["repeats"]), cfg["train"]
     mult = repeats_craft.multiplier(
         rep.sdxl, rep.snr_multiplier and (train["min_snr_gamma"] > 0 or train["ip_noise_gamma"] > 0), rep.old_anime
     )
-    outfit_names = {o.name for c in concepts for o in c.outfits}
-    plan = repeats_craft.plan_repeats(
-        [repeats_craft.FolderIn(r.folder, r.concept, len(members[r.folder]), r.target_steps, r.folder in outfit_names)
-         for r in rules],
-        epochs=train["epochs"], optimizer=train["optimizer"], mult=mult, main_concept=rep.main_concept,
-    )
-    warnings += plan.warnings
-    n_repeats = plan.repeats()
+    return craft.RepeatSettings(train["epochs"], train["optimizer"], mult, rep.main_concept)
 
-    # The guide's caption checks: over 1 KB, rare tags (when post counts are known).
+
+def _write(run: RunInfo, built: craft.TrainSetBuild) -> None:
+    """The set and its tag counts into the catalog; the repeats and warnings in the log and as artifacts."""
+    plan, train_images = built.plan, built.trainset.images
     with Catalog.open(run.catalog) as cat:
-        counts = cat.tag_post_counts(sorted({t for tags in cleaned.values() for t in tags}))
-    rare: set[str] = set()
-    for (folder, n), text in captions.items():
-        flags = tags_craft.flag_caption(text, cleaned[n], counts, cap.warn_caption_bytes, cap.rare_tag_posts)
-        if flags.too_long:
-            warnings.append(f"{folder}/{n}: caption is {len(text.encode())} bytes (> {cap.warn_caption_bytes}): a tagger gone wrong?")
-        rare.update(flags.rare)
-    if rare:
-        warnings.append(f"rare tags (< {cap.rare_tag_posts} posts, weakly known by the model): {', '.join(sorted(rare))}")
-
-    files = _file_names(sorted({n for _, n in captions}))
-    train_images = sorted(
-        TrainImage(folder=folder, name=files[n], image_hash=by_name[n].hash, caption=text,
-                   repeats=n_repeats[folder], mask_hash=by_name[n].mask)
-        for (folder, n), text in captions.items()
-    )
-    triggers = list(dict.fromkeys(t for r in rules if members[r.folder] for t in craft.caption_parts(r, [])[0]))
-    unet_only = any(r.style == "style_no_tags" and members[r.folder] for r in rules)
-    train_set = TrainSet(train_images, triggers, unet_only=unet_only,
-                         keep_tokens_separator=cap.keep_tokens_separator, warnings=warnings)
-
-    with Catalog.open(run.catalog) as cat:
-        cat.add_tag_stats(run_id, stats)
-        cat.add_train_captions(run_id, [
+        cat.add_tag_stats(run.run_id, built.stats)
+        cat.add_train_captions(run.run_id, [
             {"folder": t.folder, "name": t.name, "image_hash": t.image_hash, "caption": t.caption,
              "repeats": t.repeats, "mask_hash": t.mask_hash, "is_reg": t.is_reg} for t in train_images
         ])
+    logger = get_run_logger()
     logger.info(
         "prune: %s; steps per epoch per concept %s; %d steps over %d epochs (before batch size)",
         ", ".join(f"{f.repeats}_{f.folder} ({f.images} img, {f.steps_per_epoch}/epoch)" for f in plan.folders),
         plan.per_concept, plan.total_steps, plan.epochs,
     )
-    for w in warnings:
+    for w in built.trainset.warnings:
         logger.warning("prune: %s", w)
     create_table_artifact(table=plan.table(), key="repeats", description=(
         f"Repeats per folder (multiplier {plan.multiplier:.3g}); total {plan.total_steps} steps over "
         f"{plan.epochs} epochs before batch size" + ("".join(f"\n- {w}" for w in plan.warnings))))
-    create_table_artifact(table=stats_table(stats), key="tag-stats", description="Tag counts per group, before and after pruning")
-    # The pictures that went into the training set (a picture in two folders is still one picture).
-    trained = sorted(by_name[n] for n in {n for _, n in captions})
-    return StageResult(images=trained, skips=skips, n_in=len(images), n_processed=len(captions), payload=train_set)
+    create_table_artifact(table=stats_table(built.stats), key="tag-stats",
+                          description="Tag counts per group, before and after pruning")
 
 
 def stats_table(stats: list[dict], top: int = 30) -> list[dict]:
@@ -231,4 +153,4 @@ def stats_table(stats: list[dict], top: int = 30) -> list[dict]:
     return out
 
 
-PRUNE = Stage("prune", prune, caching.code_version(craft, repeats_craft, tags_craft, sys.modules[__name__]))
+PRUNE = Stage("prune", prune, caching.code_version(craft, prune_craft, repeats_craft, tags_craft, sys.modules[__name__]))

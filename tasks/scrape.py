@@ -168,6 +168,24 @@ def _download(client: BooruClient, store: ContentStore, post: craft.Post, max_by
         return Skip(post.post_url, f"download failed: {exc}")
 
 
+def _fetch_tag_counts(posts: list[craft.Post], all_tags: list[str], known_tags: dict[str, tuple[str, int | None]],
+                      spec: BooruSpec, client: BooruClient) -> list[dict]:
+    """Category and post count of each tag not known yet (added to `known_tags`); their `booru_tags` rows."""
+    missing = [t for t in all_tags if t not in known_tags]
+    if not missing:
+        return []
+    site, rows = craft.site_of(spec.base_url), []
+    info = client.tag_info(missing)
+    from_posts = {t: c for p in posts for t, c in p.tags}
+    for t in missing:
+        category, count = info.get(t, (from_posts.get(t, "general"), None))
+        if spec.kind == "danbooru" and t in from_posts:
+            category = from_posts[t]  # the post's own category is authoritative
+        known_tags[t] = (category, count)
+        rows.append({"site": site, "tag": t, "category": category, "post_count": count})
+    return rows
+
+
 def _take_page(
     posts: list[craft.Post], spec: BooruSpec, params: ScrapeParams, client: BooruClient, run: RunInfo,
     out: SourceOutcome, progress: StageProgress,
@@ -177,18 +195,7 @@ def _take_page(
     with Catalog.open(run.catalog) as cat:
         known_posts = cat.booru_posts(site, [p.post_id for p in posts])
         known_tags = cat.booru_tag_counts(site, all_tags)
-    new_tag_rows = []
-    if params.fetch_tag_counts:
-        missing = [t for t in all_tags if t not in known_tags]
-        if missing:
-            info = client.tag_info(missing)
-            from_posts = {t: c for p in posts for t, c in p.tags}
-            for t in missing:
-                category, count = info.get(t, (from_posts.get(t, "general"), None))
-                if spec.kind == "danbooru" and t in from_posts:
-                    category = from_posts[t]  # the post's own category is authoritative
-                known_tags[t] = (category, count)
-                new_tag_rows.append({"site": site, "tag": t, "category": category, "post_count": count})
+    new_tag_rows = _fetch_tag_counts(posts, all_tags, known_tags, spec, client) if params.fetch_tag_counts else []
 
     def fetch(post: craft.Post) -> Digest | Skip:
         row = known_posts.get(post.post_id)

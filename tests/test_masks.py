@@ -276,3 +276,31 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path: Path, inspyrenet_c
     torch.save({"weight": torch.zeros(2)}, other)
     with pytest.raises(MaskSetupError, match="is not a transparent-background .*Missing key"):
         MaskModel(other, tmp_path / "cfg", **FAST)
+
+
+def test_the_stage_makes_only_missing_masks_keeps_them_in_batches_and_judges_all():
+    """bakery/craft/masks.py mask_pictures, with no Prefect: a mask made from each picture's own pixels."""
+    from bakery.craft.masks import Mask, MaskQA, histogram, mask_pictures
+
+    def subject(seed: int) -> np.ndarray:  # a bright disc on black: an accepted mask
+        m = Image.new("L", (64, 64), 0)
+        ImageDraw.Draw(m).ellipse((8 + seed, 8, 48 + seed, 56), fill=255)
+        return np.asarray(m)
+
+    pics = [ImageRef(f"p{i}", f"{i:064x}") for i in range(5)]
+    black = Mask(pics[0].hash, "m0", histogram(np.zeros((64, 64), np.uint8)))  # known from an earlier run
+    made, batches = [], []
+
+    def make(ref: ImageRef) -> Mask:
+        if ref.name == "p3":
+            raise OSError("gone from the store")
+        made.append(ref.name)
+        return Mask(ref.hash, "m" + ref.name, histogram(subject(int(ref.name[1:]))), 64, 64)
+
+    run = mask_pictures(pics, {black.image_hash: black}, pics[1:], make, batches.append, MaskQA(), batch=2)
+    assert made == ["p1", "p2", "p4"] and [[m.image_hash for m in b] for b in batches] == [
+        [pics[1].hash, pics[2].hash], [pics[4].hash]]
+    assert [r.mask for r in run.images] == ["", "mp1", "mp2", "", "mp4"] and run.made == 4
+    assert [(ref.name, reason.split(" (")[0]) for ref, reason in run.rejected] == [
+        ("p0", "all black"), ("p3", "cannot read image: gone from the store")]
+    assert [v["accepted"] for v in run.verdicts] == [False, True, True, False, True]

@@ -365,6 +365,17 @@ def build_metadata(
         "ss_total_batch_size": str(batch_size),
         "ss_v2": "False",
         "ss_sdxl": str(architecture == "sdxl"),
+        **modelspec_metadata(architecture, output_name, epoch, resolution, trigger_text, created),
+    }
+    for key, value in (extra or {}).items():
+        meta[key] = value if isinstance(value, str) else json.dumps(value)
+    return {k: str(v) for k, v in meta.items()}
+
+
+def modelspec_metadata(architecture: str, output_name: str, epoch: int, resolution: int, trigger_text: str,
+                       created: str = "") -> dict[str, str]:
+    """The SAI model spec 1.0 keys (`modelspec.*`) that A1111 and ComfyUI show."""
+    meta = {
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": ARCHITECTURES[architecture]["modelspec"],
         "modelspec.implementation": "https://github.com/kohya-ss/sd-scripts",
@@ -375,9 +386,7 @@ def build_metadata(
     }
     if created:
         meta["modelspec.date"] = created
-    for key, value in (extra or {}).items():
-        meta[key] = value if isinstance(value, str) else json.dumps(value)
-    return {k: str(v) for k, v in meta.items()}
+    return meta
 
 
 def safetensors_hashes(tensors: Mapping[str, "torch.Tensor"], metadata: Mapping[str, str]) -> tuple[str, str]:

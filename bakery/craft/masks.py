@@ -19,13 +19,15 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from bakery.manifest import ImageRef
 
 MODES = ("base", "fast", "base-nightly")
 # The library reads its config.yaml from $TRANSPARENT_BACKGROUND_FILE_PATH/.transparent-background/.
@@ -84,6 +86,65 @@ def qa_reason(hist: Sequence[int], qa: MaskQA) -> str | None:
             f"max_grey {qa.max_grey:.1%}): the subject is not separated"
         )
     return None
+
+
+@dataclass(frozen=True)
+class Mask:
+    image_hash: str
+    mask_hash: str  # the mask's file in the store
+    histogram: list[int]
+    width: int = 0
+    height: int = 0
+
+
+@dataclass
+class MaskRun:
+    images: list[ImageRef]  # every picture, with `mask` set where its mask passed QA
+    verdicts: list[dict]  # `mask_qa` rows: image_hash, mask_hash, accepted, reason
+    rejected: list[tuple[ImageRef, str]]
+    made: int  # masks the model made in this run
+
+
+def mask_pictures(pictures: Sequence[ImageRef], known: Mapping[str, Mask], todo: Sequence[ImageRef],
+                  make: Callable[[ImageRef], Mask] | None, keep: Callable[[list[Mask]], None], qa: MaskQA,
+                  advance: Callable[[], None] = lambda: None, batch: int = 32) -> MaskRun:
+    """The masks stage: `make` a mask for each picture of `todo`, `keep` them in batches (a killed run
+    keeps what it made), then check every picture's mask (known or new) with QA.
+
+    `make` raises OSError for a picture it cannot read: that picture trains without masked loss.
+    """
+    masks, failed, pending = dict(known), {}, []
+    try:
+        for ref in todo:
+            try:
+                masks[ref.hash] = made = make(ref)  # type: ignore[misc]  (todo is empty without a model)
+            except OSError as exc:  # a file gone from the store, or unreadable
+                failed[ref.hash] = f"cannot read image: {exc}"
+            else:
+                pending.append(made)
+                if len(pending) >= batch:
+                    keep(pending)
+                    pending = []
+            advance()
+    finally:
+        if pending:
+            keep(pending)
+    return judge_masks(pictures, masks, failed, qa, len(todo))
+
+
+def judge_masks(pictures: Sequence[ImageRef], masks: Mapping[str, Mask], failed: Mapping[str, str], qa: MaskQA,
+                made: int = 0) -> MaskRun:
+    """Mask QA of every picture: an accepted mask goes on the picture, a rejected one is recorded with why."""
+    images, verdicts, rejected = [], [], []
+    for ref in pictures:
+        mask = masks.get(ref.hash) if ref.hash not in failed else None
+        reason = failed.get(ref.hash) or qa_reason(mask.histogram, qa)  # type: ignore[union-attr]
+        images.append(ImageRef(ref.name, ref.hash, mask.mask_hash if mask and reason is None else ""))
+        verdicts.append({"image_hash": ref.hash, "mask_hash": mask.mask_hash if mask else None,
+                         "accepted": reason is None, "reason": reason})
+        if reason is not None:
+            rejected.append((ref, reason))
+    return MaskRun(images, verdicts, rejected, made)
 
 
 def mask_png(mask: Image.Image) -> bytes:

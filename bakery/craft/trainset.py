@@ -1,0 +1,196 @@
+"""The training set: how every caption is built and every folder's repeats chosen (rules.md §8-§10).
+
+One call, `build_trainset`, composes the craft in the guide's order: sort pictures into
+groups (concepts, outfits) -> gather and clean each picture's tags -> prune each group into
+its triggers and build the captions -> balance the folders' repeats -> the guide's caption
+checks. Pure: no Prefect, no catalog; the prune task reads the catalog and writes the result.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from bakery.craft import prune as prune_craft
+from bakery.craft import repeats as repeats_craft
+from bakery.craft import tags as tags_craft
+from bakery.manifest import Skip, TrainImage, TrainSet
+
+MAX_LISTED = 10  # picture names shown in an error message
+
+
+class CaptionError(RuntimeError):
+    """The training set cannot be built as the recipe asks (kohya would train it wrong)."""
+
+
+@dataclass(frozen=True)
+class Picture:
+    """What prune knows of one prepared picture."""
+
+    name: str
+    hash: str
+    mask: str = ""
+    sidecars: tuple[str, ...] = ()  # raw caption files of it and the originals it came from
+    tag_rows: tuple[dict, ...] = ()  # booru / tagger tags (tag, category, origin, confidence)
+
+
+@dataclass(frozen=True)
+class CaptionSettings:
+    clean: tags_craft.CleanRules
+    sources: tuple[str, ...] = ("user", "booru", "tagger")
+    merge: str = "union"
+    keep_namespaces: tuple[str, ...] = ("general", "character", "copyright")
+    tag_style: str = "underscore"
+    keep_tokens_separator: bool = False
+    warn_caption_bytes: int = 1024
+    rare_tag_posts: int = 500
+
+
+@dataclass(frozen=True)
+class RepeatSettings:
+    epochs: int
+    optimizer: str
+    multiplier: float = 1.0
+    main_concept: str | None = None
+
+
+@dataclass
+class TrainSetBuild:
+    trainset: TrainSet
+    trained: list[str]  # names of the pictures in the set (a picture in two folders once)
+    skips: list[Skip]
+    stats: list[dict]  # tag counts per group before and after pruning (catalog `tag_stats`)
+    plan: repeats_craft.RepeatsPlan
+    captions: dict[tuple[str, str], str] = field(default_factory=dict)  # (folder, picture) -> caption
+
+
+def build_trainset(concepts: Sequence[prune_craft.ConceptSpec], pictures: Mapping[str, Picture],
+                   captions: CaptionSettings, repeats: RepeatSettings,
+                   post_counts: Mapping[str, int]) -> TrainSetBuild:
+    """Pictures by name -> the training set kohya (and our bake) trains on."""
+    warnings = prune_craft.check_layout(concepts)
+    if any("duplicate_split" in w for w in warnings):
+        raise CaptionError("; ".join(w for w in warnings if "duplicate_split" in w))
+    rules, members, unassigned = prune_craft.layout(concepts, pictures)
+    cleaned, characters = clean_captions(rules, members, pictures, captions)
+    texts, stats, pruned_warnings = prune_groups(rules, members, cleaned, characters, captions)
+    warnings += pruned_warnings
+    plan = plan_folder_repeats(concepts, rules, members, repeats)
+    warnings += plan.warnings
+    warnings += caption_checks(texts, cleaned, post_counts, captions)
+    trainset = TrainSet(
+        assemble(texts, pictures, plan.repeats()), caption_triggers(rules, members),
+        unet_only=any(r.style == "style_no_tags" and members[r.folder] for r in rules),
+        keep_tokens_separator=captions.keep_tokens_separator, warnings=warnings,
+    )
+    return TrainSetBuild(trainset, sorted({n for _, n in texts}), [Skip(n, "no concept's paths match this image")
+                                                                   for n in unassigned], stats, plan, texts)
+
+
+def clean_captions(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, list[str]],
+                   pictures: Mapping[str, Picture], captions: CaptionSettings) -> tuple[dict[str, list[str]], set[str]]:
+    """Each grouped picture's tags from its sources, cleaned; the tags sources mark as characters.
+
+    A picture with no tag at all in a group that needs tags fails: kohya would caption it with the folder name.
+    """
+    cleaned: dict[str, list[str]] = {}
+    characters: set[str] = set()
+    missing = []
+    for rule in rules:
+        for name in members[rule.folder]:
+            pic = pictures[name]
+            if name not in cleaned:
+                raw = tags_craft.source_tags(list(pic.sidecars), list(pic.tag_rows), captions.sources, captions.merge,
+                                             captions.keep_namespaces)
+                cleaned[name] = tags_craft.clean_tags(raw, captions.clean)
+                characters |= tags_craft.character_tags(list(pic.sidecars), list(pic.tag_rows))
+            if not cleaned[name] and prune_craft.needs_tags(rule):
+                missing.append(f"{rule.folder}/{name}")
+    if missing:
+        listed = ", ".join(missing[:MAX_LISTED]) + (
+            f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else "")
+        raise CaptionError(
+            f"{len(missing)} images have no caption (no tags from user sidecars, booru tags or the tagger): {listed}. "
+            "kohya would caption them with the folder name; add .txt sidecars, set autotag.model, or remove them"
+        )
+    return cleaned, characters
+
+
+def prune_groups(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, list[str]],
+                 cleaned: Mapping[str, list[str]], characters: set[str],
+                 captions: CaptionSettings) -> tuple[dict[tuple[str, str], str], list[dict], list[str]]:
+    """Each group pruned into its triggers: the captions, tag counts before/after, and the guide's warnings."""
+    stats, texts, warnings = [], {}, []
+    for rule in rules:
+        group = {n: cleaned[n] for n in members[rule.folder]}
+        if not group:
+            continue
+        result = prune_craft.prune_group(rule, group, characters)
+        warnings += result.warnings
+        before = Counter(t for tags in group.values() for t in tags)
+        after: Counter[str] = Counter()
+        for n, kept in result.captions.items():
+            texts[(rule.folder, n)] = prune_craft.build_caption(rule, kept, captions.tag_style,
+                                                                captions.keep_tokens_separator)
+            head, body = prune_craft.caption_parts(rule, kept)
+            after.update(dict.fromkeys(head + body, 1))
+        stats += [{"concept": rule.folder, "phase": "before_prune", "tag": t, "count": c} for t, c in before.items()]
+        stats += [{"concept": rule.folder, "phase": "after_prune", "tag": t, "count": c} for t, c in after.items()]
+    return texts, stats, warnings
+
+
+def plan_folder_repeats(concepts: Sequence[prune_craft.ConceptSpec], rules: Sequence[prune_craft.GroupRule],
+                        members: Mapping[str, list[str]], repeats: RepeatSettings) -> repeats_craft.RepeatsPlan:
+    """Repeats per folder: about the same steps per epoch for each concept (rules.md §8)."""
+    outfit_names = {o.name for c in concepts for o in c.outfits}
+    return repeats_craft.plan_repeats(
+        [repeats_craft.FolderIn(r.folder, r.concept, len(members[r.folder]), r.target_steps, r.folder in outfit_names)
+         for r in rules],
+        epochs=repeats.epochs, optimizer=repeats.optimizer, mult=repeats.multiplier, main_concept=repeats.main_concept,
+    )
+
+
+def caption_checks(texts: Mapping[tuple[str, str], str], cleaned: Mapping[str, list[str]],
+                   post_counts: Mapping[str, int], captions: CaptionSettings) -> list[str]:
+    """The guide's caption checks: a caption over 1 KB (a tagger gone wrong), rare tags (rules.md §9)."""
+    warnings, rare = [], set()
+    for (folder, n), text in texts.items():
+        flags = tags_craft.flag_caption(text, cleaned[n], dict(post_counts), captions.warn_caption_bytes,
+                                        captions.rare_tag_posts)
+        if flags.too_long:
+            warnings.append(f"{folder}/{n}: caption is {len(text.encode())} bytes (> {captions.warn_caption_bytes}): "
+                            "a tagger gone wrong?")
+        rare.update(flags.rare)
+    if rare:
+        warnings.append(f"rare tags (< {captions.rare_tag_posts} posts, weakly known by the model): {', '.join(sorted(rare))}")
+    return warnings
+
+
+def file_names(names: Sequence[str]) -> dict[str, str]:
+    """Flat, unique file names for kohya folders (`chara/img001` -> `chara_img001`)."""
+    out, used = {}, set()
+    for name in names:
+        flat = name.replace("/", "_")
+        candidate, k = flat, 1
+        while candidate in used:
+            k += 1
+            candidate = f"{flat}_{k}"
+        used.add(candidate)
+        out[name] = candidate
+    return out
+
+
+def assemble(texts: Mapping[tuple[str, str], str], pictures: Mapping[str, Picture],
+             n_repeats: Mapping[str, int]) -> list[TrainImage]:
+    files = file_names(sorted({n for _, n in texts}))
+    return sorted(
+        TrainImage(folder=folder, name=files[n], image_hash=pictures[n].hash, caption=text,
+                   repeats=n_repeats[folder], mask_hash=pictures[n].mask)
+        for (folder, n), text in texts.items()
+    )
+
+
+def caption_triggers(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, list[str]]) -> list[str]:
+    """Every trigger word of the groups that have pictures, in order, once."""
+    return list(dict.fromkeys(t for r in rules if members[r.folder] for t in prune_craft.caption_parts(r, [])[0]))
