@@ -10,7 +10,7 @@ from typing import NoReturn, Optional
 import typer
 
 from bakery.recipe import Recipe, RecipeError, load_recipe, starter_recipe_text
-from bakery.report import skip_summary, text_table
+from bakery.report import skip_summary, text_table, upscale_line
 from bakery.stages import PlanError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LoRA Bakery: bake Stable Diffusion LoRAs from a recipe.")
@@ -59,6 +59,8 @@ def _print_run(recipe: Recipe, run_id: str | None = None) -> None:
         files = [r["file"] for r in cat.rows(
             "SELECT file FROM evaluation_epochs WHERE eval_key = ? ORDER BY epoch", [evaluation[0]["eval_key"]]
         )] if evaluation else []
+    if upscaled := upscale_line(recipe.workdir, stages):
+        typer.echo(upscaled)
     if skips:
         typer.echo(f"\nskipped ({len(skips)}):")
         for line in skip_summary(skips):

@@ -258,6 +258,12 @@ class UpscaleParams(_Section):
     tile: Annotated[int, Field(ge=0)] = 256
     tile_overlap: Annotated[int, Field(ge=0)] = 16
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Most a picture is enlarged per side; one that would need more is skipped with its reason (rules.md §5
+    # *check*: list them). 4 is the native scale of the guide's ESRGAN models (RealESRGAN_x4plus,
+    # x4plus_anime_6B): one model pass, no detail invented past it; at resolution 512 it takes 128x128 and up.
+    max_factor: Annotated[float, Field(ge=1)] = 4.0
+    # Pictures upscaled however far they must grow (name or hash prefix >= 6 digits, as dedupe.keep).
+    keep_small: list[str] = []
 
     @model_validator(mode="after")
     def _model_for_spandrel(self) -> "UpscaleParams":

@@ -1,9 +1,14 @@
-"""Text and markdown views of a run's record (pure formatting)."""
+"""Text and markdown views of a run's record (formatting; `upscale_line` also reads the upscale stage's list)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
+
+UPSCALE_REPORT = "reports/upscale.md"
+UPSCALE_LISTING = "reports/upscale.json"  # the upscale stage's list: every upscaled picture with its factor
 
 # The picture account (bakery/account.py) reads across: in + split = out + skipped.
 STAGE_COLUMNS = ("stage", "status", "n_in", "n_split", "n_out", "n_skipped", "n_lost", "n_processed", "duration_s")
@@ -38,12 +43,28 @@ def skip_summary(skips: list[dict[str, Any]], limit: int = 20) -> list[str]:
     return lines
 
 
+def upscale_line(workdir: str | Path, stages: list[dict[str, Any]], names: int = 3) -> str | None:
+    """How many pictures the run's upscale stage enlarged, the few enlarged most, and where the rest are."""
+    path = Path(workdir) / UPSCALE_LISTING
+    if not any(s["stage"] == "upscale" and s["status"] in ("ran", "cached") for s in stages) or not path.is_file():
+        return None
+    ups = json.loads(path.read_text(encoding="utf-8"))["upscaled"]
+    ups.sort(key=lambda u: (-(u["factor"] or 0), u["name"]))
+    if not ups:
+        return None
+    few = ", ".join(f"{u['name']} {u['factor'] or 0:.1f}x" for u in ups[:names])
+    more = f", {len(ups) - names} more" if len(ups) > names else ""
+    return f"upscaled {len(ups)} picture(s) ({few}{more}); each with its factor in {Path(workdir) / UPSCALE_REPORT}"
+
+
 def markdown_summary(run: dict[str, Any], stages: list[dict[str, Any]], skips: list[dict[str, Any]],
-                     warnings: list[dict[str, Any]] = ()) -> str:
+                     notes: list[str] = (), warnings: list[dict[str, Any]] = ()) -> str:
     out = [f"# Run `{run['run_id']}`: {run['status']}", "", f"Recipe: `{run['recipe_path']}`", ""]
     out.append("| " + " | ".join(HEADERS) + " |")
     out.append("|" + "---|" * len(HEADERS))
     out += ["| " + " | ".join(r) + " |" for r in stage_rows(stages)]
+    if notes:
+        out += [""] + [f"- {n}" for n in notes]
     if skips:
         out += ["", f"## Skipped ({len(skips)})", ""]
         for (stage, reason), n in Counter((s["stage"], s["reason"]) for s in skips).most_common():

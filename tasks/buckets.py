@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 import tasks.prepare_workers as prep
@@ -74,11 +74,18 @@ def _write_report(run: RunInfo, rep: craft.BucketReport, params: BucketParams) -
     base = Path(run.workdir)
     (base / REPORT).parent.mkdir(parents=True, exist_ok=True)
     (base / REPORT).write_text(text, encoding="utf-8")
+    flagged = {p.name for p in rep.out_of_range}
     assignment = {
         p.name: {"size": list(p.size), "kohya_bucket": list(p.choice.bucket), "bucket": list(p.final.bucket),
-                 "downscale": round(p.downscale, 4)}
+                 "downscale": round(p.downscale, 4), "kohya_resized": list(p.choice.resized),
+                 "kohya_crop_share": round(craft.crop_share(p.choice), 4), "aspect_out_of_range": p.name in flagged}
         for p in rep.placed
     }
+    if flagged:
+        worst = rep.out_of_range[0]
+        get_run_logger().warning(
+            "buckets: %d picture(s) with an aspect ratio outside the buckets' range; kohya's centre crop throws "
+            "away up to %.0f%% (%s): see %s", len(flagged), 100 * craft.crop_share(worst.choice), worst.name, REPORT)
     (base / ASSIGNMENT).write_text(json.dumps(assignment, indent=1, sort_keys=True), encoding="utf-8")
     create_markdown_artifact(text, key="buckets-report", description="Images per bucket, detail lost, merge plan")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bakery.report import markdown_summary
+from bakery.report import markdown_summary, upscale_line
 from storage import Catalog
 from tasks.stage import RunInfo
 
@@ -10,5 +10,7 @@ from tasks.stage import RunInfo
 def run_summary_markdown(run: RunInfo) -> str:
     with Catalog.open(run.catalog, read_only=False) as cat:
         record = cat.rows("SELECT * FROM runs WHERE run_id = ?", [run.run_id])[0]
-        return markdown_summary(record, cat.stage_table(run.run_id), cat.skips_for(run.run_id),
+        stages = cat.stage_table(run.run_id)
+        upscaled = upscale_line(run.workdir, stages)
+        return markdown_summary(record, stages, cat.skips_for(run.run_id), [upscaled] if upscaled else [],
                                 cat.stage_warnings(run.run_id))

@@ -36,8 +36,16 @@ def recipe_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def write_recipe(folder: Path, extra: str = "") -> Path:
+# The suite's pictures are thumbnails (tens of pixels) trained at 512 px: far past upscale.max_factor. Recipes
+# keep them unless a test asks for the default (thumbnails=False) or sets max_factor itself.
+KEEP_THUMBNAILS = "max_factor = 64.0\n"
+
+
+def write_recipe(folder: Path, extra: str = "", thumbnails: bool = True) -> Path:
     path = folder / "recipe.toml"
+    if thumbnails and "max_factor" not in extra:
+        head = "[upscale]\n"
+        extra = extra.replace(head, head + KEEP_THUMBNAILS, 1) if head in extra else extra + "\n" + head + KEEP_THUMBNAILS
     path.write_text(
         '[project]\nname = "t"\nworkdir = "work"\n\n[[sources]]\nkind = "folder"\npath = "images"\n\n'
         "[runtime]\nworkers = 2\n" + extra,

@@ -45,3 +45,24 @@ def test_fit_to_bucket_crops_centre():
     out = fit_to_bucket(img, select_bucket(1920, 1080, bucket_resolutions(512)))
     assert out.size == (640, 384)
     assert out.getpixel((0, 192)) == (255, 255, 255)
+
+
+def test_aspect_range_is_what_the_sides_allow():
+    from bakery.craft.bucket_report import aspect_range
+
+    assert aspect_range(bucket_resolutions(512)) == (0.25, 4.0)  # 256x1024 .. 1024x256
+    lo, hi = aspect_range(bucket_resolutions(512, 384, 768, 64))  # 384x640 .. 640x384
+    assert (round(lo, 3), round(hi, 3)) == (0.6, 1.667)
+
+
+def test_a_15_to_1_panorama_loses_three_quarters_to_the_centre_crop():
+    from bakery.craft.bucket_report import crop_share
+
+    choice = select_bucket(2100, 140, bucket_resolutions(512))
+    assert choice.bucket == (1024, 256) and choice.resized == (3840, 256)  # heights matched, then cropped
+    assert round(crop_share(choice), 4) == round(1 - 1024 / 3840, 4) == 0.7333
+    img = Image.new("RGB", (2100, 140), "white")
+    img.paste((255, 0, 0), (0, 0, 500, 140))  # the left quarter and more: all of it is thrown away
+    out = fit_to_bucket(img, choice)
+    assert out.size == (1024, 256) and out.getpixel((0, 128)) == (255, 255, 255)
+    assert crop_share(select_bucket(1024, 256, bucket_resolutions(512))) == 0.0  # 4:1 fits its bucket

@@ -6,7 +6,16 @@ from bakery.craft import prune as P
 from bakery.craft import repeats as R
 from bakery.craft import tags as T
 
-# The guide's own example (§10, "an example of pruning"): one image of CharaA in Outfit1.
+# The guide's own example (§10, "Um exemplo de poda", original-pt.md lines 472-476), one image of CharaA in
+# Outfit1. The Portuguese copy translates the tag names; these are the Danbooru tags they stand for, in its order:
+#   "Não podado: 1girl, ascot, boca_fechada, ascot_com_frufrus, saia_com_frufrus, frufrus, cabelo_verde,
+#    mangas_longas, olhando_para_o_observador, desafio_de_desenho_de_uma_hora, boca_aberta, xadrez, saia_xadrez,
+#    colete_xadrez, saia_vermelha, colete_vermelho, camisa, cabelo_curto, fundo_simples, saia, solo, guarda-chuva,
+#    colete, camisa_branca, fundo_amarelo"
+#   "Podado: CharaA, Roupa1, boca_fechada, olhando_para_o_observador, boca_aberta, fundo_simples, solo,
+#    guarda-chuva, fundo_amarelo"
+#   "CharaA absorverá conceitos como 1girl que representam o personagem, enquanto Roupa1 absorverá os conceitos
+#    da roupa."
 GUIDE_UNPRUNED = (
     "1girl, ascot, closed_mouth, frilled_ascot, frilled_skirt, frills, green_hair, long_sleeves, "
     "looking_at_viewer, one-hour_drawing_challenge, open_mouth, plaid, plaid_skirt, plaid_vest, red_skirt, "
@@ -19,9 +28,8 @@ GUIDE_PRUNED = (
 
 
 def test_guide_example_unpruned_to_pruned_exactly():
-    # The guide prunes 1girl here because the character trigger exists in other folders.
-    chara = P.ConceptSpec("CharaA", "CharaA", prune_tags=("1girl",),
-                          outfits=(P.OutfitSpec("Outfit1", "Outfit1", ("outfit1/*",)),))
+    # No extra rule in the recipe: semi-static is the default and the lone character trigger absorbs 1girl.
+    chara = P.ConceptSpec("CharaA", "CharaA", outfits=(P.OutfitSpec("Outfit1", "Outfit1", ("outfit1/*",)),))
     rules, members, unassigned = P.layout([chara], ["outfit1/img"])
     assert members == {"CharaA": [], "Outfit1": ["outfit1/img"]} and not unassigned
     rule = next(r for r in rules if r.folder == "Outfit1")
@@ -31,6 +39,30 @@ def test_guide_example_unpruned_to_pruned_exactly():
     result = P.prune_group(rule, {"outfit1/img": cleaned})
     assert P.build_caption(rule, result.captions["outfit1/img"]) == GUIDE_PRUNED
     assert not result.warnings
+
+
+def test_people_count_by_style_and_group():
+    tags = {"a": ["1girl", "solo", "2girls", "multiple_girls", "1boy", "smile"]}
+
+    def caption(c: P.ConceptSpec, folder: str | None = None) -> str:
+        rule = next(r for r in P.layout([c], [])[0] if r.folder == (folder or c.name))
+        return P.build_caption(rule, P.prune_group(rule, tags).captions["a"])
+
+    # Semi-static, one character (the concept and its outfits): the one-person counts go, solo and the
+    # counts of other people in the picture stay.
+    one = P.ConceptSpec("A", "CharaA", outfits=(P.OutfitSpec("O", "Outfit1", ("*",)),))
+    assert caption(one) == "CharaA, solo, 2girls, multiple_girls, smile"
+    assert caption(one, "O") == "CharaA, Outfit1, solo, 2girls, multiple_girls, smile"
+    # keep_tags still keeps 1girl.
+    assert caption(P.ConceptSpec("A", "CharaA", keep_tags=("1girl",))) == "CharaA, 1girl, solo, 2girls, multiple_girls, smile"
+    # Static prunes every people count (solo too); fluid keeps everything.
+    assert caption(P.ConceptSpec("A", "CharaA", style="static")) == "CharaA, smile"
+    assert caption(P.ConceptSpec("A", "CharaA", style="fluid")) == "CharaA, 1girl, solo, 2girls, multiple_girls, 1boy, smile"
+    # Several characters: nothing absorbed unless prune_people_count says so (then all of it).
+    pair = P.ConceptSpec("AB", "CharaA", extra_triggers=("CharaB",))
+    assert caption(pair) == "CharaA, CharaB, 1girl, solo, 2girls, multiple_girls, 1boy, smile"
+    pair = P.ConceptSpec("AB", "CharaA", extra_triggers=("CharaB",), prune_people_count=True)
+    assert caption(pair) == "CharaA, CharaB, smile"
 
 
 def test_normalise_and_parse_formats():
@@ -119,7 +151,8 @@ def test_fluid_keeps_all():
 
 
 def test_semi_static_prunes_intrinsics_not_breasts_or_editables():
-    assert _prune("semi_static") == ["1girl", "solo", "large_breasts", "white_shirt", "red_skirt", "black_footwear",
+    # 1girl: the lone character trigger absorbs it (rules.md §10).
+    assert _prune("semi_static") == ["solo", "large_breasts", "white_shirt", "red_skirt", "black_footwear",
                                      "smile", "outdoors"]
 
 
@@ -155,8 +188,8 @@ def test_outfit_trigger_absorbs_garments_never_footwear():
     rule = P.GroupRule("o", ("Chara", "Outfit"), style="semi_static", auto_absorb=True,
                        absorb=("black_footwear",))
     res = P.prune_group(rule, {"a": CAPTION, "b": ["1girl", "white_shirt", "sitting"]})
-    assert res.captions["a"] == ["1girl", "solo", "large_breasts", "black_footwear", "smile", "outdoors"]
-    assert res.captions["b"] == ["1girl", "sitting"]
+    assert res.captions["a"] == ["solo", "large_breasts", "black_footwear", "smile", "outdoors"]
+    assert res.captions["b"] == ["sitting"]
     assert any("footwear" in w for w in res.warnings)
     # Garments in under half of the group are not the outfit's: red_skirt appears in 1 of 3.
     res = P.prune_group(P.GroupRule("o", ("C", "O"), auto_absorb=True),
@@ -214,8 +247,8 @@ def test_duplicate_and_split():
     tags = {"x1": ["1girl", "red_dress", "blonde_hair", "smile"], "x2": ["red_dress", "sitting"]}
     pruned = P.prune_group(by["Dress"], tags)
     copy = P.prune_group(by["Dress_unpruned"], tags)
-    assert P.build_caption(by["Dress"], pruned.captions["x1"]) == "Chara, RedDress, 1girl, smile"
-    assert P.build_caption(by["Dress_unpruned"], copy.captions["x1"]) == "Chara, 1girl, red_dress, smile"
+    assert P.build_caption(by["Dress"], pruned.captions["x1"]) == "Chara, RedDress, smile"
+    assert P.build_caption(by["Dress_unpruned"], copy.captions["x1"]) == "Chara, red_dress, smile"
     assert P.check_layout([P.ConceptSpec("c", "t", duplicate_split=True)])
 
 

@@ -18,7 +18,6 @@ CONCEPTS = """
 name = "CharaA"
 trigger = "CharaA"
 paths = ["chara/*"]
-prune_tags = ["1girl"]
 
 [[concepts.outfits]]
 name = "Outfit1"
@@ -221,14 +220,15 @@ duplicate_split = true
         got = {(r["folder"], r["name"]): (r["caption"], r["repeats"]) for r in cat.train_captions(run_id)}
     captions = {k: v[0] for k, v in got.items()}
     assert captions == {
-        ("CharaA", "a_1"): "CharaA, 1girl, solo, smile",
+        # A lone character trigger absorbs 1girl and keeps solo (rules.md §10).
+        ("CharaA", "a_1"): "CharaA, solo, smile",
         # The outfit absorbs its garments, never the footwear.
-        ("CharaA_dress", "a_dress_2"): "CharaA, red_dress_white_apron, 1girl, black_footwear",
-        ("CharaB", "b_1"): "CharaB, 1girl, sitting",
+        ("CharaA_dress", "a_dress_2"): "CharaA, red_dress_white_apron, black_footwear",
+        ("CharaB", "b_1"): "CharaB, sitting",
         ("CharaAPLUSCharaB", "ab_1"): "CharaA, CharaB, hug",
         ("misc", "misc_1"): "CharaA, 1girl, red_hair, bow",
-        ("CharaC_dress", "solo_1"): "CharaC, CharaC_red_dress, 1girl",
-        ("CharaC_dress_unpruned", "solo_1"): "CharaC, 1girl, red_dress",
+        ("CharaC_dress", "solo_1"): "CharaC, CharaC_red_dress",
+        ("CharaC_dress_unpruned", "solo_1"): "CharaC, red_dress",
     }
     # One image per folder: 300 x 3/5 = 180 for concepts, 100 x 3/5 = 60 for outfits and their copies.
     assert {k[0]: v[1] for k, v in got.items()} == {

@@ -117,6 +117,17 @@ def test_upscale_target_size_reaches_resolution_squared():
         assert (tw - 1) * th < 512 * 512 or tw * (th - 1) < 512 * 512  # smallest
 
 
+def test_upscale_too_small_past_max_factor_per_side():
+    # 40x30 at 512 px: 592x443, 14.8x per side (the guide's ESRGAN models are 4x).
+    assert upscale.target_size(40, 30, 512) == (592, 443)
+    assert upscale.too_small(40, 30, 512, 4.0) == "too small: 40x30 would need 14.8x per side > upscale.max_factor = 4"
+    assert upscale.too_small(40, 30, 512, 15.0) is None
+    assert upscale.too_small(128, 128, 512, 4.0) is None  # exactly 4x: allowed
+    assert upscale.too_small(127, 128, 512, 4.0).endswith("4.031x per side > upscale.max_factor = 4")
+    assert upscale.too_small(600, 500, 512, 1.0) is None  # large enough: nothing to upscale
+    assert upscale.factor_per_side(300, 200, (600, 437)) == 2.185
+
+
 def tiny_rrdbnet_state_dict(scale: int = 4, nf: int = 8, blocks: int = 1) -> dict[str, torch.Tensor]:
     """Random weights in the key layout of RealESRGAN's RRDBNet files (conv_first, body.N.rdbM ...)."""
     g = torch.Generator().manual_seed(0)
@@ -248,6 +259,20 @@ def test_bucket_report_counts_tiny_worst_and_merge():
     assert hd.choice.bucket == (640, 384) and hd.choice.resized == (683, 384)
     md = report_markdown(rep, 2.0, False)
     assert "| 512x512 | 3 |" in md and "crop a portrait" in md
+
+
+def test_bucket_report_flags_aspect_ratios_outside_the_bucket_range():
+    sizes = {"pano": (2100, 140), "tall": (100, 1500), "edge": (1024, 256), "hd": (1920, 1080)}
+    rep = bucket_report(sizes, 512, max_buckets=9)
+    assert rep.aspects == (0.25, 4.0)
+    assert [p.name for p in rep.out_of_range] == ["pano", "tall"]  # 4:1 itself is in range
+    pano = rep.out_of_range[0]
+    assert pano.choice.bucket == (1024, 256) and pano.choice.resized == (3840, 256)
+    md = report_markdown(rep, 2.0, False)
+    assert "## Aspect ratio out of range (2): buckets go from 1:4 to 4:1" in md
+    assert "| pano | 2100x140 | 15:1 | 1024x256 | 3840x256 | 73.3% |  |" in md
+    # no_upscale: kohya's buckets follow each picture, nothing is out of range.
+    assert bucket_report(sizes, 512, no_upscale=True).out_of_range == []
 
 
 def test_merge_plan_folds_smallest_into_nearest_aspect():

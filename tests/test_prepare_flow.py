@@ -198,3 +198,57 @@ def test_trim_leaves_a_picture_alone_from_its_known_edge_spread_without_decoding
     assert row["hash"] == cut and (row["width"], row["height"]) == (160, 110)
     assert isinstance(prep.trim_one(dataclasses.replace(job, edge_spread=None)), Skip)  # decoding it fails
     assert isinstance(prep.trim_one(dataclasses.replace(job, edge_spread=0.15)), Skip)  # within the fuzz: decoded
+
+
+def test_too_small_skipped_by_default_kept_on_request_and_panoramas_flagged(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from bakery.cli import app
+    from tasks.report import run_summary_markdown
+    from tasks.stage import RunInfo
+
+    images = tmp_path / "images"
+    images.mkdir()
+    # gradients: nothing for trim to cut
+    gradient(40, 30, seed=1).save(images / "thumb.png")  # 14.8x per side to reach 512²
+    gradient(300, 200, seed=2).save(images / "pic.png")  # 2.1x
+    gradient(2100, 140, seed=3).save(images / "pano.png")  # 15:1, >= 512² pixels: not upscaled
+    recipe = write_recipe(tmp_path, thumbnails=False)  # the default max_factor (4)
+    work = tmp_path / "work"
+    first = bake(recipe)
+    st = stages(work, first)
+    assert (st["upscale"]["n_in"], st["upscale"]["n_out"], st["upscale"]["n_skipped"]) == (3, 2, 1)
+    with Catalog.open(work, read_only=True) as cat:
+        skips = [(s["subject"], s["reason"]) for s in cat.skips_for(first) if s["stage"] == "upscale"]
+    assert skips == [("thumb", "too small: 40x30 would need 14.8x per side > upscale.max_factor = 4")]
+    report = (work / "reports/upscale.md").read_text()
+    assert "| pic | 300x200 | 628x418 | 2.09x | lanczos |" in report and "| thumb | too small: 40x30" in report
+    listing = json.loads((work / "reports/upscale.json").read_text())
+    assert [(u["name"], u["factor"]) for u in listing["upscaled"]] == [("pic", 2.09)]
+    line = f"upscaled 1 picture(s) (pic 2.1x); each with its factor in {work / 'reports/upscale.md'}"
+    assert line in run_summary_markdown(RunInfo(first, str(work)))
+    assert line in CliRunner().invoke(app, ["status", str(recipe)]).output
+
+    # The panorama: flagged with kohya's bucket, the size it covers and the share its centre crop drops.
+    assert "| pano | 2100x140 | 15:1 | 1024x256 | 3840x256 | 73.3% |" in (work / "reports/buckets.md").read_text()
+    assignment = json.loads((work / "reports/buckets.json").read_text())
+    assert assignment["pano"]["aspect_out_of_range"] and assignment["pano"]["kohya_crop_share"] == 0.7333
+    assert (assignment["pano"]["kohya_bucket"], assignment["pano"]["kohya_resized"]) == ([1024, 256], [3840, 256])
+    assert not assignment["pic"]["aspect_out_of_range"] and "thumb" not in assignment
+
+    # Unchanged: cached, and the skip is recorded for this run too.
+    second = bake(recipe)
+    assert set(status(work, second).values()) == {"cached"}
+    with Catalog.open(work, read_only=True) as cat:
+        assert [s["subject"] for s in cat.skips_for(second) if s["stage"] == "upscale"] == ["thumb"]
+
+    # Kept by name: only the thumbnail is upscaled now, the others come from the catalog.
+    write_recipe(tmp_path, '\n[upscale]\nkeep_small = ["thumb"]\n', thumbnails=False)
+    third = bake(recipe)
+    st = stages(work, third)
+    assert st["upscale"]["status"] == "ran" and (st["upscale"]["n_out"], st["upscale"]["n_skipped"]) == (3, 0)
+    assert st["upscale"]["n_processed"] == 1
+    up = outputs(work, third, "upscale")
+    assert (up["thumb"]["width"], up["thumb"]["height"]) == (592, 443)
+    assert "| thumb | 40x30 | 592x443 | 14.80x (kept: `keep_small`) | lanczos |" in (work / "reports/upscale.md").read_text()
+    assert st["buckets"]["n_out"] == 3

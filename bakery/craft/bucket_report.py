@@ -5,6 +5,11 @@ better (rules.md §7: 8-9, or 4-5): the merge plan folds the smallest bucket int
 the used bucket with the nearest aspect ratio until at most `max_buckets` are
 left; with `snap`, each image is then scaled to cover its merged bucket and
 centre-cropped to it, so kohya puts it there unchanged.
+
+A picture whose aspect ratio lies outside the buckets' range (4:1 to 1:4 at
+512 px, sides 256-1024, step 64) still lands in the most extreme bucket: kohya
+scales it to cover that bucket and its centre crop throws the rest away (a 15:1
+panorama loses 73 %). The report flags each one with that crop.
 """
 
 from __future__ import annotations
@@ -27,6 +32,18 @@ class Placed:
         return downscale_factor(self.size[0], self.size[1], self.final)
 
 
+def crop_share(choice: BucketChoice) -> float:
+    """The share of the covered picture that the centre crop to the bucket throws away."""
+    (rw, rh), (bw, bh) = choice.resized, choice.bucket
+    return 1 - min(bw, rw) * min(bh, rh) / (rw * rh)
+
+
+def aspect_range(resos: list[Size]) -> tuple[float, float]:
+    """The narrowest and the widest aspect ratio (width / height) a bucket has."""
+    aspects = [w / h for w, h in resos]
+    return min(aspects), max(aspects)
+
+
 @dataclass
 class BucketReport:
     placed: list[Placed]
@@ -34,6 +51,8 @@ class BucketReport:
     merge: dict[Size, Size] = field(default_factory=dict)  # bucket -> bucket it merges into
     tiny: list[Size] = field(default_factory=list)
     worst: list[Placed] = field(default_factory=list)  # most detail lost first
+    aspects: tuple[float, float] = (0.0, float("inf"))  # the buckets' aspect range
+    out_of_range: list[Placed] = field(default_factory=list)  # aspect outside `aspects`: kohya crops them hard
 
     @property
     def merged_counts(self) -> dict[Size, int]:
@@ -88,10 +107,14 @@ def bucket_report(
         final = cover(w, h, merge[c.bucket]) if c.bucket in merge else c
         placed.append(Placed(name, (w, h), c, final))
     ranked = sorted(placed, key=lambda p: (-p.downscale, p.name))
+    # no_upscale buckets follow the picture's own size: no range to fall out of.
+    lo, hi = aspect_range(resos) if not no_upscale else (0.0, float("inf"))
     return BucketReport(
         placed=placed, counts=counts, merge=merge,
         tiny=[b for b, n in counts.items() if n <= tiny_bucket],
-        worst=ranked[:worst],
+        worst=ranked[:worst], aspects=(lo, hi),
+        out_of_range=sorted((p for p in placed if not lo <= p.size[0] / p.size[1] <= hi),
+                            key=lambda p: (-crop_share(p.choice), p.name)),
     )
 
 
@@ -110,8 +133,29 @@ def report_markdown(rep: BucketReport, max_downscale: float, snapped: bool) -> s
         lines += ["| merged bucket | images |", "|---|---:|"]
         lines += [f"| {fmt(b)} | {n} |" for b, n in rep.merged_counts.items()]
         lines.append("")
+    lines += _out_of_range_lines(rep)
     lines += ["## Most detail lost (downscale factor)", "", "| image | size | bucket | factor |", "|---|---|---|---:|"]
     for p in rep.worst:
         flag = " **crop a portrait?**" if p.downscale > max_downscale else ""
         lines.append(f"| {p.name} | {fmt(p.size)} | {fmt(p.final.bucket)} | {p.downscale:.2f}{flag} |")
     return "\n".join(lines) + "\n"
+
+
+def _ratio(aspect: float) -> str:
+    return f"{aspect:.3g}:1" if aspect >= 1 else f"1:{1 / aspect:.3g}"
+
+
+def _out_of_range_lines(rep: BucketReport) -> list[str]:
+    if not rep.out_of_range:
+        return []
+    lo, hi = rep.aspects
+    lines = [f"## Aspect ratio out of range ({len(rep.out_of_range)}): buckets go from {_ratio(lo)} to {_ratio(hi)}",
+             "", "kohya scales each to cover its bucket and centre-crops it; crop these yourself (or split a "
+             "panorama) to choose what is kept.", "",
+             "| image | size | aspect | bucket | scaled to | cropped away | after merge |", "|---|---|---:|---|---|---:|---:|"]
+    for p in rep.out_of_range:
+        merged = f"{crop_share(p.final):.1%} in {p.final.bucket[0]}x{p.final.bucket[1]}" if p.final != p.choice else ""
+        lines.append(f"| {p.name} | {p.size[0]}x{p.size[1]} | {_ratio(p.size[0] / p.size[1])} | "
+                     f"{p.choice.bucket[0]}x{p.choice.bucket[1]} | {p.choice.resized[0]}x{p.choice.resized[1]} | "
+                     f"{crop_share(p.choice):.1%} | {merged} |")
+    return lines + [""]

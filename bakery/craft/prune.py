@@ -44,6 +44,8 @@ STATIC_ANATOMY = ("*_skin", "dark-skinned_*", "mole*", "freckles", "tattoo", "*_
                   "animal_ears", "*_ears", "tail", "*_tail", "fang", "fangs", "pointy_ears", "horns", "wings",
                   "hair_ornament", "hairclip", "hairband", "hair_ribbon", "hair_bow", "*_hair_ornament", "halo")
 PEOPLE_COUNT = re.compile(r"^(?:\d+\+?(?:girl|boy|other)s?|multiple_(?:girls|boys|others)|solo|solo_focus)$")
+# The count a lone character trigger stands for (§10: "CharaA absorbs concepts like 1girl"); `solo` stays.
+ONE_PERSON = frozenset({"1girl", "1boy", "1other"})
 BREAST_SIZE = re.compile(r"^(?:flat_chest|breasts|(?:small|medium|large|huge|gigantic|big|flat)_breasts)$")
 
 GARMENT_WORDS = frozenset(
@@ -117,6 +119,7 @@ class GroupRule:
     prune_people_count: bool = False  # multi-character groups (CharaAPLUSCharaB)
     target_steps: int = 300
     concept: str = ""  # the concept the group belongs to
+    characters: int = 1  # character triggers: the concept's trigger + its extra_triggers (outfits are not characters)
 
     @property
     def head(self) -> list[str]:
@@ -196,6 +199,8 @@ def _prunes(rule: GroupRule, tag: str, garments: set[str], heads: set[str]) -> b
         return True
     if rule.prune_people_count and is_people_count(tag):
         return True
+    if rule.characters == 1 and tag in ONE_PERSON:
+        return True  # the lone character trigger absorbs it (the guide's §10 example keeps `solo`)
     if is_intrinsic(tag, rule.intrinsic):
         return True
     if style == "static":
@@ -265,6 +270,7 @@ def concept_rule(c: ConceptSpec) -> GroupRule:
         folder=c.name, triggers=(c.trigger, *c.extra_triggers), style=c.style, prune_tags=c.prune_tags,
         keep_tags=c.keep_tags, intrinsic=c.intrinsic, prune_people_count=c.prune_people_count,
         target_steps=c.target_steps, concept=c.name, absorb_min_share=c.absorb_min_share,
+        characters=1 + len(c.extra_triggers),
     )
 
 
@@ -274,6 +280,7 @@ def outfit_rule(c: ConceptSpec, o: OutfitSpec) -> GroupRule:
         prune_tags=c.prune_tags, keep_tags=c.keep_tags, intrinsic=c.intrinsic, absorb=o.absorb,
         auto_absorb=o.auto_absorb, absorb_min_share=c.absorb_min_share,
         prune_people_count=c.prune_people_count, target_steps=o.target_steps, concept=c.name,
+        characters=1 + len(c.extra_triggers),
     )
 
 

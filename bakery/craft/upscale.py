@@ -1,7 +1,9 @@
 """Upscale: every image gets at least `resolution²` pixels (rules.md §5).
 
-Smaller images are enlarged, never dropped, to the smallest size with the same
-aspect ratio whose pixel count reaches `resolution²`. Backends:
+Smaller images are enlarged to the smallest size with the same aspect ratio
+whose pixel count reaches `resolution²`. A picture that would need more than
+`max_factor` per side (a 40x30 thumbnail: 14.8x at 512) is not a training
+picture: it is skipped with its reason unless the recipe keeps it. Backends:
 
 - `lanczos`: Pillow's Lanczos filter (the default; no model needed).
 - `spandrel`: any ESRGAN-family model file spandrel loads (RealESRGAN_x4plus,
@@ -32,6 +34,23 @@ def target_size(width: int, height: int, resolution: int) -> tuple[int, int] | N
         options.append((w * h, abs(w / h - width / height), w, h))
     _, _, w, h = min(options)
     return w, h
+
+
+def factor_per_side(width: int, height: int, size: tuple[int, int]) -> float:
+    """How many times a side grows from `width` x `height` to `size` (the larger of the two)."""
+    return max(size[0] / width, size[1] / height)
+
+
+def too_small(width: int, height: int, resolution: int, max_factor: float) -> str | None:
+    """Why a picture is too small to upscale (more than `max_factor` per side), or None."""
+    size = target_size(width, height, resolution)
+    if size is None:
+        return None
+    factor = factor_per_side(width, height, size)
+    if factor <= max_factor + 1e-9:
+        return None
+    shown = f"{factor:.1f}" if round(factor, 1) > max_factor else f"{factor:.3f}"  # never "4.0x > 4"
+    return f"too small: {width}x{height} would need {shown}x per side > upscale.max_factor = {max_factor:g}"
 
 
 def lanczos(im: Image.Image, size: tuple[int, int]) -> Image.Image:
