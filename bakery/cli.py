@@ -10,7 +10,7 @@ from typing import NoReturn, Optional
 import typer
 
 from bakery.recipe import Recipe, RecipeError, load_recipe, starter_recipe_text
-from bakery.report import skip_summary, text_table, upscale_line
+from bakery.report import short_error, skip_summary, stage_notes, text_table, upscale_line
 from bakery.stages import PlanError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LoRA Bakery: bake Stable Diffusion LoRAs from a recipe.")
@@ -21,24 +21,41 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+MAX_PROBLEMS = 20  # recipe problems listed, one line each
+
+
+def _bad_recipe(path: Path | str, problems: list[str]) -> NoReturn:
+    lines = [short_error(p) for p in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        lines.append(f"... and {len(problems) - MAX_PROBLEMS} more")
+    fail(f"bad recipe {path}:\n  " + "\n  ".join(lines), code=2)
+
+
 def _load(recipe_path: Path) -> Recipe:
     try:
         recipe = load_recipe(recipe_path)
     except RecipeError as exc:
-        fail(f"bad recipe {exc.path}:\n  " + "\n  ".join(exc.problems), code=2)
+        _bad_recipe(exc.path, exc.problems)
     missing = [
         f"sources[{i}].path: folder does not exist: {recipe.resolve(s.path)}"
         for i, s in enumerate(recipe.sources)
         if s.kind == "folder" and not recipe.resolve(s.path).is_dir()
     ]
     if missing:
-        fail(f"bad recipe {recipe_path}:\n  " + "\n  ".join(missing), code=2)
+        _bad_recipe(recipe_path, missing)
     return recipe
 
 
 def _quiet_prefect_defaults() -> None:
     # Prefect's analytics try DNS lookups; nothing here reaches the internet.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _run_log(recipe: Recipe, run_id: str) -> str | None:
+    from tasks.runlog import run_log_path
+
+    path = run_log_path(recipe.workdir, run_id)
+    return str(path) if path.is_file() else None
 
 
 def _print_run(recipe: Recipe, run_id: str | None = None) -> None:
@@ -50,8 +67,13 @@ def _print_run(recipe: Recipe, run_id: str | None = None) -> None:
             fail(f"no runs recorded in {cat.path}")
         run = record[0]
         typer.echo(f"run {run['run_id']} ({run['status']}, started {run['started_at']:%Y-%m-%d %H:%M:%S})")
+        if run["message"]:
+            typer.echo(f"why: {short_error(run['message'])}")
+        log = _run_log(recipe, run["run_id"])
         stages = cat.stage_table(run["run_id"])
         typer.echo(text_table(stages))
+        for note in stage_notes(stages):
+            typer.echo(note)
         skips = cat.skips_for(run["run_id"])
         warnings = cat.stage_warnings(run["run_id"])
         tasted = any(s["stage"] == "evaluate" and s["status"] in ("ran", "cached") for s in stages)
@@ -63,7 +85,7 @@ def _print_run(recipe: Recipe, run_id: str | None = None) -> None:
         typer.echo(upscaled)
     if skips:
         typer.echo(f"\nskipped ({len(skips)}):")
-        for line in skip_summary(skips):
+        for line in skip_summary(skips, log=log):
             typer.echo(f"  {line}")
     if warnings:
         typer.echo(f"\nwarnings ({len(warnings)}):")
@@ -91,6 +113,7 @@ def execute(
     from bakery.stages import plan_run
     from flows.bake import BUILT, bake_lora
     from flows.runtime import prefect_api
+    from tasks.runlog import short_console
 
     recipe = _load(recipe_path)
     try:
@@ -98,13 +121,25 @@ def execute(
     except PlanError as exc:
         fail(str(exc), code=2)
     _quiet_prefect_defaults()
-    with prefect_api(recipe.workdir / "logs"):
+    with prefect_api(recipe.workdir / "logs"), short_console():
         try:
             run_id = bake_lora(str(recipe_path.resolve()), from_stage, only_stage, to_stage)
-        except Exception as exc:  # the flow's logs hold the details
-            fail(f"run failed: {exc}")
+        except Exception as exc:  # one line here; the run's log file holds the details
+            fail(f"run failed: {_failure(recipe, recipe_path, exc)}")
     _print_run(recipe, run_id)
     return run_id
+
+
+def _failure(recipe: Recipe, recipe_path: Path, exc: Exception) -> str:
+    """The exception as one line, naming the log file of the run that raised it (the recipe's last run)."""
+    from storage import Catalog
+
+    line, log = short_error(str(exc) or type(exc).__name__), None
+    if (recipe.workdir / "catalog.duckdb").is_file():
+        with Catalog.open(recipe.workdir, read_only=True) as cat:
+            run = cat.last_run(str(recipe_path.resolve()))
+        log = _run_log(recipe, run["run_id"]) if run and run["status"] == "failed" else None
+    return f"{line} (details in {log})" if log and log not in line else line
 
 
 @app.command()

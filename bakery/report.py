@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,28 @@ UPSCALE_LISTING = "reports/upscale.json"  # the upscale stage's list: every upsc
 # The picture account (bakery/account.py) reads across: in + split = out + skipped.
 STAGE_COLUMNS = ("stage", "status", "n_in", "n_split", "n_out", "n_skipped", "n_lost", "n_processed", "duration_s")
 HEADERS = ("stage", "status", "in", "+split", "out", "skipped", "account", "processed", "time")
+
+
+SHORT = 300  # characters: one terminal line for an error, a note or a skip reason
+
+
+def short_error(text: str, limit: int = SHORT) -> str:
+    """`text` as one line of at most `limit` characters: whitespace runs (newlines too) become one space.
+
+    A cut ends in "…": the caller says where the full text is (the run's log file).
+    """
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: max(limit - 1, 0)].rstrip() + "…"
+
+
+def name_list(names: Sequence[str], shown: int = 5, noun: str = "") -> str:
+    """A count and the first `shown` names: name_list(pics, noun="picture") -> "12 pictures: a, b, c, d, e and 7 more"."""
+    head = ", ".join(str(n) for n in names[:shown])
+    rest = f" and {len(names) - shown} more" if len(names) > shown else ""
+    if not noun:
+        return head + rest
+    count = f"{len(names)} {noun if len(names) == 1 else noun + 's'}"
+    return f"{count}: {head}{rest}" if names else count
 
 
 def _cell(col: str, value: Any) -> str:
@@ -35,11 +58,15 @@ def text_table(stages: list[dict[str, Any]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def skip_summary(skips: list[dict[str, Any]], limit: int = 20) -> list[str]:
-    """One line per skipped file (first `limit`), then counts by reason."""
-    lines = [f"{s['stage']}: {s['subject']}: {s['reason']}" for s in skips[:limit]]
+def _all_in(log: str | None) -> str:
+    return f" (all in {log})" if log else ""
+
+
+def skip_summary(skips: list[dict[str, Any]], limit: int = 20, log: str | None = None) -> list[str]:
+    """One short line per skipped file (first `limit`), then how many more and where they all are (`log`)."""
+    lines = [short_error(f"{s['stage']}: {s['subject']}: {s['reason']}") for s in skips[:limit]]
     if len(skips) > limit:
-        lines.append(f"... and {len(skips) - limit} more")
+        lines.append(f"... and {len(skips) - limit} more{_all_in(log)}")
     return lines
 
 
@@ -57,18 +84,28 @@ def upscale_line(workdir: str | Path, stages: list[dict[str, Any]], names: int =
     return f"upscaled {len(ups)} picture(s) ({few}{more}); each with its factor in {Path(workdir) / UPSCALE_REPORT}"
 
 
-def markdown_summary(run: dict[str, Any], stages: list[dict[str, Any]], skips: list[dict[str, Any]],
-                     notes: list[str] = (), warnings: list[dict[str, Any]] = ()) -> str:
+def stage_notes(stages: list[dict[str, Any]]) -> list[str]:
+    """Why a stage failed or was skipped (its catalog message), one short line each."""
+    return [f"{s['stage']} {s['status']}: {short_error(s['message'])}" for s in stages if s.get("message")]
+
+
+def markdown_summary(
+    run: dict[str, Any], stages: list[dict[str, Any]], skips: list[dict[str, Any]], notes: list[str] = (),
+    warnings: list[dict[str, Any]] = (), log: str | None = None, reasons: int = 20,
+) -> str:
+    """The run's stage table, its notes, its skips counted by reason (the `reasons` most common), its warnings."""
     out = [f"# Run `{run['run_id']}`: {run['status']}", "", f"Recipe: `{run['recipe_path']}`", ""]
     out.append("| " + " | ".join(HEADERS) + " |")
     out.append("|" + "---|" * len(HEADERS))
     out += ["| " + " | ".join(r) + " |" for r in stage_rows(stages)]
-    if notes:
-        out += [""] + [f"- {n}" for n in notes]
+    if notes := [*stage_notes(stages), *notes]:
+        out += ["", *(f"- {n}" for n in notes)]
     if skips:
         out += ["", f"## Skipped ({len(skips)})", ""]
-        for (stage, reason), n in Counter((s["stage"], s["reason"]) for s in skips).most_common():
-            out.append(f"- **{stage}** ×{n}: {reason}")
+        counted = Counter((s["stage"], short_error(s["reason"])) for s in skips).most_common()
+        out += [f"- **{stage}** ×{n}: {reason}" for (stage, reason), n in counted[:reasons]]
+        if len(counted) > reasons:
+            out.append(f"- ... and {len(counted) - reasons} more reasons{_all_in(log)}")
     if warnings:
         out += ["", f"## Warnings ({len(warnings)})", ""]
         out += [f"- **{w['stage']}**: {w['message']}" for w in warnings]

@@ -17,12 +17,13 @@ from tasks.bake import BAKE, bake_params_json
 from tasks.buckets import BUCKETS
 from tasks.convert import CONVERT
 from tasks.dedupe import DEDUPE
-from tasks.evaluate import EVALUATE
+from tasks.evaluate import EVALUATE, skip_untasted
 from tasks.ingest import INGEST, FolderSpec, Listing, scan_sources
 from tasks.masks import MASKS, masks_params
 from tasks.pool import Runner, use_runner
 from tasks.prune import PRUNE, caption_sources, prune_params_json
 from tasks.report import run_summary_markdown
+from tasks.runlog import run_log
 from tasks.scrape import SCRAPE, booru_specs
 from tasks.stage import RunInfo, begin_run, end_run, run_stage
 from tasks.trim import TRIM
@@ -117,9 +118,14 @@ def run_bake(recipe: Recipe, run: RunInfo, trainset: TrainSet, refresh: bool = F
     return result.payload
 
 
-def taste(recipe: Recipe, run: RunInfo, bake: BakeOutput, train: TrainSet | None, refresh: bool = False) -> StageResult:
+def taste(
+    recipe: Recipe, run: RunInfo, bake: BakeOutput, train: TrainSet | None, refresh: bool = False
+) -> StageResult | None:
     """Evaluate a bake (rules.md §13). `train` (the prune stage's TrainSet) enables likeness and tag statistics;
-    it stays out of the cache key because the bake's key already identifies it."""
+    it stays out of the cache key because the bake's key already identifies it.
+    None: a network evaluate cannot load yet (LoHa/LoKr), recorded as skipped with a note."""
+    if skip_untasted(run, bake):
+        return None
     params = stage_params_json(recipe.evaluate)
     result = run_stage(EVALUATE, bake, params, run, refresh, extra={"train": train})
     if not Path(str(result.payload)).is_file():  # a cached result whose report was deleted since: taste again
@@ -137,7 +143,7 @@ def bake_lora(
     run = begin_run(recipe.workdir, str(Path(recipe_path).resolve()), recipe.digest(),
                     recipe.model_dump_json(), recipe.runtime.workers)
     try:
-        with use_runner(_runner(recipe)):
+        with use_runner(_runner(recipe)), run_log(run):  # WORKDIR/logs/run-<id>.log: the run's log in full
             stages, refresh = list(plan.stages), sorted(plan.refresh)
             images = gather(recipe_path, run, stages, refresh)
             if PREPARE[0].name in stages:

@@ -30,7 +30,8 @@ from bakery.recipe import EvaluateParams
 from storage import Catalog
 from tasks import caching
 from tasks.progress import StageProgress, _in_prefect_run
-from tasks.stage import RunInfo, Stage
+from tasks.runlog import listed
+from tasks.stage import RunInfo, Stage, skip_stage
 
 EVALUATE_DIR = "evaluate"
 META_PREFIXES = ("ss_", "modelspec.", "sshs_")
@@ -126,7 +127,8 @@ def evaluate_bake(
     files = {int(e): p for e, p in sorted(bake.files.items())}
     missing = [p for p in files.values() if not Path(p).is_file()]
     if missing:
-        raise FileNotFoundError(f"LoRA file(s) of bake {bake.name!r} missing: {', '.join(missing)}")
+        raise FileNotFoundError(f"bake {bake.name!r} lacks {listed(run, missing, noun='LoRA file')}: "
+                                "moved or deleted since the bake?")
     epochs = sorted(files)[-params.last_epochs:] if params.last_epochs else sorted(files)
     eval_key = digest({"bake": bake, "params": params.model_dump(mode="json"), "code": code_version})[:16]
     outdir = Path(run.workdir) / EVALUATE_DIR / f"{bake.name}-{eval_key[:12]}"
@@ -249,6 +251,34 @@ def publish_artifacts(result: Evaluation) -> None:
     create_table_artifact(result.metrics, key="evaluate-metrics", description="Evaluation metrics per epoch and weight")
     create_link_artifact(result.report_path.resolve().as_uri(), link_text="evaluation report (HTML)", key="evaluate-report",
                          description="Self-contained HTML report with the grids")
+
+
+def untasted_note(bake: BakeOutput) -> str | None:
+    """Why this bake cannot be evaluated yet (a LoHa/LoKr network), read from its last file's keys and metadata."""
+    from safetensors import safe_open
+
+    last = Path(bake.files[max(bake.files)]) if bake.files else None
+    if last is None or not last.is_file():
+        return None  # evaluate itself says what is missing
+    with safe_open(str(last), framework="pt") as f:
+        network = craft.untasted_network(f.keys(), f.metadata() or {})
+    return craft.untasted_note(network, str(last.parent), bake.triggers) if network else None
+
+
+def skip_untasted(run: RunInfo, bake: BakeOutput) -> bool:
+    """Skip evaluate for a bake it cannot load (LoHa/LoKr), saying so in the log, the catalog and an artifact."""
+    note = untasted_note(bake)
+    if note is None:
+        return False
+    skip_stage(run, EVALUATE.name, note, n_in=len(bake.files))
+    get_run_logger().warning("evaluate: skipped: %s", note)
+    if _in_prefect_run():
+        from prefect.artifacts import create_markdown_artifact
+
+        files = "\n".join(f"- epoch {e}: `{p}`" for e, p in sorted(bake.files.items()))
+        create_markdown_artifact(f"# Evaluate: skipped\n\n{note}.\n\n{files}\n", key="evaluate-summary",
+                                 description="Evaluation: skipped for this network type")
+    return True
 
 
 @task(name="evaluate")

@@ -26,6 +26,7 @@ from bakery.kohya_export import concept_spec
 from bakery.recipe import CaptionParams, Concept, Recipe, RepeatsParams
 from storage import Catalog
 from tasks import caching
+from tasks.runlog import write_full
 from tasks.stage import RunInfo, Stage
 
 
@@ -89,7 +90,12 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
         side, rows = _gather(cat, images)
         counts = cat.tag_post_counts(None)
     pictures = {r.name: craft.Picture(r.name, r.hash, r.mask, tuple(side[r.hash]), tuple(rows[r.hash])) for r in images}
-    built = craft.build_trainset(concepts, pictures, caption_settings(cfg["captions"]), repeat_settings(cfg), counts)
+    try:
+        built = craft.build_trainset(concepts, pictures, caption_settings(cfg["captions"]), repeat_settings(cfg), counts)
+    except craft.CaptionError as exc:
+        if exc.names:  # the message shows the first few
+            write_full(run, f"{len(exc.names)} pictures at fault", exc.names)
+        raise
     _write(run, built)
     by_name = {r.name: r for r in images}
     return StageResult(images=[by_name[n] for n in built.trained], skips=built.skips, n_in=len(images),

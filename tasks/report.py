@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bakery.report import markdown_summary, upscale_line
 from storage import Catalog
+from tasks.runlog import run_log_path
 from tasks.stage import RunInfo
 
 
@@ -13,4 +14,4 @@ def run_summary_markdown(run: RunInfo) -> str:
         stages = cat.stage_table(run.run_id)
         upscaled = upscale_line(run.workdir, stages)
         return markdown_summary(record, stages, cat.skips_for(run.run_id), [upscaled] if upscaled else [],
-                                cat.stage_warnings(run.run_id))
+                                cat.stage_warnings(run.run_id), str(run_log_path(run.workdir, run.run_id)))

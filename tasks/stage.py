@@ -28,6 +28,7 @@ from bakery.manifest import ImageRef, Skip, StageResult, picture_subjects
 from storage import STORE_DIR, Catalog, ContentStore
 from tasks.caching import code_version, stage_cache_key_fn
 from tasks.pool import map_images
+from tasks.runlog import brief, write_skips
 
 RESULTS_DIR = "results"
 
@@ -78,8 +79,16 @@ def begin_run(workdir: Path, recipe_path: str, recipe_hash: str, recipe_json: st
 
 
 def end_run(run: RunInfo, status: str, message: str | None = None) -> None:
+    """Record how the run ended (a long message as one line naming the run's log) and log all its skips."""
     with Catalog.open(run.catalog) as cat:
-        cat.finish_run(run.run_id, status, message)
+        cat.finish_run(run.run_id, status, brief(run, message) if message else None)
+        write_skips(run, cat.skips_for(run.run_id))
+
+
+def skip_stage(run: RunInfo, stage: str, note: str, n_in: int | None = None) -> None:
+    """Record a stage this run passes over on purpose, with why (`bakery status` and the run summary show it)."""
+    with Catalog.open(run.catalog) as cat:
+        cat.record_stage(run.run_id, stage, status="skipped", n_in=n_in, duration_s=0.0, message=note)
 
 
 def _result_format() -> str:
@@ -111,7 +120,7 @@ def run_stage(
         try:
             state.result()
         except Exception as exc:  # the task's own exception carries the reason
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = brief(run, f"{type(exc).__name__}: {exc}")
         else:
             reason = state.message or state.name
         with Catalog.open(run.catalog) as cat:

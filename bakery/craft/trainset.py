@@ -16,12 +16,19 @@ from bakery.craft import prune as prune_craft
 from bakery.craft import repeats as repeats_craft
 from bakery.craft import tags as tags_craft
 from bakery.manifest import Skip, TrainImage, TrainSet
+from bakery.report import name_list
 
 MAX_LISTED = 10  # picture names shown in an error message
 
 
 class CaptionError(RuntimeError):
-    """The training set cannot be built as the recipe asks (kohya would train it wrong)."""
+    """The training set cannot be built as the recipe asks (kohya would train it wrong).
+
+    `names`: every picture at fault, when the message lists only the first ones (the task logs them all)."""
+
+    def __init__(self, message: str, names: Sequence[str] = ()):
+        super().__init__(message)
+        self.names = list(names)
 
 
 @dataclass(frozen=True)
@@ -108,11 +115,11 @@ def clean_captions(rules: Sequence[prune_craft.GroupRule], members: Mapping[str,
             if not cleaned[name] and prune_craft.needs_tags(rule):
                 missing.append(f"{rule.folder}/{name}")
     if missing:
-        listed = ", ".join(missing[:MAX_LISTED]) + (
-            f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else "")
         raise CaptionError(
-            f"{len(missing)} images have no caption (no tags from user sidecars, booru tags or the tagger): {listed}. "
-            "kohya would caption them with the folder name; add .txt sidecars, set autotag.model, or remove them"
+            f"{len(missing)} images have no caption (no tags from user sidecars, booru tags or the tagger): "
+            f"{name_list(missing, MAX_LISTED)}. "
+            "kohya would caption them with the folder name; add .txt sidecars, set autotag.model, or remove them",
+            missing,
         )
     return cleaned, characters
 
@@ -163,7 +170,8 @@ def caption_checks(texts: Mapping[tuple[str, str], str], cleaned: Mapping[str, l
                             "a tagger gone wrong?")
         rare.update(flags.rare)
     if rare:
-        warnings.append(f"rare tags (< {captions.rare_tag_posts} posts, weakly known by the model): {', '.join(sorted(rare))}")
+        warnings.append(f"rare tags (< {captions.rare_tag_posts} posts, weakly known by the model): "
+                        f"{name_list(sorted(rare), MAX_LISTED, 'tag')}")
     return warnings
 
 
