@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from bakery.craft.names import collisions
 from bakery.manifest import StageResult
+from bakery.report import name_list
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,7 @@ class Account:
         for what, names in (("lost", self.lost), ("named twice", self.named_twice),
                             ("of unknown origin", self.unknown)):
             if names:
-                more = f" and {len(names) - shown} more" if len(names) > shown else ""
-                parts.append(f"{len(names)} picture(s) {what}: {', '.join(names[:shown])}{more}")
+                parts.append(f"{len(names)} picture(s) {what}: {name_list(names, shown)}")
         return (f"{stage} broke the picture account (in {self.n_in} + split {self.n_split} "
                 f"!= out {self.n_out} + skipped {self.n_skipped}): " + "; ".join(parts))
 

@@ -90,7 +90,7 @@ def _print_run(recipe: Recipe, run_id: str | None = None) -> None:
     if warnings:
         typer.echo(f"\nwarnings ({len(warnings)}):")
         for w in warnings[:10]:
-            typer.echo(f"  {w['stage']}: {w['message']}")
+            typer.echo(f"  {short_error(w['stage'] + ': ' + w['message'])}")
         if len(warnings) > 10:
             typer.echo(f"  ... and {len(warnings) - 10} more (all in the catalog's stage_warnings table)")
     if evaluation:

@@ -108,5 +108,5 @@ def markdown_summary(
             out.append(f"- ... and {len(counted) - reasons} more reasons{_all_in(log)}")
     if warnings:
         out += ["", f"## Warnings ({len(warnings)})", ""]
-        out += [f"- **{w['stage']}**: {w['message']}" for w in warnings]
+        out += [f"- **{w['stage']}**: {short_error(w['message'])}" for w in warnings]
     return "\n".join(out) + "\n"

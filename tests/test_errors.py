@@ -79,7 +79,7 @@ def test_skip_lists_are_capped_and_say_where_the_rest_is():
     assert len(lines) == 21 and all(len(line) <= 300 for line in lines)
     assert lines[-1] == "... and 10 more (all in work/logs/run-1.log)"
     many = [{"stage": "ingest", "subject": f"/img/{i}.png", "reason": f"corrupt file number {i}"} for i in range(50)]
-    md = markdown_summary({"run_id": "r", "status": "completed", "recipe_path": "x"}, [], many, "L.log", reasons=10)
+    md = markdown_summary({"run_id": "r", "status": "completed", "recipe_path": "x"}, [], many, log="L.log", reasons=10)
     assert md.count("- **ingest** ×1") == 10 and "... and 40 more reasons (all in L.log)" in md
 
 
