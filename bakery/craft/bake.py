@@ -106,7 +106,7 @@ def load_base(base_model: str | None, workdir: Path, *, vae: str | None = None, 
         raise BakeError("train.base_model is not set: pass a .safetensors checkpoint, a diffusers folder, "
                         "a hub id, or 'tiny' (a small random-weight model that proves the pipeline)")
     if base_model == TINY:
-        from bakery.craft.tiny_model import build_tiny_sd15
+        from bakery.testmodels.tiny_sd15 import build_tiny_sd15
 
         key = hashlib.sha256(json.dumps(sorted(set(words))).encode()).hexdigest()[:10]
         folder = build_tiny_sd15(Path(workdir) / "models" / f"tiny-{key}", words=words)
