@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/bake.py [--steps 40] [--json out.json] [--strict] [--skip-cuda]
 
-CPU, tiny model (bakery/craft/tiny_model.py, random weights): LoRA dim 8 alpha 4,
+CPU, tiny model (bakery/testmodels/tiny_sd15.py, random weights): LoRA dim 8 alpha 4,
 batch 2, 64 px, AdamW, text encoder trained, measured twice, each in a fresh
 Python process so its peak RSS is its own:
   - cached latents: the VAE encodes each image once (first epoch) and later epochs
@@ -138,7 +138,7 @@ def _sd15_shape_pipeline(folder: Path):
     from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from bakery.craft.tiny_model import write_clip_tokenizer
+    from bakery.testmodels.tiny_sd15 import write_clip_tokenizer
 
     torch.manual_seed(0)
     vocab = write_clip_tokenizer(folder / "tokenizer", ["bakery_girl, red_dress, smile, standing, outdoors"])

@@ -44,7 +44,7 @@ def main() -> int:
     import torch
 
     from bakery.craft import xyz
-    from bakery.craft.tiny_model import build_tiny_sd15
+    from bakery.testmodels.tiny_sd15 import build_tiny_sd15
     from bakery.manifest import BakeOutput
     from bakery.recipe import EvaluateParams
     from tasks.evaluate import EVALUATE, evaluate_bake

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import random
 import subprocess
@@ -247,6 +248,67 @@ def test_resume_after_kill_matches_uninterrupted_run(work):
     # A finished bake asked again (its Prefect result lost) trains nothing and hands back its files.
     done = run(work, params(epochs=3), key="resume")
     assert done.resumed_from_epoch == 3 and not done.losses and done.files == resumed.files
+
+
+def _network_weights(t: B.Training) -> dict[str, torch.Tensor]:
+    from peft import get_peft_model_state_dict
+
+    return {f"{prefix}.{k}": v.detach().clone() for prefix, model, _t in t.network
+            for k, v in get_peft_model_state_dict(model).items()}
+
+
+def test_one_training_step_moves_the_network_and_not_the_base(work):
+    store = ContentStore(work / "store")
+    t = B.prepare_training(make_trainset(store), params(), image_path=store.path, workdir=work, data=DATA)
+    models = [m for _p, m, _t in t.network]
+    assert [p for p, _m, _t in t.network] == ["lora_unet", "lora_te"]
+    frozen = {(i, n): p.detach().clone() for i, m in enumerate(models) for n, p in m.named_parameters()
+              if not p.requires_grad}
+    before = _network_weights(t)
+    assert frozen and before and all(not v.any() for k, v in before.items() if "lora_B" in k)  # up starts at 0
+
+    loss, lr = B.training_step(t, B.epoch_batches(t.samples, DATA.batch_size, 42, 1)[0], 1)
+    assert math.isfinite(loss) and loss > 0 and lr == 1e-3
+    after = _network_weights(t)
+    ups = [k for k in before if "lora_B" in k]
+    skipped = "lora_te.encoder.layers.1."  # clip skip 2: the text encoder's last layer is not used
+    assert {k for k in ups if after[k].any()} == {k for k in ups if not k.startswith(skipped)}
+    assert any(k.startswith("lora_te.") for k in ups) and any(k.startswith(skipped) for k in ups)
+    assert all(torch.equal(p, frozen[i, n]) for i, m in enumerate(models) for n, p in m.named_parameters()
+               if not p.requires_grad)  # the base is untouched
+    assert all(p.grad is None for p in t.trainable)  # the step leaves no gradient behind
+
+
+def test_save_state_then_resume_state_takes_the_same_next_step(work, tmp_path):
+    store = ContentStore(work / "store")
+    ts, p = make_trainset(store), params(epochs=2)
+
+    def fresh() -> B.Training:
+        return B.prepare_training(ts, p, image_path=store.path, workdir=work, data=DATA)
+
+    a = fresh()
+    step = 0
+    for batch in B.epoch_batches(a.samples, DATA.batch_size, p.seed, 1):
+        step += 1
+        B.training_step(a, batch, step)
+    epoch_file = B.save_epoch(a, tmp_path / "chara-000001.safetensors", name="chara", epoch=1, step=step,
+                              bake_key="rt")
+    state = tmp_path / B.STATE_FILE
+    B.save_state(state, a, bake_key="rt", epoch=1, step=step, files={1: epoch_file, 0: str(tmp_path / "gone")})
+    first_of_epoch_2 = B.epoch_batches(a.samples, DATA.batch_size, p.seed, 2)[0]
+    uninterrupted = B.training_step(a, first_of_epoch_2, step + 1)
+
+    b = fresh()
+    assert B.resume_state(tmp_path / "none.pt", b, "rt") == (0, {})
+    assert B.resume_state(state, b, "another bake") == (0, {})  # not this bake's state: start afresh
+    wa, wb = _network_weights(a), _network_weights(b)
+    assert wa.keys() == wb.keys() and not all(torch.equal(wa[k], wb[k]) for k in wa)  # b is still untrained
+    assert B.resume_state(state, b, "rt") == (1, {1: epoch_file})  # files gone from disk are dropped
+    resumed = B.training_step(b, first_of_epoch_2, step + 1)
+    assert resumed == uninterrupted  # same loss and learning rate, to the bit
+    wa, wb = _network_weights(a), _network_weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert b.scheduler.last_epoch == a.scheduler.last_epoch == step + 1
 
 
 def test_all_black_masks_mean_no_loss(work):

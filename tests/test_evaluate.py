@@ -48,7 +48,7 @@ def _tiny_clip(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def baked(tmp_path_factory) -> tuple[BakeOutput, TrainSet, Path, Path]:
-    from bakery.craft.tiny_model import build_tiny_sd15
+    from bakery.testmodels.tiny_sd15 import build_tiny_sd15
 
     root = tmp_path_factory.mktemp("evaluate")
     model = build_tiny_sd15(root / "tiny", words=WORDS)

@@ -16,7 +16,7 @@ WORDS = ["bakery_girl, red_dress, smile, solo, blue_eyes"]
 
 @pytest.fixture(scope="module")
 def loras(tmp_path_factory) -> tuple[Path, dict[int, str]]:
-    from bakery.craft.tiny_model import build_tiny_sd15
+    from bakery.testmodels.tiny_sd15 import build_tiny_sd15
 
     root = tmp_path_factory.mktemp("lora")
     model = build_tiny_sd15(root / "tiny", words=WORDS)

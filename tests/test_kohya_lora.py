@@ -14,7 +14,7 @@ TRIGGER = "bakery_girl"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from bakery.craft.tiny_model import build_tiny_sd15
+    from bakery.testmodels.tiny_sd15 import build_tiny_sd15
 
     return build_tiny_sd15(tmp_path_factory.mktemp("tiny") / "sd15", words=[TRIGGER])
 

@@ -8,7 +8,7 @@ import torch
 def test_tiny_sd15_builds_loads_and_generates(tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    from bakery.craft.tiny_model import MARKER, build_tiny_sd15
+    from bakery.testmodels.tiny_sd15 import MARKER, build_tiny_sd15
 
     folder = build_tiny_sd15(tmp_path / "tiny", words=["bakery_girl, red_dress"])
     assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
@@ -30,7 +30,7 @@ def test_tiny_sd15_with_only_single_character_words(tmp_path):
     """No whole-word merges at all (a one-letter trigger): merges.txt must still parse."""
     from transformers import CLIPTokenizer
 
-    from bakery.craft.tiny_model import build_tiny_sd15
+    from bakery.testmodels.tiny_sd15 import build_tiny_sd15
 
     folder = build_tiny_sd15(tmp_path / "tiny", words=["x"])
     tok = CLIPTokenizer.from_pretrained(folder / "tokenizer")

@@ -8,7 +8,7 @@ import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from bakery.craft.tiny_model import write_clip_tokenizer
+from bakery.testmodels.tiny_sd15 import write_clip_tokenizer
 
 
 def build_tiny_sdxl(folder):

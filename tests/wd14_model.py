@@ -1,5 +1,5 @@
 """The tiny WD14-format tagger the tests use (built by the product's own builder)."""
 
-from bakery.craft.tiny_wd14 import TAGS, write_tiny_wd14
+from bakery.testmodels.tiny_wd14 import TAGS, write_tiny_wd14
 
 __all__ = ["TAGS", "write_tiny_wd14"]

@@ -2,7 +2,9 @@
 
 Pure: no Prefect. `bake()` trains one network on a TrainSet and calls back per
 step and per epoch; the stage (tasks/bake.py) turns those into a progress bar,
-the catalog's loss log and the BakeOutput.
+the catalog's loss log and the BakeOutput. Its parts, in order: `prepare_training`
+(base, network, optimizer, data plan), `resume_state`, then per epoch
+`training_step` for each batch, `save_epoch` (the kohya file) and `save_state`.
 
 Determinism: every random draw of step `s` comes from generators seeded with
 (seed, s) and the epoch order from (seed, epoch), so a run resumed from the
@@ -106,7 +108,7 @@ def load_base(base_model: str | None, workdir: Path, *, vae: str | None = None, 
         raise BakeError("train.base_model is not set: pass a .safetensors checkpoint, a diffusers folder, "
                         "a hub id, or 'tiny' (a small random-weight model that proves the pipeline)")
     if base_model == TINY:
-        from bakery.craft.tiny_model import build_tiny_sd15
+        from bakery.testmodels.tiny_sd15 import build_tiny_sd15
 
         key = hashlib.sha256(json.dumps(sorted(set(words))).encode()).hexdigest()[:10]
         folder = build_tiny_sd15(Path(workdir) / "models" / f"tiny-{key}", words=words)
@@ -509,11 +511,372 @@ class BakeResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Training:
+    """What every step of one bake works with, built once by `prepare_training`."""
+
+    params: Any  # bakery.recipe.TrainParams
+    data: DataConfig
+    prec: Precision
+    base: Base
+    triggers: list[str]
+    spec: K.NetworkSpec
+    network: list[tuple[str, Any, K.Targets]]  # (kohya prefix, model carrying the adapter, its targets)
+    trainable: list[Any]  # the network's weights, in the optimizer's order
+    optimizer: Any
+    scheduler: Any
+    scaler: Any  # fp16's loss scaler, else None
+    noise_sched: Any  # DDPM: the forward process the UNet learns to undo
+    samples: list[Sample]
+    per_epoch: int
+    total: int
+    latents: LatentCache
+    text: TextEncoder
+    image_path: Callable[[str], Path]
+
+
 def _seeded(seed: int, step: int, what: str) -> Any:
     import torch
 
     digest = hashlib.sha256(f"{seed}:{step}:{what}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def _text_encoders(base: Base) -> list[Any]:
+    pipe = base.pipe
+    return [pipe.text_encoder] + ([pipe.text_encoder_2] if base.architecture == "sdxl" else [])
+
+
+def learning_rates(params: Any) -> tuple[float, float, float]:
+    """(base, UNet, text encoder) learning rates: the two parts default to the base rate."""
+    base_lr = params.effective_learning_rate
+    return base_lr, params.unet_lr or base_lr, params.text_encoder_lr or base_lr
+
+
+def freeze_base(base: Base, prec: Precision) -> None:
+    """The base model frozen on the device, in the weight dtype (the VAE in fp32 unless bf16)."""
+    import torch
+
+    for m in [base.pipe.unet, *_text_encoders(base)]:
+        m.requires_grad_(False)
+        m.to(prec.device)
+        if prec.weight_dtype != torch.float32:
+            m.to(dtype=prec.weight_dtype)
+    # The VAE gives NaN in fp16 (SDXL's notably): fp32 unless bf16. It runs once per image with cached latents.
+    vae = base.pipe.vae
+    vae.requires_grad_(False)
+    vae.to(prec.device)
+    if prec.weight_dtype == torch.bfloat16:
+        vae.to(dtype=torch.bfloat16)
+    vae.eval()
+
+
+def attach_network(base: Base, params: Any, spec: K.NetworkSpec) -> list[tuple[str, Any, K.Targets]]:
+    """The trainable network: adapters on the UNet and/or text encoders, their weights in fp32."""
+    import torch
+
+    unet, arch = base.pipe.unet, base.architecture
+    network: list[tuple[str, Any, K.Targets]] = []
+    # The network's initial weights (lora_down is random) come from the seed alone, whatever loading
+    # the base model drew from the global generator before.
+    torch.manual_seed(params.seed)
+    if params.train_unet:
+        t = K.find_targets(unet, "unet", spec, sgm=arch == "sdxl")
+        unet.add_adapter(K.peft_config(t, spec))
+        network.append(("lora_unet", unet, t))
+    if params.train_text_encoder:
+        for prefix, te in zip(K.te_prefixes(arch), _text_encoders(base)):
+            t = K.find_targets(te, "te", spec)
+            te.add_adapter(K.peft_config(t, spec))
+            network.append((prefix, te, t))
+    if not network:
+        raise BakeError("train.train_unet and train.train_text_encoder are both off: nothing to train")
+    for _, model, _t in network:  # trainable weights in fp32 (mixed precision only for the frozen base)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    return network
+
+
+def set_train_mode(base: Base, params: Any, prec: Precision) -> None:
+    """Train mode for what learns; gradient checkpointing when the precision asks for it."""
+    unet, te_models = base.pipe.unet, _text_encoders(base)
+    if prec.grad_checkpointing:
+        unet.enable_gradient_checkpointing()
+        for te in te_models:
+            if params.train_text_encoder:
+                # Non-reentrant: the frozen embeddings give no grad-requiring input, and the reentrant
+                # form would then silently drop the LoRA gradients inside checkpointed layers.
+                if hasattr(te, "activation_checkpointing_enable"):  # transformers >= 5.2x
+                    te.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+                else:
+                    te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    unet.train()
+    for te in te_models:
+        te.train(params.train_text_encoder)
+
+
+def build_optimizer(params: Any, network: list[tuple[str, Any, K.Targets]], device: str) -> tuple[Any, list[Any]]:
+    """The optimizer with one group per trained model (UNet and text encoders have their own rates)."""
+    _base_lr, unet_lr, te_lr = learning_rates(params)
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad],
+               "lr": unet_lr if prefix == "lora_unet" else te_lr} for prefix, model, _t in network]
+    optimizer = make_optimizer(params.optimizer, groups, weight_decay=params.weight_decay, d_coef=params.d_coef,
+                               device=device)
+    return optimizer, [p for g in groups for p in g["params"]]
+
+
+def prepare_training(trainset: TrainSet, params: Any, *, image_path: Callable[[str], Path], workdir: Path,
+                     data: DataConfig, base: Base | None = None) -> Training:
+    """Everything before the first step: base model, network, optimizer, schedule, data plan, caches."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    if not trainset.images:
+        raise BakeError("the training set is empty")
+    prec = choose_precision(params.device, params.mixed_precision, params.gradient_checkpointing)
+    torch.manual_seed(params.seed)
+    if base is None:
+        base = load_base(params.base_model, workdir, vae=params.vae, architecture=params.architecture,
+                         words=trainset.triggers)
+    noise_sched = DDPMScheduler.from_config(base.pipe.scheduler.config)
+    freeze_base(base, prec)
+    spec = K.NetworkSpec(params.network_type, params.network_dim, params.network_alpha, params.conv_dim,
+                         params.conv_alpha)
+    network = attach_network(base, params, spec)
+    set_train_mode(base, params, prec)
+    optimizer, trainable = build_optimizer(params, network, prec.device)
+    samples = plan_samples(trainset, image_path, data)
+    per_epoch = steps_per_epoch(samples, data.batch_size)
+    total = per_epoch * params.epochs
+    scheduler = make_scheduler(optimizer, params.effective_lr_scheduler, warmup=params.lr_warmup_steps,
+                               total=total, restarts=params.lr_restarts)
+    vae = base.pipe.vae
+    latents = LatentCache(Path(workdir) / "cache" / "latents", vae, module_id(vae) if params.cache_latents else "",
+                          prec.device, vae.dtype, params.cache_latents)
+    return Training(
+        params=params, data=data, prec=prec, base=base, triggers=list(trainset.triggers), spec=spec,
+        network=network, trainable=trainable, optimizer=optimizer, scheduler=scheduler,
+        scaler=torch.amp.GradScaler("cuda") if prec.scaler else None, noise_sched=noise_sched, samples=samples,
+        per_epoch=per_epoch, total=total, latents=latents,
+        text=TextEncoder(base.pipe, base.architecture, params.clip_skip, prec.device,
+                         cache=not params.train_text_encoder),
+        image_path=image_path,
+    )
+
+
+# --- one step ------------------------------------------------------------------------
+
+
+def noised_latents(t: Training, lat: Any, gen: Any) -> tuple[Any, Any, Any]:
+    """(noise, timesteps, noised latents): noise offset, multires noise and input perturbation as asked."""
+    import torch
+
+    p, device = t.params, t.prec.device
+    b = lat.shape[0]
+    noise = torch.randn(lat.shape, generator=gen).to(device)
+    if p.noise_offset:
+        noise = noise + p.noise_offset * torch.randn((b, lat.shape[1], 1, 1), generator=gen).to(device)
+    if p.multires_noise_iterations:
+        noise = pyramid_noise(noise, gen, p.multires_noise_iterations, p.multires_noise_discount)
+    timesteps = torch.randint(0, t.noise_sched.config.num_train_timesteps, (b,), generator=gen).to(device)
+    input_noise = noise
+    if p.ip_noise_gamma:  # the input is perturbed, the target stays the plain noise
+        input_noise = noise + p.ip_noise_gamma * torch.randn(lat.shape, generator=gen).to(device)
+    return noise, timesteps, t.noise_sched.add_noise(lat, input_noise, timesteps)
+
+
+def predict_noise(t: Training, batch: list[Sample], captions: list[str], noisy: Any, timesteps: Any) -> Any:
+    """The UNet's noise prediction for the noised latents, conditioned on the captions."""
+    import contextlib
+
+    import torch
+
+    prec = t.prec
+    autocast = torch.autocast("cuda", dtype=prec.autocast) if prec.autocast is not None else contextlib.nullcontext()
+    with autocast:
+        with contextlib.nullcontext() if t.params.train_text_encoder else torch.no_grad():
+            hidden, pooled = t.text(captions)
+        kwargs: dict[str, Any] = {}
+        if t.base.architecture == "sdxl":  # SDXL's size conditioning: original size, crop, target size
+            time_ids = torch.tensor([[s.bucket[1], s.bucket[0], 0, 0, s.bucket[1], s.bucket[0]] for s in batch],
+                                    device=prec.device, dtype=hidden.dtype)
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+        return t.base.pipe.unet(noisy.to(prec.weight_dtype), timesteps, hidden.to(prec.weight_dtype),
+                                **kwargs).sample
+
+
+def batch_loss(t: Training, batch: list[Sample], flips: list[bool], pred: Any, noise: Any, timesteps: Any) -> Any:
+    """The batch's loss: elementwise loss, masked, weighted per sample (prior loss, min-SNR), averaged."""
+    import torch
+
+    p, device = t.params, t.prec.device
+    alphas_cumprod = t.noise_sched.alphas_cumprod
+    hc = huber_c(p.huber_schedule, p.huber_c, timesteps, alphas_cumprod, t.noise_sched.config.num_train_timesteps)
+    loss = conditional_loss(pred.float(), noise.float(), p.loss_type, hc.to(device))
+    if p.masked_loss and any(s.image.mask_hash for s in batch):
+        masks = torch.stack([
+            load_pixels(t.image_path(s.image.mask_hash), s.choice, f, mode="L") if s.image.mask_hash
+            else torch.ones((1, s.bucket[1], s.bucket[0])) for s, f in zip(batch, flips)
+        ]).to(device)
+        loss = loss * torch.nn.functional.interpolate(masks, size=loss.shape[2:], mode="area")
+    loss = loss.mean(dim=[1, 2, 3])
+    loss = loss * torch.tensor([p.prior_loss_weight if s.image.is_reg else 1.0 for s in batch], device=device)
+    if p.min_snr_gamma:
+        loss = loss * min_snr_weight(timesteps, alphas_cumprod, p.min_snr_gamma).to(device)
+    return loss.mean()
+
+
+def optimizer_step(t: Training, loss: Any) -> float:
+    """Backward, clip the gradients, step the optimizer and the schedule; returns the rate the step used."""
+    import torch
+
+    lr = float(t.optimizer.param_groups[0]["lr"])
+    if t.scaler is not None:
+        t.scaler.scale(loss).backward()
+        t.scaler.unscale_(t.optimizer)
+        torch.nn.utils.clip_grad_norm_(t.trainable, t.params.max_grad_norm)
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+    else:
+        loss.backward()
+        if t.params.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(t.trainable, t.params.max_grad_norm, foreach=True)
+        t.optimizer.step()
+    t.scheduler.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    return lr
+
+
+def training_step(t: Training, batch: list[Sample], step: int) -> tuple[float, float]:
+    """One optimizer step on one batch; `step` is 1-based. Returns (loss, learning rate used).
+
+    Captions augmented, latents noised, the noise predicted, the loss weighed, the network updated.
+    Every random draw comes from (seed, step), so a resumed bake takes the same ones.
+    """
+    import torch
+
+    p = t.params
+    rng = random.Random(f"{p.seed}:{step}:data")
+    gen = _seeded(p.seed, step, "noise")
+    flips = [p.flip_aug and rng.random() < 0.5 for _ in batch]
+    captions = [process_caption(s.image.caption, rng, keep_tokens=p.keep_tokens, shuffle=p.shuffle_caption,
+                                caption_dropout_rate=p.caption_dropout_rate, tag_dropout_rate=p.tag_dropout_rate,
+                                token_warmup_min=p.token_warmup_min, token_warmup_step=p.token_warmup_step,
+                                step=step - 1) for s in batch]
+    lat = t.latents.batch([(t.image_path(s.image.image_hash), s, f) for s, f in zip(batch, flips)])
+    noise, timesteps, noisy = noised_latents(t, lat.to(t.prec.device, torch.float32), gen)
+    pred = predict_noise(t, batch, captions, noisy, timesteps)
+    loss = batch_loss(t, batch, flips, pred, noise, timesteps)
+    lr = optimizer_step(t, loss)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise BakeError(f"loss is {value} at step {step}: lower the learning rate, or use bf16/fp32 "
+                        "(fp16 gives NaN for some networks)")
+    if p.optimizer == "prodigy":  # Prodigy's effective rate is lr * d
+        lr *= float(t.optimizer.param_groups[0].get("d", 1.0))
+    return value, lr
+
+
+# --- epoch files and training state --------------------------------------------------
+
+
+def dataset_summary(samples: list[Sample]) -> dict[str, Any]:
+    """kohya's dataset metadata: tag frequency, folders with repeats and image counts, image totals."""
+    dataset_dirs: dict[str, dict[str, int]] = {}
+    reg_dirs: dict[str, dict[str, int]] = {}
+    for s in samples:
+        dirs = reg_dirs if s.image.is_reg else dataset_dirs
+        d = dirs.setdefault(s.image.kohya_dir, {"n_repeats": s.image.repeats, "img_count": 0})
+        d["img_count"] += 1
+    return {
+        "tag_freq": K.tag_frequency((s.image.kohya_dir, s.image.caption) for s in samples if not s.image.is_reg),
+        "dataset_dirs": dataset_dirs, "reg_dirs": reg_dirs,
+        "n_train": sum(s.image.repeats for s in samples if not s.image.is_reg),
+        "n_reg": sum(s.image.repeats for s in samples if s.image.is_reg),
+    }
+
+
+def epoch_metadata(t: Training, *, name: str, epoch: int, step: int, bake_key: str) -> dict[str, str]:
+    """The `ss_*` and `modelspec.*` metadata of the file saved after `epoch`."""
+    p, prec = t.params, t.prec
+    base_lr, unet_lr, te_lr = learning_rates(p)
+    ds = dataset_summary(t.samples)
+    return K.build_metadata(
+        spec=t.spec, architecture=t.base.architecture, output_name=name, triggers=t.triggers,
+        resolution=t.data.resolution, epoch=epoch, num_epochs=p.epochs, steps=step,
+        learning_rate=base_lr, unet_lr=unet_lr if p.train_unet else None,
+        text_encoder_lr=te_lr if p.train_text_encoder else None,
+        optimizer=type(t.optimizer).__module__ + "." + type(t.optimizer).__name__, seed=p.seed,
+        clip_skip=p.clip_skip, base_model=Path(t.base.source).name if t.base.source else "",
+        tag_freq=ds["tag_freq"], dataset_dirs=ds["dataset_dirs"], num_train_images=ds["n_train"],
+        num_reg_images=ds["n_reg"], batch_size=t.data.batch_size,
+        extra={"ss_lr_scheduler": p.effective_lr_scheduler, "ss_min_snr_gamma": str(p.min_snr_gamma),
+               "ss_noise_offset": str(p.noise_offset), "ss_ip_noise_gamma": str(p.ip_noise_gamma),
+               "ss_loss_type": p.loss_type, "ss_keep_tokens": str(p.keep_tokens),
+               "ss_flip_aug": str(p.flip_aug), "ss_cache_latents": str(p.cache_latents),
+               "ss_mixed_precision": "no" if prec.autocast is None else str(prec.autocast).split(".")[-1],
+               "ss_max_train_steps": str(t.total), "ss_session_id": bake_key[:16],
+               "ss_reg_dataset_dirs": json.dumps(ds["reg_dirs"]), "ss_prior_loss_weight": str(p.prior_loss_weight)},
+    )
+
+
+def save_epoch(t: Training, path: Path, *, name: str, epoch: int, step: int, bake_key: str) -> str:
+    """The network as it stands after `epoch`, written as a kohya LoRA file; returns its path."""
+    from peft import get_peft_model_state_dict
+
+    tensors: dict[str, Any] = {}
+    for prefix, model, targets in t.network:
+        tensors.update(K.peft_to_kohya(get_peft_model_state_dict(model), prefix, targets, t.spec))
+    meta = epoch_metadata(t, name=name, epoch=epoch, step=step, bake_key=bake_key)
+    K.save_kohya(path, tensors, meta, t.params.save_precision)
+    return str(path)
+
+
+def save_state(path: Path, t: Training, *, bake_key: str, epoch: int, step: int, files: dict[int, str]) -> None:
+    """What resuming after `epoch` needs: network, optimizer, schedule, loss scaler, the files so far."""
+    import torch
+    from peft import get_peft_model_state_dict
+
+    state = {
+        "bake_key": bake_key,
+        "epoch": epoch,
+        "step": step,
+        "networks": {prefix: {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
+                     for prefix, model, _t in t.network},
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.scheduler.state_dict(),
+        "scaler": t.scaler.state_dict() if t.scaler is not None else None,
+        "files": {str(k): v for k, v in files.items()},
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "seed": t.params.seed},
+    }
+    tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: a kill leaves the last state
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def resume_state(path: Path, t: Training, bake_key: str) -> tuple[int, dict[int, str]]:
+    """Load this bake's state from `path` when there is one: (epochs done, their files still on disk)."""
+    import torch
+    from peft import set_peft_model_state_dict
+
+    if not path.exists():
+        return 0, {}
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("bake_key") != bake_key:  # another bake's state: start afresh
+        return 0, {}
+    for prefix, model, _t in t.network:
+        res = set_peft_model_state_dict(model, state["networks"][prefix])
+        if res.unexpected_keys:
+            raise BakeError(f"training state {path} does not match the network: {res.unexpected_keys[:3]}")
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.scheduler.load_state_dict(state["scheduler"])
+    if t.scaler is not None and state.get("scaler"):
+        t.scaler.load_state_dict(state["scaler"])
+    return state["epoch"], {int(k): v for k, v in state["files"].items() if Path(v).exists()}
+
+
+# --- the loop ------------------------------------------------------------------------
 
 
 def bake(
@@ -532,267 +895,31 @@ def bake(
     on_epoch: Callable[[int, str | None], None] | None = None,
 ) -> BakeResult:
     """Train; resume from `state_dir` when it holds this bake's state. Returns the epoch files."""
-    import torch
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-
     started = time.monotonic()
-    workdir, out_dir, state_dir = Path(workdir), Path(out_dir), Path(state_dir)
-    if not trainset.images:
-        raise BakeError("the training set is empty")
-    prec = choose_precision(params.device, params.mixed_precision, params.gradient_checkpointing)
-    torch.manual_seed(params.seed)
-    if base is None:
-        base = load_base(params.base_model, workdir, vae=params.vae, architecture=params.architecture,
-                         words=trainset.triggers)
-    pipe, arch = base.pipe, base.architecture
-    unet, vae = pipe.unet, pipe.vae
-    te_models = [pipe.text_encoder] + ([pipe.text_encoder_2] if arch == "sdxl" else [])
-    noise_sched = pipe.scheduler
-    from diffusers import DDPMScheduler
-
-    noise_sched = DDPMScheduler.from_config(noise_sched.config)
-    alphas_cumprod = noise_sched.alphas_cumprod
-    n_train_t = noise_sched.config.num_train_timesteps
-
-    for m in [unet, *te_models]:
-        m.requires_grad_(False)
-        m.to(prec.device)
-        if prec.weight_dtype != torch.float32:
-            m.to(dtype=prec.weight_dtype)
-    # The VAE gives NaN in fp16 (SDXL's notably): fp32 unless bf16. It runs once per image with cached latents.
-    vae.requires_grad_(False)
-    vae.to(prec.device)
-    if prec.weight_dtype == torch.bfloat16:
-        vae.to(dtype=torch.bfloat16)
-    vae.eval()
-
-    spec = K.NetworkSpec(params.network_type, params.network_dim, params.network_alpha, params.conv_dim,
-                         params.conv_alpha)
-    prefixes: list[tuple[str, Any, K.Targets]] = []
-    # The network's initial weights (lora_down is random) come from the seed alone, whatever loading
-    # the base model drew from the global generator before.
-    torch.manual_seed(params.seed)
-    if params.train_unet:
-        t = K.find_targets(unet, "unet", spec, sgm=arch == "sdxl")
-        unet.add_adapter(K.peft_config(t, spec))
-        prefixes.append(("lora_unet", unet, t))
-    if params.train_text_encoder:
-        for prefix, te in zip(K.te_prefixes(arch), te_models):
-            t = K.find_targets(te, "te", spec)
-            te.add_adapter(K.peft_config(t, spec))
-            prefixes.append((prefix, te, t))
-    if not prefixes:
-        raise BakeError("train.train_unet and train.train_text_encoder are both off: nothing to train")
-    for _, model, _t in prefixes:  # trainable weights in fp32 (mixed precision only for the frozen base)
-        for p in model.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
-    if prec.grad_checkpointing:
-        unet.enable_gradient_checkpointing()
-        for te in te_models:
-            if params.train_text_encoder:
-                # Non-reentrant: the frozen embeddings give no grad-requiring input, and the reentrant
-                # form would then silently drop the LoRA gradients inside checkpointed layers.
-                if hasattr(te, "activation_checkpointing_enable"):  # transformers >= 5.2x
-                    te.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-                else:
-                    te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    unet.train()
-    for te in te_models:
-        te.train(params.train_text_encoder)
-
-    base_lr = params.effective_learning_rate
-    unet_lr = params.unet_lr or base_lr
-    te_lr = params.text_encoder_lr or base_lr
-    groups = []
-    for prefix, model, _t in prefixes:
-        ps = [p for p in model.parameters() if p.requires_grad]
-        groups.append({"params": ps, "lr": unet_lr if prefix == "lora_unet" else te_lr})
-    optimizer = make_optimizer(params.optimizer, groups, weight_decay=params.weight_decay, d_coef=params.d_coef,
-                               device=prec.device)
-
-    samples = plan_samples(trainset, image_path, data)
-    per_epoch = steps_per_epoch(samples, data.batch_size)
-    total = per_epoch * params.epochs
-    scheduler = make_scheduler(optimizer, params.effective_lr_scheduler, warmup=params.lr_warmup_steps,
-                               total=total, restarts=params.lr_restarts)
-    scaler = torch.amp.GradScaler("cuda") if prec.scaler else None
-
-    # Resume: the last state saved at the end of an epoch of this same bake.
-    start_epoch = 0
+    out_dir, state_dir = Path(out_dir), Path(state_dir)
+    t = prepare_training(trainset, params, image_path=image_path, workdir=Path(workdir), data=data, base=base)
     state_file = state_dir / STATE_FILE
-    files: dict[int, str] = {}
-    if state_file.exists():
-        state = torch.load(state_file, map_location="cpu", weights_only=False)
-        if state.get("bake_key") == bake_key:
-            for prefix, model, _t in prefixes:
-                res = set_peft_model_state_dict(model, state["networks"][prefix])
-                if res.unexpected_keys:
-                    raise BakeError(f"training state {state_file} does not match the network: {res.unexpected_keys[:3]}")
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            start_epoch = state["epoch"]
-            files = {int(k): v for k, v in state["files"].items() if Path(v).exists()}
-
-    vae_id = module_id(vae) if params.cache_latents else ""
-    latents = LatentCache(workdir / "cache" / "latents", vae, vae_id, prec.device, vae.dtype, params.cache_latents)
-    text = TextEncoder(pipe, arch, params.clip_skip, prec.device, cache=not params.train_text_encoder)
-    tag_freq = K.tag_frequency((s.image.kohya_dir, s.image.caption) for s in samples if not s.image.is_reg)
-    dataset_dirs: dict[str, dict[str, int]] = {}
-    reg_dirs: dict[str, dict[str, int]] = {}
-    for s in samples:
-        dirs = reg_dirs if s.image.is_reg else dataset_dirs
-        d = dirs.setdefault(s.image.kohya_dir, {"n_repeats": s.image.repeats, "img_count": 0})
-        d["img_count"] += 1
-    n_train = sum(s.image.repeats for s in samples if not s.image.is_reg)
-    n_reg = sum(s.image.repeats for s in samples if s.image.is_reg)
-
+    start_epoch, files = resume_state(state_file, t, bake_key)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
     losses: list[tuple[int, int, float, float]] = []
-    step = start_epoch * per_epoch
-    autocast = (torch.autocast("cuda", dtype=prec.autocast) if prec.autocast is not None else None)
-
+    step = start_epoch * t.per_epoch
     for epoch in range(start_epoch + 1, params.epochs + 1):
-        for batch in epoch_batches(samples, data.batch_size, params.seed, epoch):
+        for batch in epoch_batches(t.samples, data.batch_size, params.seed, epoch):
             step += 1
-            rng = random.Random(f"{params.seed}:{step}:data")
-            gen = _seeded(params.seed, step, "noise")
-            flips = [params.flip_aug and rng.random() < 0.5 for _ in batch]
-            caps = [process_caption(s.image.caption, rng, keep_tokens=params.keep_tokens,
-                                    shuffle=params.shuffle_caption, caption_dropout_rate=params.caption_dropout_rate,
-                                    tag_dropout_rate=params.tag_dropout_rate,
-                                    token_warmup_min=params.token_warmup_min,
-                                    token_warmup_step=params.token_warmup_step, step=step - 1) for s in batch]
-            lat = latents.batch([(image_path(s.image.image_hash), s, f) for s, f in zip(batch, flips)])
-            lat = lat.to(prec.device, torch.float32)
-            b = lat.shape[0]
-            noise = torch.randn(lat.shape, generator=gen).to(prec.device)
-            if params.noise_offset:
-                noise = noise + params.noise_offset * torch.randn((b, lat.shape[1], 1, 1), generator=gen).to(prec.device)
-            if params.multires_noise_iterations:
-                noise = pyramid_noise(noise, gen, params.multires_noise_iterations, params.multires_noise_discount)
-            timesteps = torch.randint(0, n_train_t, (b,), generator=gen).to(prec.device)
-            input_noise = noise
-            if params.ip_noise_gamma:
-                input_noise = noise + params.ip_noise_gamma * torch.randn(lat.shape, generator=gen).to(prec.device)
-            noisy = noise_sched.add_noise(lat, input_noise, timesteps)
-
-            ctx = autocast if autocast is not None else _nullcontext()
-            with ctx:
-                if params.train_text_encoder:
-                    hidden, pooled = text(caps)
-                else:
-                    with torch.no_grad():
-                        hidden, pooled = text(caps)
-                kwargs: dict[str, Any] = {}
-                if arch == "sdxl":
-                    time_ids = torch.tensor([[s.bucket[1], s.bucket[0], 0, 0, s.bucket[1], s.bucket[0]] for s in batch],
-                                            device=prec.device, dtype=hidden.dtype)
-                    kwargs["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
-                pred = unet(noisy.to(prec.weight_dtype), timesteps, hidden.to(prec.weight_dtype), **kwargs).sample
-            target = noise
-            hc = huber_c(params.huber_schedule, params.huber_c, timesteps, alphas_cumprod, n_train_t)
-            loss = conditional_loss(pred.float(), target.float(), params.loss_type, hc.to(prec.device))
-            if params.masked_loss and any(s.image.mask_hash for s in batch):
-                masks = torch.stack([
-                    load_pixels(image_path(s.image.mask_hash), s.choice, f, mode="L") if s.image.mask_hash
-                    else torch.ones((1, s.bucket[1], s.bucket[0])) for s, f in zip(batch, flips)
-                ]).to(prec.device)
-                masks = torch.nn.functional.interpolate(masks, size=loss.shape[2:], mode="area")
-                loss = loss * masks
-            loss = loss.mean(dim=[1, 2, 3])
-            weights = torch.tensor([params.prior_loss_weight if s.image.is_reg else 1.0 for s in batch],
-                                   device=prec.device)
-            loss = loss * weights
-            if params.min_snr_gamma:
-                loss = loss * min_snr_weight(timesteps, alphas_cumprod, params.min_snr_gamma).to(prec.device)
-            loss = loss.mean()
-
-            trainable = [p for g in groups for p in g["params"]]
-            lr = float(optimizer.param_groups[0]["lr"])  # the rate this step uses
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                if params.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm, foreach=True)
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise BakeError(f"loss is {value} at step {step}: lower the learning rate, or use bf16/fp32 "
-                                "(fp16 gives NaN for some networks)")
-            if params.optimizer == "prodigy":
-                lr *= float(optimizer.param_groups[0].get("d", 1.0))
-            losses.append((step, epoch, value, lr))
+            loss, lr = training_step(t, batch, step)
+            losses.append((step, epoch, loss, lr))
             if on_step:
-                on_step(StepInfo(step, total, epoch, value, lr, time.monotonic() - started))
-
+                on_step(StepInfo(step, t.total, epoch, loss, lr, time.monotonic() - started))
         saved = None
         if epoch % params.save_every_n_epochs == 0 or epoch == params.epochs:
-            tensors: dict[str, Any] = {}
-            for prefix, model, targets in prefixes:
-                tensors.update(K.peft_to_kohya(get_peft_model_state_dict(model), prefix, targets, spec))
-            meta = K.build_metadata(
-                spec=spec, architecture=arch, output_name=name, triggers=trainset.triggers,
-                resolution=data.resolution, epoch=epoch, num_epochs=params.epochs, steps=step,
-                learning_rate=base_lr, unet_lr=unet_lr if params.train_unet else None,
-                text_encoder_lr=te_lr if params.train_text_encoder else None,
-                optimizer=type(optimizer).__module__ + "." + type(optimizer).__name__, seed=params.seed,
-                clip_skip=params.clip_skip, base_model=Path(base.source).name if base.source else "",
-                tag_freq=tag_freq, dataset_dirs=dataset_dirs, num_train_images=n_train, num_reg_images=n_reg,
-                batch_size=data.batch_size,
-                extra={"ss_lr_scheduler": params.effective_lr_scheduler, "ss_min_snr_gamma": str(params.min_snr_gamma),
-                       "ss_noise_offset": str(params.noise_offset), "ss_ip_noise_gamma": str(params.ip_noise_gamma),
-                       "ss_loss_type": params.loss_type, "ss_keep_tokens": str(params.keep_tokens),
-                       "ss_flip_aug": str(params.flip_aug), "ss_cache_latents": str(params.cache_latents),
-                       "ss_mixed_precision": "no" if prec.autocast is None else str(prec.autocast).split(".")[-1],
-                       "ss_max_train_steps": str(total), "ss_session_id": bake_key[:16],
-                       "ss_reg_dataset_dirs": json.dumps(reg_dirs), "ss_prior_loss_weight": str(params.prior_loss_weight)},
-            )
             path = out_dir / f"{name}-{epoch:06d}.safetensors"
-            K.save_kohya(path, tensors, meta, params.save_precision)
-            files[epoch] = saved = str(path)
+            files[epoch] = saved = save_epoch(t, path, name=name, epoch=epoch, step=step, bake_key=bake_key)
         if on_epoch:  # before the state: what the caller records for this epoch is never lost on a kill
             on_epoch(epoch, saved)
-        _save_state(state_file, {
-            "bake_key": bake_key,
-            "epoch": epoch,
-            "step": step,
-            "networks": {prefix: {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
-                         for prefix, model, _t in prefixes},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "files": {str(k): v for k, v in files.items()},
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "seed": params.seed},
-        })
-
+        save_state(state_file, t, bake_key=bake_key, epoch=epoch, step=step, files=files)
     return BakeResult(files=dict(sorted(files.items())), losses=losses, resumed_from_epoch=start_epoch, steps=step,
-                      latent_cache_hits=latents.hits, latent_cache_misses=latents.misses,
-                      seconds=time.monotonic() - started, extra={"device": prec.device, "per_epoch": per_epoch, "architecture": arch,
-                             "base_source": base.source})
-
-
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    import torch
-
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+                      latent_cache_hits=t.latents.hits, latent_cache_misses=t.latents.misses,
+                      seconds=time.monotonic() - started,
+                      extra={"device": t.prec.device, "per_epoch": t.per_epoch, "architecture": t.base.architecture,
+                             "base_source": t.base.source})
