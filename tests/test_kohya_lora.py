@@ -191,3 +191,20 @@ def test_sdxl_unet_names_are_kohyas_sgm_layout():
     }
     for path, sgm in names.items():
         assert K.sgm_unet_path(path, 2, up_attention) == sgm
+
+
+def test_the_same_weights_and_metadata_give_the_same_file_bytes(tmp_path):
+    """safetensors writes its metadata in a different order on every save; save_kohya sorts the header."""
+    import torch
+
+    tensors = {f"lora_unet_block_{i}.lora_down.weight": torch.full((4, 8), float(i)) for i in range(6)}
+    meta = {f"ss_key_{i}": str(i) for i in range(40)}
+    files = [tmp_path / f"{n}.safetensors" for n in range(4)]
+    for f in files:
+        K.save_kohya(f, tensors, meta)
+    assert len({f.read_bytes() for f in files}) == 1
+    back, got = K.read_kohya(files[0])
+    assert got.items() >= meta.items() and set(back) == set(tensors)
+    assert all(torch.equal(back[k], tensors[k].half()) for k in tensors)
+    size = int.from_bytes(files[0].read_bytes()[:8], "little")
+    assert size % 8 == 0

@@ -407,7 +407,7 @@ def save_kohya(path: Any, tensors: Mapping[str, "torch.Tensor"], metadata: Mappi
     from pathlib import Path
 
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     cast = {k: v.detach().to("cpu", torch_dtype).contiguous() for k, v in tensors.items()}
@@ -415,8 +415,21 @@ def save_kohya(path: Any, tensors: Mapping[str, "torch.Tensor"], metadata: Mappi
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = safetensors_hashes(cast, meta)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(cast, str(tmp), metadata=meta)
+    tmp.write_bytes(canonical_header(save(cast, metadata=meta)))
     os.replace(tmp, path)
+
+
+def canonical_header(data: bytes) -> bytes:
+    """A safetensors file with its JSON header in sorted key order: the same weights and metadata
+    give the same bytes (safetensors writes the metadata in a different order on every save).
+
+    Tensor offsets are relative to the data section, which is left as it is; the header is padded
+    with spaces to a multiple of 8 bytes, as the format asks.
+    """
+    size = int.from_bytes(data[:8], "little")
+    text = json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
 def read_kohya(path: Any) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
