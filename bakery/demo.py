@@ -156,7 +156,7 @@ height = 128
 
 def build_demo_models(models: Path) -> None:
     """Random-weight models of the real architectures and file formats (built once)."""
-    from bakery.craft.masks import build_random_inspyrenet_ckpt
+    from bakery.testmodels.inspyrenet import build_random_inspyrenet_ckpt
     from bakery.testmodels.tiny_wd14 import write_tiny_wd14
 
     if not (models / "wd14-tiny" / "model.onnx").exists():

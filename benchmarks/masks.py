@@ -45,7 +45,8 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from bakery.craft.masks import MaskModel, MaskQA, build_random_inspyrenet_ckpt, histogram, qa_reason
+    from bakery.craft.masks import MaskModel, MaskQA, histogram, qa_reason
+    from bakery.testmodels.inspyrenet import build_random_inspyrenet_ckpt
     from tests.images import gradient
 
     ckpt = args.ckpt

@@ -15,10 +15,10 @@ from bakery.craft.masks import (
     MaskQA,
     MaskSetupError,
     as_rgb,
-    build_random_inspyrenet_ckpt,
     histogram,
     qa_reason,
 )
+from bakery.testmodels.inspyrenet import build_random_inspyrenet_ckpt
 from bakery.manifest import ImageRef
 from bakery.recipe import RecipeError, parse_recipe, stage_params_json
 from storage import Catalog, ContentStore

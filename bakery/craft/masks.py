@@ -17,7 +17,6 @@ import importlib.util
 import io
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -285,32 +284,3 @@ class MaskModel:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def build_random_inspyrenet_ckpt(path: Path | str, seed: int = 0) -> Path:
-    """A checkpoint of the real architecture with random weights (~370 MB), for tests and the demo.
-
-    Every Remover mode builds `InSPyReNet_SwinB(depth=64)`; only the input size differs,
-    which changes no weight shape, so one file serves every mode. Its masks mean nothing.
-    """
-    import torch
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    with _quiet_import():
-        from transparent_background.InSPyReNet import InSPyReNet_SwinB
-
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = InSPyReNet_SwinB(depth=64, pretrained=False, threshold=None, base_size=[384, 384])
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(model.state_dict(), tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)  # never a half-written checkpoint at `path`, even with two writers
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
