@@ -24,7 +24,7 @@ from prefect import get_run_logger, task
 from bakery.craft import eval_report as report_craft
 from bakery.craft import evaluate as craft
 from bakery.craft import likeness as likeness_craft
-from bakery.craft import xyz
+from bakery.craft import tasting, xyz
 from bakery.manifest import BakeOutput, StageResult, TrainSet, digest
 from bakery.recipe import EvaluateParams
 from storage import Catalog
@@ -34,7 +34,6 @@ from tasks.runlog import listed
 from tasks.stage import RunInfo, Stage, skip_stage
 
 EVALUATE_DIR = "evaluate"
-META_PREFIXES = ("ss_", "modelspec.", "sshs_")
 
 
 @dataclass
@@ -49,21 +48,9 @@ class Evaluation:
     metrics: list[dict]
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
-
-
 def _load_rgb(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im.convert("RGB"))
-
-
-def _prompt_trigger(prompt: str, triggers: list[str]) -> str | None:
-    tags = craft.caption_tags(prompt)
-    return next((t for t in triggers if t in tags), None)
 
 
 def _references(train: TrainSet | None, triggers: list[str], run: RunInfo, limit: int) -> dict[str, list[np.ndarray]]:
@@ -80,37 +67,6 @@ def _references(train: TrainSet | None, triggers: list[str], run: RunInfo, limit
     return refs
 
 
-def _likeness(
-    images: dict[xyz.CellKey, np.ndarray], prompts: list[str], triggers: list[str],
-    refs: dict[str, list[np.ndarray]], embedder: likeness_craft.Embedder | None,
-) -> dict[tuple[int, float], float]:
-    """Likeness per (epoch, weight): per trigger with references, its prompts' images vs its training images; mean over triggers."""
-    by_trigger = {i: _prompt_trigger(p, triggers) for i, p in enumerate(prompts)}
-    keys = sorted(images)
-    if embedder is not None:
-        gen_emb = dict(zip(keys, embedder.embed([images[k] for k in keys])))
-        ref_emb = {t: embedder.embed(r) for t, r in refs.items()}
-    out: dict[tuple[int, float], list[float]] = {}
-    for epoch, weight in sorted({k[:2] for k in keys}):
-        for trig, ref in refs.items():
-            cells = [k for k in keys if k[:2] == (epoch, weight) and by_trigger[k[2]] == trig]
-            if not cells:
-                continue
-            if embedder is not None:
-                score = craft.embedding_likeness(np.stack([gen_emb[k] for k in cells]), ref_emb[trig])
-            else:
-                score = craft.histogram_likeness([images[k] for k in cells], ref)
-            out.setdefault((epoch, weight), []).append(score)
-    return {k: float(np.mean(v)) for k, v in out.items()}
-
-
-def _train_tag_stats(train: TrainSet) -> dict[str, dict[str, int]]:
-    stats: dict[str, Counter] = {}
-    for im in train.images:
-        stats.setdefault(f"{im.kohya_dir}" + (" (reg)" if im.is_reg else ""), Counter()).update(craft.caption_tags(im.caption))
-    return {k: dict(v) for k, v in sorted(stats.items())}
-
-
 def _train_buckets(train: TrainSet, run: RunInfo) -> list[tuple[tuple[int, int], int]]:
     with Catalog.open(run.catalog) as cat:
         sizes = cat.image_rows([im.image_hash for im in train.images])
@@ -119,9 +75,8 @@ def _train_buckets(train: TrainSet, run: RunInfo) -> list[tuple[tuple[int, int],
     return sorted(counts.items())
 
 
-def evaluate_bake(
-    bake: BakeOutput, params: EvaluateParams, run: RunInfo, code_version: str, train: TrainSet | None = None,
-) -> Evaluation:
+def taste_inputs(bake: BakeOutput, params: EvaluateParams, run: RunInfo, train: TrainSet | None) -> tasting.TasteInputs:
+    """Everything tasting reads: the bake's files (all must exist), the training images, the loss log."""
     if not bake.files:
         raise ValueError(f"bake {bake.name!r} produced no LoRA files to evaluate")
     files = {int(e): p for e, p in sorted(bake.files.items())}
@@ -130,117 +85,58 @@ def evaluate_bake(
         raise FileNotFoundError(f"bake {bake.name!r} lacks {listed(run, missing, noun='LoRA file')}: "
                                 "moved or deleted since the bake?")
     epochs = sorted(files)[-params.last_epochs:] if params.last_epochs else sorted(files)
+    with Catalog.open(run.catalog) as cat:
+        loss_log = cat.bake_log(bake.bake_key)
+    last_meta = tasting.read_metadata(files[epochs[-1]])
+    return tasting.TasteInputs(
+        bake, files, epochs, tasting.evaluation_prompts(bake, train, params, last_meta), last_meta, train,
+        _references(train, list(bake.triggers), run, params.likeness_references),
+        loss_log, _train_buckets(train, run) if train else [],
+    )
+
+
+def evaluate_bake(
+    bake: BakeOutput, params: EvaluateParams, run: RunInfo, code_version: str, train: TrainSet | None = None,
+) -> Evaluation:
+    """Read the bake's inputs -> tasting.taste -> write the grids, the report and the catalog rows."""
+    inputs = taste_inputs(bake, params, run, train)
+    n_weights = len({float(w) for w in params.weights} | {0.0, 1.0})
+    with StageProgress("evaluate", len(inputs.epochs) * n_weights * len(inputs.prompts) * len(params.seeds)) as progress:
+        t = tasting.taste(inputs, params, on_cells=progress.advance)
     eval_key = digest({"bake": bake, "params": params.model_dump(mode="json"), "code": code_version})[:16]
+    return _write_tasting(run, bake, inputs, t, eval_key)
+
+
+def _write_tasting(run: RunInfo, bake: BakeOutput, inputs: tasting.TasteInputs, t: tasting.Tasting,
+                   eval_key: str) -> Evaluation:
     outdir = Path(run.workdir) / EVALUATE_DIR / f"{bake.name}-{eval_key[:12]}"
     outdir.mkdir(parents=True, exist_ok=True)
-
-    last_meta = read_metadata(files[epochs[-1]])
-    triggers = list(bake.triggers)
-    counts = craft.tag_counts_by_trigger(
-        triggers,
-        captions=[im.caption for im in train.images if not im.is_reg] if train else None,
-        tag_frequency=report_craft.parse_tag_frequency(last_meta),
-    )
-    prompts = list(params.prompts) or craft.default_prompts(triggers, counts, params.tags_per_prompt)
-    if not prompts:
-        raise ValueError("no evaluation prompts: set evaluate.prompts in the recipe, or give the concepts trigger words")
-
-    taster = xyz.Taster(bake.base_model, bake.architecture, bake.clip_skip, params.sampler, params.device)
-    grid_weights = sorted({float(w) for w in params.weights})
-    n_weights = len(set(grid_weights) | {0.0, 1.0})
-    total = len(epochs) * n_weights * len(prompts) * len(params.seeds)
-    with StageProgress("evaluate", total) as progress:
-        grid = xyz.render_grid(
-            taster, {e: files[e] for e in epochs}, grid_weights, prompts, params.seeds, params.negative_prompt,
-            params.steps, params.cfg_scale, params.width, params.height, on_cells=progress.advance,
-        )
-
-    evals = []
-    for e in epochs:
-        cells = {k[1:]: v for k, v in grid.images.items() if k[0] == e}
-        evals.append(craft.evaluate_epoch(e, cells, params.effect_min, params.fry_threshold, params.fry_max_weight))
-
-    # Likeness: against the training images of each trigger's group, only when they were handed over.
-    refs = _references(train, triggers, run, params.likeness_references)
-    embedder = None
-    if params.likeness_model:
-        embedder = likeness_craft.Embedder(params.likeness_model, taster.device)
-    if refs:
-        method = embedder.method if embedder else "histogram"
-        scores = _likeness(grid.images, prompts, triggers, refs, embedder)
-        for ev in evals:
-            ev.likeness_by_weight = {w: s for (e, w), s in scores.items() if e == ev.epoch}
-        note = ("cosine similarity of image embeddings to the nearest training image" if embedder else
-                "colour-histogram intersection with the nearest training image (a cheap proxy: palette, not identity; "
-                "set evaluate.likeness_model to a local CLIP/DINOv2 folder for an embedding score)")
-        note += f", {sum(len(r) for r in refs.values())} training images of {len(refs)} trigger(s)"
-    else:
-        method = None
-        note = ("not measured: no training images of the triggers were handed to evaluate" if train is None
-                else "not measured: no training image carries a trigger of the evaluation prompts")
-
-    with Catalog.open(run.catalog) as cat:
-        loss_means = craft.epoch_losses(cat.bake_log(bake.bake_key))
-    for ev in evals:
-        ev.loss = loss_means.get(ev.epoch)
-    loss = craft.loss_choice(loss_means, params.loss_rise_tolerance, params.loss_flat_tolerance)
-    total_epochs = int(last_meta.get("ss_num_epochs") or 0) if str(last_meta.get("ss_num_epochs", "")).isdigit() else 0
-    total_epochs = max(total_epochs, max(files))
-    rec = craft.recommend(evals, loss, total_epochs, grid_weights, method)
-
-    grid_paths, grids = [], []
-    for i, prompt in enumerate(prompts):
-        layout = xyz.make_grid(grid.images, epochs, grid_weights, i, prompt, params.seeds)
-        buf = io.BytesIO()
-        layout.image.save(buf, format="PNG")
-        path = outdir / f"grid-{i + 1:02d}.png"
-        path.write_bytes(buf.getvalue())
-        grid_paths.append(path)
-        grids.append((prompt, buf.getvalue()))
-
-    rec_file = files[rec.epoch] if rec.epoch is not None else files[epochs[-1]]
-    meta = read_metadata(rec_file) if rec.epoch is not None else last_meta
-    tag_stats = _train_tag_stats(train) if train else report_craft.parse_tag_frequency(meta)
-    buckets, bsource = report_craft.parse_bucket_info(meta), "ss_bucket_info of the file"
-    if not buckets and train:
-        buckets, bsource = _train_buckets(train, run), "sizes of the prepared training images"
-    timings = grid.timings
-    data = report_craft.ReportData(
-        name=bake.name, base_model=bake.base_model, architecture=bake.architecture, triggers=triggers,
-        recommendation=rec, evals=evals, loss_means=loss_means, loss_choice=loss, grids=grids,
-        likeness_method=method, likeness_note=note, tag_stats=tag_stats, buckets=buckets, buckets_source=bsource,
-        metadata={k: v for k, v in meta.items() if k.startswith(META_PREFIXES)},
-        recommended_file=rec_file if rec.epoch is not None else "",
-        settings={"epochs": ", ".join(map(str, epochs)), "weights": ", ".join(f"{w:g}" for w in grid_weights),
-                  "seeds": ", ".join(map(str, params.seeds)), "sampler": params.sampler, "steps": params.steps,
-                  "cfg": params.cfg_scale, "size": f"{params.width}x{params.height}", "clip skip": bake.clip_skip,
-                  "negative prompt": params.negative_prompt, "device": taster.device},
-        timings={"render s": timings.render_s, "LoRA load s": timings.load_s, "reload share": timings.reload_share,
-                 "images": timings.cells},
-    )
+    grid_paths = [outdir / f"grid-{i + 1:02d}.png" for i in range(len(t.grids))]
+    for path, (_, png) in zip(grid_paths, t.grids):
+        path.write_bytes(png)
     report_path = outdir / "report.html"
-    report_path.write_text(report_craft.render_html(data), encoding="utf-8")
-    metrics = report_craft.metrics_rows(evals, loss_means)
-
+    report_path.write_text(report_craft.render_html(t.report), encoding="utf-8")
+    metrics = report_craft.metrics_rows(t.evals, t.loss_means)
+    rec, timings = t.recommendation, t.timings
     with Catalog.open(run.catalog) as cat:
         cat.add_evaluation(
             {
                 "eval_key": eval_key, "run_id": run.run_id, "bake_key": bake.bake_key, "name": bake.name,
                 "recommended_epoch": rec.epoch, "weight_min": rec.weight_min, "weight_max": rec.weight_max,
-                "recommended_file": rec_file if rec.epoch is not None else None,
-                "reasons": json.dumps(rec.reasons), "flags": json.dumps(rec.flags), "loss_shape": loss.shape,
-                "likeness_method": method, "report_path": str(report_path),
+                "recommended_file": t.recommended_file or None,
+                "reasons": json.dumps(rec.reasons), "flags": json.dumps(rec.flags), "loss_shape": t.loss.shape,
+                "likeness_method": t.report.likeness_method, "report_path": str(report_path),
                 "load_s": timings.load_s, "render_s": timings.render_s, "cells": timings.cells,
             },
             [
-                {"epoch": e.epoch, "file": files[e.epoch], "loss_mean": e.loss, "effect": e.effect,
+                {"epoch": e.epoch, "file": inputs.files[e.epoch], "loss_mean": e.loss, "effect": e.effect,
                  "does_nothing": e.does_nothing, "fries_at": e.fries_at, "over_trained": e.over_trained}
-                for e in evals
+                for e in t.evals
             ],
             [{k: r[k] for k in r if k != "loss"} for r in metrics],
         )
-    summary = report_craft.markdown_summary(data, str(report_path), [str(p) for p in grid_paths])
-    return Evaluation(eval_key, report_path, grid_paths, rec, evals, timings, summary, metrics)
+    summary = report_craft.markdown_summary(t.report, str(report_path), [str(p) for p in grid_paths])
+    return Evaluation(eval_key, report_path, grid_paths, rec, t.evals, timings, summary, metrics)
 
 
 def publish_artifacts(result: Evaluation) -> None:
@@ -301,5 +197,5 @@ def evaluate(
 
 EVALUATE = Stage(
     "evaluate", evaluate,
-    caching.code_version(craft, xyz, likeness_craft, report_craft, sys.modules[__name__]),
+    caching.code_version(craft, tasting, xyz, likeness_craft, report_craft, sys.modules[__name__]),
 )

@@ -196,3 +196,26 @@ def _screenshot_shows_images(report: Path, tmp_path: Path) -> None:
     colourful = ((mx - mn) > 0.25).mean()  # text and tables are grey: colour comes from the grids and plots
     assert non_white > 0.05, non_white
     assert colourful > 0.01, colourful
+
+
+def test_tasting_is_one_craft_call_with_no_prefect_and_no_catalog(baked):
+    """bakery/craft/tasting.py taste: the loss log and training images handed in, a recommendation out."""
+    from bakery.craft import tasting
+
+    bake, train, _, _ = baked
+    params = EvaluateParams(weights=[0.0, 1.0], seeds=[1], steps=1, width=64, height=64, tags_per_prompt=1, device="cpu")
+    files = {e: str(p) for e, p in bake.files.items()}
+    last = tasting.read_metadata(files[3])
+    # Loss means 0.30, 0.20, 0.25: the loss rule picks epoch 2, the last of steadily falling loss.
+    log = [{"step": e, "epoch": e, "loss": loss} for e, loss in ((1, 0.30), (2, 0.20), (3, 0.25))]
+    refs = {TRIGGER: [np.asarray(Image.open(io.BytesIO(_png(i))).convert("RGB")) for i in range(2)]}
+    prompts = tasting.evaluation_prompts(bake, train, params, last)
+    inputs = tasting.TasteInputs(bake, files, [1, 2, 3], prompts, last, train, refs, log)
+    cells = []
+    t = tasting.taste(inputs, params, on_cells=cells.append)
+    assert prompts[0] == TRIGGER and sum(cells) == 3 * 2 * len(prompts)
+    assert t.evals[0].does_nothing and not t.evals[1].does_nothing  # epoch 1's file is all zeros
+    assert t.recommendation.epoch == 2 and t.recommended_file == files[2]
+    assert t.recommendation.reasons[0].startswith("loss rule")
+    assert t.report.likeness_method == "histogram" and len(t.grids) == len(prompts)
+    assert all(png.startswith(b"\x89PNG") for _, png in t.grids)
