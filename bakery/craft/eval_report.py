@@ -136,40 +136,53 @@ def metrics_rows(evals: Sequence[EpochEval], loss_means: Mapping[int, float]) ->
     return rows
 
 
+CSS = (
+    "body{font-family:sans-serif;margin:24px;max-width:1400px;color:#222}"
+    "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+    "th{background:#f3f3f3}td.l,th.l{text-align:left}.flag{color:#a40000}.ok{color:#006400}"
+    "img{max-width:100%}img.grid{min-width:min(100%,960px);image-rendering:pixelated}.rec{background:#eef7ee;padding:10px 16px;border-radius:6px}"
+    "code{background:#f4f4f4;padding:1px 4px}"
+)
+
+
 def render_html(d: ReportData) -> str:
-    rec = d.recommendation
-    css = (
-        "body{font-family:sans-serif;margin:24px;max-width:1400px;color:#222}"
-        "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-        "th{background:#f3f3f3}td.l,th.l{text-align:left}.flag{color:#a40000}.ok{color:#006400}"
-        "img{max-width:100%}img.grid{min-width:min(100%,960px);image-rendering:pixelated}.rec{background:#eef7ee;padding:10px 16px;border-radius:6px}"
-        "code{background:#f4f4f4;padding:1px 4px}"
-    )
+    """The self-contained report: one section after another, images inline."""
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>Evaluation of {_e(d.name)}</title><style>{css}</style></head><body>",
+        f"<title>Evaluation of {_e(d.name)}</title><style>{CSS}</style></head><body>",
         f"<h1>Evaluation of <code>{_e(d.name)}</code></h1>",
         f"<p>Base model <code>{_e(d.base_model)}</code> ({_e(d.architecture)}). Triggers: "
         + ", ".join(f"<code>{_e(t)}</code>" for t in d.triggers) + "</p>",
-        '<div class="rec"><h2>Recommendation</h2>',
     ]
+    for section in (_recommendation_html, _epochs_html, _grids_html, _metrics_html, _loss_html, _dataset_html,
+                    _metadata_html, _settings_html):
+        out += section(d)
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _recommendation_html(d: ReportData) -> list[str]:
+    rec = d.recommendation
+    out = ['<div class="rec"><h2>Recommendation</h2>']
     if rec.epoch is None:
         out.append('<p class="flag"><b>No epoch to recommend.</b></p>')
     else:
         out.append(f"<p><b>Epoch {rec.epoch}</b> at weight <b>{rec.weight_min:g}&ndash;{rec.weight_max:g}</b>"
                    + (f": <code>{_e(d.recommended_file)}</code>" if d.recommended_file else "") + "</p>")
     out.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in rec.reasons) + "</ul></div>")
-
     out.append("<h2>Flags</h2>")
     if rec.flags:
         out.append("<ul>" + "".join(f'<li class="flag">{_e(f)}</li>' for f in rec.flags) + "</ul>")
     else:
         out.append('<p class="ok">No epoch does nothing, none fries at weight &le; 0.5.</p>')
+    return out
 
-    out.append("<h2>Epochs</h2><table><tr><th>epoch</th><th>mean loss</th><th>effect (w0 vs w1, /255)</th>"
-               "<th>does nothing</th><th>fries at weight</th><th>over-trained</th>"
-               f"<th>likeness at w1 ({_e(d.likeness_method or 'not measured')})</th></tr>")
+
+def _epochs_html(d: ReportData) -> list[str]:
+    out = ["<h2>Epochs</h2><table><tr><th>epoch</th><th>mean loss</th><th>effect (w0 vs w1, /255)</th>"
+           "<th>does nothing</th><th>fries at weight</th><th>over-trained</th>"
+           f"<th>likeness at w1 ({_e(d.likeness_method or 'not measured')})</th></tr>"]
     for e in d.evals:
         out.append(
             f"<tr><td>{e.epoch}</td><td>{_fmt(d.loss_means.get(e.epoch), '.4g')}</td><td>{e.effect:.3g}</td>"
@@ -178,13 +191,19 @@ def render_html(d: ReportData) -> str:
         )
     out.append("</table>")
     out.append(f"<p>Likeness: {_e(d.likeness_note)}</p>")
+    return out
 
-    out.append("<h2>Grids</h2><p>Rows: epochs; columns: LoRA weights; seeds side by side.</p>")
+
+def _grids_html(d: ReportData) -> list[str]:
+    out = ["<h2>Grids</h2><p>Rows: epochs; columns: LoRA weights; seeds side by side.</p>"]
     for i, (prompt, png) in enumerate(d.grids, start=1):
         out.append(f"<h3>Prompt {i}: <code>{_e(prompt)}</code></h3>"
                    f'<img class="grid" alt="grid {i}: {_e(prompt)}" src="{data_uri(png)}">')
+    return out
 
-    out.append("<h2>Metrics per epoch and weight</h2><table><tr>")
+
+def _metrics_html(d: ReportData) -> list[str]:
+    out = ["<h2>Metrics per epoch and weight</h2><table><tr>"]
     rows = metrics_rows(d.evals, d.loss_means)
     cols = list(rows[0]) if rows else []
     out.append("".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr>")
@@ -192,13 +211,18 @@ def render_html(d: ReportData) -> str:
         out.append("<tr>" + "".join(f"<td>{_fmt(r[c], 'g') if isinstance(r[c], float) or r[c] is None else _e(r[c])}</td>"
                                     for c in cols) + "</tr>")
     out.append("</table>")
+    return out
 
-    out.append("<h2>Loss</h2>")
+
+def _loss_html(d: ReportData) -> list[str]:
     plot = loss_plot(d.loss_means, d.loss_choice.epoch)
-    out.append(f'<img alt="loss curve" src="{data_uri(plot)}">' if plot else "<p>No loss log for this bake.</p>")
-    out.append(f"<p>{_e(d.loss_choice.reason)}</p>")
+    return ["<h2>Loss</h2>",
+            f'<img alt="loss curve" src="{data_uri(plot)}">' if plot else "<p>No loss log for this bake.</p>",
+            f"<p>{_e(d.loss_choice.reason)}</p>"]
 
-    out.append("<h2>Dataset</h2>")
+
+def _dataset_html(d: ReportData) -> list[str]:
+    out = ["<h2>Dataset</h2>"]
     if d.tag_stats:
         for group, counts in d.tag_stats.items():
             top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:25]
@@ -211,25 +235,30 @@ def render_html(d: ReportData) -> str:
         out.append(f"<h3>Buckets ({_e(d.buckets_source)})</h3><img alt='bucket histogram' src='{data_uri(bplot)}'>")
     else:
         out.append("<p>No bucket information recorded for this bake.</p>")
+    return out
 
-    out.append(f"<h2>Metadata of the recommended file</h2>")
-    if d.metadata:
-        out.append("<table><tr><th class='l'>key</th><th class='l'>value</th></tr>")
-        for k in sorted(d.metadata):
-            v = d.metadata[k]
-            v = v if len(v) <= SS_VALUE_MAX else v[:SS_VALUE_MAX] + f"... ({len(v)} characters)"
-            out.append(f"<tr><td class='l'><code>{_e(k)}</code></td><td class='l'>{_e(v)}</td></tr>")
-        out.append("</table>")
-    else:
-        out.append("<p>None.</p>")
 
-    if d.settings or d.timings:
-        out.append("<h2>Settings</h2><table>")
-        for k, v in {**d.settings, **{f"time: {k}": f"{v:.3g}" for k, v in d.timings.items()}}.items():
-            out.append(f"<tr><td class='l'>{_e(k)}</td><td class='l'>{_e(v)}</td></tr>")
-        out.append("</table>")
-    out.append("</body></html>")
-    return "\n".join(out)
+def _metadata_html(d: ReportData) -> list[str]:
+    out = ["<h2>Metadata of the recommended file</h2>"]
+    if not d.metadata:
+        return out + ["<p>None.</p>"]
+    out.append("<table><tr><th class='l'>key</th><th class='l'>value</th></tr>")
+    for k in sorted(d.metadata):
+        v = d.metadata[k]
+        v = v if len(v) <= SS_VALUE_MAX else v[:SS_VALUE_MAX] + f"... ({len(v)} characters)"
+        out.append(f"<tr><td class='l'><code>{_e(k)}</code></td><td class='l'>{_e(v)}</td></tr>")
+    out.append("</table>")
+    return out
+
+
+def _settings_html(d: ReportData) -> list[str]:
+    if not (d.settings or d.timings):
+        return []
+    out = ["<h2>Settings</h2><table>"]
+    for k, v in {**d.settings, **{f"time: {k}": f"{v:.3g}" for k, v in d.timings.items()}}.items():
+        out.append(f"<tr><td class='l'>{_e(k)}</td><td class='l'>{_e(v)}</td></tr>")
+    out.append("</table>")
+    return out
 
 
 def markdown_summary(d: ReportData, report_path: str, grid_paths: Sequence[str]) -> str:
