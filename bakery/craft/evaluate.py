@@ -263,8 +263,25 @@ def recommend(
     if not evals:
         raise ValueError("no evaluated epochs")
     by_epoch = {e.epoch: e for e in evals}
-    flags: list[str] = []
-    reasons: list[str] = []
+    flags = epoch_flags(evals)
+    usable = [e.epoch for e in evals if not e.does_nothing]
+    if not usable:
+        return Recommendation(None, None, None, ["no epoch changes the image: nothing to recommend, fix the bake"], flags)
+    good = [e for e in usable if not by_epoch[e].over_trained] or usable
+    target, reasons = _target_epoch(by_epoch, good, loss, total_epochs, likeness_method)
+    ev = by_epoch[target]
+    lo, hi, wr = _weight_range(ev, weights)
+    reasons += wr
+    if ev.likeness_by_weight:
+        best_w = max(ev.likeness_by_weight, key=lambda w: ev.likeness_by_weight[w])
+        reasons.append(f"likeness ({likeness_method}) at epoch {target} is highest at weight {best_w:g} "
+                       f"({ev.likeness_by_weight[best_w]:.3f})")
+    return Recommendation(target, lo, hi, reasons, flags)
+
+
+def epoch_flags(evals: Sequence[EpochEval]) -> list[str]:
+    """The guide's alarms per epoch: a LoRA that does nothing, one that fries at a low weight (rules.md §13)."""
+    flags = []
     for e in evals:
         if e.does_nothing:
             flags.append(
@@ -276,11 +293,13 @@ def recommend(
                 f"epoch {e.epoch}: over-trained, fries already at weight {e.fries_at:g}: likely causes: "
                 + "; ".join(FRY_CAUSES) + " (retrain with fewer repeats or a lower learning rate)"
             )
-    usable = [e.epoch for e in evals if not e.does_nothing]
-    if not usable:
-        return Recommendation(None, None, None, ["no epoch changes the image: nothing to recommend, fix the bake"], flags)
-    good = [e for e in usable if not by_epoch[e].over_trained] or usable
+    return flags
 
+
+def _target_epoch(by_epoch: dict[int, EpochEval], good: list[int], loss: LossChoice, total_epochs: int,
+                  likeness_method: str | None) -> tuple[int, list[str]]:
+    """The loss rule, else likeness by embeddings, else the guide's 0.5-0.75 rule; snapped to a good epoch."""
+    reasons = []
     if loss.epoch is not None:
         reasons.append(f"loss rule: {loss.reason}")
         target = loss.epoch
@@ -292,28 +311,19 @@ def recommend(
         else:
             target = guide_epoch(total_epochs, good)
             reasons.append(f"guide's rule: the epoch at 0.5-0.75 of the {total_epochs} epochs -> {target}")
-
     # Snap to an epoch that was evaluated, usable and not fried (earlier first: later ones are more trained).
     if target not in good:
         earlier = [e for e in good if e <= target]
         chosen = max(earlier) if earlier else min(good, key=lambda e: abs(e - target))
-        why = []
         if target in by_epoch and by_epoch[target].over_trained:
-            why.append(f"epoch {target} is over-trained")
+            why = f"epoch {target} is over-trained"
         elif target in by_epoch and by_epoch[target].does_nothing:
-            why.append(f"epoch {target} does nothing")
+            why = f"epoch {target} does nothing"
         else:
-            why.append(f"epoch {target} was not evaluated")
-        reasons.append(f"{why[0]}: recommending epoch {chosen} instead")
+            why = f"epoch {target} was not evaluated"
+        reasons.append(f"{why}: recommending epoch {chosen} instead")
         target = chosen
-    ev = by_epoch[target]
-    lo, hi, wr = _weight_range(ev, weights)
-    reasons += wr
-    if ev.likeness_by_weight:
-        best_w = max(ev.likeness_by_weight, key=lambda w: ev.likeness_by_weight[w])
-        reasons.append(f"likeness ({likeness_method}) at epoch {target} is highest at weight {best_w:g} "
-                       f"({ev.likeness_by_weight[best_w]:.3f})")
-    return Recommendation(target, lo, hi, reasons, flags)
+    return target, reasons
 
 
 # -- prompts ----------------------------------------------------------------------------------------
