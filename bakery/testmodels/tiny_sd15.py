@@ -73,8 +73,8 @@ def build_tiny_sd15(folder: Path | str, words: Iterable[str] = (), seed: int = T
     if (folder / MARKER).exists():
         return folder
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     tok_dir = folder / "tokenizer"
@@ -84,7 +84,26 @@ def build_tiny_sd15(folder: Path | str, words: Iterable[str] = (), seed: int = T
     )
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    # Built in this order from the seed: the weights depend on it.
+    unet, vae, text_encoder = _tiny_unet(), _tiny_vae(), _tiny_text_encoder(vocab_size)
+    # SD1.5's training noise schedule.
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        clip_sample=False, steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    (folder / MARKER).write_text(json.dumps({"preset": "tiny", "architecture": "sd15", "seed": seed}), encoding="utf-8")
+    return folder
+
+
+def _tiny_unet():  # noqa: ANN202
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
         out_channels=4,
@@ -96,7 +115,12 @@ def build_tiny_sd15(folder: Path | str, words: Iterable[str] = (), seed: int = T
         attention_head_dim=8,
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
+
+
+def _tiny_vae():  # noqa: ANN202
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         # SD1.5's VAE (128, 256, 512, 512), 2 layers per block, at a quarter of the width: four levels give
@@ -110,7 +134,12 @@ def build_tiny_sd15(folder: Path | str, words: Iterable[str] = (), seed: int = T
         norm_num_groups=8,
         sample_size=64,
     )
-    text_encoder = CLIPTextModel(
+
+
+def _tiny_text_encoder(vocab_size: int):  # noqa: ANN202
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
         CLIPTextConfig(
             vocab_size=vocab_size,
             hidden_size=32,
@@ -124,15 +153,3 @@ def build_tiny_sd15(folder: Path | str, words: Iterable[str] = (), seed: int = T
             projection_dim=32,
         )
     )
-    # SD1.5's training noise schedule.
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        clip_sample=False, steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipe.save_pretrained(folder, safe_serialization=True)
-    (folder / MARKER).write_text(json.dumps({"preset": "tiny", "architecture": "sd15", "seed": seed}), encoding="utf-8")
-    return folder
