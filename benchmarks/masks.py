@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def main() -> int:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ckpt", type=Path)
     ap.add_argument("--mode", default="fast", choices=["base", "fast", "base-nightly"])
@@ -39,27 +39,33 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
-    import numpy as np
+
+def _checkpoint(given: Path | None) -> Path:
+    """The given checkpoint, else the tests' random one, else a random one built now."""
+    from bakery.testmodels.inspyrenet import build_random_inspyrenet_ckpt
+
+    if given is not None:
+        return given
+    cache = Path.home() / ".cache" / "bakery-test"
+    found = sorted(cache.glob("inspyrenet-swinb-random-*.pth"))  # the tests' one, if there
+    ckpt = found[0] if found else cache / "inspyrenet-swinb-random-bench.pth"
+    if not ckpt.is_file():
+        t = time.perf_counter()
+        build_random_inspyrenet_ckpt(ckpt)
+        print(f"built random checkpoint in {time.perf_counter() - t:.1f} s: {ckpt}")
+    return ckpt
+
+
+def _model_times(args: argparse.Namespace, ckpt: Path) -> tuple[str, float, list[float]]:
+    """(device, load seconds, seconds per image) of the mask model on generated pictures."""
     import torch
 
-    from bakery.craft.masks import MaskModel, MaskQA, histogram, qa_reason
-    from bakery.testmodels.inspyrenet import build_random_inspyrenet_ckpt
+    from bakery.craft.masks import MaskModel
     from tests.images import gradient
 
-    ckpt = args.ckpt
-    if ckpt is None:
-        cache = Path.home() / ".cache" / "bakery-test"
-        found = sorted(cache.glob("inspyrenet-swinb-random-*.pth"))  # the tests' one, if there
-        ckpt = found[0] if found else cache / "inspyrenet-swinb-random-bench.pth"
-        if not ckpt.is_file():
-            t = time.perf_counter()
-            build_random_inspyrenet_ckpt(ckpt)
-            print(f"built random checkpoint in {time.perf_counter() - t:.1f} s: {ckpt}")
     cfg = Path.home() / ".cache" / "bakery-test" / "tb-home"
-
     t = time.perf_counter()
     model = MaskModel(ckpt, cfg, mode=args.mode, size=args.size, device=args.device)
     load_s = time.perf_counter() - t
@@ -73,6 +79,14 @@ def main() -> int:
         times.append(time.perf_counter() - t)
         assert mask.size == img.size and mask.mode == "L"
     model.close()
+    return model.device, load_s, times
+
+
+def _qa_rates() -> tuple[float, float]:
+    """Histograms of 512 px masks per second, QA verdicts per second."""
+    import numpy as np
+
+    from bakery.craft.masks import MaskQA, histogram, qa_reason
 
     rng = np.random.default_rng(0)
     masks = [rng.integers(0, 256, (512, 512), dtype=np.uint8) for _ in range(8)]
@@ -83,12 +97,20 @@ def main() -> int:
     t = time.perf_counter()
     for i in range(10_000):
         qa_reason(hists[i % len(hists)], qa)
-    qa_rate = 10_000 / (time.perf_counter() - t)
+    return hist_rate, 10_000 / (time.perf_counter() - t)
 
+
+def main() -> int:
+    args = _args()
+    os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+    import torch
+
+    device, load_s, times = _model_times(args, _checkpoint(args.ckpt))
+    hist_rate, qa_rate = _qa_rates()
     steady = times[1:] or times
     out = {
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}",
-        "device": model.device,
+        "device": device,
         "mode": args.mode,
         "size": args.size or "mode default",
         "load_s": round(load_s, 2),
