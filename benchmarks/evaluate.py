@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 TARGET_RELOAD_SHARE = 0.10
 
 
-def main() -> int:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--steps", type=int, default=20, help="sampling steps (the recipe's default: 20)")
@@ -39,45 +39,37 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--strict", action="store_true", help="exit 1 if the reload share misses the target")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    import torch
 
+def _measure(args: argparse.Namespace, root: Path) -> dict:
+    """The grid alone (base load, render, LoRA swaps), then the whole stage, on the tiny model."""
     from bakery.craft import xyz
-    from bakery.testmodels.tiny_sd15 import build_tiny_sd15
     from bakery.manifest import BakeOutput
     from bakery.recipe import EvaluateParams
+    from bakery.testmodels.tiny_sd15 import build_tiny_sd15
     from tasks.evaluate import EVALUATE, evaluate_bake
     from tasks.stage import RunInfo
     from tests.lora_files import write_kohya_lora
 
     trigger = "bakery_girl"
-    with tempfile.TemporaryDirectory(prefix="bench-evaluate-") as tmp:
-        root = Path(tmp)
-        model = build_tiny_sd15(root / "tiny", words=[f"{trigger}, red_dress, smile, solo, blue_eyes"])
-        files = {e: str(write_kohya_lora(model, root / f"b-{e:06d}.safetensors", seed=e, strength=0.4, epoch=e))
-                 for e in range(1, args.epochs + 1)}
-        params = EvaluateParams(steps=args.steps, width=args.size, height=args.size, device=args.device)
-        prompts = [trigger, f"{trigger}, solo, red_dress, smile"]
-
-        t = time.perf_counter()
-        taster = xyz.Taster(str(model), "sd15", 2, params.sampler, params.device)
-        base_load_s = time.perf_counter() - t
-        t = time.perf_counter()
-        run = xyz.render_grid(taster, files, params.weights, prompts, params.seeds, params.negative_prompt,
-                              params.steps, params.cfg_scale, params.width, params.height)
-        grid_s = time.perf_counter() - t
-        tm = run.timings
-
-        bake = BakeOutput("b", str(model), "sd15", files, "bench", [trigger], 2)
-        t = time.perf_counter()
-        res = evaluate_bake(bake, params, RunInfo("bench", str(root / "work")), EVALUATE.code_version)
-        stage_s = time.perf_counter() - t
-
-    out = {
+    model = build_tiny_sd15(root / "tiny", words=[f"{trigger}, red_dress, smile, solo, blue_eyes"])
+    files = {e: str(write_kohya_lora(model, root / f"b-{e:06d}.safetensors", seed=e, strength=0.4, epoch=e))
+             for e in range(1, args.epochs + 1)}
+    params = EvaluateParams(steps=args.steps, width=args.size, height=args.size, device=args.device)
+    prompts = [trigger, f"{trigger}, solo, red_dress, smile"]
+    t = time.perf_counter()
+    taster = xyz.Taster(str(model), "sd15", 2, params.sampler, params.device)
+    base_load_s = time.perf_counter() - t
+    t = time.perf_counter()
+    run = xyz.render_grid(taster, files, params.weights, prompts, params.seeds, params.negative_prompt,
+                          params.steps, params.cfg_scale, params.width, params.height)
+    grid_s, tm = time.perf_counter() - t, run.timings
+    bake = BakeOutput("b", str(model), "sd15", files, "bench", [trigger], 2)
+    t = time.perf_counter()
+    res = evaluate_bake(bake, params, RunInfo("bench", str(root / "work")), EVALUATE.code_version)
+    return {
         "device": taster.device,
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
         "epochs": args.epochs, "weights": len(params.weights), "prompts": len(prompts), "seeds": len(params.seeds),
         "steps": args.steps, "size": args.size,
         "cells": tm.cells,
@@ -88,11 +80,19 @@ def main() -> int:
         "lora_swap_s": round(tm.load_s, 3),
         "lora_swap_per_epoch_s": round(tm.load_s / args.epochs, 4),
         "reload_share": round(tm.reload_share, 4),
-        "stage_s": round(stage_s, 3),
+        "stage_s": round(time.perf_counter() - t, 3),
         "stage_cells": res.timings.cells,
-        "target_reload_share": TARGET_RELOAD_SHARE,
-        "ok": tm.reload_share < TARGET_RELOAD_SHARE,
     }
+
+
+def main() -> int:
+    args = _args()
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="bench-evaluate-") as tmp:
+        figures = _measure(args, Path(tmp))
+    out = {"device": figures.pop("device"), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+           **figures, "target_reload_share": TARGET_RELOAD_SHARE, "ok": figures["reload_share"] < TARGET_RELOAD_SHARE}
     width = max(map(len, out))
     for k, v in out.items():
         print(f"{k.ljust(width)}  {v}")
