@@ -2,7 +2,7 @@
 
 A transcription of `ConfigSanitizer` (the user-config half) and of the subset-class choice in
 `BlueprintGenerator.generate`, from kohya-ss/sd-scripts `library/config_util.py` at commit
-264167fa1636c79f106c63c3cdb67b6bee80aceb (sd3-branch code, released with v0.10.0). train_network.py
+264167fa1636c79f106c63c3cdb67b6bee80aceb (sd3-branch code; v0.10.0 as far as we know). train_network.py
 builds `ConfigSanitizer(True, True, args.masked_loss, True)` and reads the file with `toml.load`
 (`config_util.load_user_config`). Keys sd-scripts added to these dicts later (e.g. resize_interpolation)
 are keys we never write, so they cannot change a verdict here.

@@ -86,7 +86,7 @@ def test_serve_then_run_through_the_api_completes_with_artifacts(served_recipe, 
     keys = {a.key for a in artifacts}
     assert "bake-summary" in keys
     summary = next(a for a in artifacts if a.key == "bake-summary")
-    assert "| ingest | ran | 3 | 3 |" in summary.data
+    assert "| ingest | ran | 3 | 0 | 3 | 0 | ok |" in summary.data  # in, +split, out, skipped, account
 
     from storage import Catalog
 

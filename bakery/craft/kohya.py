@@ -7,8 +7,8 @@ OUT/train_network.toml                         `--config_file` for train_network
 
 With masks, every PNG is RGBA: the image's RGB and its mask as alpha (white =
 train; no mask = opaque = train everything), and every subset says
-`alpha_mask = true`. Mapping targets sd-scripts v0.10.0 (library/config_util.py
-as of commit 264167fa): train_network.py validates with
+`alpha_mask = true`. Mapping targets sd-scripts' library/config_util.py
+as of commit 264167fa (sd3 branch; v0.10.0 as far as we know): train_network.py validates with
 ConfigSanitizer(True, True, args.masked_loss, True), which reads subsets that all
 carry `conditioning_data_dir` as ControlNet subsets, and those refuse `is_reg`;
 DreamBooth subsets take `is_reg` and `alpha_mask` together (v0.8.7 and older
