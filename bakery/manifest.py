@@ -55,6 +55,11 @@ class TrainImage:
     def kohya_dir(self) -> str:
         return f"{self.repeats}_{self.folder}"
 
+    @property
+    def subject(self) -> str:
+        """Its name in a stage's picture account: `folder/name`, `reg/folder/name` for a regularisation image."""
+        return ("reg/" if self.is_reg else "") + f"{self.folder}/{self.name}"
+
 
 def picture_subjects(inputs: object) -> list[str] | None:
     """How a stage's input pictures are named in its skips and origins; None: its input holds no pictures.
@@ -80,7 +85,7 @@ class TrainSet:
     warnings: list[str] = field(default_factory=list)  # caption/repeat checks from the guide
 
     def subjects(self) -> list[str]:
-        return [f"{t.folder}/{t.name}" for t in self.images]
+        return [t.subject for t in self.images]
 
 
 @dataclass

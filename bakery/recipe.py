@@ -464,6 +464,21 @@ class EvaluateParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class RegularisationParams(_Section):
+    """rules.md §11: one image per training image, drawn by train.base_model from its caption without the
+    triggers, in reg/<repeats>_<folder>/; bake trains on them with train.prior_loss_weight. Costs one render
+    per training image (cached: only new or changed captions are drawn again)."""
+
+    enabled: bool = False
+    steps: Annotated[int, Field(gt=0)] = 20
+    cfg_scale: Annotated[float, Field(gt=0)] = 7.0
+    # Renders are sized for this resolution at their training image's bucket (same aspect); None = buckets.resolution.
+    size: Annotated[int, Field(ge=64, multiple_of=8)] | None = None
+    negative_prompt: str = "lowres, bad anatomy, worst quality"
+    sampler: Literal["euler_a", "euler", "dpmpp_2m", "dpmpp_2m_karras", "ddim"] = "euler_a"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
 class ScrapeParams(_Section):
     """How booru sources are fetched (politeness and robustness), shared by all of them."""
 
@@ -557,6 +572,7 @@ class Recipe(_Section):
     masks: MaskParams = MaskParams()
     buckets: BucketParams = BucketParams()
     train: TrainParams = TrainParams()
+    regularisation: RegularisationParams = RegularisationParams()
     evaluate: EvaluateParams = EvaluateParams()
     runtime: RuntimeParams = RuntimeParams()
     autotag: AutotagParams = AutotagParams()

@@ -22,6 +22,7 @@ from tasks.ingest import INGEST, FolderSpec, Listing, scan_sources
 from tasks.masks import MASKS, masks_params
 from tasks.pool import Runner, use_runner
 from tasks.prune import PRUNE, caption_sources, prune_params_json
+from tasks.regularisation import REGULARISATION, record_trainset, reg_params_json
 from tasks.report import run_summary_markdown
 from tasks.runlog import run_log
 from tasks.scrape import SCRAPE, booru_specs
@@ -33,10 +34,11 @@ from tasks.upscale import UPSCALE, upscale_params_json
 GATHER = (INGEST, CONVERT, DEDUPE)
 PREPARE = (ALPHA, TRIM, UPSCALE, MASKS, BUCKETS)
 CAPTION = (AUTOTAG, PRUNE)
-BUILT = (SCRAPE.name, *(s.name for s in GATHER + PREPARE + CAPTION), BAKE.name, EVALUATE.name)
+BUILT = (SCRAPE.name, *(s.name for s in GATHER + PREPARE + CAPTION), REGULARISATION.name, BAKE.name, EVALUATE.name)
 # Stages a recipe only runs when it asks for them: scrape (booru sources), autotag and prune
-# ([[concepts]] or an autotag model), bake (a TrainSet and train.base_model), evaluate (a bake).
-OPTIONAL = (SCRAPE.name, AUTOTAG.name, PRUNE.name, BAKE.name, EVALUATE.name)
+# ([[concepts]] or an autotag model), regularisation ([regularisation] enabled and a base model),
+# bake (a TrainSet and train.base_model), evaluate (a bake).
+OPTIONAL = (SCRAPE.name, AUTOTAG.name, PRUNE.name, REGULARISATION.name, BAKE.name, EVALUATE.name)
 
 
 def _runner(recipe: Recipe) -> Runner:
@@ -111,6 +113,19 @@ def caption(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[s
     return result
 
 
+def regularise(recipe: Recipe, run: RunInfo, trainset: TrainSet, refresh: bool = False) -> TrainSet:
+    """The training set with a regularisation image beside each training image (rules.md §11), when the
+    recipe enables them and has a base model; else the set as it is."""
+    if not recipe.regularisation.enabled or recipe.train.base_model is None:
+        return trainset
+    params = reg_params_json(recipe)
+    result = run_stage(REGULARISATION, trainset, params, run, refresh)
+    if not all(run.store.has(t.image_hash) for t in result.payload.images):  # deleted from the store since
+        result = run_stage(REGULARISATION, trainset, params, run, True)
+    record_trainset(run, result.payload)
+    return result.payload
+
+
 def run_bake(recipe: Recipe, run: RunInfo, trainset: TrainSet, refresh: bool = False) -> BakeOutput:
     """The bake stage on the prune stage's TrainSet (wired after prune; resumes a killed bake by itself)."""
     params = bake_params_json(recipe.train, recipe.buckets, recipe.project.name)
@@ -150,6 +165,8 @@ def bake_lora(
                 images = prepare(recipe, run, images, stages, refresh)
             captioned = caption(recipe, run, images, stages, refresh)
             trainset = captioned.payload if captioned is not None and isinstance(captioned.payload, TrainSet) else None
+            if trainset is not None and trainset.images and REGULARISATION.name in stages:
+                trainset = regularise(recipe, run, trainset, plan.refreshes(REGULARISATION.name))
             if trainset is not None and trainset.images and BAKE.name in stages:
                 if recipe.train.base_model is None:
                     get_run_logger().warning(

@@ -718,6 +718,15 @@ class Catalog:
             found.setdefault(inp, []).append((out, name))
         return found
 
+    def derived_by_params(self, stage: str, code_version: str, input_hashes: Sequence[str]) -> dict[tuple[str, str], str]:
+        """(input hash, params hash) -> output hash of a stage whose parameters differ per image (regularisation)."""
+        rows = self.con.execute(
+            """SELECT input_hash, params_hash, output_hash FROM derivations
+               WHERE stage = ? AND code_version = ? AND input_hash IN (SELECT unnest(?)) ORDER BY created_at""",
+            [stage, code_version, list(input_hashes)],
+        ).fetchall()
+        return {(inp, p_hash): out for inp, p_hash, out in rows}
+
     def image_rows(self, hashes: Sequence[str]) -> dict[str, dict[str, Any]]:
         if not hashes:
             return {}

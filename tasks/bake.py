@@ -140,7 +140,7 @@ def bake(inputs: TrainSet, params_json: str, workdir: str, run_id: str, workers:
         name=name, base_model=result.extra["base_source"], architecture=result.extra.get("architecture", "sd15"), files=result.files,
         bake_key=key, triggers=list(inputs.triggers), clip_skip=params.clip_skip,
     )
-    images = [ImageRef(f"{t.folder}/{t.name}", t.image_hash, t.mask_hash) for t in inputs.images]
+    images = [ImageRef(t.subject, t.image_hash, t.mask_hash) for t in inputs.images]
     return StageResult(images=images, n_in=len(inputs.images), n_processed=len(inputs.images), payload=output)
 
 

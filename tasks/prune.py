@@ -21,7 +21,7 @@ from bakery.craft import prune as prune_craft
 from bakery.craft import repeats as repeats_craft
 from bakery.craft import tags as tags_craft
 from bakery.craft import trainset as craft
-from bakery.manifest import ImageRef, StageResult, TrainSet, digest
+from bakery.manifest import ImageRef, StageResult, TrainImage, TrainSet, digest
 from bakery.kohya_export import concept_spec
 from bakery.recipe import CaptionParams, Concept, Recipe, RepeatsParams
 from storage import Catalog
@@ -127,10 +127,7 @@ def _write(run: RunInfo, built: craft.TrainSetBuild) -> None:
     plan, train_images = built.plan, built.trainset.images
     with Catalog.open(run.catalog) as cat:
         cat.add_tag_stats(run.run_id, built.stats)
-        cat.add_train_captions(run.run_id, [
-            {"folder": t.folder, "name": t.name, "image_hash": t.image_hash, "caption": t.caption,
-             "repeats": t.repeats, "mask_hash": t.mask_hash, "is_reg": t.is_reg} for t in train_images
-        ])
+        cat.add_train_captions(run.run_id, train_caption_rows(train_images))
     logger = get_run_logger()
     logger.info(
         "prune: %s; steps per epoch per concept %s; %d steps over %d epochs (before batch size)",
@@ -144,6 +141,12 @@ def _write(run: RunInfo, built: craft.TrainSetBuild) -> None:
         f"{plan.epochs} epochs before batch size" + ("".join(f"\n- {w}" for w in plan.warnings))))
     create_table_artifact(table=stats_table(built.stats), key="tag-stats",
                           description="Tag counts per group, before and after pruning")
+
+
+def train_caption_rows(images: list[TrainImage]) -> list[dict]:
+    """The `train_captions` rows of a training set."""
+    return [{"folder": t.folder, "name": t.name, "image_hash": t.image_hash, "caption": t.caption,
+             "repeats": t.repeats, "mask_hash": t.mask_hash, "is_reg": t.is_reg} for t in images]
 
 
 def stats_table(stats: list[dict], top: int = 30) -> list[dict]:

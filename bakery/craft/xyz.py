@@ -61,7 +61,7 @@ def load_pipeline(base_model: str, architecture: str, device: str = "auto") -> t
     cls = {"sd15": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}.get(architecture)
     if cls is None:
         raise ModelError(f"unknown architecture {architecture!r}: expected 'sd15' or 'sdxl'")
-    dev, dtype = pick_device(device)
+    _, dtype = pick_device(device)
     path = Path(base_model)
     kwargs = {"dtype": dtype}
     if architecture == "sd15":
@@ -81,8 +81,14 @@ def load_pipeline(base_model: str, architecture: str, device: str = "auto") -> t
     except Exception as exc:
         raise ModelError(f"cannot load base model {base_model!r} ({architecture}): {type(exc).__name__}: {exc}. "
                          "Pass a local diffusers folder or .safetensors file (models cannot be downloaded here)") from exc
+    return _placed(pipe, device)
+
+
+def _placed(pipe: object, device: str) -> tuple[object, str]:
+    """The pipeline on `device` in its dtype (bf16/fp16 on CUDA, fp32 on CPU), without progress bars."""
+    dev, dtype = pick_device(device)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(dev), dev
+    return (pipe.to(dev) if pipe.dtype == dtype else pipe.to(dev, dtype)), dev
 
 
 @dataclass
@@ -101,9 +107,10 @@ class Taster:
     """One loaded base pipeline; LoRA files are swapped in and out of it."""
 
     def __init__(self, base_model: str, architecture: str, clip_skip: int = 2, sampler: str = "euler_a",
-                 device: str = "auto"):
+                 device: str = "auto", pipe: object = None):
+        """`pipe`: an already loaded pipeline of `base_model` (moved to the device), else it is loaded."""
         self.architecture, self.clip_skip = architecture, clip_skip
-        self.pipe, self.device = load_pipeline(base_model, architecture, device)
+        self.pipe, self.device = load_pipeline(base_model, architecture, device) if pipe is None else _placed(pipe, device)
         self.pipe.scheduler = _scheduler(sampler, self.pipe.scheduler.config)
         self.adapter: str | None = None
         self.timings = Timings()
