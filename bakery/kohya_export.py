@@ -50,7 +50,7 @@ def settings(recipe: Recipe, triggers: list[str], unet_only: bool) -> kohya.Trai
         learning_rate=t.effective_learning_rate, min_snr_gamma=t.min_snr_gamma, noise_offset=t.noise_offset,
         ip_noise_gamma=t.ip_noise_gamma, seed=t.seed, save_every_n_epochs=t.save_every_n_epochs,
         resolution=b.resolution, min_bucket_reso=b.min_side, max_bucket_reso=b.max_side, bucket_reso_steps=b.step,
-        triggers=tuple(triggers), unet_only=unet_only,
+        triggers=tuple(triggers), unet_only=unet_only, prior_loss_weight=t.prior_loss_weight,
     )
 
 

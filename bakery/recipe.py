@@ -465,10 +465,10 @@ class EvaluateParams(_Section):
 
 
 class RegularisationParams(_Section):
-    """rules.md §11: one image per training image, drawn by train.base_model from its caption without the
-    triggers, in reg/<repeats>_<folder>/; bake trains on them with train.prior_loss_weight. Costs one render
-    per training image (cached: only new or changed captions are drawn again)."""
+    """rules.md §11: one image per training image by train.base_model, from its caption without the triggers."""
 
+    # Off by default: one render per training image (cached; only new or changed captions are drawn again).
+    # Bake trains on them with train.prior_loss_weight; export-kohya writes them to reg/<repeats>_<folder>/.
     enabled: bool = False
     steps: Annotated[int, Field(gt=0)] = 20
     cfg_scale: Annotated[float, Field(gt=0)] = 7.0

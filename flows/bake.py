@@ -26,7 +26,7 @@ from tasks.regularisation import REGULARISATION, record_trainset, reg_params_jso
 from tasks.report import run_summary_markdown
 from tasks.runlog import run_log
 from tasks.scrape import SCRAPE, booru_specs
-from tasks.stage import RunInfo, begin_run, end_run, run_stage
+from tasks.stage import RunInfo, begin_run, end_run, run_stage, skip_stage
 from tasks.trim import TRIM
 from tasks.upscale import UPSCALE, upscale_params_json
 
@@ -116,7 +116,10 @@ def caption(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[s
 def regularise(recipe: Recipe, run: RunInfo, trainset: TrainSet, refresh: bool = False) -> TrainSet:
     """The training set with a regularisation image beside each training image (rules.md §11), when the
     recipe enables them and has a base model; else the set as it is."""
-    if not recipe.regularisation.enabled or recipe.train.base_model is None:
+    if not recipe.regularisation.enabled:
+        return trainset
+    if recipe.train.base_model is None:
+        skip_stage(run, REGULARISATION.name, "no base model to draw with: set [train] base_model", len(trainset.images))
         return trainset
     params = reg_params_json(recipe)
     result = run_stage(REGULARISATION, trainset, params, run, refresh)

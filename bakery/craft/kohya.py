@@ -129,6 +129,7 @@ class TrainSettings:
     bucket_reso_steps: int
     triggers: tuple[str, ...] = ()
     unet_only: bool = False
+    prior_loss_weight: float = 1.0  # regularisation images' loss weight
 
 
 def dataset_config(out: Path, images: Sequence[TrainImage], settings: TrainSettings, heads: Mapping[str, int],
@@ -192,7 +193,7 @@ def train_network_config(out: Path, s: TrainSettings, masked: bool, has_reg: boo
     if s.ip_noise_gamma > 0:
         training["ip_noise_gamma"] = s.ip_noise_gamma
     if has_reg:
-        training["prior_loss_weight"] = 1.0
+        training["prior_loss_weight"] = s.prior_loss_weight
     optimizer: dict[str, Any] = {
         "optimizer_type": opt_type,
         "learning_rate": s.learning_rate,
