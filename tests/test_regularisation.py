@@ -26,6 +26,8 @@ from bakery.manifest import TrainImage, TrainSet
 from storage import STORE_DIR, Catalog, ContentStore
 from tests import sd_scripts_schema
 from tests.conftest import write_recipe
+from tests.test_bake_flow import TRAIN
+from tests.test_flow import bake, stages
 
 SETTINGS = craft.RegSettings(steps=2, size=96, min_side=64, max_side=128, step=32)
 
@@ -86,7 +88,7 @@ def test_regularise_draws_what_is_not_known_and_adds_one_image_beside_each(tmp_p
 
 # -- real flows ------------------------------------------------------------------------------------
 
-PROJECT = """
+CONCEPTS = """
 [[concepts]]
 name = "CharaA"
 trigger = "CharaA"
@@ -102,21 +104,8 @@ target_steps = 2
 [captions]
 keep_tokens_separator = true
 
-[buckets]
-resolution = 96
-min_side = 64
-max_side = 128
-step = 32
-
-[train]
-base_model = "tiny"
-optimizer = "adamw"
-learning_rate = 0.001
-epochs = 1
-batch_size = 2
-network_dim = 4
-network_alpha = 2
-min_snr_gamma = 0.0
+"""
+PROJECT = CONCEPTS + TRAIN.format(epochs=1) + """min_snr_gamma = 0.0
 prior_loss_weight = 0.5
 device = "cpu"
 
@@ -138,17 +127,6 @@ def _project(folder: Path) -> Path:
     return write_recipe(folder, PROJECT)
 
 
-def _bake(recipe: Path, **kw) -> str:
-    from flows.bake import bake_lora
-
-    return bake_lora(str(recipe), **kw)
-
-
-def _stages(work: Path, run_id: str) -> dict[str, dict]:
-    with Catalog.open(work, read_only=True) as cat:
-        return {s["stage"]: s for s in cat.stage_table(run_id)}
-
-
 def _reg_rows(work: Path, run_id: str) -> tuple[dict, dict]:
     with Catalog.open(work, read_only=True) as cat:
         rows = cat.train_captions(run_id)
@@ -160,8 +138,8 @@ def _reg_rows(work: Path, run_id: str) -> tuple[dict, dict]:
 def test_regularisation_in_a_real_flow(tmp_path: Path):
     recipe = _project(tmp_path / "p")
     work = tmp_path / "p" / "work"
-    first = _bake(recipe, to_stage="bake")
-    stage = _stages(work, first)["regularisation"]
+    first = bake(recipe, to_stage="bake")
+    stage = stages(work, first)["regularisation"]
     assert stage["status"] == "ran" and (stage["n_in"], stage["n_out"], stage["n_split"], stage["n_lost"]) == (3, 6, 3, 0)
     train, reg = _reg_rows(work, first)
     # One image per training image, in the same folder with the same name and repeats, captions without triggers.
@@ -177,22 +155,22 @@ def test_regularisation_in_a_real_flow(tmp_path: Path):
     _check_export(recipe, tmp_path / "kohya", reg)
 
     # Cached on the second run: same set, same images.
-    second = _bake(recipe, to_stage="bake")
-    assert _stages(work, second)["regularisation"]["status"] == "cached"
-    assert _stages(work, second)["bake"]["status"] == "cached"
+    second = bake(recipe, to_stage="bake")
+    assert stages(work, second)["regularisation"]["status"] == "cached"
+    assert stages(work, second)["bake"]["status"] == "cached"
     assert _reg_rows(work, second)[1] == {k: {**r, "run_id": second} for k, r in reg.items()}
 
     # Deterministic: the same project in a fresh work dir draws the same bytes.
     fresh = _project(tmp_path / "q")
-    third = _bake(fresh, to_stage="regularisation")
+    third = bake(fresh, to_stage="regularisation")
     again = _reg_rows(tmp_path / "q" / "work", third)[1]
     assert {k: r["image_hash"] for k, r in again.items()} == {k: r["image_hash"] for k, r in reg.items()}
 
     # Incremental: a new picture draws one image; the others come from the catalog.
     Image.new("RGB", (96, 96), (0, 0, 255)).save(tmp_path / "q/images/chara/d.png")
     (tmp_path / "q/images/chara/d.txt").write_text("night, sky", encoding="utf-8")
-    fourth = _bake(fresh, to_stage="regularisation")
-    stage = _stages(tmp_path / "q" / "work", fourth)["regularisation"]
+    fourth = bake(fresh, to_stage="regularisation")
+    stage = stages(tmp_path / "q" / "work", fourth)["regularisation"]
     assert stage["status"] == "ran" and stage["n_processed"] == 1 and stage["n_out"] == 8
     assert _reg_rows(tmp_path / "q" / "work", fourth)[1][("CharaA", "chara_d")]["caption"] == "night, sky"
 
@@ -252,7 +230,7 @@ def _check_export(recipe: Path, out: Path, reg: dict) -> None:
 def test_without_a_base_model_the_stage_is_skipped_saying_why(tmp_path: Path):
     recipe = _project(tmp_path)
     recipe.write_text(recipe.read_text().replace('base_model = "tiny"\n', ""), encoding="utf-8")
-    run_id = _bake(recipe, to_stage="regularisation")
-    stage = _stages(tmp_path / "work", run_id)["regularisation"]
+    run_id = bake(recipe, to_stage="regularisation")
+    stage = stages(tmp_path / "work", run_id)["regularisation"]
     assert stage["status"] == "skipped" and "set [train] base_model" in stage["message"]
     assert _reg_rows(tmp_path / "work", run_id)[1] == {}
