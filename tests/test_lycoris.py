@@ -142,3 +142,49 @@ def test_file_applied_by_the_taster_reproduces_the_network(tiny, tmp_path, netwo
     assert all(0 < (h - b).abs().max() < (g - b).abs().max() for h, g, b in zip(half, got, base))
     taster.unload_lora()
     assert all(torch.equal(g, b) for g, b in zip(_outputs(taster.pipe), base))
+
+
+def test_sdxl_file_in_kohya_sgm_names_reproduces_the_network(tmp_path):
+    """SDXL: the UNet named in kohya's sgm layout, two text encoders (`lora_te1_`/`lora_te2_`)."""
+    from peft import get_peft_model_state_dict
+
+    from tests.tiny_sdxl import build_tiny_sdxl
+
+    folder = build_tiny_sdxl(tmp_path / "sdxl")
+    spec = K.NetworkSpec("loha", dim=4, alpha=2, conv_dim=4, conv_alpha=1)
+    trained = Taster(str(folder), "sdxl", device="cpu").pipe
+    models = [("lora_unet", trained.unet, "unet"), ("lora_te1", trained.text_encoder, "te"),
+              ("lora_te2", trained.text_encoder_2, "te")]
+    tensors, gen = {}, torch.Generator().manual_seed(3)
+    for prefix, model, kind in models:
+        targets = K.find_targets(model, kind, spec, sgm=kind == "unet")
+        model.add_adapter(K.peft_config(targets, spec))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "hada_" in name:
+                    p.add_(torch.randn(p.shape, generator=gen) * 0.3)
+        tensors.update(K.peft_to_kohya(get_peft_model_state_dict(model), prefix, targets, spec))
+    assert any(k.startswith("lora_unet_input_blocks_") for k in tensors) and any(k.startswith("lora_te2_") for k in tensors)
+    path = tmp_path / "xl.safetensors"
+    K.save_kohya(path, tensors, {})
+
+    def outputs(pipe):
+        g = torch.Generator().manual_seed(0)
+        x, emb = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 64, generator=g)
+        cond = {"text_embeds": torch.randn(1, 32, generator=g), "time_ids": torch.randn(1, 6, generator=g)}
+        ids = pipe.tokenizer(["bakery_girl"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        with torch.no_grad():
+            return (pipe.unet(x, 10, emb, added_cond_kwargs=cond).sample, pipe.text_encoder(ids)[0],
+                    pipe.text_encoder_2(ids)[0])
+
+    expected = outputs(trained)
+    taster = Taster(str(folder), "sdxl", device="cpu")
+    base = outputs(taster.pipe)
+    taster.load_lora(path, "xl")
+    assert len(taster.merged.parts) == len(lycoris.by_module(tensors))
+    taster.set_weight(1.0)
+    for g, want, b in zip(outputs(taster.pipe), expected, base):
+        assert (g - b).abs().max() > 0.05
+        assert (g - want).abs().max() < 0.01 * max(1.0, want.abs().max().item())
+    taster.set_weight(0.0)
+    assert all(torch.equal(g, b) for g, b in zip(outputs(taster.pipe), base))
