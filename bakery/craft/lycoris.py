@@ -10,8 +10,8 @@
   (rank = its `_b.shape[0]`), 1 where both are full (our files carry peft's scale in `lokr_w2` there).
 
 ΔW is reshaped to the module's weight (convs: `(out, in * kh * kw)` -> `(out, in, kh, kw)`). The network
-is merged into the model's weights; the original weights are kept so that any weight is one re-merge
-(`W0 + weight * ΔW`, weight 0 gives back W0 exactly) and unloading restores them.
+is merged into the model's weights; the original weights are kept (on the CPU) so that any weight is one
+re-merge (`W0 + weight * ΔW`, weight 0 gives back W0 exactly) and unloading restores them.
 Module names: kohya_lora's mapping (`find_targets` + `module_key`), the one the bake writes with.
 """
 
@@ -119,11 +119,12 @@ class MergedNetwork:
         unknown = sorted(set(groups) - set(modules))
         if unknown:
             raise ValueError(f"{len(unknown)} module(s) of the file are not in the base model, e.g. {unknown[0]}")
-        self.parts = []  # (module, original weight, factors on the module's device)
+        # (module, original weight kept on the CPU: no second copy of the model in GPU memory, factors on its device)
+        self.parts = []
         for name, factors in groups.items():
             module = modules[name]
             w = module.weight
-            self.parts.append((module, w.detach().clone(), {k: v.to(w.device) for k, v in factors.items()}))
+            self.parts.append((module, w.detach().to("cpu", copy=True), {k: v.to(w.device) for k, v in factors.items()}))
         self.weight = 0.0
 
     def set_weight(self, weight: float) -> None:
@@ -132,6 +133,7 @@ class MergedNetwork:
 
         with torch.no_grad():
             for module, w0, factors in self.parts:
+                w0 = w0.to(module.weight.device)
                 if weight == 0:
                     module.weight.copy_(w0)
                 else:
