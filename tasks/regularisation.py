@@ -106,7 +106,14 @@ def _drawer(run: RunInfo, cfg: dict[str, Any], triggers: list[str],
                         cfg["render"]["device"], pipe=base.pipe)
     get_run_logger().info("regularisation: drawing %d images with %s on %s", len(todo), m["base_model"], taster.device)
     settings, store = reg_settings(cfg), run.store
-    yield lambda job: store.put_bytes(craft.render_png(taster.render, job, settings)).sha256
+    try:
+        yield lambda job: store.put_bytes(craft.render_png(taster.render, job, settings)).sha256
+    finally:  # bake loads its own copy next: free this one's (GPU) memory first
+        taster.pipe = base.pipe = None
+        if taster.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
 
 
 def _keeper(run: RunInfo, settings: craft.RegSettings,
