@@ -542,9 +542,9 @@ class ValidationParams(_Section):
     """
 
     enabled: bool = True
-    per_group: Annotated[int, Field(gt=0)] = 1
-    min_group: Annotated[int, Field(ge=2)] = 8
-    max_share: Annotated[float, Field(gt=0, lt=1)] = 0.125
+    per_group: Annotated[int, Field(gt=0)] = 1  # pictures held out of each group big enough (else validated on)
+    min_group: Annotated[int, Field(ge=2)] = 8  # smallest group that gives up pictures
+    max_share: Annotated[float, Field(gt=0, lt=1)] = 0.125  # most of a group held out
     # Timesteps per picture, evenly spread over the noise schedule (4: 125, 375, 625, 875 of 1000).
     timesteps: Annotated[int, Field(gt=0, le=50)] = 4
 
