@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +12,11 @@ import torch
 from bakery.craft import bake as B
 from bakery.craft import kohya_lora as K
 from bakery.manifest import TrainImage, TrainSet
-from storage import ContentStore
+from storage import Catalog, ContentStore
+from tests.conftest import write_recipe
 from tests.images import gradient
 from tests.test_bake import CAPTION, DATA, make_trainset, params, run
+from tests.test_bake_flow import TRAIN
 
 
 def with_held_out(store: ContentStore) -> tuple[TrainSet, TrainSet]:
@@ -74,3 +77,50 @@ def test_a_resumed_bake_computes_the_same_validation_losses(work):
 def test_validation_timesteps_spread_over_the_schedule():
     assert B.validation_timesteps(4, 1000) == [125, 375, 625, 875]
     assert B.validation_timesteps(1, 1000) == [500]
+
+
+# -- a real run: prune holds a picture out, bake validates on it, evaluate reports it ------------------------
+
+FLOW = """
+[dedupe]
+near = false
+
+[[concepts]]
+name = "chara"
+trigger = "bakery_girl"
+target_steps = 4
+""" + TRAIN.format(epochs=2) + """
+[evaluate]
+weights = [0.0, 1.0]
+seeds = [1]
+steps = 1
+width = 64
+height = 64
+effect_min = 0.0  # the tiny model's LoRA barely changes a picture: judge it anyway
+"""
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_run_holds_a_picture_out_validates_on_it_and_reports_it(tmp_path):
+    from flows.bake import bake_lora
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(9):  # a group of 9: one picture held out, 8 train
+        gradient(*[(96, 96), (64, 128), (128, 64)][i % 3], seed=10 * i).save(images / f"img{i}.png")
+        (images / f"img{i}.txt").write_text("1girl, red_dress, smile\n", encoding="utf-8")
+    run_id = bake_lora(str(write_recipe(tmp_path, FLOW)))
+    with Catalog.open(tmp_path / "work", read_only=True) as cat:
+        stages = {s["stage"]: s for s in cat.stage_table(run_id)}
+        held = cat.validation_pictures(run_id)
+        trained = cat.train_captions(run_id)
+        (evaluation,) = cat.rows("SELECT bake_key, report_path, reasons FROM evaluations WHERE run_id = ?", [run_id])
+        losses = cat.validation_loss(evaluation["bake_key"])
+    assert len(held) == 1 and held[0]["held_out"] and len(trained) == 8
+    assert held[0]["name"] not in {t["name"] for t in trained}  # never trained on
+    # The picture account: the held-out picture goes on through prune and bake, nothing lost.
+    assert stages["prune"]["n_out"] == 9 and stages["bake"]["n_in"] == stages["bake"]["n_out"] == 9
+    assert [(r["epoch"], r["held_out"], r["n_pictures"]) for r in losses] == [(1, True, 1), (2, True, 1)]
+    html = Path(evaluation["report_path"]).read_text()
+    assert "<h2>Validation loss</h2>" in html and "1 held-out picture(s), never trained on" in html
+    assert "validation loss" in evaluation["reasons"]
