@@ -16,7 +16,7 @@ from storage import Catalog, ContentStore
 from tests.conftest import write_recipe
 from tests.images import gradient
 from tests.test_bake import CAPTION, DATA, make_trainset, params, run
-from tests.test_bake_flow import TRAIN
+from tests.test_errors import BAKE
 
 
 def with_held_out(store: ContentStore) -> tuple[TrainSet, TrainSet]:
@@ -81,23 +81,9 @@ def test_validation_timesteps_spread_over_the_schedule():
 
 # -- a real run: prune holds a picture out, bake validates on it, evaluate reports it ------------------------
 
-FLOW = """
-[dedupe]
-near = false
-
-[[concepts]]
-name = "chara"
-trigger = "bakery_girl"
-target_steps = 4
-""" + TRAIN.format(epochs=2) + """
-[evaluate]
-weights = [0.0, 1.0]
-seeds = [1]
-steps = 1
-width = 64
-height = 64
-effect_min = 0.0  # the tiny model's LoRA barely changes a picture: judge it anyway
-"""
+# test_errors' tiny LoRA bake with concepts and a small evaluate, for two epochs, near-duplicates kept.
+FLOW = "[dedupe]\nnear = false\n" + BAKE.replace("{network}", "lora").replace("epochs = 1\n", "epochs = 2\n") + (
+    "effect_min = 0.0\n")  # the tiny model's LoRA barely changes a picture: judge it anyway
 
 
 @pytest.mark.usefixtures("prefect_server")
