@@ -83,9 +83,17 @@ class TrainSet:
     # Captions hold the keep-tokens separator "|||" after their triggers.
     keep_tokens_separator: bool = False
     warnings: list[str] = field(default_factory=list)  # caption/repeat checks from the guide
+    # The validation loss's pictures (bakery/craft/holdout.py): held out of `images` (never trained on),
+    # or, when `validation_held_out` is False, training pictures also in `images`. [] = no validation loss.
+    validation: list[TrainImage] = field(default_factory=list)
+    validation_held_out: bool = True
+
+    def held_out(self) -> list[TrainImage]:
+        """The pictures of the set that are not trained on: the held-out validation pictures."""
+        return list(self.validation) if self.validation_held_out else []
 
     def subjects(self) -> list[str]:
-        return [t.subject for t in self.images]
+        return [t.subject for t in self.images + self.held_out()]
 
 
 @dataclass

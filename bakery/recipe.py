@@ -547,6 +547,23 @@ class RepeatsParams(_Section):
     main_concept: str | None = None
 
 
+class ValidationParams(_Section):
+    """Validation loss: a deterministic denoising loss per epoch on pictures never trained on.
+
+    Held out: `per_group` pictures of each concept group (folder) of >= `min_group` pictures,
+    at most `max_share` of the group. When no group is big enough the loss is measured on
+    training pictures instead (`per_group` of each group), labelled "training pictures, not
+    held out". Noise and timesteps are fixed (seeded from train.seed), the same every epoch.
+    """
+
+    enabled: bool = True
+    per_group: Annotated[int, Field(gt=0)] = 1  # pictures held out of each group big enough (else validated on)
+    min_group: Annotated[int, Field(ge=2)] = 8  # smallest group that gives up pictures
+    max_share: Annotated[float, Field(gt=0, lt=1)] = 0.125  # most of a group held out
+    # Timesteps per picture, evenly spread over the noise schedule (4: 125, 375, 625, 875 of 1000).
+    timesteps: Annotated[int, Field(gt=0, le=50)] = 4
+
+
 class RuntimeParams(_Section):
     # Processes for per-image work; None = one per CPU core.
     workers: Annotated[int, Field(gt=0)] | None = None
@@ -578,6 +595,7 @@ class Recipe(_Section):
     autotag: AutotagParams = AutotagParams()
     captions: CaptionParams = CaptionParams()
     repeats: RepeatsParams = RepeatsParams()
+    validation: ValidationParams = ValidationParams()
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 

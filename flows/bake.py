@@ -131,7 +131,7 @@ def regularise(recipe: Recipe, run: RunInfo, trainset: TrainSet, refresh: bool =
 
 def run_bake(recipe: Recipe, run: RunInfo, trainset: TrainSet, refresh: bool = False) -> BakeOutput:
     """The bake stage on the prune stage's TrainSet (wired after prune; resumes a killed bake by itself)."""
-    params = bake_params_json(recipe.train, recipe.buckets, recipe.project.name)
+    params = bake_params_json(recipe.train, recipe.buckets, recipe.project.name, recipe.validation)
     result = run_stage(BAKE, trainset, params, run, refresh)
     return result.payload
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from bakery.craft import bake as craft
 from bakery.craft import kohya_lora
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet, digest
-from bakery.recipe import BucketParams, TrainParams
+from bakery.recipe import BucketParams, TrainParams, ValidationParams
 from storage import Catalog
 from tasks import caching
 from tasks.progress import UPDATE_EVERY_S, _in_prefect_run
@@ -30,12 +30,14 @@ from tasks.stage import RunInfo, Stage
 BAKES_DIR = "bakes"
 
 
-def bake_params_json(train: TrainParams, buckets: BucketParams, name: str) -> str:
-    """The bake stage's parameters: the train section, the bucket settings and the output name."""
+def bake_params_json(train: TrainParams, buckets: BucketParams, name: str,
+                     validation: ValidationParams | None = None) -> str:
+    """The bake stage's parameters: the train section, the bucket settings, the output name, validation timesteps."""
     from bakery.recipe import stage_params_json
 
     return stage_params_json({"train": train.model_dump(mode="json"), "buckets": buckets.model_dump(mode="json"),
-                              "name": train.output_name or name})
+                              "name": train.output_name or name,
+                              "validation_timesteps": (validation or ValidationParams()).timesteps})
 
 
 def _model_fingerprint(base_model: str | None) -> str:
@@ -88,6 +90,12 @@ class BakeProgress:
                              f"loss {info.loss:.4f}, {rate:.2f} it/s, ETA {eta:.0f} s"),
             )
 
+    def validation(self, v: craft.ValidationLoss) -> None:
+        """The validation loss of one epoch, into the catalog at once (before the epoch's state is saved)."""
+        with Catalog.open(self.catalog) as cat:
+            cat.add_validation_loss([{"bake_key": self.key, "epoch": v.epoch, "loss": v.loss, "held_out": v.held_out,
+                                      "n_pictures": v.n_pictures}])
+
     def flush(self) -> None:
         if self.rows:
             with Catalog.open(self.catalog) as cat:
@@ -119,6 +127,7 @@ def bake(inputs: TrainSet, params_json: str, workdir: str, run_id: str, workers:
             data=craft.DataConfig(buckets.resolution, buckets.min_side, buckets.max_side, buckets.step,
                                   params.batch_size),
             on_step=progress.step, on_epoch=lambda epoch, path: progress.flush(),
+            on_validation=progress.validation, validation_steps=data.get("validation_timesteps", 4),
         )
     finally:
         progress.close()
@@ -126,12 +135,14 @@ def bake(inputs: TrainSet, params_json: str, workdir: str, run_id: str, workers:
         logger.info("bake: resumed from the state saved after epoch %d", result.resumed_from_epoch)
     with Catalog.open(run.catalog, read_only=True) as cat:
         log = cat.bake_log(key)
+        validation = {r["epoch"]: r["loss"] for r in cat.validation_loss(key)}
     per_epoch: dict[int, list[float]] = {}
     for row in log:
         per_epoch.setdefault(row["epoch"], []).append(row["loss"])
     if _in_prefect_run():
         create_table_artifact(
-            [{"epoch": e, "mean loss": round(sum(v) / len(v), 6), "file": Path(result.files.get(e, "")).name}
+            [{"epoch": e, "mean loss": round(sum(v) / len(v), 6), "validation loss": validation.get(e),
+              "file": Path(result.files.get(e, "")).name}
              for e, v in sorted(per_epoch.items())],
             key="bake-loss", description=f"{name}: mean loss per epoch",
         )
@@ -140,8 +151,9 @@ def bake(inputs: TrainSet, params_json: str, workdir: str, run_id: str, workers:
         name=name, base_model=result.extra["base_source"], architecture=result.extra.get("architecture", "sd15"), files=result.files,
         bake_key=key, triggers=list(inputs.triggers), clip_skip=params.clip_skip,
     )
-    images = [ImageRef(t.subject, t.image_hash, t.mask_hash) for t in inputs.images]
-    return StageResult(images=images, n_in=len(inputs.images), n_processed=len(inputs.images), payload=output)
+    # Held-out validation pictures go on too: not trained on, but validated on (the picture account follows them).
+    images = [ImageRef(t.subject, t.image_hash, t.mask_hash) for t in inputs.images + inputs.held_out()]
+    return StageResult(images=images, n_in=len(images), n_processed=len(images), payload=output)
 
 
 BAKE = Stage("bake", bake, caching.code_version(craft, kohya_lora, sys.modules[__name__]))

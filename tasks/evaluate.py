@@ -87,11 +87,12 @@ def taste_inputs(bake: BakeOutput, params: EvaluateParams, run: RunInfo, train: 
     epochs = sorted(files)[-params.last_epochs:] if params.last_epochs else sorted(files)
     with Catalog.open(run.catalog) as cat:
         loss_log = cat.bake_log(bake.bake_key)
+        validation_log = cat.validation_loss(bake.bake_key)
     last_meta = tasting.read_metadata(files[epochs[-1]])
     return tasting.TasteInputs(
         bake, files, epochs, tasting.evaluation_prompts(bake, train, params, last_meta), last_meta, train,
         _references(train, list(bake.triggers), run, params.likeness_references),
-        loss_log, _train_buckets(train, run) if train else [],
+        loss_log, _train_buckets(train, run) if train else [], validation_log,
     )
 
 

@@ -17,13 +17,14 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from bakery.craft import holdout as holdout_craft
 from bakery.craft import prune as prune_craft
 from bakery.craft import repeats as repeats_craft
 from bakery.craft import tags as tags_craft
 from bakery.craft import trainset as craft
 from bakery.manifest import ImageRef, StageResult, TrainImage, TrainSet, digest
 from bakery.kohya_export import concept_spec
-from bakery.recipe import CaptionParams, Concept, Recipe, RepeatsParams
+from bakery.recipe import CaptionParams, Concept, Recipe, RepeatsParams, ValidationParams
 from storage import Catalog
 from tasks import caching
 from tasks.runlog import write_full
@@ -45,6 +46,7 @@ def prune_params_json(recipe: Recipe) -> str:
         "captions": recipe.captions.model_dump(mode="json"),
         "repeats": recipe.repeats.model_dump(mode="json"),
         "train": {k: getattr(recipe.train, k) for k in ("epochs", "optimizer", "min_snr_gamma", "ip_noise_gamma")},
+        "validation": recipe.validation.model_dump(mode="json"),
     }
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
@@ -91,7 +93,8 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
         counts = cat.tag_post_counts(None)
     pictures = {r.name: craft.Picture(r.name, r.hash, r.mask, tuple(side[r.hash]), tuple(rows[r.hash])) for r in images}
     try:
-        built = craft.build_trainset(concepts, pictures, caption_settings(cfg["captions"]), repeat_settings(cfg), counts)
+        built = craft.build_trainset(concepts, pictures, caption_settings(cfg["captions"]), repeat_settings(cfg), counts,
+                                     holdout_settings(cfg.get("validation", {})))
     except craft.CaptionError as exc:
         if exc.names:  # the message shows the first few
             write_full(run, f"{len(exc.names)} pictures at fault", exc.names)
@@ -114,6 +117,11 @@ def caption_settings(data: dict) -> craft.CaptionSettings:
     )
 
 
+def holdout_settings(data: dict) -> holdout_craft.HoldOutSettings:
+    v = ValidationParams.model_validate(data)
+    return holdout_craft.HoldOutSettings(v.enabled, v.per_group, v.min_group, v.max_share)
+
+
 def repeat_settings(cfg: dict) -> craft.RepeatSettings:
     rep, train = RepeatsParams.model_validate(cfg["repeats"]), cfg["train"]
     mult = repeats_craft.multiplier(
@@ -128,12 +136,18 @@ def _write(run: RunInfo, built: craft.TrainSetBuild) -> None:
     with Catalog.open(run.catalog) as cat:
         cat.add_tag_stats(run.run_id, built.stats)
         cat.add_train_captions(run.run_id, train_caption_rows(train_images))
+        cat.add_validation_pictures(run.run_id, [
+            {"folder": t.folder, "name": t.name, "image_hash": t.image_hash, "caption": t.caption,
+             "held_out": built.trainset.validation_held_out} for t in built.trainset.validation
+        ])
     logger = get_run_logger()
     logger.info(
         "prune: %s; steps per epoch per concept %s; %d steps over %d epochs (before batch size)",
         ", ".join(f"{f.repeats}_{f.folder} ({f.images} img, {f.steps_per_epoch}/epoch)" for f in plan.folders),
         plan.per_concept, plan.total_steps, plan.epochs,
     )
+    if built.holdout.chosen:
+        logger.info("prune: %s", holdout_craft.note(built.holdout))
     for w in built.trainset.warnings:
         logger.warning("prune: %s", w)
     create_table_artifact(table=plan.table(), key="repeats", description=(
@@ -162,4 +176,4 @@ def stats_table(stats: list[dict], top: int = 30) -> list[dict]:
     return out
 
 
-PRUNE = Stage("prune", prune, caching.code_version(craft, prune_craft, repeats_craft, tags_craft, sys.modules[__name__]))
+PRUNE = Stage("prune", prune, caching.code_version(craft, holdout_craft, prune_craft, repeats_craft, tags_craft, sys.modules[__name__]))

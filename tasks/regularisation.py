@@ -70,7 +70,8 @@ def regularisation(inputs: TrainSet, params_json: str, workdir: str, run_id: str
         out = craft.regularise(inputs, jobs, known, make, _keeper(run, settings, model), progress.advance)
     get_run_logger().info("regularisation: %d images beside %d training images (%d drawn, %d from earlier runs)",
                           len(jobs), len(inputs.images), out.made, len(known))
-    images = [ImageRef(t.subject, t.image_hash, t.mask_hash) for t in out.trainset.images]
+    # Held-out validation pictures go on as they came (no image is drawn beside them: they are not trained on).
+    images = [ImageRef(t.subject, t.image_hash, t.mask_hash) for t in out.trainset.images + out.trainset.held_out()]
     return StageResult(images=images, n_in=len(inputs.images), n_processed=out.made, origins=out.origins,
                        payload=out.trainset)
 

@@ -9,6 +9,11 @@ the catalog's loss log and the BakeOutput. Its parts, in order: `prepare_trainin
 Determinism: every random draw of step `s` comes from generators seeded with
 (seed, s) and the epoch order from (seed, epoch), so a run resumed from the
 state saved at the end of an epoch takes the same draws as an uninterrupted one.
+
+Validation loss (`validation_loss`, after each epoch when the TrainSet has validation
+pictures): fixed noise from generators of its own (seed, picture) and fixed timesteps,
+no gradient, the network in eval mode: the same draws every epoch and for a resumed
+bake, and the training's draws untouched.
 """
 
 from __future__ import annotations
@@ -509,6 +514,7 @@ class BakeResult:
     latent_cache_misses: int = 0
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    validation: list[ValidationLoss] = field(default_factory=list)  # the epochs run in this call
 
 
 @dataclass
@@ -533,6 +539,8 @@ class Training:
     latents: LatentCache
     text: TextEncoder
     image_path: Callable[[str], Path]
+    validation: list[Sample] = field(default_factory=list)  # the validation loss's pictures (TrainSet.validation)
+    validation_latents: dict[str, Any] = field(default_factory=dict)  # sample key -> latent, encoded once
 
 
 def _seeded(seed: int, step: int, what: str) -> Any:
@@ -647,6 +655,7 @@ def prepare_training(trainset: TrainSet, params: Any, *, image_path: Callable[[s
     set_train_mode(base, params, prec)
     optimizer, trainable = build_optimizer(params, network, prec.device)
     samples = plan_samples(trainset, image_path, data)
+    validation = plan_samples(TrainSet(list(trainset.validation), []), image_path, data)
     per_epoch = steps_per_epoch(samples, data.batch_size)
     total = per_epoch * params.epochs
     scheduler = make_scheduler(optimizer, params.effective_lr_scheduler, warmup=params.lr_warmup_steps,
@@ -661,7 +670,7 @@ def prepare_training(trainset: TrainSet, params: Any, *, image_path: Callable[[s
         per_epoch=per_epoch, total=total, latents=latents,
         text=TextEncoder(base.pipe, base.architecture, params.clip_skip, prec.device,
                          cache=not params.train_text_encoder),
-        image_path=image_path,
+        image_path=image_path, validation=validation,
     )
 
 
@@ -713,18 +722,25 @@ def batch_loss(t: Training, batch: list[Sample], flips: list[bool], pred: Any, n
     p, device = t.params, t.prec.device
     alphas_cumprod = t.noise_sched.alphas_cumprod
     hc = huber_c(p.huber_schedule, p.huber_c, timesteps, alphas_cumprod, t.noise_sched.config.num_train_timesteps)
-    loss = conditional_loss(pred.float(), noise.float(), p.loss_type, hc.to(device))
-    if p.masked_loss and any(s.image.mask_hash for s in batch):
-        masks = torch.stack([
-            load_pixels(t.image_path(s.image.mask_hash), s.choice, f, mode="L") if s.image.mask_hash
-            else torch.ones((1, s.bucket[1], s.bucket[0])) for s, f in zip(batch, flips)
-        ]).to(device)
-        loss = loss * torch.nn.functional.interpolate(masks, size=loss.shape[2:], mode="area")
+    loss = masked(t, batch, flips, conditional_loss(pred.float(), noise.float(), p.loss_type, hc.to(device)))
     loss = loss.mean(dim=[1, 2, 3])
     loss = loss * torch.tensor([p.prior_loss_weight if s.image.is_reg else 1.0 for s in batch], device=device)
     if p.min_snr_gamma:
         loss = loss * min_snr_weight(timesteps, alphas_cumprod, p.min_snr_gamma).to(device)
     return loss.mean()
+
+
+def masked(t: Training, batch: list[Sample], flips: list[bool], loss: Any) -> Any:
+    """The elementwise loss times each picture's mask (white = train) when masked loss is on and it has one."""
+    import torch
+
+    if not (t.params.masked_loss and any(s.image.mask_hash for s in batch)):
+        return loss
+    masks = torch.stack([
+        load_pixels(t.image_path(s.image.mask_hash), s.choice, f, mode="L") if s.image.mask_hash
+        else torch.ones((1, s.bucket[1], s.bucket[0])) for s, f in zip(batch, flips)
+    ]).to(t.prec.device)
+    return loss * torch.nn.functional.interpolate(masks, size=loss.shape[2:], mode="area")
 
 
 def optimizer_step(t: Training, loss: Any) -> float:
@@ -776,6 +792,65 @@ def training_step(t: Training, batch: list[Sample], step: int) -> tuple[float, f
     if p.optimizer == "prodigy":  # Prodigy's effective rate is lr * d
         lr *= float(t.optimizer.param_groups[0].get("d", 1.0))
     return value, lr
+
+
+# --- validation loss -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ValidationLoss:
+    epoch: int
+    loss: float  # mean over pictures x timesteps
+    held_out: bool  # False: measured on training pictures, not held out
+    n_pictures: int
+
+
+def validation_timesteps(n: int, num_train_timesteps: int) -> list[int]:
+    """`n` timesteps evenly spread over the schedule: the midpoints of n equal bins (4 of 1000: 125 ... 875)."""
+    return [(2 * k + 1) * num_train_timesteps // (2 * n) for k in range(n)]
+
+
+def validation_picture_loss(t: Training, s: Sample, n_timesteps: int) -> float:
+    """One validation picture's loss: its latent noised with fixed noise at the fixed timesteps, full caption.
+
+    The recipe's loss type and the picture's mask; no min-SNR or prior weighting. Call under no_grad.
+    """
+    import torch
+
+    p, device = t.params, t.prec.device
+    key = f"{s.image.image_hash}:{s.bucket}"
+    if key not in t.validation_latents:
+        pixels = load_pixels(t.image_path(s.image.image_hash), s.choice, False)[None]
+        t.validation_latents[key] = t.latents.encode(pixels).to(device, torch.float32)
+    lat = t.validation_latents[key].repeat(n_timesteps, 1, 1, 1)
+    gen = _seeded(p.seed, 0, f"validation:{s.image.image_hash}")  # its own stream: the training's is untouched
+    noise = torch.randn(lat.shape, generator=gen).to(device)
+    steps = t.noise_sched.config.num_train_timesteps
+    timesteps = torch.tensor(validation_timesteps(n_timesteps, steps), device=device)
+    caption = ", ".join(sum(split_caption(s.image.caption, p.keep_tokens), []))
+    batch = [s] * n_timesteps
+    pred = predict_noise(t, batch, [caption] * n_timesteps, t.noise_sched.add_noise(lat, noise, timesteps), timesteps)
+    hc = huber_c(p.huber_schedule, p.huber_c, timesteps, t.noise_sched.alphas_cumprod, steps)
+    loss = masked(t, batch, [False] * n_timesteps, conditional_loss(pred.float(), noise.float(), p.loss_type,
+                                                                    hc.to(device)))
+    return float(loss.mean())
+
+
+def validation_loss(t: Training, epoch: int, held_out: bool, n_timesteps: int) -> ValidationLoss:
+    """The validation loss after `epoch`: the network in eval mode, no gradient, modes restored after."""
+    import torch
+
+    models = [t.base.pipe.unet, *_text_encoders(t.base)]
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        with torch.no_grad():
+            losses = [validation_picture_loss(t, s, n_timesteps) for s in t.validation]
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
+    return ValidationLoss(epoch, sum(losses) / len(losses), held_out, len(losses))
 
 
 # --- epoch files and training state --------------------------------------------------
@@ -893,8 +968,13 @@ def bake(
     base: Base | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
     on_epoch: Callable[[int, str | None], None] | None = None,
+    on_validation: Callable[[ValidationLoss], None] | None = None,
+    validation_steps: int = 4,
 ) -> BakeResult:
-    """Train; resume from `state_dir` when it holds this bake's state. Returns the epoch files."""
+    """Train; resume from `state_dir` when it holds this bake's state. Returns the epoch files.
+
+    With validation pictures in the TrainSet, the validation loss after each epoch (at `validation_steps`
+    fixed timesteps per picture) goes to `on_validation` and into the result."""
     started = time.monotonic()
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     t = prepare_training(trainset, params, image_path=image_path, workdir=Path(workdir), data=data, base=base)
@@ -903,6 +983,7 @@ def bake(
     out_dir.mkdir(parents=True, exist_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
     losses: list[tuple[int, int, float, float]] = []
+    validated: list[ValidationLoss] = []
     step = start_epoch * t.per_epoch
     for epoch in range(start_epoch + 1, params.epochs + 1):
         for batch in epoch_batches(t.samples, data.batch_size, params.seed, epoch):
@@ -911,6 +992,10 @@ def bake(
             losses.append((step, epoch, loss, lr))
             if on_step:
                 on_step(StepInfo(step, t.total, epoch, loss, lr, time.monotonic() - started))
+        if t.validation:
+            validated.append(validation_loss(t, epoch, trainset.validation_held_out, validation_steps))
+            if on_validation:
+                on_validation(validated[-1])
         saved = None
         if epoch % params.save_every_n_epochs == 0 or epoch == params.epochs:
             path = out_dir / f"{name}-{epoch:06d}.safetensors"
@@ -920,6 +1005,6 @@ def bake(
         save_state(state_file, t, bake_key=bake_key, epoch=epoch, step=step, files=files)
     return BakeResult(files=dict(sorted(files.items())), losses=losses, resumed_from_epoch=start_epoch, steps=step,
                       latent_cache_hits=t.latents.hits, latent_cache_misses=t.latents.misses,
-                      seconds=time.monotonic() - started,
+                      seconds=time.monotonic() - started, validation=validated,
                       extra={"device": t.prec.device, "per_epoch": t.per_epoch, "architecture": t.base.architecture,
                              "base_source": t.base.source})

@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from bakery.craft.evaluate import EpochEval, LossChoice, Recommendation
+from bakery.craft.evaluate import EpochEval, LossChoice, Recommendation, ValidationCurve
 
 SS_VALUE_MAX = 400  # characters of one ss_* value shown (ss_tag_frequency can be huge)
 
@@ -34,6 +34,7 @@ class ReportData:
     recommended_file: str = ""
     settings: dict[str, object] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    validation: ValidationCurve | None = None  # the bake's validation loss per epoch
 
 
 def data_uri(png: bytes) -> str:
@@ -49,7 +50,8 @@ def _fig_png(fig) -> bytes:  # noqa: ANN001
     return buf.getvalue()
 
 
-def loss_plot(means: Mapping[int, float], chosen: int | None) -> bytes | None:
+def loss_plot(means: Mapping[int, float], chosen: int | None, title: str = "Loss per epoch",
+              rule: str = "loss rule", ylabel: str = "mean loss") -> bytes | None:
     if not means:
         return None
     import matplotlib
@@ -61,12 +63,12 @@ def loss_plot(means: Mapping[int, float], chosen: int | None) -> bytes | None:
     xs = sorted(means)
     ax.plot(xs, [means[x] for x in xs], marker="o")
     if chosen is not None and chosen in means:
-        ax.axvline(chosen, color="tab:green", linestyle="--", label=f"loss rule: epoch {chosen}")
+        ax.axvline(chosen, color="tab:green", linestyle="--", label=f"{rule}: epoch {chosen}")
         ax.legend()
     ax.set_xlabel("epoch")
-    ax.set_ylabel("mean loss")
+    ax.set_ylabel(ylabel)
     ax.set_xticks(xs)
-    ax.set_title("Loss per epoch")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     return _fig_png(fig)
 
@@ -155,7 +157,8 @@ def render_html(d: ReportData) -> str:
         f"<p>Base model <code>{_e(d.base_model)}</code> ({_e(d.architecture)}). Triggers: "
         + ", ".join(f"<code>{_e(t)}</code>" for t in d.triggers) + "</p>",
     ]
-    for section in (_recommendation_html, _epochs_html, _grids_html, _metrics_html, _loss_html, _dataset_html,
+    for section in (_recommendation_html, _epochs_html, _grids_html, _metrics_html, _loss_html, _validation_html,
+                    _dataset_html,
                     _metadata_html, _settings_html):
         out += section(d)
     out.append("</body></html>")
@@ -219,6 +222,22 @@ def _loss_html(d: ReportData) -> list[str]:
     return ["<h2>Loss</h2>",
             f'<img alt="loss curve" src="{data_uri(plot)}">' if plot else "<p>No loss log for this bake.</p>",
             f"<p>{_e(d.loss_choice.reason)}</p>"]
+
+
+def _validation_html(d: ReportData) -> list[str]:
+    v = d.validation
+    out = ["<h2>Validation loss</h2>"]
+    if v is None:
+        return out + ["<p>No validation loss for this bake (validation.enabled = false, or no validation "
+                      "pictures).</p>"]
+    what = (f"{v.n_pictures} held-out picture(s), never trained on" if v.held_out else
+            f"{v.n_pictures} training picture(s), not held out: the set was too small to hold any out")
+    plot = loss_plot(v.losses, v.epoch, "Validation loss per epoch", "validation minimum", "validation loss")
+    out.append(f"<p>Denoising loss with fixed noise and timesteps (the same every epoch) on {_e(what)}.</p>")
+    out.append(f'<img alt="validation loss curve" src="{data_uri(plot)}">' if plot else "")
+    out.append("<table><tr><th>epoch</th><th>validation loss</th></tr>"
+               + "".join(f"<tr><td>{e}</td><td>{l:.5g}</td></tr>" for e, l in sorted(v.losses.items())) + "</table>")
+    return out + [f"<p>{_e(v.reason)}</p>"]
 
 
 def _dataset_html(d: ReportData) -> list[str]:

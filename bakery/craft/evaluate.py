@@ -16,6 +16,9 @@ The checks:
   not identity).
 - loss: per-epoch mean of the bake log; the last epoch of steadily falling
   loss before it rises.
+- validation loss: the bake's deterministic denoising loss per epoch on held-out
+  pictures; a clear minimum (interior, or at the last epoch) picks the epoch
+  before the loss rule does.
 """
 
 from __future__ import annotations
@@ -169,6 +172,51 @@ def loss_choice(means: Mapping[int, float], rise_tolerance: float = 0.01, flat_t
     return LossChoice(best, "falling", f"loss keeps falling to epoch {best} ({means[best]:.4g}); it has not risen yet")
 
 
+# -- validation loss --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ValidationCurve:
+    losses: dict[int, float]  # epoch -> validation loss (catalog `validation_loss`)
+    held_out: bool  # False: measured on training pictures, not held out
+    n_pictures: int
+    epoch: int | None  # the epoch its clear minimum picks; None: it does not pick one
+    reason: str
+
+
+def validation_curve(rows: Sequence[Mapping[str, object]], min_drop: float = 0.01) -> ValidationCurve | None:
+    """The bake's validation loss rows (epoch, loss, held_out, n_pictures) as a curve; None when there are none."""
+    if not rows:
+        return None
+    losses = {int(r["epoch"]): float(r["loss"]) for r in rows}  # type: ignore[arg-type]
+    held_out = all(bool(r["held_out"]) for r in rows)
+    epoch, reason = validation_minimum(losses, held_out, min_drop)
+    return ValidationCurve(losses, held_out, max(int(r["n_pictures"]) for r in rows), epoch, reason)  # type: ignore[arg-type]
+
+
+def validation_minimum(losses: Mapping[int, float], held_out: bool, min_drop: float) -> tuple[int | None, str]:
+    """The epoch of minimal validation loss when it is clearly (by more than `min_drop`, relative) below its
+    neighbours, inside the curve or at its end. On training pictures only an interior minimum counts: their
+    loss keeps falling as the LoRA learns them, whether it over-fits or not."""
+    what = "held-out pictures" if held_out else "training pictures, not held out"
+    epochs = sorted(losses)
+    if len(epochs) < 2:
+        return None, f"validation loss ({what}): fewer than two epochs"
+    vals = [losses[e] for e in epochs]
+    i = int(np.argmin(vals))
+    best = epochs[i]
+    if i == 0:
+        return None, f"validation loss ({what}) is lowest at the first epoch: it does not pick an epoch"
+    if i == len(vals) - 1 and not held_out:
+        return None, (f"validation loss ({what}) falls to the last epoch: on training pictures that cannot show "
+                      "over-fitting, it does not pick an epoch")
+    neighbours = [vals[j] for j in (i - 1, i + 1) if j < len(vals)]
+    if any(vals[i] > v * (1 - min_drop) for v in neighbours):
+        return None, f"validation loss ({what}) has no clear minimum (within {min_drop:.0%} of its neighbours)"
+    after = (f", rises after it ({vals[i + 1]:.4g} at epoch {epochs[i + 1]})" if i + 1 < len(vals)
+             else ", the last epoch")
+    return best, f"validation loss ({what}) is lowest at epoch {best} ({vals[i]:.4g}){after}"
+
+
 # -- per epoch ------------------------------------------------------------------------------------------
 
 @dataclass
@@ -256,6 +304,7 @@ def recommend(
     total_epochs: int,
     weights: Sequence[float],
     likeness_method: str | None = None,
+    validation: ValidationCurve | None = None,
 ) -> Recommendation:
     """Pick an epoch and a weight range from the checks, saying which rules fired."""
     if not evals:
@@ -266,7 +315,7 @@ def recommend(
     if not usable:
         return Recommendation(None, None, None, ["no epoch changes the image: nothing to recommend, fix the bake"], flags)
     good = [e for e in usable if not by_epoch[e].over_trained] or usable
-    target, reasons = _target_epoch(by_epoch, good, loss, total_epochs, likeness_method)
+    target, reasons = _target_epoch(by_epoch, good, loss, total_epochs, likeness_method, validation)
     ev = by_epoch[target]
     lo, hi, wr = _weight_range(ev, weights)
     reasons += wr
@@ -295,10 +344,15 @@ def epoch_flags(evals: Sequence[EpochEval]) -> list[str]:
 
 
 def _target_epoch(by_epoch: dict[int, EpochEval], good: list[int], loss: LossChoice, total_epochs: int,
-                  likeness_method: str | None) -> tuple[int, list[str]]:
-    """The loss rule, else likeness by embeddings, else the guide's 0.5-0.75 rule; snapped to a good epoch."""
-    reasons = []
-    if loss.epoch is not None:
+                  likeness_method: str | None, validation: ValidationCurve | None = None) -> tuple[int, list[str]]:
+    """A clear validation-loss minimum, else the loss rule, else likeness by embeddings, else the guide's
+    0.5-0.75 rule; snapped to a good epoch."""
+    reasons = [] if validation is None or validation.epoch is not None else [
+        f"validation loss did not decide: {validation.reason}"]
+    if validation is not None and validation.epoch is not None:
+        reasons.append(validation.reason)
+        target = validation.epoch
+    elif loss.epoch is not None:
         reasons.append(f"loss rule: {loss.reason}")
         target = loss.epoch
     else:

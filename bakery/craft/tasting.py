@@ -41,6 +41,7 @@ class TasteInputs:
     references: dict[str, list[np.ndarray]] = field(default_factory=dict)  # trigger -> its training images
     loss_log: list[dict] = field(default_factory=list)  # the bake's `bake_log` rows
     train_buckets: list[tuple[tuple[int, int], int]] = field(default_factory=list)  # sizes of the training images
+    validation_log: list[dict] = field(default_factory=list)  # the bake's `validation_loss` rows
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Tasting:
     grids: list[tuple[str, bytes]]  # (prompt, PNG) per prompt
     report: report_craft.ReportData
     timings: xyz.Timings
+    validation: craft.ValidationCurve | None = None
 
 
 def read_metadata(path: str) -> dict[str, str]:
@@ -79,11 +81,12 @@ def taste(inputs: TasteInputs, params: EvaluateParams, on_cells: Callable[[int],
     for ev in evals:
         ev.loss = loss_means.get(ev.epoch)
     loss = craft.loss_choice(loss_means, params.loss_rise_tolerance, params.loss_flat_tolerance)
-    rec = craft.recommend(evals, loss, total_epochs(last_meta, inputs.files), grid_weights, method)
+    validation = craft.validation_curve(inputs.validation_log, params.loss_rise_tolerance)
+    rec = craft.recommend(evals, loss, total_epochs(last_meta, inputs.files), grid_weights, method, validation)
     rec_file = inputs.files[rec.epoch] if rec.epoch is not None else ""
     grids = [(prompt, _png(xyz.make_grid(grid.images, epochs, grid_weights, i, prompt, params.seeds).image))
              for i, prompt in enumerate(prompts)]
-    tasting = Tasting(evals, loss_means, loss, rec, rec_file, grids, None, grid.timings)  # type: ignore[arg-type]
+    tasting = Tasting(evals, loss_means, loss, rec, rec_file, grids, None, grid.timings, validation)  # type: ignore[arg-type]
     meta = read_metadata(rec_file) if rec_file else last_meta
     tasting.report = report_data(inputs, params, tasting, meta, method, note, taster.device)
     return tasting
@@ -179,7 +182,7 @@ def report_data(inputs: TasteInputs, params: EvaluateParams, t: Tasting, meta: M
         recommendation=t.recommendation, evals=t.evals, loss_means=t.loss_means, loss_choice=t.loss, grids=t.grids,
         likeness_method=method, likeness_note=note, tag_stats=tag_stats, buckets=buckets, buckets_source=bsource,
         metadata={k: v for k, v in meta.items() if k.startswith(META_PREFIXES)},
-        recommended_file=t.recommended_file,
+        recommended_file=t.recommended_file, validation=t.validation,
         settings={"epochs": ", ".join(map(str, inputs.epochs)), "weights": ", ".join(f"{w:g}" for w in grid_weights),
                   "seeds": ", ".join(map(str, params.seeds)), "sampler": params.sampler, "steps": params.steps,
                   "cfg": params.cfg_scale, "size": f"{params.width}x{params.height}", "clip skip": bake.clip_skip,

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from bakery.craft import holdout as holdout_craft
 from bakery.craft import prune as prune_craft
 from bakery.craft import repeats as repeats_craft
 from bakery.craft import tags as tags_craft
@@ -70,12 +71,18 @@ class TrainSetBuild:
     stats: list[dict]  # tag counts per group before and after pruning (catalog `tag_stats`)
     plan: repeats_craft.RepeatsPlan
     captions: dict[tuple[str, str], str] = field(default_factory=dict)  # (folder, picture) -> caption
+    holdout: holdout_craft.HoldOut = field(default_factory=lambda: holdout_craft.HoldOut({}, True))
 
 
 def build_trainset(concepts: Sequence[prune_craft.ConceptSpec], pictures: Mapping[str, Picture],
                    captions: CaptionSettings, repeats: RepeatSettings,
-                   post_counts: Mapping[str, int]) -> TrainSetBuild:
-    """Pictures by name -> the training set kohya (and our bake) trains on."""
+                   post_counts: Mapping[str, int],
+                   holdout: holdout_craft.HoldOutSettings | None = None) -> TrainSetBuild:
+    """Pictures by name -> the training set kohya (and our bake) trains on, and its validation pictures.
+
+    `holdout`: how the validation loss's pictures are chosen (None: no validation loss). Held-out
+    pictures are captioned like the others but left out of the repeats and of `images`.
+    """
     warnings = prune_craft.check_layout(concepts)
     if any("duplicate_split" in w for w in warnings):
         raise CaptionError("; ".join(w for w in warnings if "duplicate_split" in w))
@@ -83,16 +90,33 @@ def build_trainset(concepts: Sequence[prune_craft.ConceptSpec], pictures: Mappin
     cleaned, characters = clean_captions(rules, members, pictures, captions)
     texts, stats, pruned_warnings = prune_groups(rules, members, cleaned, characters, captions)
     warnings += pruned_warnings
-    plan = plan_folder_repeats(concepts, rules, members, repeats)
+    held = holdout_craft.choose({r.folder: sorted(members[r.folder]) for r in rules},
+                                {n: p.hash for n, p in pictures.items()}, holdout or holdout_craft.HoldOutSettings(False))
+    gone = held.names if held.held_out else set()
+    plan = plan_folder_repeats(concepts, rules, {f: [n for n in ns if n not in gone] for f, ns in members.items()},
+                               repeats)
     warnings += plan.warnings
     warnings += caption_checks(texts, cleaned, post_counts, captions)
+    images, validation = split_validation(texts, pictures, plan.repeats(), held)
     trainset = TrainSet(
-        assemble(texts, pictures, plan.repeats()), caption_triggers(rules, members),
+        images, caption_triggers(rules, members),
         unet_only=any(r.style == "style_no_tags" and members[r.folder] for r in rules),
         keep_tokens_separator=captions.keep_tokens_separator, warnings=warnings,
+        validation=validation, validation_held_out=held.held_out,
     )
     return TrainSetBuild(trainset, sorted({n for _, n in texts}), [Skip(n, "no concept's paths match this image")
-                                                                   for n in unassigned], stats, plan, texts)
+                                                                   for n in unassigned], stats, plan, texts, held)
+
+
+def split_validation(texts: Mapping[tuple[str, str], str], pictures: Mapping[str, Picture],
+                     n_repeats: Mapping[str, int], held: holdout_craft.HoldOut) -> tuple[list[TrainImage], list[TrainImage]]:
+    """(training images, validation images): a held-out picture leaves every folder it is in and trains 0 times."""
+    files = file_names(sorted({n for _, n in texts}))
+    chosen = {(f, files[n]) for f, names in held.chosen.items() for n in names}
+    gone = {files[n] for n in held.names} if held.held_out else set()
+    everything = assemble(texts, pictures, {f: n_repeats.get(f, 0) for f, _ in texts})
+    validation = [replace(t, repeats=0) if held.held_out else t for t in everything if (t.folder, t.name) in chosen]
+    return [t for t in everything if t.name not in gone], validation
 
 
 def clean_captions(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, list[str]],
