@@ -145,6 +145,10 @@ network_alpha = 2
 batch_size = 2
 epochs = 3
 
+[trigger_check]
+steps = 8
+size = 128
+
 [evaluate]
 weights = [0.0, 0.5, 1.0]
 seeds = [1234]

@@ -115,9 +115,15 @@ class Taster:
     """One loaded base pipeline; LoRA files are swapped in and out of it."""
 
     def __init__(self, base_model: str, architecture: str, clip_skip: int = 2, sampler: str = "euler_a",
-                 device: str = "auto"):
+                 device: str = "auto", pipe: object = None):
+        """`pipe`: an already loaded base pipeline (e.g. bake's `load_base`), moved to the device; else loaded."""
         self.architecture, self.clip_skip = architecture, clip_skip
-        self.pipe, self.device = load_pipeline(base_model, architecture, device)
+        if pipe is None:
+            self.pipe, self.device = load_pipeline(base_model, architecture, device)
+        else:
+            self.device, dtype = pick_device(device)
+            pipe.set_progress_bar_config(disable=True)
+            self.pipe = pipe.to(self.device, dtype) if dtype != pipe.unet.dtype else pipe.to(self.device)
         self.pipe.scheduler = _scheduler(sampler, self.pipe.scheduler.config)
         self.adapter: str | None = None
         self.merged: lycoris.MergedNetwork | None = None  # a LoHa/LoKr file, applied by our own code
