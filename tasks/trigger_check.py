@@ -8,7 +8,8 @@ them; bakery/craft/trigger_check.py decides. Cached on the triggers, the base
 model's and the judges' identity and the parameters. Without a tagger and
 without an embedding model the stage is skipped with a note (no stand-in judge).
 Results: the catalog's `trigger_checks`, a Prefect markdown artifact, a log line
-per trigger, a stage warning per contaminated trigger (the run summary shows them).
+per trigger every run (a contaminated one as the stage's warning: the run summary
+and `bakery status` show it).
 """
 
 from __future__ import annotations
@@ -79,7 +80,11 @@ def check_triggers(recipe: Recipe, run: RunInfo, triggers: list[str], refresh: b
         skip_stage(run, TRIGGER_CHECK.name, note, n_in=len(triggers))
         get_run_logger().warning("trigger_check: skipped: %s", note)
         return None
-    return run_stage(TRIGGER_CHECK, sorted(set(triggers)), trigger_check_params_json(recipe), run, refresh)
+    result = run_stage(TRIGGER_CHECK, sorted(set(triggers)), trigger_check_params_json(recipe), run, refresh)
+    for verdict in (craft.Verdict(**v) for v in result.payload):  # contaminated ones: the stage's warnings
+        if verdict.verdict == craft.FREE:
+            get_run_logger().info("trigger_check: %s", verdict.note)
+    return result
 
 
 def render_all(cfg: dict, prompts: list[str], triggers: list[str], workdir: str) -> list[np.ndarray]:
@@ -130,7 +135,7 @@ def _rows(verdicts: list[craft.Verdict], controls: list[str], tags: dict | None)
 
 def _publish(run: RunInfo, key: str, verdicts: list[craft.Verdict], controls: list[str], cfg: dict,
              tags: dict | None) -> None:
-    """Catalog rows, the markdown artifact and one log line per trigger."""
+    """Catalog rows and the markdown artifact."""
     with Catalog.open(run.catalog) as cat:
         cat.add_trigger_checks(key, run.run_id, _rows(verdicts, controls, tags))
     judges = [j for j, on in (("the tagger", cfg["tagger"]), ("the image embedding", cfg["embedding"])) if on]
@@ -140,9 +145,6 @@ def _publish(run: RunInfo, key: str, verdicts: list[craft.Verdict], controls: li
 
         create_markdown_artifact(craft.markdown(verdicts, controls, seeds, judges), key="trigger-check",
                                  description="Trigger check: is each trigger free on the base model?")
-    logger = get_run_logger()
-    for v in verdicts:
-        (logger.info if v.verdict == craft.FREE else logger.warning)("trigger_check: %s", v.note)
 
 
 @task(name="trigger_check")

@@ -163,3 +163,20 @@ def test_skipped_with_a_note_without_a_judge(tmp_path: Path):
     stage = _stage(tmp_path / "work", run_id)
     assert stage["status"] == "skipped"
     assert stage["message"].startswith("no judge: set [autotag] model")
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_embedding_alone_judges_and_records_similarities(tmp_path: Path):
+    from tests.test_evaluate import _tiny_clip
+
+    clip = _tiny_clip(tmp_path / "clip")
+    recipe = _recipe(tmp_path, f'\n[evaluate]\nlikeness_model = "{clip}"\ndevice = "cpu"\n', tagger=False)
+    run_id = _run(recipe)
+    assert _stage(tmp_path / "work", run_id)["status"] == "ran"
+    with Catalog.open(tmp_path / "work" / "catalog.duckdb", read_only=True) as cat:
+        rows = cat.rows("SELECT * FROM trigger_checks WHERE run_id = ? ORDER BY is_control, trigger", [run_id])
+    assert rows[0]["trigger"] == TRIGGER and rows[0]["verdict"] in ("free", "contaminated")
+    assert -1 <= rows[0]["similarity"] <= 1 and -1 <= rows[0]["control_similarity"] <= 1
+    assert rows[0]["drawn_tags"] == "[]" and all(r["tag_shares"] is None for r in rows[1:])  # no tagger
+    log = (tmp_path / "work" / "logs" / f"run-{run_id}.log").read_text()
+    assert "trigger_check: bakery_girl: " in log
