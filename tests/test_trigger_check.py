@@ -94,17 +94,21 @@ base_model = "{model}"
 steps = 8
 size = 64
 {extra}
+
+[evaluate]
+device = "cpu"  # the tint margins are measured on the CPU's float32 renders
+{evaluate}
 """
 
 
-def _recipe(tmp_path: Path, extra: str = "", tagger: bool = True) -> Path:
+def _recipe(tmp_path: Path, extra: str = "", tagger: bool = True, evaluate: str = "") -> Path:
     images = tmp_path / "images"
     images.mkdir(exist_ok=True)
     for i, colour in enumerate([(200, 60, 60), (60, 200, 60)]):
         Image.new("RGB", (48, 48), colour).save(images / f"a{i}.png")
         (images / f"a{i}.txt").write_text("1girl, smile", encoding="utf-8")
     model = _contaminated_model(tmp_path.parent / "tc-model", tmp_path / "build")
-    text = CHECK.format(model=model, extra=extra)
+    text = CHECK.format(model=model, extra=extra, evaluate=evaluate)
     if tagger:
         write_tiny_wd14(tmp_path / "tagger", extra_tags=[TINT])
         text += '\n[autotag]\nmodel = "tagger"\n'
@@ -170,7 +174,7 @@ def test_embedding_alone_judges_and_records_similarities(tmp_path: Path):
     from tests.test_evaluate import _tiny_clip
 
     clip = _tiny_clip(tmp_path / "clip")
-    recipe = _recipe(tmp_path, f'\n[evaluate]\nlikeness_model = "{clip}"\ndevice = "cpu"\n', tagger=False)
+    recipe = _recipe(tmp_path, tagger=False, evaluate=f'likeness_model = "{clip}"')
     run_id = _run(recipe)
     assert _stage(tmp_path / "work", run_id)["status"] == "ran"
     with Catalog.open(tmp_path / "work" / "catalog.duckdb", read_only=True) as cat:
