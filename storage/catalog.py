@@ -631,6 +631,13 @@ class Catalog:
     def trigger_checks(self, check_key: str) -> list[dict[str, Any]]:
         return self.rows("SELECT * FROM trigger_checks WHERE check_key = ? ORDER BY is_control, trigger", [check_key])
 
+    def latest_trigger_checks(self, triggers: Sequence[str]) -> list[dict[str, Any]]:
+        """The latest verdict of each of these triggers (none for a trigger never checked)."""
+        return self.rows(
+            "SELECT * FROM trigger_checks WHERE NOT is_control AND list_contains(?, trigger) "
+            "QUALIFY row_number() OVER (PARTITION BY trigger ORDER BY created_at DESC) = 1 ORDER BY trigger",
+            [list(triggers)])
+
     def add_stage_warnings(self, run_id: str, stage: str, messages: Iterable[str]) -> int:
         return self._insert("stage_warnings", [{"run_id": run_id, "stage": stage, "message": m} for m in messages],
                             verb="INSERT")

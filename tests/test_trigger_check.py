@@ -184,3 +184,28 @@ def test_embedding_alone_judges_and_records_similarities(tmp_path: Path):
     assert rows[0]["drawn_tags"] == "[]" and all(r["tag_shares"] is None for r in rows[1:])  # no tagger
     log = (tmp_path / "work" / "logs" / f"run-{run_id}.log").read_text()
     assert "trigger_check: bakery_girl: " in log
+
+
+def test_evaluation_report_section_reads_the_latest_verdicts(tmp_path: Path):
+    import time
+
+    from bakery.craft import eval_report
+    from bakery.craft.evaluate import LossChoice, Recommendation
+
+    row = {"is_control": False, "tag_shares": "{}", "similarity": None, "control_similarity": None}
+    with Catalog.open(tmp_path / "catalog.duckdb") as cat:
+        cat.add_trigger_checks("old", "r1", [{**row, "trigger": TRIGGER, "verdict": "free", "drawn_tags": "[]"}])
+        time.sleep(0.01)
+        cat.add_trigger_checks("new", "r2", [
+            {**row, "trigger": TRIGGER, "verdict": "contaminated", "drawn_tags": '["odd_tint"]', "similarity": 0.91,
+             "control_similarity": 0.4},
+            {**row, "trigger": "qocivoqi", "is_control": True, "verdict": None, "drawn_tags": None}])
+        latest = cat.latest_trigger_checks([TRIGGER, "never_checked"])
+    assert [(r["trigger"], r["verdict"]) for r in latest] == [(TRIGGER, "contaminated")]
+    data = eval_report.ReportData(
+        name="cake", base_model="tiny", architecture="sd15", triggers=[TRIGGER],
+        recommendation=Recommendation(None, None, None, [], []), evals=[], loss_means={},
+        loss_choice=LossChoice(None, "none", ""), grids=[], likeness_method=None, likeness_note="", trigger_check=latest)
+    html = eval_report.render_html(data)
+    assert "<h2>Trigger check</h2>" in html and "odd_tint" in html and ">contaminated<" in html and "0.91" in html
+    assert "Trigger check" not in eval_report.render_html(eval_report.ReportData(**{**data.__dict__, "trigger_check": []}))
