@@ -9,7 +9,7 @@ model's and the judges' identity and the parameters. Without a tagger and
 without an embedding model the stage is skipped with a note (no stand-in judge).
 Results: the catalog's `trigger_checks`, a Prefect markdown artifact, a log line
 per trigger every run (a contaminated one as the stage's warning: the run summary
-and `bakery status` show it).
+and `bakery status` show it) and the evaluation report's "Trigger check" section.
 """
 
 from __future__ import annotations
