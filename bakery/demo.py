@@ -145,6 +145,11 @@ network_alpha = 2
 batch_size = 2
 epochs = 3
 
+[trigger_check]
+seeds = 2
+steps = 8
+size = 64
+
 [evaluate]
 weights = [0.0, 0.5, 1.0]
 seeds = [1234]

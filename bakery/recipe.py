@@ -479,6 +479,25 @@ class RegularisationParams(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class TriggerCheckParams(_Section):
+    """Is each trigger free? (rules.md §10, §13) Before bake, the base model renders every trigger alone over `seeds` seeds, and `controls` nonsense words likewise: (triggers + controls) x seeds renders. Judged by the [autotag] tagger and/or evaluate.likeness_model; with neither the check is skipped."""
+
+    enabled: bool = True
+    seeds: Annotated[int, Field(ge=2, le=64)] = 4  # renders per trigger (seeds 0 .. seeds-1)
+    controls: Annotated[int, Field(ge=1, le=16)] = 3  # random nonsense words rendered as the "free" reference
+    control_seed: int = 0  # which nonsense words (the same seed, the same words)
+    steps: Annotated[int, Field(gt=0)] = 20
+    size: Annotated[int, Field(ge=64, multiple_of=8)] = 512  # square renders, pixels
+    cfg_scale: Annotated[float, Field(gt=0)] = 7.0
+    sampler: Literal["euler_a", "euler", "dpmpp_2m", "dpmpp_2m_karras", "ddim"] = "euler_a"
+    negative_prompt: str = "lowres, bad anatomy, worst quality"
+    # A tag in >= this share of a trigger's renders (and in under half this share of the controls') is drawn.
+    threshold: Annotated[float, Field(gt=0, le=1)] = 0.75
+    # Embedding: the trigger's renders this much more alike (mean pairwise cosine) than the controls' = consistent.
+    embedding_margin: Annotated[float, Field(ge=0, le=2)] = 0.1
+    error_on_contaminated: bool = False  # False: a contaminated trigger is a warning; True: it fails the run
+
+
 class ScrapeParams(_Section):
     """How booru sources are fetched (politeness and robustness), shared by all of them."""
 
@@ -591,6 +610,7 @@ class Recipe(_Section):
     train: TrainParams = TrainParams()
     regularisation: RegularisationParams = RegularisationParams()
     evaluate: EvaluateParams = EvaluateParams()
+    trigger_check: TriggerCheckParams = TriggerCheckParams()
     runtime: RuntimeParams = RuntimeParams()
     autotag: AutotagParams = AutotagParams()
     captions: CaptionParams = CaptionParams()

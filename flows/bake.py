@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet
 from bakery.recipe import Recipe, load_recipe, stage_params_json
-from bakery.stages import plan_run
+from bakery.stages import Plan, plan_run
 from tasks.alpha import ALPHA
 from tasks.autotag import AUTOTAG, autotag_params_json
 from tasks.bake import BAKE, bake_params_json
@@ -27,6 +27,7 @@ from tasks.report import run_summary_markdown
 from tasks.runlog import run_log
 from tasks.scrape import SCRAPE, booru_specs
 from tasks.stage import RunInfo, begin_run, end_run, run_stage, skip_stage
+from tasks.trigger_check import TRIGGER_CHECK, check_triggers
 from tasks.trim import TRIM
 from tasks.upscale import UPSCALE, upscale_params_json
 
@@ -34,11 +35,12 @@ from tasks.upscale import UPSCALE, upscale_params_json
 GATHER = (INGEST, CONVERT, DEDUPE)
 PREPARE = (ALPHA, TRIM, UPSCALE, MASKS, BUCKETS)
 CAPTION = (AUTOTAG, PRUNE)
-BUILT = (SCRAPE.name, *(s.name for s in GATHER + PREPARE + CAPTION), REGULARISATION.name, BAKE.name, EVALUATE.name)
+BUILT = (SCRAPE.name, *(s.name for s in GATHER + PREPARE + CAPTION), REGULARISATION.name, TRIGGER_CHECK.name,
+         BAKE.name, EVALUATE.name)
 # Stages a recipe only runs when it asks for them: scrape (booru sources), autotag and prune
 # ([[concepts]] or an autotag model), regularisation ([regularisation] enabled and a base model),
-# bake (a TrainSet and train.base_model), evaluate (a bake).
-OPTIONAL = (SCRAPE.name, AUTOTAG.name, PRUNE.name, REGULARISATION.name, BAKE.name, EVALUATE.name)
+# trigger_check and bake (a TrainSet and train.base_model), evaluate (a bake).
+OPTIONAL = (SCRAPE.name, AUTOTAG.name, PRUNE.name, REGULARISATION.name, TRIGGER_CHECK.name, BAKE.name, EVALUATE.name)
 
 
 def _runner(recipe: Recipe) -> Runner:
@@ -148,6 +150,25 @@ def taste(
     return result
 
 
+def bake_and_taste(recipe: Recipe, run: RunInfo, trainset: TrainSet, plan: Plan) -> None:
+    """regularisation -> trigger_check -> bake -> evaluate on the prune stage's TrainSet, as far as the plan goes."""
+    if REGULARISATION.name in plan.stages:
+        trainset = regularise(recipe, run, trainset, plan.refreshes(REGULARISATION.name))
+    if recipe.train.base_model is None:
+        if BAKE.name in plan.stages:
+            get_run_logger().warning(
+                "bake: not run, no base model: set [train] base_model (a .safetensors checkpoint, "
+                "a diffusers folder, a hub id, or \"tiny\" for the test model)"
+            )
+        return
+    if TRIGGER_CHECK.name in plan.stages:  # is each trigger free on the base model? (rules.md §10, §13)
+        check_triggers(recipe, run, trainset.triggers, plan.refreshes(TRIGGER_CHECK.name))
+    if BAKE.name in plan.stages:
+        baked = run_bake(recipe, run, trainset, plan.refreshes(BAKE.name))
+        if EVALUATE.name in plan.stages:
+            taste(recipe, run, baked, trainset, plan.refreshes(EVALUATE.name))
+
+
 @flow(name="bake-lora")
 def bake_lora(
     recipe_path: str, from_stage: str | None = None, only_stage: str | None = None, to_stage: str | None = None
@@ -165,18 +186,8 @@ def bake_lora(
                 images = prepare(recipe, run, images, stages, refresh)
             captioned = caption(recipe, run, images, stages, refresh)
             trainset = captioned.payload if captioned is not None and isinstance(captioned.payload, TrainSet) else None
-            if trainset is not None and trainset.images and REGULARISATION.name in stages:
-                trainset = regularise(recipe, run, trainset, plan.refreshes(REGULARISATION.name))
-            if trainset is not None and trainset.images and BAKE.name in stages:
-                if recipe.train.base_model is None:
-                    get_run_logger().warning(
-                        "bake: not run, no base model: set [train] base_model (a .safetensors checkpoint, "
-                        "a diffusers folder, a hub id, or \"tiny\" for the test model)"
-                    )
-                else:
-                    baked = run_bake(recipe, run, trainset, plan.refreshes(BAKE.name))
-                    if EVALUATE.name in stages:
-                        taste(recipe, run, baked, trainset, plan.refreshes(EVALUATE.name))
+            if trainset is not None and trainset.images:
+                bake_and_taste(recipe, run, trainset, plan)
     except BaseException as exc:
         end_run(run, "failed", f"{type(exc).__name__}: {exc}")
         raise

@@ -305,6 +305,24 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        11,
+        """
+        CREATE TABLE trigger_checks (      -- is each trigger free on the base model? (rules.md §10, §13)
+            check_key VARCHAR NOT NULL,    -- the trigger_check stage's parameters + triggers
+            run_id VARCHAR NOT NULL,
+            trigger VARCHAR NOT NULL,      -- a trigger, or a nonsense control word (is_control)
+            is_control BOOLEAN NOT NULL,
+            verdict VARCHAR,               -- free | contaminated (NULL for controls)
+            drawn_tags VARCHAR,            -- JSON list: tags the base model draws for it
+            tag_shares VARCHAR,            -- JSON {tag: share of its renders}
+            similarity DOUBLE,             -- mean pairwise cosine of its renders (NULL: no embedding model)
+            control_similarity DOUBLE,
+            created_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (check_key, trigger)
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(v for v, _ in MIGRATIONS)
@@ -642,6 +660,22 @@ class Catalog:
 
     def add_skips(self, run_id: str, stage: str, skips: Iterable[tuple[str, str]]) -> int:
         return self._insert("skips", ({"run_id": run_id, "stage": stage, "subject": s, "reason": r} for s, r in skips), verb="INSERT")
+
+    def add_trigger_checks(self, check_key: str, run_id: str, rows: Iterable[dict[str, Any]]) -> int:
+        """One trigger check's rows (triggers and controls); checking the same key again replaces them."""
+        self.con.execute("DELETE FROM trigger_checks WHERE check_key = ?", [check_key])
+        return self._insert("trigger_checks", [{**r, "check_key": check_key, "run_id": run_id, "created_at": now()}
+                                               for r in rows], verb="INSERT")
+
+    def trigger_checks(self, check_key: str) -> list[dict[str, Any]]:
+        return self.rows("SELECT * FROM trigger_checks WHERE check_key = ? ORDER BY is_control, trigger", [check_key])
+
+    def latest_trigger_checks(self, triggers: Sequence[str]) -> list[dict[str, Any]]:
+        """The latest verdict of each of these triggers (none for a trigger never checked)."""
+        return self.rows(
+            "SELECT * FROM trigger_checks WHERE NOT is_control AND list_contains(?, trigger) "
+            "QUALIFY row_number() OVER (PARTITION BY trigger ORDER BY created_at DESC) = 1 ORDER BY trigger",
+            [list(triggers)])
 
     def add_stage_warnings(self, run_id: str, stage: str, messages: Iterable[str]) -> int:
         return self._insert("stage_warnings", [{"run_id": run_id, "stage": stage, "message": m} for m in messages],

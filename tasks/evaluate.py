@@ -10,6 +10,7 @@ Input: the bake stage's payload (BakeOutput); optionally the training set
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import sys
@@ -116,7 +117,9 @@ def _write_tasting(run: RunInfo, bake: BakeOutput, inputs: tasting.TasteInputs, 
     for path, (_, png) in zip(grid_paths, t.grids):
         path.write_bytes(png)
     report_path = outdir / "report.html"
-    report_path.write_text(report_craft.render_html(t.report), encoding="utf-8")
+    with Catalog.open(run.catalog) as cat:  # the trigger_check stage's verdicts, before the bake
+        report = dataclasses.replace(t.report, trigger_check=cat.latest_trigger_checks(bake.triggers))
+    report_path.write_text(report_craft.render_html(report), encoding="utf-8")
     metrics = report_craft.metrics_rows(t.evals, t.loss_means)
     rec, timings = t.recommendation, t.timings
     with Catalog.open(run.catalog) as cat:

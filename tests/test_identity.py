@@ -108,7 +108,9 @@ def _same_stem_folder(root: Path) -> None:
     (root / "clip0001.txt").write_text("still", encoding="utf-8")
 
 
-CONCEPT = '\n[dedupe]\nnear = false\n\n[[concepts]]\nname = "CharaA"\ntrigger = "CharaA"\nprune = "fluid"\n'
+# No held-out validation picture: every picture must reach the training set and the export.
+CONCEPT = ('\n[dedupe]\nnear = false\n\n[validation]\nenabled = false\n\n'
+           '[[concepts]]\nname = "CharaA"\ntrigger = "CharaA"\nprune = "fluid"\n')
 
 
 @pytest.mark.usefixtures("prefect_server")

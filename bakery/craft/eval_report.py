@@ -35,6 +35,7 @@ class ReportData:
     settings: dict[str, object] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     validation: ValidationCurve | None = None  # the bake's validation loss per epoch
+    trigger_check: list[dict] = field(default_factory=list)  # the latest trigger_checks row per trigger
 
 
 def data_uri(png: bytes) -> str:
@@ -158,8 +159,7 @@ def render_html(d: ReportData) -> str:
         + ", ".join(f"<code>{_e(t)}</code>" for t in d.triggers) + "</p>",
     ]
     for section in (_recommendation_html, _epochs_html, _grids_html, _metrics_html, _loss_html, _validation_html,
-                    _dataset_html,
-                    _metadata_html, _settings_html):
+                    _dataset_html, _metadata_html, _settings_html, _trigger_check_html):
         out += section(d)
     out.append("</body></html>")
     return "\n".join(out)
@@ -278,6 +278,23 @@ def _settings_html(d: ReportData) -> list[str]:
         out.append(f"<tr><td class='l'>{_e(k)}</td><td class='l'>{_e(v)}</td></tr>")
     out.append("</table>")
     return out
+
+
+def _trigger_check_html(d: ReportData) -> list[str]:
+    """Was each trigger free on the base model before training? (the trigger_check stage, rules.md §13)"""
+    if not d.trigger_check:
+        return []
+    out = ["<h2>Trigger check</h2>", "<p>Each trigger rendered alone on the base model before the bake, "
+           "against nonsense control words.</p>",
+           '<table><tr><th class="l">trigger</th><th class="l">verdict</th><th class="l">drawn tags</th>'
+           "<th>similarity</th><th>controls'</th></tr>"]
+    for r in d.trigger_check:
+        cls = "ok" if r["verdict"] == "free" else "flag"
+        drawn = ", ".join(json.loads(r["drawn_tags"] or "[]")) or "-"
+        out.append(f'<tr><td class="l"><code>{_e(r["trigger"])}</code></td><td class="l {cls}">{_e(r["verdict"])}</td>'
+                   f'<td class="l">{_e(drawn)}</td><td>{_fmt(r["similarity"], ".2f")}</td>'
+                   f'<td>{_fmt(r["control_similarity"], ".2f")}</td></tr>')
+    return out + ["</table>"]
 
 
 def markdown_summary(d: ReportData, report_path: str, grid_paths: Sequence[str]) -> str:
