@@ -17,7 +17,7 @@ from tasks.bake import BAKE, bake_params_json
 from tasks.buckets import BUCKETS
 from tasks.convert import CONVERT
 from tasks.dedupe import DEDUPE
-from tasks.evaluate import EVALUATE, skip_untasted
+from tasks.evaluate import EVALUATE, evaluate_params_json, skip_untasted
 from tasks.ingest import INGEST, FolderSpec, Listing, scan_sources
 from tasks.masks import MASKS, masks_params
 from tasks.pool import Runner, use_runner
@@ -126,7 +126,7 @@ def taste(
     None: a network evaluate cannot load yet (LoHa/LoKr), recorded as skipped with a note."""
     if skip_untasted(run, bake):
         return None
-    params = stage_params_json(recipe.evaluate)
+    params = evaluate_params_json(recipe)
     result = run_stage(EVALUATE, bake, params, run, refresh, extra={"train": train})
     if not Path(str(result.payload)).is_file():  # a cached result whose report was deleted since: taste again
         result = run_stage(EVALUATE, bake, params, run, True, extra={"train": train})
