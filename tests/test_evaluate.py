@@ -124,7 +124,8 @@ def test_evaluate_in_a_prefect_run(baked, tmp_path):
     # Likeness with the configured embedding model, for every epoch x weight.
     assert ev["likeness_method"] == "embedding:clip_vision_model"
     assert len(ev["metrics"]) == 9 and all(m["likeness"] is not None for m in ev["metrics"])
-    assert ev["cells"] == 3 * 3 * 2 * 1  # epochs x weights x prompts (trigger, trigger + 2 tags) x seeds
+    # epochs x weights x prompts (trigger, trigger + 2 tags) x seeds, + each prompt at weight 0 with the next seed
+    assert ev["cells"] == 3 * 3 * 2 * 1 + 2
 
     # Grids: one per prompt, rows epochs x columns weights.
     grids = sorted(report.parent.glob("grid-*.png"))

@@ -69,14 +69,12 @@ def group_triggers(captions: Iterable[tuple[str, str]], triggers: Sequence[str])
 
 
 def own_groups(groups: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
-    """Each trigger's own group: the one with the fewest triggers whose last trigger it is (else any holding it)."""
+    """Each trigger's own group: the one with the fewest triggers whose last trigger it is (a concept trigger
+    whose pictures all sit in outfit groups has none: its outfits' triggers are judged)."""
     out: dict[str, str] = {}
     for g, head in sorted(groups.items(), key=lambda kv: (len(kv[1]), kv[0])):
         if head and head[-1] not in out:
             out[head[-1]] = g
-    for g, head in sorted(groups.items(), key=lambda kv: (len(kv[1]), kv[0])):
-        for t in head:
-            out.setdefault(t, g)
     return out
 
 
