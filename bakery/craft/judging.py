@@ -107,11 +107,11 @@ def spread_of_seeds(taster: xyz.Taster, images: Mapping[xyz.CellKey, np.ndarray]
 
 
 def apply_effect_ratio(evals: Sequence[craft.EpochEval], spread: float | None, min_ratio: float) -> None:
-    """Each epoch's effect over the seed spread; below `min_ratio` the LoRA does nothing (else the absolute rule)."""
+    """Each epoch's effect over the seed spread; below `min_ratio` the LoRA does nothing (as below `effect_min`)."""
     for ev in evals:
         ev.effect_ratio = J.effect_ratio(ev.effect, spread)
         if ev.effect_ratio is not None:
-            ev.does_nothing = ev.effect_ratio < min_ratio
+            ev.does_nothing = ev.does_nothing or ev.effect_ratio < min_ratio
 
 
 def judge(taster: xyz.Taster, grid: Mapping[xyz.CellKey, np.ndarray], files: Mapping[int, str], prompts: Sequence[str],
