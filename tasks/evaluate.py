@@ -23,7 +23,7 @@ from prefect import get_run_logger, task
 
 from bakery.craft import eval_report as report_craft
 from bakery.craft import evaluate as craft
-from bakery.craft import judge_report, judges, judging, ranking
+from bakery.craft import judge_report, judges, judging, ranking  # noqa: F401 (code version)
 from bakery.craft import likeness as likeness_craft
 from bakery.craft import tasting, wd14, xyz
 from bakery.manifest import BakeOutput, StageResult, TrainSet, digest
@@ -103,19 +103,11 @@ def _prune_record(train: TrainSet, run: RunInfo) -> list[dict] | None:
 
 def judge_setup(train: TrainSet | None, bake: BakeOutput, run: RunInfo,
                 tagger: judging.TaggerSpec | None) -> judging.JudgeSetup:
-    """The tagger, each group's triggers and identity tags as prune recorded them, what each character's set shows."""
+    """The tagger, and the training captions with what prune recorded for them."""
     if train is None:
         return judging.JudgeSetup(tagger)
-    images = [t for t in train.images if not t.is_reg]
-    groups = judges.group_triggers([(t.folder, t.caption) for t in images], list(bake.triggers))
-    stats = _prune_record(train, run)
-    absorbed = judges.absorbed_tags(stats, bake.triggers) if stats else None
-    shown: dict[str, set[str]] = {}
-    for t in images:
-        head = groups.get(t.folder, ())
-        if head:
-            shown.setdefault(head[0], set()).update(craft.caption_tags(t.caption), (absorbed or {}).get(t.folder, []))
-    return judging.JudgeSetup(tagger, groups, absorbed, shown)
+    captions = [(t.folder, t.caption) for t in train.images if not t.is_reg]
+    return judging.setup(tagger, captions, list(bake.triggers), _prune_record(train, run))
 
 
 def taste_inputs(bake: BakeOutput, params: EvaluateParams, run: RunInfo, train: TrainSet | None,

@@ -3,7 +3,6 @@ over renders whose colours we set, so identity, bleed, flexibility and the ranki
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest

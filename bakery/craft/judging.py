@@ -77,6 +77,19 @@ class Judged:
         return rows
 
 
+def setup(tagger: TaggerSpec | None, captions: Sequence[tuple[str, str]], triggers: Sequence[str],
+          stats: Sequence[Mapping] | None) -> JudgeSetup:
+    """From the training captions ((folder, caption)) and prune's tag counts: groups, identity tags, what is shown."""
+    groups = J.group_triggers(captions, triggers)
+    absorbed = J.absorbed_tags(stats, triggers) if stats else None
+    shown: dict[str, set[str]] = {}
+    for folder, caption in captions:
+        head = groups.get(folder, ())
+        if head:
+            shown.setdefault(head[0], set()).update(craft.caption_tags(caption), (absorbed or {}).get(folder, []))
+    return JudgeSetup(tagger, groups, absorbed, shown)
+
+
 def tag_images(spec: TaggerSpec, images: Mapping[tuple, np.ndarray], batch: int = 16) -> dict[tuple, set[str]]:
     """The tagger's general and character tags over each image."""
     from PIL import Image
