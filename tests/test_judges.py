@@ -124,6 +124,7 @@ def test_what_prune_recorded_and_the_default_flexibility_prompts():
     assert groups == {"chara": ("chara",), "red": ("chara", "chara_red")}
     assert J.own_groups(groups) == {"chara": "chara", "chara_red": "red"}
     assert J.prompt_group("chara, chara_red, smile", groups) == "red" and J.prompt_group("other", groups) is None
+    assert J.prompt_group("chara_red", groups) == "red" and J.prompt_group("chara", groups) == "chara"
     # "sitting" is shown in the training set: the next default is used.
     assert J.flex_prompts(None, ["chara"], {"chara": {"sitting"}}) == ["chara, swimsuit, beach"]
     assert J.flex_prompts(["{trigger}, night", "x, y"], ["a", "b"], {}) == ["a, night", "b, night", "x, y"]

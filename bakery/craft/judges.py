@@ -79,9 +79,11 @@ def own_groups(groups: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
 
 
 def prompt_group(prompt: str, groups: Mapping[str, tuple[str, ...]]) -> str | None:
-    """The most specific group whose triggers the prompt all names (None: none)."""
+    """The most specific group whose triggers the prompt all names, else whose own (last) trigger it names
+    (an outfit trigger prompted alone); None: none."""
     tags = set(caption_tags(prompt))
     named = [(len(h), g) for g, h in groups.items() if h and set(h) <= tags]
+    named = named or [(len(h), g) for g, h in groups.items() if h and h[-1] in tags]
     return max(named)[1] if named else None
 
 
