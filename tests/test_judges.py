@@ -123,6 +123,9 @@ def test_what_prune_recorded_and_the_default_flexibility_prompts():
     groups = J.group_triggers(caps, ["chara", "chara_red"])
     assert groups == {"chara": ("chara",), "red": ("chara", "chara_red")}
     assert J.own_groups(groups) == {"chara": "chara", "chara_red": "red"}
+    outfits = {"red": ("chara", "chara_red"), "blue": ("chara", "chara_blue")}
+    assert J.shared_identity(outfits, {"red": ["blonde_hair", "red_dress"], "blue": ["blonde_hair", "blue_shirt"]}) \
+        == {"chara": ["blonde_hair"]}
     assert J.prompt_group("chara, chara_red, smile", groups) == "red" and J.prompt_group("other", groups) is None
     assert J.prompt_group("chara_red", groups) == "red" and J.prompt_group("chara", groups) == "chara"
     # "sitting" is shown in the training set: the next default is used.

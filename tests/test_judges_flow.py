@@ -95,7 +95,8 @@ def test_judges_in_a_prefect_run(setup):
     cells = {(e, w) for e in (1, 2) for w in (0.0, 1.0)}
     # Identity per trigger (its own group's absorbed tags; 1girl is a people count, never identity).
     assert by[("identity", "chara_red")] == cells and by[("identity", "chara_blue")] == cells
-    assert ("identity", "chara") not in by  # the concept trigger has no group of its own in this set
+    # The concept trigger has no group of its own here: the tags every outfit group absorbed (blonde_hair).
+    assert by[("identity", "chara")] == cells and "<code>chara</code>: <code>blonde_hair</code>" in html
     assert by[("bleed", "chara_red")] == cells and by[("bleed", "chara_blue")] == cells
     assert by[("flexibility", "chara, sitting, outdoors")] == cells  # the first default prompt
     assert by[("effect_ratio", "")] == {(1, 1.0), (2, 1.0)}

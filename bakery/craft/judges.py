@@ -78,6 +78,17 @@ def own_groups(groups: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
     return out
 
 
+def shared_identity(groups: Mapping[str, tuple[str, ...]], absorbed: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    """A trigger without a group of its own (a character whose pictures all sit in outfit groups): the tags
+    absorbed in every group holding it (hair, eyes: what the character trigger stands for in each outfit)."""
+    own = own_groups(groups)
+    out = {}
+    for trig in sorted({t for h in groups.values() for t in h} - set(own)):
+        held = [set(absorbed.get(g, [])) for g, h in groups.items() if trig in h]
+        out[trig] = sorted(set.intersection(*held)) if held else []
+    return out
+
+
 def prompt_group(prompt: str, groups: Mapping[str, tuple[str, ...]]) -> str | None:
     """The most specific group whose triggers the prompt all names, else whose own (last) trigger it names
     (an outfit trigger prompted alone); None: none."""
@@ -130,6 +141,10 @@ def identity(tags: Mapping[Key, set[str]], prompts: Sequence[str], groups: Mappi
         wanted, idx = absorbed.get(g, []), [i for i, pg in by_prompt.items() if pg == g]
         if wanted and idx:
             out.wanted[trig], out.scores[trig] = list(wanted), recall_by_cell(tags, idx, wanted)
+    for trig, wanted in shared_identity(groups, absorbed).items():
+        idx = [i for i, pg in by_prompt.items() if pg is None and trig in caption_tags(prompts[i])]
+        if wanted and idx:
+            out.wanted[trig], out.scores[trig] = wanted, recall_by_cell(tags, idx, wanted)
     if not out.scores:
         out.note = "no prompt names a group whose pruning absorbed tags"
     return out
