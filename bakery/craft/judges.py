@@ -216,6 +216,5 @@ def seed_spread(base: Mapping[tuple[int, int], np.ndarray]) -> float | None:
 
 
 def effect_ratio(effect: float, spread: float | None) -> float | None:
-    if spread is None:
-        return None
-    return effect / spread if spread > 1e-9 else (0.0 if effect <= 1e-9 else float("inf"))
+    """None where seeds do not change the picture (nothing to compare with: the absolute rule alone decides)."""
+    return effect / spread if spread is not None and spread > 1e-9 else None
