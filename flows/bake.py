@@ -17,7 +17,7 @@ from tasks.bake import BAKE, bake_params_json
 from tasks.buckets import BUCKETS
 from tasks.convert import CONVERT
 from tasks.dedupe import DEDUPE
-from tasks.evaluate import EVALUATE, evaluate_params_json, skip_untasted
+from tasks.evaluate import EVALUATE, evaluate_params_json
 from tasks.ingest import INGEST, FolderSpec, Listing, scan_sources
 from tasks.masks import MASKS, masks_params
 from tasks.pool import Runner, use_runner
@@ -120,12 +120,9 @@ def run_bake(recipe: Recipe, run: RunInfo, trainset: TrainSet, refresh: bool = F
 
 def taste(
     recipe: Recipe, run: RunInfo, bake: BakeOutput, train: TrainSet | None, refresh: bool = False
-) -> StageResult | None:
+) -> StageResult:
     """Evaluate a bake (rules.md §13). `train` (the prune stage's TrainSet) enables likeness and tag statistics;
-    it stays out of the cache key because the bake's key already identifies it.
-    None: a network evaluate cannot load yet (LoHa/LoKr), recorded as skipped with a note."""
-    if skip_untasted(run, bake):
-        return None
+    it stays out of the cache key because the bake's key already identifies it."""
     params = evaluate_params_json(recipe)
     result = run_stage(EVALUATE, bake, params, run, refresh, extra={"train": train})
     if not Path(str(result.payload)).is_file():  # a cached result whose report was deleted since: taste again

@@ -25,14 +25,14 @@ from bakery.craft import eval_report as report_craft
 from bakery.craft import evaluate as craft
 from bakery.craft import judge_report, judges, judging, ranking  # noqa: F401 (code version)
 from bakery.craft import likeness as likeness_craft
-from bakery.craft import tasting, wd14, xyz
+from bakery.craft import lycoris, tasting, wd14, xyz
 from bakery.manifest import BakeOutput, StageResult, TrainSet, digest
 from bakery.recipe import EvaluateParams, Recipe
 from storage import Catalog
 from tasks import caching
 from tasks.progress import StageProgress, _in_prefect_run
 from tasks.runlog import listed
-from tasks.stage import RunInfo, Stage, skip_stage
+from tasks.stage import RunInfo, Stage
 
 EVALUATE_DIR = "evaluate"
 
@@ -192,34 +192,6 @@ def publish_artifacts(result: Evaluation) -> None:
                          description="Self-contained HTML report with the grids")
 
 
-def untasted_note(bake: BakeOutput) -> str | None:
-    """Why this bake cannot be evaluated yet (a LoHa/LoKr network), read from its last file's keys and metadata."""
-    from safetensors import safe_open
-
-    last = Path(bake.files[max(bake.files)]) if bake.files else None
-    if last is None or not last.is_file():
-        return None  # evaluate itself says what is missing
-    with safe_open(str(last), framework="pt") as f:
-        network = craft.untasted_network(f.keys(), f.metadata() or {})
-    return craft.untasted_note(network, str(last.parent), bake.triggers) if network else None
-
-
-def skip_untasted(run: RunInfo, bake: BakeOutput) -> bool:
-    """Skip evaluate for a bake it cannot load (LoHa/LoKr), saying so in the log, the catalog and an artifact."""
-    note = untasted_note(bake)
-    if note is None:
-        return False
-    skip_stage(run, EVALUATE.name, note, n_in=len(bake.files))
-    get_run_logger().warning("evaluate: skipped: %s", note)
-    if _in_prefect_run():
-        from prefect.artifacts import create_markdown_artifact
-
-        files = "\n".join(f"- epoch {e}: `{p}`" for e, p in sorted(bake.files.items()))
-        create_markdown_artifact(f"# Evaluate: skipped\n\n{note}.\n\n{files}\n", key="evaluate-summary",
-                                 description="Evaluation: skipped for this network type")
-    return True
-
-
 @task(name="evaluate")
 def evaluate(
     inputs: BakeOutput, params_json: str, workdir: str, run_id: str, workers: int | None, train: TrainSet | None = None,
@@ -248,6 +220,6 @@ def _tagger(cfg: dict | None) -> judging.TaggerSpec | None:
 
 EVALUATE = Stage(
     "evaluate", evaluate,
-    caching.code_version(craft, tasting, xyz, likeness_craft, report_craft, judges, judging, ranking, judge_report,
-                         sys.modules[__name__]),
+    caching.code_version(craft, tasting, xyz, lycoris, likeness_craft, report_craft, judges, judging, ranking,
+                         judge_report, sys.modules[__name__]),
 )

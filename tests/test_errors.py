@@ -1,4 +1,4 @@
-"""Short errors and lists, the run's log file, and a LoHa/LoKr bake whose evaluate is skipped with a note.
+"""Short errors and lists, the run's log file, and LoHa/LoKr bakes evaluated like every other network.
 
 Real `bakery run`s on the tiny model: one in a subprocess, so that what is checked is
 everything the terminal shows (Prefect's console lines included).
@@ -15,7 +15,6 @@ import pytest
 from typer.testing import CliRunner
 
 from bakery.cli import app
-from bakery.craft.evaluate import untasted_network
 from bakery.report import markdown_summary, name_list, short_error, skip_summary
 from storage import Catalog
 from tests.conftest import write_recipe
@@ -83,49 +82,33 @@ def test_skip_lists_are_capped_and_say_where_the_rest_is():
     assert md.count("- **ingest** ×1") == 10 and "... and 40 more reasons (all in L.log)" in md
 
 
-def test_untasted_network_reads_the_keys_then_the_metadata():
-    assert untasted_network(["lora_unet_a.hada_w1_a", "lora_unet_a.alpha"], {}) == "LoHa"
-    assert untasted_network(["lora_te_b.lokr_w1", "lora_te_b.lokr_w2_a"], {}) == "LoKr"
-    assert untasted_network(["lora_unet_a.lora_down.weight", "lora_unet_a.dora_scale"], {}) is None
-    meta = {"ss_network_module": "lycoris.kohya", "ss_network_args": '{"algo": "loha", "conv_dim": "4"}'}
-    assert untasted_network([], meta) == "LoHa"
-    assert untasted_network([], {**meta, "ss_network_args": '{"algo": "lora", "dora_wd": "True"}'}) is None
-
-
 # -- real runs ------------------------------------------------------------------------------------
 
 @pytest.mark.usefixtures("prefect_server")
-def test_loha_and_lokr_bakes_run_through_with_evaluate_skipped_and_a_note(tmp_path: Path):
+def test_loha_and_lokr_bakes_are_evaluated(tmp_path: Path):
+    """diffusers cannot load LoHa/LoKr files: evaluate applies them itself (bakery/craft/lycoris.py)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     recipe = make_project(tmp_path, "loha")
     work = tmp_path / "work"
-    for network, label in (("loha", "LoHa"), ("lokr", "LoKr")):
+    for network in ("loha", "lokr"):
         recipe.write_text(recipe.read_text().replace('network_type = "loha"', f'network_type = "{network}"'))
         result = runner.invoke(app, ["run", str(recipe)])
         assert result.exit_code == 0, result.output
         with Catalog.open(work, read_only=True) as cat:
             run = cat.last_run()
             stages = {s["stage"]: s for s in cat.stage_table(run["run_id"])}
+            key = cat.rows("SELECT eval_key FROM evaluations WHERE run_id = ?", [run["run_id"]])[0]["eval_key"]
+            ev = cat.evaluation(eval_key=key)
         assert run["status"] == "completed" and stages["bake"]["status"] == "ran"
-        assert stages["evaluate"]["status"] == "skipped"
-        note = stages["evaluate"]["message"]
-        assert f"evaluating {label} networks is not built yet" in note and "A1111 or ComfyUI" in note
-        assert "bakery_girl" in note and any(f"ready in {d}:" in note for d in (work / "bakes").glob("t-*"))
-        assert "evaluate skipped: evaluating" in result.output
-
-        status = runner.invoke(app, ["status", str(recipe)])
-        assert status.exit_code == 0 and "evaluate  skipped" in status.output
-        assert f"evaluating {label} networks is not built yet" in status.output
+        assert stages["evaluate"]["status"] == "ran", stages["evaluate"]
+        assert Path(ev["report_path"]).is_file() and ev["cells"] == 4  # weights 0, 1 x 2 prompts x 1 seed
+        assert {m["weight"] for m in ev["metrics"]} == {0.0, 1.0}
         with get_client(sync_client=True) as client:
             arts = client.read_artifacts(artifact_filter=ArtifactFilter(
                 flow_run_id=ArtifactFilterFlowRunId(any_=[run["flow_run_id"]])))
-        by_key = {a.key: a for a in arts}
-        assert f"evaluating {label} networks" in by_key["evaluate-summary"].data
-        assert "evaluate skipped" in by_key["bake-summary"].data
-        log = Path(work / "logs" / f"run-{run['run_id']}.log").read_text()
-        assert f"evaluate: skipped: evaluating {label}" in log and "bake: 4 in" in log
+        assert {"evaluate-summary", "evaluate-metrics", "evaluate-report"} <= {a.key for a in arts}
 
 
 @pytest.mark.usefixtures("prefect_server")

@@ -20,14 +20,12 @@ The checks:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from bakery.report import name_list
 
 # rules.md §13: LoRA on vs off with the same prompt and seed giving identical images.
 NOTHING_CAUSES = (
@@ -373,31 +371,3 @@ def default_prompts(triggers: Sequence[str], counts: Mapping[str, Mapping[str, i
         if top:
             prompts.append(", ".join([trig, *(t for t, _ in top)]))
     return list(dict.fromkeys(prompts))
-
-
-# -- networks evaluate cannot load yet --------------------------------------------------------------
-
-# diffusers' load_lora_weights reads LoRA/LoCon/DoRA but not LyCORIS LoHa/LoKr (it refuses their keys).
-UNTASTED_NETWORKS = {"hada_": "LoHa", "lokr_": "LoKr"}  # tensor name prefix -> network
-
-
-def untasted_network(keys: Iterable[str], metadata: Mapping[str, str]) -> str | None:
-    """"LoHa" / "LoKr" when a LoRA file holds that network (its tensor names, else its `ss_network_args` algo)."""
-    for key in keys:
-        tensor = key.rsplit(".", 1)[-1]
-        for prefix, network in UNTASTED_NETWORKS.items():
-            if tensor.startswith(prefix):
-                return network
-    try:
-        args = json.loads(metadata.get("ss_network_args") or "null") or {}
-    except ValueError:
-        args = {}
-    algo = str(args.get("algo", "")).lower() if isinstance(args, dict) else ""
-    return next((n for n in UNTASTED_NETWORKS.values() if n.lower() == algo), None)
-
-
-def untasted_note(network: str, folder: str, triggers: Sequence[str]) -> str:
-    """Why evaluate is skipped for this bake, and how to judge its files meanwhile."""
-    prompt = f" with {name_list(triggers)} in the prompt" if triggers else ""
-    return (f"evaluating {network} networks is not built yet; the LoRA files are ready in {folder}: judge them "
-            f"meanwhile in A1111 or ComfyUI (both load {network} files) at weights 0.5-1{prompt}")

@@ -4,6 +4,8 @@ The base pipeline is loaded once per evaluation. Each epoch's kohya-format file
 (the file users publish) is loaded with diffusers' `load_lora_weights` as a
 named adapter, its weight changed in place with `set_adapters` for every
 column, and deleted before the next epoch: the base weights are never reloaded.
+LoHa/LoKr files (which diffusers refuses) are merged by `lycoris.MergedNetwork`
+instead: each weight is a re-merge of the kept original weights, unloading restores them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from bakery.craft import lycoris
 
 SAMPLERS = ("euler_a", "euler", "dpmpp_2m", "dpmpp_2m_karras", "ddim")
 MAX_BATCH = 8  # images per pipeline call
@@ -85,6 +89,16 @@ def load_pipeline(base_model: str, architecture: str, device: str = "auto") -> t
     return pipe.to(dev), dev
 
 
+def _lycoris_tensors(path: str | Path) -> dict | None:
+    """The tensors of a LoHa/LoKr file (None for a file diffusers loads: LoRA, LoCon, DoRA)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        if not lycoris.is_lycoris(f.keys()):
+            return None
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
 @dataclass
 class Timings:
     load_s: float = 0.0  # loading/unloading LoRA files and setting adapter weights
@@ -106,7 +120,11 @@ class Taster:
         self.pipe, self.device = load_pipeline(base_model, architecture, device)
         self.pipe.scheduler = _scheduler(sampler, self.pipe.scheduler.config)
         self.adapter: str | None = None
+        self.merged: lycoris.MergedNetwork | None = None  # a LoHa/LoKr file, applied by our own code
         self.timings = Timings()
+
+    def _text_encoders(self) -> list:
+        return [te for te in (self.pipe.text_encoder, getattr(self.pipe, "text_encoder_2", None)) if te is not None]
 
     # -- LoRA ---------------------------------------------------------------------------
     def load_lora(self, path: str | Path, name: str) -> None:
@@ -115,7 +133,12 @@ class Taster:
         if not Path(path).is_file():
             raise ModelError(f"LoRA file {path} does not exist")
         try:
-            self.pipe.load_lora_weights(str(path), adapter_name=name)
+            tensors = _lycoris_tensors(path)
+            if tensors is not None:
+                modules = lycoris.kohya_modules({"unet": self.pipe.unet, "te": self._text_encoders()}, self.architecture)
+                self.merged = lycoris.MergedNetwork(tensors, modules)
+            else:
+                self.pipe.load_lora_weights(str(path), adapter_name=name)
         except Exception as exc:
             raise ModelError(f"cannot load LoRA {path} into the base model: {type(exc).__name__}: {exc}") from exc
         self.adapter = name
@@ -125,13 +148,20 @@ class Taster:
         t = time.perf_counter()
         if self.adapter is None:
             raise RuntimeError("no LoRA loaded")
-        self.pipe.set_adapters([self.adapter], adapter_weights=[float(weight)])
+        if self.merged is not None:
+            self.merged.set_weight(float(weight))
+        else:
+            self.pipe.set_adapters([self.adapter], adapter_weights=[float(weight)])
         self.timings.load_s += time.perf_counter() - t
 
     def unload_lora(self) -> None:
         if self.adapter is not None:
             t = time.perf_counter()
-            self.pipe.delete_adapters(self.adapter)
+            if self.merged is not None:
+                self.merged.remove()
+                self.merged = None
+            else:
+                self.pipe.delete_adapters(self.adapter)
             self.adapter = None
             self.timings.load_s += time.perf_counter() - t
 
