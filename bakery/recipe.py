@@ -461,6 +461,16 @@ class EvaluateParams(_Section):
     # Likeness: a local CLIP or DINOv2 model folder (transformers format); None = colour-histogram proxy.
     likeness_model: str | None = None
     likeness_references: Annotated[int, Field(gt=0)] = 16  # training images per trigger compared against
+    # Effect relative to seed variation: effect over the change between seeds at weight 0 below this =
+    # "LoRA does nothing" (with one seed, one more base render per prompt measures that change).
+    effect_min_ratio: Annotated[float, Field(ge=0)] = 0.2
+    # Flexibility (needs [autotag] model): prompts asking the character for what the training set does not
+    # show; "{trigger}" = each character trigger. None: one of bakery/craft/judges.py FLEX_DEFAULTS each; [] = off.
+    flexibility_prompts: list[str] | None = None
+    # Tag judges: a rise of bleed, or a drop of flexibility, over weight 0 bigger than this is flagged.
+    tag_margin: Annotated[float, Field(gt=0, le=1)] = 0.25
+    # Ranking: (epoch, weight) cells scoring within this of the best are tied (the data cannot tell them apart).
+    rank_tolerance: Annotated[float, Field(ge=0, le=1)] = 0.05
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 

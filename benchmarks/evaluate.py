@@ -12,6 +12,10 @@
 3. Runs the whole stage (`evaluate_bake`: grid + metrics + grids + report +
    catalog) without Prefect, for the end-to-end time.
 
+With `--judges` the stage runs first with the tag judges (the tiny WD14 tagger: every
+render tagged, one flexibility prompt over epochs x weights at the first seed; the seed
+spread needs no render with two seeds), then without: `judges_over_stage` is the ratio.
+
 Target: reload share (LoRA loading + weight setting + deleting, over that plus
 rendering) < 10 %. Exit code 0 whatever the numbers unless --strict.
 """
@@ -38,6 +42,7 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--size", type=int, default=64, help="image side in pixels")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--judges", action="store_true", help="with the tiny WD14 tagger: identity, bleed, flexibility")
     ap.add_argument("--strict", action="store_true", help="exit 1 if the reload share misses the target")
     return ap.parse_args()
 
@@ -66,8 +71,18 @@ def _measure(args: argparse.Namespace, root: Path) -> dict:
                           params.steps, params.cfg_scale, params.width, params.height)
     grid_s, tm = time.perf_counter() - t, run.timings
     bake = BakeOutput("b", str(model), "sd15", files, "bench", [trigger], 2)
+    judged = {}
+    if args.judges:  # first, so it pays the stage's one-off costs (imports): the comparison errs against it
+        from bakery.craft.judging import TaggerSpec
+        from bakery.testmodels.tiny_wd14 import write_tiny_wd14
+
+        tagger = TaggerSpec(str(write_tiny_wd14(root / "wd14")))
+        t = time.perf_counter()
+        res = evaluate_bake(bake, params, RunInfo("bench", str(root / "work")), EVALUATE.code_version, tagger=tagger)
+        judged = {"stage_judges_s": round(time.perf_counter() - t, 3), "stage_judges_cells": res.timings.cells}
     t = time.perf_counter()
     res = evaluate_bake(bake, params, RunInfo("bench", str(root / "work")), EVALUATE.code_version)
+    stage_s = time.perf_counter() - t
     return {
         "device": taster.device,
         "epochs": args.epochs, "weights": len(params.weights), "prompts": len(prompts), "seeds": len(params.seeds),
@@ -80,8 +95,10 @@ def _measure(args: argparse.Namespace, root: Path) -> dict:
         "lora_swap_s": round(tm.load_s, 3),
         "lora_swap_per_epoch_s": round(tm.load_s / args.epochs, 4),
         "reload_share": round(tm.reload_share, 4),
-        "stage_s": round(time.perf_counter() - t, 3),
+        "stage_s": round(stage_s, 3),
         "stage_cells": res.timings.cells,
+        **judged,
+        **({"judges_over_stage": round(judged["stage_judges_s"] / stage_s, 3)} if judged else {}),
     }
 
 

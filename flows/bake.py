@@ -17,7 +17,7 @@ from tasks.bake import BAKE, bake_params_json
 from tasks.buckets import BUCKETS
 from tasks.convert import CONVERT
 from tasks.dedupe import DEDUPE
-from tasks.evaluate import EVALUATE
+from tasks.evaluate import EVALUATE, evaluate_params_json
 from tasks.ingest import INGEST, FolderSpec, Listing, scan_sources
 from tasks.masks import MASKS, masks_params
 from tasks.pool import Runner, use_runner
@@ -143,7 +143,7 @@ def taste(
 ) -> StageResult:
     """Evaluate a bake (rules.md §13). `train` (the prune stage's TrainSet) enables likeness and tag statistics;
     it stays out of the cache key because the bake's key already identifies it."""
-    params = stage_params_json(recipe.evaluate)
+    params = evaluate_params_json(recipe)
     result = run_stage(EVALUATE, bake, params, run, refresh, extra={"train": train})
     if not Path(str(result.payload)).is_file():  # a cached result whose report was deleted since: taste again
         result = run_stage(EVALUATE, bake, params, run, True, extra={"train": train})

@@ -323,6 +323,21 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        14,
+        """
+        -- The tag judges and the ranking of an evaluation (bakery/craft/judging.py), one row per score.
+        CREATE TABLE evaluation_scores (
+            eval_key VARCHAR NOT NULL,
+            epoch INTEGER NOT NULL,
+            weight DOUBLE NOT NULL,
+            judge VARCHAR NOT NULL,        -- identity | bleed | flexibility | effect_ratio | rank_score
+            subject VARCHAR NOT NULL,      -- the trigger (identity, bleed) or prompt (flexibility); '' for the others
+            score DOUBLE NOT NULL,         -- recall 0-1; effect_ratio: effect / change between seeds
+            PRIMARY KEY (eval_key, epoch, weight, judge, subject)
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(v for v, _ in MIGRATIONS)
@@ -487,6 +502,15 @@ class Catalog:
         except Exception:
             self.con.execute("ROLLBACK")
             raise
+
+    def add_evaluation_scores(self, eval_key: str, rows: Iterable[dict[str, Any]]) -> int:
+        """The judges' scores of one evaluation; re-evaluating replaces them."""
+        self.con.execute("DELETE FROM evaluation_scores WHERE eval_key = ?", [eval_key])
+        return self._insert("evaluation_scores", ({**r, "eval_key": eval_key} for r in rows), verb="INSERT")
+
+    def evaluation_scores(self, eval_key: str) -> list[dict[str, Any]]:
+        return self.rows("SELECT * EXCLUDE (eval_key) FROM evaluation_scores WHERE eval_key = ? "
+                         "ORDER BY judge, subject, epoch, weight", [eval_key])
 
     def evaluation(self, eval_key: str | None = None, bake_key: str | None = None) -> dict[str, Any] | None:
         """An evaluation by key, or the latest one of a bake, with its epochs and metrics."""

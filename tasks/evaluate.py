@@ -15,7 +15,7 @@ import io
 import json
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +24,11 @@ from prefect import get_run_logger, task
 
 from bakery.craft import eval_report as report_craft
 from bakery.craft import evaluate as craft
+from bakery.craft import judge_report, judges, judging, ranking  # noqa: F401 (code version)
 from bakery.craft import likeness as likeness_craft
-from bakery.craft import lycoris, tasting, xyz
+from bakery.craft import lycoris, tasting, wd14, xyz
 from bakery.manifest import BakeOutput, StageResult, TrainSet, digest
-from bakery.recipe import EvaluateParams
+from bakery.recipe import EvaluateParams, Recipe
 from storage import Catalog
 from tasks import caching
 from tasks.progress import StageProgress, _in_prefect_run
@@ -47,6 +48,7 @@ class Evaluation:
     timings: xyz.Timings
     summary_markdown: str
     metrics: list[dict]
+    scores: list[dict] = field(default_factory=list)  # the judges' scores (catalog `evaluation_scores`)
 
 
 def _load_rgb(data: bytes) -> np.ndarray:
@@ -76,7 +78,41 @@ def _train_buckets(train: TrainSet, run: RunInfo) -> list[tuple[tuple[int, int],
     return sorted(counts.items())
 
 
-def taste_inputs(bake: BakeOutput, params: EvaluateParams, run: RunInfo, train: TrainSet | None) -> tasting.TasteInputs:
+def evaluate_params_json(recipe: Recipe) -> str:
+    """The stage's parameters: `[evaluate]` plus the `[autotag]` tagger the judges use (its files' identity)."""
+    data = recipe.evaluate.model_dump(mode="json")
+    model, tagger = recipe.autotag.model, None
+    if model:
+        path = recipe.resolve(Path(model).expanduser())
+        local = path.is_dir()
+        tagger = {"model": str(path) if local else model, "general": recipe.autotag.general_threshold,
+                  "character": recipe.autotag.character_threshold,
+                  "id": wd14.model_fingerprint(path) if local and (path / wd14.MODEL_FILE).is_file() else model}
+    return json.dumps({**data, "tagger": tagger}, sort_keys=True, separators=(",", ":"))
+
+
+def _prune_record(train: TrainSet, run: RunInfo) -> list[dict] | None:
+    """The tag counts before/after pruning of the prune run that built this training set (None: none recorded)."""
+    want = sorted((t.folder, t.name, t.image_hash, t.caption) for t in train.images)
+    with Catalog.open(run.catalog) as cat:
+        for run_id in cat.runs_with("train_captions"):
+            rows = cat.train_captions(run_id)
+            if sorted((r["folder"], r["name"], r["image_hash"], r["caption"]) for r in rows) == want:
+                return cat.tag_stats(run_id) or None
+    return None
+
+
+def judge_setup(train: TrainSet | None, bake: BakeOutput, run: RunInfo,
+                tagger: judging.TaggerSpec | None) -> judging.JudgeSetup:
+    """The tagger, and the training captions with what prune recorded for them."""
+    if train is None:
+        return judging.JudgeSetup(tagger)
+    captions = [(t.folder, t.caption) for t in train.images if not t.is_reg]
+    return judging.setup(tagger, captions, list(bake.triggers), _prune_record(train, run))
+
+
+def taste_inputs(bake: BakeOutput, params: EvaluateParams, run: RunInfo, train: TrainSet | None,
+                 tagger: judging.TaggerSpec | None = None) -> tasting.TasteInputs:
     """Everything tasting reads: the bake's files (all must exist), the training images, the loss log."""
     if not bake.files:
         raise ValueError(f"bake {bake.name!r} produced no LoRA files to evaluate")
@@ -93,19 +129,21 @@ def taste_inputs(bake: BakeOutput, params: EvaluateParams, run: RunInfo, train: 
     return tasting.TasteInputs(
         bake, files, epochs, tasting.evaluation_prompts(bake, train, params, last_meta), last_meta, train,
         _references(train, list(bake.triggers), run, params.likeness_references),
-        loss_log, _train_buckets(train, run) if train else [], validation_log,
+        loss_log, _train_buckets(train, run) if train else [], validation_log, judge_setup(train, bake, run, tagger),
     )
 
 
 def evaluate_bake(
     bake: BakeOutput, params: EvaluateParams, run: RunInfo, code_version: str, train: TrainSet | None = None,
+    tagger: judging.TaggerSpec | None = None,
 ) -> Evaluation:
     """Read the bake's inputs -> tasting.taste -> write the grids, the report and the catalog rows."""
-    inputs = taste_inputs(bake, params, run, train)
+    inputs = taste_inputs(bake, params, run, train, tagger)
     n_weights = len({float(w) for w in params.weights} | {0.0, 1.0})
     with StageProgress("evaluate", len(inputs.epochs) * n_weights * len(inputs.prompts) * len(params.seeds)) as progress:
         t = tasting.taste(inputs, params, on_cells=progress.advance)
-    eval_key = digest({"bake": bake, "params": params.model_dump(mode="json"), "code": code_version})[:16]
+    eval_key = digest({"bake": bake, "params": params.model_dump(mode="json"), "code": code_version,
+                       **({"tagger": tagger} if tagger else {})})[:16]
     return _write_tasting(run, bake, inputs, t, eval_key)
 
 
@@ -139,8 +177,10 @@ def _write_tasting(run: RunInfo, bake: BakeOutput, inputs: tasting.TasteInputs, 
             ],
             [{k: r[k] for k in r if k != "loss"} for r in metrics],
         )
+        scores = t.judged.score_rows(t.evals) if t.judged else []
+        cat.add_evaluation_scores(eval_key, scores)
     summary = report_craft.markdown_summary(t.report, str(report_path), [str(p) for p in grid_paths])
-    return Evaluation(eval_key, report_path, grid_paths, rec, t.evals, timings, summary, metrics)
+    return Evaluation(eval_key, report_path, grid_paths, rec, t.evals, timings, summary, metrics, scores)
 
 
 def publish_artifacts(result: Evaluation) -> None:
@@ -149,6 +189,9 @@ def publish_artifacts(result: Evaluation) -> None:
 
     create_markdown_artifact(result.summary_markdown, key="evaluate-summary", description="Evaluation: recommendation and flags")
     create_table_artifact(result.metrics, key="evaluate-metrics", description="Evaluation metrics per epoch and weight")
+    if result.scores:
+        create_table_artifact(result.scores, key="evaluate-scores",
+                              description="Judges' scores per epoch and weight: identity, bleed, flexibility, effect ratio, rank")
     create_link_artifact(result.report_path.resolve().as_uri(), link_text="evaluation report (HTML)", key="evaluate-report",
                          description="Self-contained HTML report with the grids")
 
@@ -157,9 +200,11 @@ def publish_artifacts(result: Evaluation) -> None:
 def evaluate(
     inputs: BakeOutput, params_json: str, workdir: str, run_id: str, workers: int | None, train: TrainSet | None = None,
 ) -> StageResult:
-    params = EvaluateParams.model_validate_json(params_json)
+    data = json.loads(params_json)
+    tagger = _tagger(data.pop("tagger", None))
+    params = EvaluateParams.model_validate(data)
     run = RunInfo(run_id, workdir, workers)
-    result = evaluate_bake(inputs, params, run, EVALUATE.code_version, train)
+    result = evaluate_bake(inputs, params, run, EVALUATE.code_version, train, tagger)
     if _in_prefect_run():
         publish_artifacts(result)
     rec = result.recommendation
@@ -171,7 +216,14 @@ def evaluate(
     return StageResult(images=[], n_in=len(inputs.files), n_processed=result.timings.cells, payload=str(result.report_path))
 
 
+def _tagger(cfg: dict | None) -> judging.TaggerSpec | None:
+    if not cfg:
+        return None
+    return judging.TaggerSpec(str(wd14.resolve_model(cfg["model"])), cfg["general"], cfg["character"])
+
+
 EVALUATE = Stage(
     "evaluate", evaluate,
-    caching.code_version(craft, tasting, xyz, lycoris, likeness_craft, report_craft, sys.modules[__name__]),
+    caching.code_version(craft, tasting, xyz, lycoris, likeness_craft, report_craft, judges, judging, ranking,
+                         judge_report, sys.modules[__name__]),
 )

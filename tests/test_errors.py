@@ -104,7 +104,7 @@ def test_loha_and_lokr_bakes_are_evaluated(tmp_path: Path):
             ev = cat.evaluation(eval_key=key)
         assert run["status"] == "completed" and stages["bake"]["status"] == "ran"
         assert stages["evaluate"]["status"] == "ran", stages["evaluate"]
-        assert Path(ev["report_path"]).is_file() and ev["cells"] == 4  # weights 0, 1 x 2 prompts x 1 seed
+        assert Path(ev["report_path"]).is_file() and ev["cells"] == 4 + 2  # weights 0, 1 x 2 prompts x 1 seed + each prompt with the next seed at weight 0
         assert {m["weight"] for m in ev["metrics"]} == {0.0, 1.0}
         with get_client(sync_client=True) as client:
             arts = client.read_artifacts(artifact_filter=ArtifactFilter(

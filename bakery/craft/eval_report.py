@@ -36,6 +36,7 @@ class ReportData:
     timings: dict[str, float] = field(default_factory=dict)
     validation: ValidationCurve | None = None  # the bake's validation loss per epoch
     trigger_check: list[dict] = field(default_factory=list)  # the latest trigger_checks row per trigger
+    judges: object | None = None  # bakery/craft/judging.py Judged: Identity, Concept bleed, Flexibility, Ranking
 
 
 def data_uri(png: bytes) -> str:
@@ -158,8 +159,8 @@ def render_html(d: ReportData) -> str:
         f"<p>Base model <code>{_e(d.base_model)}</code> ({_e(d.architecture)}). Triggers: "
         + ", ".join(f"<code>{_e(t)}</code>" for t in d.triggers) + "</p>",
     ]
-    for section in (_recommendation_html, _epochs_html, _grids_html, _metrics_html, _loss_html, _validation_html,
-                    _dataset_html, _metadata_html, _settings_html, _trigger_check_html):
+    for section in (_recommendation_html, _epochs_html, _judges_html, _grids_html, _metrics_html, _loss_html,
+                    _validation_html, _dataset_html, _metadata_html, _settings_html, _trigger_check_html):
         out += section(d)
     out.append("</body></html>")
     return "\n".join(out)
@@ -195,6 +196,12 @@ def _epochs_html(d: ReportData) -> list[str]:
     out.append("</table>")
     out.append(f"<p>Likeness: {_e(d.likeness_note)}</p>")
     return out
+
+
+def _judges_html(d: ReportData) -> list[str]:
+    from bakery.craft import judge_report  # its sections: effect vs seeds, Identity, Concept bleed, Flexibility, Ranking
+
+    return judge_report.sections(d.judges, d.evals) if d.judges is not None else []
 
 
 def _grids_html(d: ReportData) -> list[str]:

@@ -231,6 +231,7 @@ class EpochEval:
     over_trained: bool  # fries at a weight <= fry_max_weight
     likeness_by_weight: dict[float, float] = field(default_factory=dict)
     loss: float | None = None
+    effect_ratio: float | None = None  # effect over the change between seeds at weight 0 (bakery/craft/judges.py)
 
 
 def evaluate_epoch(
@@ -331,8 +332,9 @@ def epoch_flags(evals: Sequence[EpochEval]) -> list[str]:
     flags = []
     for e in evals:
         if e.does_nothing:
+            ratio = "" if e.effect_ratio is None else f", {e.effect_ratio:.2g} of the change between seeds"
             flags.append(
-                f"epoch {e.epoch}: LoRA does nothing (weight 0 vs 1 differ by {e.effect:.3g}/255): likely causes: "
+                f"epoch {e.epoch}: LoRA does nothing (weight 0 vs 1 differ by {e.effect:.3g}/255{ratio}): likely causes: "
                 + "; ".join(NOTHING_CAUSES)
             )
         elif e.over_trained:

@@ -18,7 +18,9 @@ import numpy as np
 
 from bakery.craft import eval_report as report_craft
 from bakery.craft import evaluate as craft
+from bakery.craft import judging
 from bakery.craft import likeness as likeness_craft
+from bakery.craft import ranking
 from bakery.craft import xyz
 from bakery.manifest import BakeOutput, TrainSet
 
@@ -42,6 +44,7 @@ class TasteInputs:
     loss_log: list[dict] = field(default_factory=list)  # the bake's `bake_log` rows
     train_buckets: list[tuple[tuple[int, int], int]] = field(default_factory=list)  # sizes of the training images
     validation_log: list[dict] = field(default_factory=list)  # the bake's `validation_loss` rows
+    judges: judging.JudgeSetup = field(default_factory=judging.JudgeSetup)  # the tagger and what prune recorded
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Tasting:
     report: report_craft.ReportData
     timings: xyz.Timings
     validation: craft.ValidationCurve | None = None
+    judged: judging.Judged | None = None
 
 
 def read_metadata(path: str) -> dict[str, str]:
@@ -87,6 +91,16 @@ def taste(inputs: TasteInputs, params: EvaluateParams, on_cells: Callable[[int],
     grids = [(prompt, _png(xyz.make_grid(grid.images, epochs, grid_weights, i, prompt, params.seeds).image))
              for i, prompt in enumerate(prompts)]
     tasting = Tasting(evals, loss_means, loss, rec, rec_file, grids, None, grid.timings, validation)  # type: ignore[arg-type]
+    judged = judging.judge(taster, grid.images, {e: inputs.files[e] for e in epochs}, prompts, triggers, evals,
+                           inputs.judges, params)
+    total = total_epochs(last_meta, inputs.files)
+    rec = craft.recommend(evals, loss, total, grid_weights, method)
+    rec = ranking.ranked_recommendation(rec, judged.ranking, evals, loss, total, grid_weights, method)
+    rec.flags += judged.flags
+    rec_file = inputs.files[rec.epoch] if rec.epoch is not None else ""
+    grids = [(prompt, _png(xyz.make_grid(grid.images, epochs, grid_weights, i, prompt, params.seeds).image))
+             for i, prompt in enumerate(prompts)]
+    tasting = Tasting(evals, loss_means, loss, rec, rec_file, grids, None, grid.timings, judged)  # type: ignore[arg-type]
     meta = read_metadata(rec_file) if rec_file else last_meta
     tasting.report = report_data(inputs, params, tasting, meta, method, note, taster.device)
     return tasting
@@ -187,7 +201,7 @@ def report_data(inputs: TasteInputs, params: EvaluateParams, t: Tasting, meta: M
                   "seeds": ", ".join(map(str, params.seeds)), "sampler": params.sampler, "steps": params.steps,
                   "cfg": params.cfg_scale, "size": f"{params.width}x{params.height}", "clip skip": bake.clip_skip,
                   "negative prompt": params.negative_prompt, "device": device},
-        timings={"render s": t.timings.render_s, "LoRA load s": t.timings.load_s,
+        judges=t.judged, timings={"render s": t.timings.render_s, "LoRA load s": t.timings.load_s,
                  "reload share": t.timings.reload_share, "images": t.timings.cells},
     )
 
