@@ -86,21 +86,17 @@ def taste(inputs: TasteInputs, params: EvaluateParams, on_cells: Callable[[int],
         ev.loss = loss_means.get(ev.epoch)
     loss = craft.loss_choice(loss_means, params.loss_rise_tolerance, params.loss_flat_tolerance)
     validation = craft.validation_curve(inputs.validation_log, params.loss_rise_tolerance)
-    rec = craft.recommend(evals, loss, total_epochs(last_meta, inputs.files), grid_weights, method, validation)
-    rec_file = inputs.files[rec.epoch] if rec.epoch is not None else ""
-    grids = [(prompt, _png(xyz.make_grid(grid.images, epochs, grid_weights, i, prompt, params.seeds).image))
-             for i, prompt in enumerate(prompts)]
-    tasting = Tasting(evals, loss_means, loss, rec, rec_file, grids, None, grid.timings, validation)  # type: ignore[arg-type]
     judged = judging.judge(taster, grid.images, {e: inputs.files[e] for e in epochs}, prompts, triggers, evals,
                            inputs.judges, params)
     total = total_epochs(last_meta, inputs.files)
-    rec = craft.recommend(evals, loss, total, grid_weights, method)
-    rec = ranking.ranked_recommendation(rec, judged.ranking, evals, loss, total, grid_weights, method)
+    rec = craft.recommend(evals, loss, total, grid_weights, method, validation)
+    rec = ranking.ranked_recommendation(rec, judged.ranking, evals, loss, total, grid_weights, method, validation)
     rec.flags += judged.flags
     rec_file = inputs.files[rec.epoch] if rec.epoch is not None else ""
     grids = [(prompt, _png(xyz.make_grid(grid.images, epochs, grid_weights, i, prompt, params.seeds).image))
              for i, prompt in enumerate(prompts)]
-    tasting = Tasting(evals, loss_means, loss, rec, rec_file, grids, None, grid.timings, judged)  # type: ignore[arg-type]
+    tasting = Tasting(evals, loss_means, loss, rec, rec_file, grids, None, grid.timings,  # type: ignore[arg-type]
+                      validation=validation, judged=judged)
     meta = read_metadata(rec_file) if rec_file else last_meta
     tasting.report = report_data(inputs, params, tasting, meta, method, note, taster.device)
     return tasting
