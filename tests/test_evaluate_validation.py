@@ -49,7 +49,7 @@ def test_evaluate_run_reports_validation_loss_and_recommends_its_minimum(baked):
         # Held-out pictures: lowest at the last epoch.
         cat.add_validation_loss([{"bake_key": "bake-val", **r} for r in rows({1: 0.40, 2: 0.33, 3: 0.30})])
     params = EvaluateParams(weights=[0.0, 1.0], seeds=[7], steps=1, width=64, height=64, tags_per_prompt=1,
-                            device="cpu")
+                            device="cpu", effect_min_ratio=0.0)  # the tiny LoRAs barely change a picture: judge them
     result, _ = _run(bake, train, params, work, "val1")
     html = Path(result.payload).read_text()
     assert "<h2>Validation loss</h2>" in html and "held-out picture(s), never trained on" in html
@@ -68,7 +68,7 @@ def test_without_a_minimum_the_loss_rule_decides_and_says_why(baked):  # noqa: F
         cat.add_validation_loss([{"bake_key": "bake-val-flat", **r}
                                  for r in rows({1: 0.2, 2: 0.25, 3: 0.3}, held_out=False)])
     params = EvaluateParams(weights=[0.0, 1.0], seeds=[7], steps=1, width=64, height=64, tags_per_prompt=1,
-                            device="cpu")
+                            device="cpu", effect_min_ratio=0.0)  # the tiny LoRAs barely change a picture: judge them
     result, _ = _run(bake, train, params, work, "val2")
     html = Path(result.payload).read_text()
     assert "training picture(s), not held out" in html

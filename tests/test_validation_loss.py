@@ -83,7 +83,7 @@ def test_validation_timesteps_spread_over_the_schedule():
 
 # test_errors' tiny LoRA bake with concepts and a small evaluate, for two epochs, near-duplicates kept.
 FLOW = "[dedupe]\nnear = false\n" + BAKE.replace("{network}", "lora").replace("epochs = 1\n", "epochs = 2\n") + (
-    "effect_min = 0.0\n")  # the tiny model's LoRA barely changes a picture: judge it anyway
+    "effect_min = 0.0\neffect_min_ratio = 0.0\n")  # the tiny model's LoRA barely changes a picture: judge it anyway
 
 
 @pytest.mark.usefixtures("prefect_server")
