@@ -135,11 +135,12 @@ def _mask_maker(run: RunInfo, params: MaskParams, todo: list[ImageRef]) -> Itera
         model.close()
 
 
-def _keeper(run: RunInfo, model_json: str) -> Callable[[list[craft.Mask]], None]:
+def _keeper(run: RunInfo, model_json: str) -> Callable[[list[tuple[ImageRef, craft.Mask]]], None]:
     """Writes a batch of new masks: their histograms and their derivations (a killed run keeps them)."""
     p_hash = params_hash(model_json)
 
-    def keep(batch: list[craft.Mask]) -> None:
+    def keep(pairs: list[tuple[ImageRef, craft.Mask]]) -> None:
+        batch = [m for _, m in pairs]
         with Catalog.open(run.catalog) as cat:
             cat.add_mask_stats({"mask_hash": m.mask_hash, "width": m.width, "height": m.height,
                                 "histogram": m.histogram} for m in batch)

@@ -298,7 +298,7 @@ def test_the_stage_makes_only_missing_masks_keeps_them_in_batches_and_judges_all
         return Mask(ref.hash, "m" + ref.name, histogram(subject(int(ref.name[1:]))), 64, 64)
 
     run = mask_pictures(pics, {black.image_hash: black}, pics[1:], make, batches.append, MaskQA(), batch=2)
-    assert made == ["p1", "p2", "p4"] and [[m.image_hash for m in b] for b in batches] == [
+    assert made == ["p1", "p2", "p4"] and [[m.image_hash for _, m in b] for b in batches] == [
         [pics[1].hash, pics[2].hash], [pics[4].hash]]
     assert [r.mask for r in run.images] == ["", "mp1", "mp2", "", "mp4"] and run.made == 4
     assert [(ref.name, reason.split(" (")[0]) for ref, reason in run.rejected] == [

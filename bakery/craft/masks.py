@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bakery.craft.batches import make_and_keep
 from bakery.manifest import ImageRef
 
 MODES = ("base", "fast", "base-nightly")
@@ -105,30 +106,18 @@ class MaskRun:
 
 
 def mask_pictures(pictures: Sequence[ImageRef], known: Mapping[str, Mask], todo: Sequence[ImageRef],
-                  make: Callable[[ImageRef], Mask] | None, keep: Callable[[list[Mask]], None], qa: MaskQA,
+                  make: Callable[[ImageRef], Mask] | None, keep: Callable[[list[tuple[ImageRef, Mask]]], None],
+                  qa: MaskQA,
                   advance: Callable[[], None] = lambda: None, batch: int = 32) -> MaskRun:
     """The masks stage: `make` a mask for each picture of `todo`, `keep` them in batches (a killed run
     keeps what it made), then check every picture's mask (known or new) with QA.
 
     `make` raises OSError for a picture it cannot read: that picture trains without masked loss.
     """
-    masks, failed, pending = dict(known), {}, []
-    try:
-        for ref in todo:
-            try:
-                masks[ref.hash] = made = make(ref)  # type: ignore[misc]  (todo is empty without a model)
-            except OSError as exc:  # a file gone from the store, or unreadable
-                failed[ref.hash] = f"cannot read image: {exc}"
-            else:
-                pending.append(made)
-                if len(pending) >= batch:
-                    keep(pending)
-                    pending = []
-            advance()
-    finally:
-        if pending:
-            keep(pending)
-    return judge_masks(pictures, masks, failed, qa, len(todo))
+    made, failed = make_and_keep(todo, make, keep, batch, advance, skip=OSError)  # type: ignore[arg-type]
+    masks = {**known, **{ref.hash: m for ref, m in made.items()}}
+    failed_by = {ref.hash: f"cannot read image: {why}" for ref, why in failed.items()}  # a file gone, or unreadable
+    return judge_masks(pictures, masks, failed_by, qa, len(todo))
 
 
 def judge_masks(pictures: Sequence[ImageRef], masks: Mapping[str, Mask], failed: Mapping[str, str], qa: MaskQA,

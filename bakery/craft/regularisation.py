@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
+from bakery.craft.batches import make_and_keep
 from bakery.craft.buckets import bucket_resolutions, select_bucket
 from bakery.craft.convert import png_bytes
 from bakery.craft.prune import KEEP_TOKENS_SEPARATOR
@@ -113,20 +114,8 @@ def regularise(trainset: TrainSet, jobs: Sequence[RegJob], known: Mapping[RegJob
                advance: Callable[[], None] = lambda: None, batch: int = 8) -> RegRun:
     """Draw every job not `known` (job -> image hash) with `make`, `keep` them in batches (a killed run
     keeps what it drew), and add one regularisation image per job to the training set."""
-    drawn, pending = dict(known), []
-    try:
-        for job in jobs:
-            if job in drawn:
-                continue
-            drawn[job] = made = make(job)  # type: ignore[misc]  (make is None only when nothing is to draw)
-            pending.append((job, made))
-            if len(pending) >= batch:
-                keep(pending)
-                pending = []
-            advance()
-    finally:
-        if pending:
-            keep(pending)
+    todo = list(dict.fromkeys(j for j in jobs if j not in known))  # make is None only when nothing is to draw
+    drawn = {**known, **make_and_keep(todo, make, keep, batch, advance)[0]}  # type: ignore[arg-type]
     reg = [replace(j.source, image_hash=drawn[j], caption=j.prompt, mask_hash="", is_reg=True) for j in jobs]
     out = replace(trainset, images=[*trainset.images, *reg])
     return RegRun(out, {r.subject: j.source.subject for r, j in zip(reg, jobs)}, len(drawn) - len(known))
