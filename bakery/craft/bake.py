@@ -751,7 +751,8 @@ def optimizer_step(t: Training, loss: Any) -> float:
     if t.scaler is not None:
         t.scaler.scale(loss).backward()
         t.scaler.unscale_(t.optimizer)
-        torch.nn.utils.clip_grad_norm_(t.trainable, t.params.max_grad_norm)
+        if t.params.max_grad_norm:  # 0 = no clipping (clipping to norm 0 would zero every gradient)
+            torch.nn.utils.clip_grad_norm_(t.trainable, t.params.max_grad_norm, foreach=True)
         t.scaler.step(t.optimizer)
         t.scaler.update()
     else:
