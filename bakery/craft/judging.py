@@ -127,10 +127,20 @@ def apply_effect_ratio(evals: Sequence[craft.EpochEval], spread: float | None, m
             ev.does_nothing = ev.does_nothing or ev.effect_ratio < min_ratio
 
 
-def judge(taster: xyz.Taster, grid: Mapping[xyz.CellKey, np.ndarray], files: Mapping[int, str], prompts: Sequence[str],
-          triggers: Sequence[str], evals: Sequence[craft.EpochEval], setup: JudgeSetup,
+def flexibility_prompts(setup: JudgeSetup, triggers: Sequence[str], params: EvaluateParams) -> list[str]:
+    """The prompts the flexibility judge asks to be rendered with the grid ([] without a tagger)."""
+    if setup.tagger is None:
+        return []
+    characters = list(dict.fromkeys(h[0] for h in setup.groups.values())) or list(triggers[:1])
+    return J.flex_prompts(params.flexibility_prompts, characters, setup.shown)
+
+
+def judge(taster: xyz.Taster, grid: Mapping[xyz.CellKey, np.ndarray], flex_images: Mapping[xyz.CellKey, np.ndarray],
+          prompts: Sequence[str], triggers: Sequence[str], evals: Sequence[craft.EpochEval], setup: JudgeSetup,
           params: EvaluateParams) -> Judged:
-    """Effect ratio on `evals` (in place), the tag judges, the ranking and their flags."""
+    """Effect ratio on `evals` (in place), the tag judges, the ranking and their flags.
+
+    `flex_images`: the renders of `flexibility_prompts` (rendered with the grid, in its pipeline calls)."""
     spread, seed_renders = spread_of_seeds(taster, grid, prompts, params)
     apply_effect_ratio(evals, spread, params.effect_min_ratio)
     empty = J.TagScores()
@@ -138,13 +148,7 @@ def judge(taster: xyz.Taster, grid: Mapping[xyz.CellKey, np.ndarray], files: Map
                  {"effect": seed_renders, "flexibility": 0, "identity": 0, "bleed": 0})
     if setup.tagger is None:
         return out
-    characters = list(dict.fromkeys(h[0] for h in setup.groups.values())) or list(triggers[:1])
-    out.flex_prompts = J.flex_prompts(params.flexibility_prompts, characters, setup.shown)
-    flex_images = {}
-    if out.flex_prompts:
-        flex_images = xyz.render_grid(taster, files, params.weights, out.flex_prompts, params.seeds[:1],
-                                      params.negative_prompt, params.steps, params.cfg_scale, params.width,
-                                      params.height).images
+    out.flex_prompts = flexibility_prompts(setup, triggers, params)
     out.renders["flexibility"] = len(flex_images)
     tags = tag_images(setup.tagger, {**{("g", *k): v for k, v in grid.items()},
                                      **{("f", *k): v for k, v in flex_images.items()}})

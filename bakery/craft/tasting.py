@@ -77,6 +77,7 @@ def taste(inputs: TasteInputs, params: EvaluateParams, on_cells: Callable[[int],
     grid = xyz.render_grid(
         taster, {e: inputs.files[e] for e in epochs}, grid_weights, prompts, params.seeds, params.negative_prompt,
         params.steps, params.cfg_scale, params.width, params.height, on_cells=on_cells,
+        extra_prompts=judging.flexibility_prompts(inputs.judges, triggers, params),
     )
     evals = [craft.evaluate_epoch(e, {k[1:]: v for k, v in grid.images.items() if k[0] == e}, params.effect_min,
                                   params.fry_threshold, params.fry_max_weight) for e in epochs]
@@ -86,8 +87,7 @@ def taste(inputs: TasteInputs, params: EvaluateParams, on_cells: Callable[[int],
         ev.loss = loss_means.get(ev.epoch)
     loss = craft.loss_choice(loss_means, params.loss_rise_tolerance, params.loss_flat_tolerance)
     validation = craft.validation_curve(inputs.validation_log, params.loss_rise_tolerance)
-    judged = judging.judge(taster, grid.images, {e: inputs.files[e] for e in epochs}, prompts, triggers, evals,
-                           inputs.judges, params)
+    judged = judging.judge(taster, grid.images, grid.extra, prompts, triggers, evals, inputs.judges, params)
     total = total_epochs(last_meta, inputs.files)
     rec = craft.recommend(evals, loss, total, grid_weights, method, validation)
     rec = ranking.ranked_recommendation(rec, judged.ranking, evals, loss, total, grid_weights, method, validation)

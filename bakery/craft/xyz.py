@@ -191,10 +191,14 @@ class Taster:
     def render(self, prompts: Sequence[str], negative: str, seeds: Sequence[int], steps: int, cfg: float,
                width: int, height: int) -> list[np.ndarray]:
         """One image per (prompt, seed), prompt-major; uint8 H x W x 3."""
+        return self.render_jobs([(p, s) for p in prompts for s in seeds], negative, steps, cfg, width, height)
+
+    def render_jobs(self, jobs: Sequence[tuple[str, int]], negative: str, steps: int, cfg: float,
+                    width: int, height: int) -> list[np.ndarray]:
+        """One image per (prompt, seed) job, in order, up to MAX_BATCH per pipeline call; uint8 H x W x 3."""
         import torch
 
         t = time.perf_counter()
-        jobs = [(p, s) for p in prompts for s in seeds]
         out: list[np.ndarray] = []
         for i in range(0, len(jobs), MAX_BATCH):
             chunk = jobs[i : i + MAX_BATCH]
@@ -218,6 +222,7 @@ class Taster:
 class GridRun:
     images: dict[CellKey, np.ndarray] = field(default_factory=dict)
     timings: Timings = field(default_factory=Timings)
+    extra: dict[CellKey, np.ndarray] = field(default_factory=dict)  # the extra prompts' images, first seed only
 
 
 def render_grid(
@@ -232,18 +237,27 @@ def render_grid(
     width: int,
     height: int,
     on_cells: Callable[[int], None] | None = None,
+    extra_prompts: Sequence[str] = (),
 ) -> GridRun:
-    """Every epoch x weight x prompt x seed. Weight 0 and 1 are always rendered (the effect check needs them)."""
+    """Every epoch x weight x prompt x seed. Weight 0 and 1 are always rendered (the effect check needs them).
+
+    `extra_prompts` (e.g. the flexibility judge's) are rendered at the first seed only, in the same
+    pipeline calls as the grid's own cells, into `GridRun.extra` (not in the grid's images).
+    """
     ws = sorted({float(w) for w in weights} | {0.0, 1.0})
     run = GridRun(timings=taster.timings)
+    extra_jobs = [(p, seeds[0]) for p in extra_prompts]
     for epoch in sorted(files):
         taster.load_lora(files[epoch], f"epoch{epoch}")
         for w in ws:
             taster.set_weight(w)
-            imgs = iter(taster.render(prompts, negative, seeds, steps, cfg, width, height))
+            jobs = [(p, s) for p in prompts for s in seeds]
+            imgs = iter(taster.render_jobs(jobs + extra_jobs, negative, steps, cfg, width, height))
             for pi in range(len(prompts)):
                 for s in seeds:
                     run.images[(epoch, w, pi, s)] = next(imgs)
+            for pi, (_, s) in enumerate(extra_jobs):
+                run.extra[(epoch, w, pi, s)] = next(imgs)
             if on_cells:
                 on_cells(len(prompts) * len(seeds))
         taster.unload_lora()
