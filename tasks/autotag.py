@@ -41,7 +41,7 @@ def autotag_params_json(recipe: Recipe) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def _model_path(model: str, base_dir: str) -> Path:
+def model_path(model: str, base_dir: str) -> Path:
     path = Path(model).expanduser()
     if not path.is_absolute() and (Path(base_dir) / path).is_dir():
         return craft.resolve_model(str(Path(base_dir) / path))
@@ -64,7 +64,7 @@ def autotag(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str,
     todo = [r for r in unique if r.hash not in memo]
     notes: list[str] = []  # the picture goes on untagged
     if todo:
-        taggers = [craft.WD14Tagger(_model_path(m, cfg["base_dir"])) for m in (params.model, params.second_model) if m]
+        taggers = [craft.WD14Tagger(model_path(m, cfg["base_dir"])) for m in (params.model, params.second_model) if m]
         logger = get_run_logger()
         logger.info("autotag: %d images with %s on %s", len(todo), [t.folder.name for t in taggers], taggers[0].providers)
         th = craft.Thresholds(params.general_threshold, params.character_threshold, params.keep_rating)

@@ -40,7 +40,7 @@ def bake_params_json(train: TrainParams, buckets: BucketParams, name: str,
                               "validation_timesteps": (validation or ValidationParams()).timesteps})
 
 
-def _model_fingerprint(base_model: str | None) -> str:
+def model_fingerprint(base_model: str | None) -> str:
     """What identifies the base model beyond its name: a local file's size and mtime."""
     if not base_model:
         return ""
@@ -51,7 +51,7 @@ def _model_fingerprint(base_model: str | None) -> str:
 
 def bake_key(trainset: TrainSet, params_json: str, code: str, base_model: str | None) -> str:
     return digest({"trainset": trainset, "params": params_json, "code": code,
-                   "model": _model_fingerprint(base_model)})[:16]
+                   "model": model_fingerprint(base_model)})[:16]
 
 
 class BakeProgress:

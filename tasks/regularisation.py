@@ -29,7 +29,7 @@ from bakery.manifest import ImageRef, StageResult, TrainSet
 from bakery.recipe import Recipe, stage_params_json
 from storage import Catalog, digest_bytes
 from tasks import caching
-from tasks.bake import _model_fingerprint
+from tasks.bake import model_fingerprint
 from tasks.progress import StageProgress
 from tasks.prune import train_caption_rows
 from tasks.stage import RunInfo, Stage, params_hash
@@ -41,8 +41,8 @@ def reg_params_json(recipe: Recipe) -> str:
     return stage_params_json({
         "render": reg.model_dump(mode="json", exclude={"enabled", "size"}), "size": reg.size or b.resolution,
         "buckets": {"min_side": b.min_side, "max_side": b.max_side, "step": b.step},
-        "model": {"base_model": train.base_model, "fingerprint": _model_fingerprint(train.base_model),
-                  "vae": train.vae, "vae_fingerprint": _model_fingerprint(train.vae),
+        "model": {"base_model": train.base_model, "fingerprint": model_fingerprint(train.base_model),
+                  "vae": train.vae, "vae_fingerprint": model_fingerprint(train.vae),
                   "architecture": train.architecture},
         "clip_skip": train.clip_skip, "seed": train.seed,
     })

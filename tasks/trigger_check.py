@@ -29,8 +29,8 @@ from bakery.manifest import StageResult, digest
 from bakery.recipe import AutotagParams, Recipe, TriggerCheckParams
 from storage import Catalog
 from tasks import caching
-from tasks.autotag import _model_path, autotag_params_json
-from tasks.bake import _model_fingerprint
+from tasks.autotag import model_path, autotag_params_json
+from tasks.bake import model_fingerprint
 from tasks.progress import _in_prefect_run
 from tasks.stage import RunInfo, Stage, run_stage, skip_stage
 
@@ -52,10 +52,10 @@ def trigger_check_params_json(recipe: Recipe) -> str:
     t, likeness = recipe.train, _likeness_path(recipe)
     data = {
         "check": recipe.trigger_check.model_dump(mode="json"),
-        "base": {"model": t.base_model, "id": _model_fingerprint(t.base_model), "vae": t.vae,
+        "base": {"model": t.base_model, "id": model_fingerprint(t.base_model), "vae": t.vae,
                  "architecture": t.architecture, "clip_skip": t.clip_skip},
         "tagger": json.loads(autotag_params_json(recipe)) if recipe.autotag.model else None,
-        "embedding": {"model": likeness, "id": _model_fingerprint(likeness)} if likeness else None,
+        "embedding": {"model": likeness, "id": model_fingerprint(likeness)} if likeness else None,
         "device": recipe.evaluate.device,
     }
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
@@ -103,7 +103,7 @@ def tag_renders(cfg: dict, images: list[np.ndarray]) -> list[list[str]] | None:
         return None
     params = AutotagParams.model_validate(cfg["tagger"]["autotag"])
     models = [m for m in (params.model, params.second_model) if m]
-    taggers = [wd14.WD14Tagger(_model_path(m, cfg["tagger"]["base_dir"])) for m in models]
+    taggers = [wd14.WD14Tagger(model_path(m, cfg["tagger"]["base_dir"])) for m in models]
     th = wd14.Thresholds(params.general_threshold, params.character_threshold, False)
     pics = [Image.fromarray(im) for im in images]
     per_model = [t.predict(pics, params.batch_size) for t in taggers]
