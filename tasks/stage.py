@@ -9,6 +9,7 @@ with the same parameters and code, so adding one image processes one image.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sys
 import time
@@ -91,8 +92,9 @@ def skip_stage(run: RunInfo, stage: str, note: str, n_in: int | None = None) -> 
         cat.record_stage(run.run_id, stage, status="skipped", n_in=n_in, duration_s=0.0, message=note)
 
 
+@functools.cache
 def _result_format() -> str:
-    # What every stage returns and how per-image work names its outputs: part of every cache key.
+    # Read once per process (it hashes two modules' source). What every stage returns and how per-image work names its outputs: part of every cache key.
     return code_version(bakery.manifest, sys.modules[__name__])
 
 
