@@ -14,7 +14,7 @@ from bakery.craft import trim as trim_craft
 from bakery.manifest import ImageRef, StageResult
 from bakery.recipe import ConvertParams
 from tasks import caching
-from tasks.stage import RunInfo, Stage, derive_per_image
+from tasks.stage import RunInfo, Stage, derive_per_image, known_pixel_hashes
 
 
 @task(name="convert")
@@ -22,10 +22,12 @@ def convert(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str,
     params = ConvertParams.model_validate_json(params_json)
     run = RunInfo(run_id, workdir, workers)
     store_root = str(run.store.root)
+    known = known_pixel_hashes(run, inputs)  # ingest hashed the pixels of files kept as they are
     return derive_per_image(
         "convert", CONVERT.code_version, inputs, params_json, run,
         work=image_workers.convert_one,
-        make_job=lambda ref: image_workers.ConvertJob(ref, store_root, params.png_compress_level),
+        make_job=lambda ref: image_workers.ConvertJob(ref, store_root, params.png_compress_level,
+                                                      known.get(ref.hash)),
     )
 
 

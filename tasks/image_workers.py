@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image
 
 from bakery.craft import trim as trim_craft
-from bakery.craft.convert import convert_image
+from bakery.craft.convert import convert_image, kept_as_is, pixel_hash
 from bakery.craft.dedupe import perceptual_hash
 from bakery.craft.ingest import Limits, SkipImage, SourceFile, inspect_image
 from bakery.manifest import ImageRef, Skip
@@ -34,7 +34,7 @@ def ingest_one(job: IngestJob) -> dict[str, Any] | Skip:
     try:
         job.limits.check_size(src.size)  # before reading a huge file into memory
         data = Path(src.path).read_bytes()
-        info = inspect_image(data, job.limits)
+        info = inspect_image(data, job.limits, seen=_as_is)
     except SkipImage as exc:
         return Skip(src.path, str(exc))
     except OSError as exc:
@@ -51,7 +51,15 @@ def ingest_one(job: IngestJob) -> dict[str, Any] | Skip:
         "format": info.format,
         "bytes": digest.size,
         "frames": info.frames,
+        "pixel_hash": info.seen and info.seen[0],
+        "pixel_facts": info.seen and info.seen[1],
     }
+
+
+def _as_is(im: Image.Image) -> tuple[str, dict[str, Any] | None] | None:
+    """A picture convert keeps byte for byte: what convert, dedupe and trim want of its pixels,
+    found while ingest has them decoded (the one decode such a picture gets)."""
+    return (pixel_hash(im), _facts_if_any(im)) if kept_as_is(im) else None
 
 
 def pixel_facts(im: Image.Image) -> dict[str, Any]:
@@ -73,6 +81,7 @@ class ConvertJob:
     image: ImageRef
     store_root: str
     compress_level: int
+    pixel_hash: str | None = None  # known pixels (hashed by ingest): a file kept as it is is not decoded
 
 
 def convert_one(job: ConvertJob) -> list[dict[str, Any]] | Skip:
@@ -81,7 +90,7 @@ def convert_one(job: ConvertJob) -> list[dict[str, Any]] | Skip:
     data = store.read_bytes(job.image.hash)
     try:
         # The pixels are decoded here anyway: dedupe and trim find what they need in the catalog.
-        frames = convert_image(data, job.compress_level, facts=_facts_if_any)
+        frames = convert_image(data, job.compress_level, facts=_facts_if_any, known_pixel_hash=job.pixel_hash)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:  # decoded in ingest, but not convertible
         return Skip(job.image.name, f"cannot convert: {type(exc).__name__}: {exc}")
     rows = []

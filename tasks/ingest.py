@@ -136,8 +136,10 @@ def ingest(inputs: Listing, params_json: str, workdir: str, run_id: str, workers
          "source_kind": f.source_kind, "sidecar": f.sidecar}
         for f in inputs.files if f.sha256 in accepted and f.kind == "folder"  # scrape records its own
     ]
+    facts = [{"image_hash": h, **f} for h, row in new_images.items() if (f := row.pop("pixel_facts", None))]
     with Catalog.open(run.catalog) as cat:
         cat.add_images(new_images.values())
+        cat.add_perceptual_hashes(facts)  # of files convert keeps as they are (decoded here, once)
         cat.add_sources(sources, run_id)
 
     result = _pictures(inputs.files, set(accepted))

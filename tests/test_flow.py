@@ -74,13 +74,23 @@ def test_ingest_every_format_and_bad_input(tmp_path: Path):
         assert [Path(p).relative_to(images).as_posix() for p in locations] == ["dup/rgb_identical.png", "good/rgb.png"]
         assert cat.rows("SELECT sidecar FROM sources WHERE location = ?", [str(images / "good/rgb.png")])[0]["sidecar"]
 
-        # Convert: GIF frames become name0001..; every output is an RGB/RGBA PNG in the store.
+        # Convert: GIF frames become name0001..; every output is an RGB/RGBA PNG in the store, or
+        # an upright RGB/RGBA JPEG/WebP/BMP/PNG with no profile, kept as it came (no re-encode).
         expected = sorted(Path(rel).with_suffix("").as_posix() + suf for rel, sufs in GOOD.items() for suf in sufs)
         assert st["convert"]["n_out"] == len(expected) + len(SAME_PIXELS)
         outputs = cat.rows(
-            """SELECT i.* FROM derivations d JOIN images i ON i.hash = d.output_hash WHERE d.stage = 'convert'"""
+            """SELECT i.*, d.input_hash = d.output_hash AS kept FROM derivations d
+               JOIN images i ON i.hash = d.output_hash WHERE d.stage = 'convert'"""
         )
-        assert {(o["format"], o["mode"] in ("RGB", "RGBA")) for o in outputs} == {("PNG", True)}
+        assert all(o["mode"] in ("RGB", "RGBA") for o in outputs)
+        assert {o["format"] for o in outputs if not o["kept"]} == {"PNG"}
+        kept = {o["hash"] for o in outputs if o["kept"]}
+        assert {digest_file(images / rel).sha256 for rel in ("good/photo.jpg", "good/pic.webp", "good/pic.bmp",
+                                                             "good/rgb.png")} <= kept
+        assert digest_file(images / "good/rotated.jpg").sha256 not in kept
+        # Their pixels were hashed once, by ingest, with what dedupe and trim want to know of them.
+        facts = cat.rows("SELECT image_hash FROM perceptual_hashes")
+        assert kept <= {f["image_hash"] for f in facts}
         store = ContentStore(work / "store")
         assert all(store.has(o["hash"]) for o in outputs)
 
@@ -117,8 +127,8 @@ def test_second_run_is_all_cached_and_param_change_reruns_downstream_only(tmp_pa
 
     write_recipe(tmp_path, NO_NEAR + "\n[convert]\npng_compress_level = 6\n")
     third = bake(recipe)
-    # Upscale re-creates the same pixels from the re-encoded files: masks and buckets see the same inputs.
-    assert status(work, third) == every("cached", "ran", masks="cached", buckets="cached")
+    # The JPEGs need no pixel change: convert keeps them as they are, so the later stages see the same files.
+    assert status(work, third) == every("cached", "cached", convert="ran")
     assert stages(work, third)["convert"]["n_processed"] == 4
 
     # One added image: only that image is worked on inside each per-image stage.

@@ -26,7 +26,7 @@ _SRGB = ImageCms.createProfile("sRGB")
 
 @dataclass(frozen=True)
 class ConvertedFrame:
-    png: bytes | None  # None: the input is already a normalised PNG and is kept byte for byte
+    png: bytes | None  # None: the input is already a normalised picture (`kept_as_is`) and is kept byte for byte
     pixel_hash: str
     width: int
     height: int
@@ -115,14 +115,23 @@ def normalise(im: Image.Image) -> Image.Image:
     return out
 
 
-def _is_normalised_png(im: Image.Image) -> bool:
+# Formats kohya sd-scripts lists in IMAGE_EXTENSIONS (.png .jpg .jpeg .webp .bmp) and our bake reads
+# (Pillow): a picture in one of them that needs no pixel change is trained on as it is.
+TRAINABLE_AS_IS = ("PNG", "JPEG", "WEBP", "BMP")
+
+
+def kept_as_is(im: Image.Image) -> bool:
+    """Is this file already the picture convert would make (8-bit RGB/RGBA, upright, no colour profile
+    or transparency key, one frame) in a trainable format? Then it is kept byte for byte: no encode,
+    and for JPEG/WebP no generation loss. Read from the header only."""
     orientation = im.getexif().get(ORIENTATION_TAG, 1)
     return (
-        im.format == "PNG"
+        im.format in TRAINABLE_AS_IS
         and im.mode in ("RGB", "RGBA")
         and getattr(im, "n_frames", 1) == 1
         and orientation in (None, 1)
         and "icc_profile" not in im.info
+        and "transparency" not in im.info
     )
 
 
@@ -181,15 +190,21 @@ def pictures(im: Image.Image, data: bytes) -> tuple[int, Iterator[Image.Image]]:
 
 
 def convert_image(
-    data: bytes, compress_level: int, facts: Callable[[Image.Image], dict[str, Any] | None] | None = None
+    data: bytes, compress_level: int, facts: Callable[[Image.Image], dict[str, Any] | None] | None = None,
+    known_pixel_hash: str | None = None,
 ) -> list[ConvertedFrame]:
-    """All pictures of an (already validated) image, normalised and PNG-encoded.
+    """All pictures of an (already validated) image, normalised and PNG-encoded, or the file itself
+    when it is `kept_as_is`.
 
     `facts(frame)`: anything later stages want to know of each output's pixels, worked
-    out here while they are decoded anyway.
+    out here while they are decoded anyway. `known_pixel_hash`: the file's pixels were
+    hashed when ingest decoded them; a file kept as it is is then not decoded again
+    (and its facts were recorded then).
     """
     with Image.open(io.BytesIO(data)) as im:
-        if _is_normalised_png(im):
+        if kept_as_is(im):
+            if known_pixel_hash:
+                return [ConvertedFrame(None, known_pixel_hash, im.width, im.height, im.mode, "")]
             im.load()
             return [ConvertedFrame(None, pixel_hash(im), im.width, im.height, im.mode, "", facts and facts(im))]
         n_frames, each = pictures(im, data)

@@ -10,9 +10,10 @@ import io
 import os
 import stat
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError, features
 
@@ -61,6 +62,7 @@ class ImageInfo:
     mode: str
     format: str
     frames: int
+    seen: Any = None  # what `inspect_image(..., seen=f)` found in a single picture's decoded pixels
 
 
 @dataclass
@@ -221,8 +223,12 @@ class Limits:
             )
 
 
-def inspect_image(data: bytes, limits: Limits) -> ImageInfo:
-    """Decode every frame fully; raise SkipImage with the reason if unusable."""
+def inspect_image(data: bytes, limits: Limits, seen: Callable[[Image.Image], Any] | None = None) -> ImageInfo:
+    """Decode every frame fully; raise SkipImage with the reason if unusable.
+
+    `seen(im)`: called on a single picture once it is decoded, so that later stages need
+    not decode it again (convert keeps such a file byte for byte); its result is `.seen`.
+    """
     if not data:
         raise SkipImage("empty file (0 bytes)")
     if _avif_missing(data):
@@ -250,4 +256,5 @@ def inspect_image(data: bytes, limits: Limits) -> ImageInfo:
                     im.load()
             except Exception as exc:
                 raise SkipImage(f"corrupt or truncated image data: {type(exc).__name__}: {exc}") from None
-            return ImageInfo(im.width, im.height, im.mode, fmt, frames)
+            found = seen(im) if seen is not None and frames == 1 else None
+            return ImageInfo(im.width, im.height, im.mode, fmt, frames, found)

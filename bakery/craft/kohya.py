@@ -1,6 +1,6 @@
 """Export a training set in kohya sd-scripts' layout, with its two TOML files.
 
-OUT/img/<N>_<folder>/<name>.png + <name>.txt   training images and captions
+OUT/img/<N>_<folder>/<name>.png + <name>.txt   training images (.jpg/.webp/.bmp: kept as ingested) and captions
 OUT/reg/<N>_<folder>/<name>.png (+ .txt)       regularisation images
 OUT/dataset_config.toml                        `--dataset_config` (one subset per folder)
 OUT/train_network.toml                         `--config_file` for train_network.py / sdxl_train_network.py
@@ -242,6 +242,17 @@ def masked_png(image: Path, mask: Path | None, target: Path) -> None:
     rgba.save(target, "PNG")
 
 
+# The suffix sd-scripts finds a picture by (its IMAGE_EXTENSIONS); convert keeps trainable
+# JPEG/WebP/BMP files as they are, every other stored picture is a PNG.
+SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp"}
+
+
+def image_suffix(path: Path) -> str:
+    """The suffix of a stored picture's own format (read from its header)."""
+    with Image.open(path) as im:
+        return SUFFIXES.get(im.format or "", ".png")
+
+
 def export(out: Path, images: Sequence[TrainImage], store_path: Callable[[str], Path], settings: TrainSettings,
            heads: Mapping[str, int], keep_tokens_separator: bool = False) -> dict[str, Path]:
     """Write the folders and both TOML files; returns their paths."""
@@ -253,7 +264,8 @@ def export(out: Path, images: Sequence[TrainImage], store_path: Callable[[str], 
             masked_png(store_path(t.image_hash), store_path(t.mask_hash) if t.mask_hash else None,
                        base / f"{t.name}.png")
         else:
-            shutil.copyfile(store_path(t.image_hash), base / f"{t.name}.png")
+            source = store_path(t.image_hash)
+            shutil.copyfile(source, base / f"{t.name}{image_suffix(source)}")
         if t.caption:  # no file = empty caption (style mode "no tags"); sd-scripts rejects empty files
             (base / f"{t.name}{CAPTION_EXTENSION}").write_text(t.caption, encoding="utf-8")
     has_reg = any(t.is_reg for t in images)
