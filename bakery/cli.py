@@ -111,8 +111,8 @@ def execute(
 ) -> str:
     """Run a recipe through the flow (shared by `run` and `demo`); returns the run id."""
     from bakery.stages import plan_run
-    from flows.bake import BUILT, bake_lora
-    from flows.runtime import prefect_api
+    from flows.bake import BUILT, bake_lora, replay_cached
+    from flows.runtime import configured_api, prefect_api
     from tasks.runlog import short_console
 
     recipe = _load(recipe_path)
@@ -121,6 +121,11 @@ def execute(
     except PlanError as exc:
         fail(str(exc), code=2)
     _quiet_prefect_defaults()
+    # Every stage cached and no server configured: no temporary server to start (it is most of the time).
+    if not configured_api() and (run_id := replay_cached(str(recipe_path.resolve()), from_stage, only_stage, to_stage)):
+        typer.echo("every stage cached: recorded in the catalog without a Prefect run (no server configured)")
+        _print_run(recipe, run_id)
+        return run_id
     with prefect_api(recipe.workdir / "logs"), short_console():
         try:
             run_id = bake_lora(str(recipe_path.resolve()), from_stage, only_stage, to_stage)

@@ -2,6 +2,7 @@
 """Benchmark the bake (LoRA training) loop.
 
     .venv/bin/python benchmarks/bake.py [--steps 40] [--json out.json] [--strict] [--skip-cuda]
+    .venv/bin/python benchmarks/bake.py --compare [...]   # our trainer vs sd-scripts: benchmarks/bake_compare.py
 
 CPU, tiny model (bakery/testmodels/tiny_sd15.py, random weights): LoRA dim 8 alpha 4,
 batch 2, 64 px, AdamW, text encoder trained, measured twice, each in a fresh
@@ -196,6 +197,11 @@ def _child(kind: str, steps: int, vae: str = "tiny") -> dict:
 
 
 def main() -> int:
+    if "--compare" in sys.argv[1:]:  # real-size SD1.5/SDXL, ours against sd-scripts (bake_compare.py)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bake_compare
+
+        return bake_compare.main([a for a in sys.argv[1:] if a != "--compare"])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40, help="measured steps per configuration (after epoch 1)")
     ap.add_argument("--json", help="write the results here")

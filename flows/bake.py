@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet
@@ -26,7 +26,7 @@ from tasks.regularisation import REGULARISATION, record_trainset, reg_params_jso
 from tasks.report import run_summary_markdown
 from tasks.runlog import run_log
 from tasks.scrape import SCRAPE, booru_specs
-from tasks.stage import RunInfo, begin_run, end_run, run_stage, skip_stage
+from tasks.stage import REPLAYING, NotReplayed, RunInfo, begin_run, call, end_run, forget_run, run_logger, run_stage, skip_stage
 from tasks.trigger_check import TRIGGER_CHECK, check_triggers
 from tasks.trim import TRIM
 from tasks.upscale import UPSCALE, upscale_params_json
@@ -60,7 +60,7 @@ def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]
     """Sources to a clean set of originals: scan (+ scrape) -> ingest -> convert -> dedupe."""
     recipe = load_recipe(recipe_path)
     params = {"ingest": recipe.ingest, "convert": recipe.convert, "dedupe": recipe.dedupe}
-    inputs: object = scan_sources(_folders(recipe), str(recipe.workdir / "cache" / "source-digests.json"))
+    inputs: object = call(scan_sources, _folders(recipe), str(recipe.workdir / "cache" / "source-digests.json"))
     boorus = booru_specs(recipe)
     if boorus and SCRAPE.name in stages:  # scrape first: its downloads join the folder listing
         again = SCRAPE.name in refresh or recipe.scrape.recheck  # the site may have new posts
@@ -111,7 +111,8 @@ def caption(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[s
         result = run_stage(AUTOTAG, images, autotag_params_json(recipe), run, "autotag" in refresh)
         images = result.images
     if "prune" in stages and recipe.concepts:
-        result = run_stage(PRUNE, caption_sources(images, run.workdir), prune_params_json(recipe), run, "prune" in refresh)
+        result = run_stage(PRUNE, call(caption_sources, images, run.workdir), prune_params_json(recipe), run,
+                           "prune" in refresh)
     return result
 
 
@@ -156,7 +157,7 @@ def bake_and_taste(recipe: Recipe, run: RunInfo, trainset: TrainSet, plan: Plan)
         trainset = regularise(recipe, run, trainset, plan.refreshes(REGULARISATION.name))
     if recipe.train.base_model is None:
         if BAKE.name in plan.stages:
-            get_run_logger().warning(
+            run_logger().warning(
                 "bake: not run, no base model: set [train] base_model (a .safetensors checkpoint, "
                 "a diffusers folder, a hub id, or \"tiny\" for the test model)"
             )
@@ -181,7 +182,7 @@ def bake_lora(
     try:
         with use_runner(_runner(recipe)), run_log(run):  # WORKDIR/logs/run-<id>.log: the run's log in full
             stages, refresh = list(plan.stages), sorted(plan.refresh)
-            images = gather(recipe_path, run, stages, refresh)
+            images = call(gather, recipe_path, run, stages, refresh)
             if PREPARE[0].name in stages:
                 images = prepare(recipe, run, images, stages, refresh)
             captioned = caption(recipe, run, images, stages, refresh)
@@ -189,8 +190,32 @@ def bake_lora(
             if trainset is not None and trainset.images:
                 bake_and_taste(recipe, run, trainset, plan)
     except BaseException as exc:
+        if REPLAYING.get() and isinstance(exc, Exception) and not isinstance(exc, NotReplayed):
+            raise NotReplayed(run.run_id, f"{type(exc).__name__}: {exc}") from exc
         end_run(run, "failed", f"{type(exc).__name__}: {exc}")
         raise
     end_run(run, "completed")
-    create_markdown_artifact(run_summary_markdown(run), key="bake-summary", description="Stages of this run")
+    if not REPLAYING.get():
+        create_markdown_artifact(run_summary_markdown(run), key="bake-summary", description="Stages of this run")
     return run.run_id
+
+
+def replay_cached(recipe_path: str, from_stage: str | None = None, only_stage: str | None = None,
+                  to_stage: str | None = None) -> str | None:
+    """The run without Prefect when every stage of it is cached: the same flow code, each stage's result read
+    where Prefect persisted it under the same cache key, the run recorded in the catalog as a Prefect run is.
+    None (and no trace in the catalog) when a stage has to run, or anything goes wrong: run it with Prefect.
+
+    For a run with no server configured only: a temporary server's dashboard is gone with the command, and
+    starting it is most of a cached run's time. With a server, runs go through it and show in its dashboard.
+    """
+    token = REPLAYING.set(True)
+    try:
+        return bake_lora.fn(recipe_path, from_stage, only_stage, to_stage)
+    except NotReplayed as exc:
+        forget_run(load_recipe(recipe_path).workdir, exc.run_id)
+    except Exception:  # noqa: BLE001 - before the run began (e.g. a bad recipe): the Prefect run reports it
+        pass
+    finally:
+        REPLAYING.reset(token)
+    return None

@@ -82,12 +82,19 @@ def _temporary_server(log_file: Path) -> Iterator[str]:
             proc.wait()
 
 
+def configured_api() -> str | None:
+    """The Prefect server runs report to (PREFECT_API_URL), if one is configured."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
 @contextmanager
 def prefect_api(log_dir: Path) -> Iterator[str]:
     """Yield the API URL flows report to for the duration of the block."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    configured = PREFECT_API_URL.value()
+    configured = configured_api()
     if configured:
         try:
             yield configured

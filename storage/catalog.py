@@ -729,6 +729,15 @@ class Catalog:
             "UPDATE runs SET status = ?, message = ?, finished_at = ? WHERE run_id = ?", [status, message, now(), run_id]
         )
 
+    def forget_run(self, run_id: str) -> None:
+        """Delete every row of this run, in every table with a run_id column."""
+        tables = self.con.execute(
+            """SELECT DISTINCT c.table_name FROM information_schema.columns c JOIN information_schema.tables t
+               USING (table_schema, table_name) WHERE c.column_name = 'run_id' AND t.table_type = 'BASE TABLE'"""
+        ).fetchall()
+        for (table,) in tables:
+            self.con.execute(f'DELETE FROM "{table}" WHERE run_id = ?', [run_id])
+
     def record_stage(self, run_id: str, stage: str, **fields: Any) -> None:
         self._insert("stage_runs", [{"run_id": run_id, "stage": stage, "started_at": now(), **fields}], verb="INSERT OR REPLACE")
 

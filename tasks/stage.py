@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import sys
 import time
 import uuid
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import Task, get_run_logger
-from prefect.context import FlowRunContext
+from prefect.context import FlowRunContext, TaskRunContext
 
 import bakery.manifest
 from bakery.account import Account, account
@@ -32,6 +34,29 @@ from tasks.pool import map_images
 from tasks.runlog import brief, write_skips
 
 RESULTS_DIR = "results"
+
+# Set while a run is replayed from the stage cache without Prefect (flows/bake.py `replay_cached`).
+REPLAYING: ContextVar[bool] = ContextVar("bakery_replaying", default=False)
+
+
+class NotReplayed(Exception):
+    """A replayed run met a stage that has to run (or anything else): the run goes through Prefect instead."""
+
+    def __init__(self, run_id: str, why: str):
+        self.run_id = run_id
+        super().__init__(why)
+
+
+def call(prefect_callable: Any, *args: Any, **kwargs: Any) -> Any:
+    """A task or subflow called through Prefect, or as its plain function while a run is replayed."""
+    return prefect_callable.fn(*args, **kwargs) if REPLAYING.get() else prefect_callable(*args, **kwargs)
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger, or the logger it writes to when a replayed run has no Prefect run."""
+    if FlowRunContext.get() or TaskRunContext.get():
+        return get_run_logger()
+    return logging.getLogger("prefect.flow_runs")
 
 
 @dataclass(frozen=True)
@@ -75,8 +100,14 @@ def begin_run(workdir: Path, recipe_path: str, recipe_hash: str, recipe_json: st
     with Catalog.open(run.catalog) as cat:
         cat.start_run(run.run_id, recipe_path, recipe_hash, recipe_json, flow_run_id)
     if swept := run.store.sweep_leftovers():
-        get_run_logger().info("removed %d half-written file(s) an interrupted run left in %s/tmp", swept, STORE_DIR)
+        run_logger().info("removed %d half-written file(s) an interrupted run left in %s/tmp", swept, STORE_DIR)
     return run
+
+
+def forget_run(workdir: str | Path, run_id: str) -> None:
+    """Every catalog row of a replay that stopped (the run goes through Prefect under a run id of its own)."""
+    with Catalog.open(RunInfo(run_id, str(workdir)).catalog) as cat:
+        cat.forget_run(run_id)
 
 
 def end_run(run: RunInfo, status: str, message: str | None = None) -> None:
@@ -106,13 +137,14 @@ def run_stage(
     `extra`: further keyword arguments for the task, outside its cache key (things
     its inputs already identify, e.g. the training set of a bake for evaluate).
     """
-    task = stage.task.with_options(
-        cache_key_fn=stage_cache_key_fn(stage.name, stage.code_version + _result_format()),
-        result_storage=Path(run.workdir) / RESULTS_DIR,
-        persist_result=True,
-        refresh_cache=refresh,
-    )
+    key_fn = stage_cache_key_fn(stage.name, stage.code_version + _result_format())
     started = time.monotonic()
+    if REPLAYING.get():
+        result = _replayed(stage.name, key_fn, inputs, params_json, run, refresh)
+        return _recorded(stage.name, inputs, result, run, True, time.monotonic() - started)
+    task = stage.task.with_options(
+        cache_key_fn=key_fn, result_storage=Path(run.workdir) / RESULTS_DIR, persist_result=True, refresh_cache=refresh,
+    )
     state = task(
         inputs=inputs, params_json=params_json, workdir=run.workdir, run_id=run.run_id, workers=run.workers,
         return_state=True, **(extra or {}),
@@ -128,20 +160,35 @@ def run_stage(
         with Catalog.open(run.catalog) as cat:
             cat.record_stage(run.run_id, stage.name, status="failed", duration_s=duration, message=reason)
         raise StageFailed(stage.name, reason)
-    result: StageResult = state.result()
-    cached = state.name == "Cached"
+    return _recorded(stage.name, inputs, state.result(), run, state.name == "Cached", duration)
+
+
+def _recorded(name: str, inputs: Any, result: StageResult, run: RunInfo, cached: bool, duration: float) -> StageResult:
     subjects = picture_subjects(inputs)
     books = account(subjects, result) if subjects is not None else None
-    _record_stage(stage.name, run, result, cached, duration, books)
+    _record_stage(name, run, result, cached, duration, books)
     if books is not None and not books.ok:
-        raise StageFailed(stage.name, books.problem(stage.name))
+        raise StageFailed(name, books.problem(name))
     return result
+
+
+def _replayed(name: str, key_fn: Callable[[Any, dict[str, Any]], str], inputs: Any, params_json: str, run: RunInfo,
+              refresh: bool) -> StageResult:
+    """The stage's result as Prefect persisted it under the same cache key; NotReplayed when it has to run."""
+    from prefect.filesystems import LocalFileSystem
+    from prefect.results import ResultStore
+
+    key = key_fn(None, {"inputs": inputs, "params_json": params_json, "workdir": run.workdir})
+    folder = Path(run.workdir) / RESULTS_DIR
+    if refresh or not (folder / key).is_file():
+        raise NotReplayed(run.run_id, f"stage {name} is not cached")
+    return ResultStore(result_storage=LocalFileSystem(basepath=str(folder))).read(key).result
 
 
 def _record_stage(name: str, run: RunInfo, result: StageResult, cached: bool, duration: float,
                   books: Account | None) -> None:
     """The stage's row in `stage_runs` (with its picture account), its skips and warnings; one log line."""
-    logger = get_run_logger()
+    logger = run_logger()
     n_in = books.n_in if books else result.n_in
     status = "cached" if cached else "ran"
     message = None

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from prefect import get_run_logger, task
+from prefect import task
 
 from bakery.craft import trigger_check as craft
 from bakery.craft import wd14, xyz
@@ -32,7 +32,7 @@ from tasks import caching
 from tasks.autotag import model_path, autotag_params_json
 from tasks.bake import model_fingerprint
 from tasks.progress import _in_prefect_run
-from tasks.stage import RunInfo, Stage, run_stage, skip_stage
+from tasks.stage import RunInfo, Stage, run_logger, run_stage, skip_stage
 
 
 class ContaminatedTrigger(RuntimeError):
@@ -78,12 +78,12 @@ def check_triggers(recipe: Recipe, run: RunInfo, triggers: list[str], refresh: b
     note = skip_note(recipe, triggers)
     if note is not None:
         skip_stage(run, TRIGGER_CHECK.name, note, n_in=len(triggers))
-        get_run_logger().warning("trigger_check: skipped: %s", note)
+        run_logger().warning("trigger_check: skipped: %s", note)
         return None
     result = run_stage(TRIGGER_CHECK, sorted(set(triggers)), trigger_check_params_json(recipe), run, refresh)
     for verdict in (craft.Verdict(**v) for v in result.payload):  # contaminated ones: the stage's warnings
         if verdict.verdict == craft.FREE:
-            get_run_logger().info("trigger_check: %s", verdict.note)
+            run_logger().info("trigger_check: %s", verdict.note)
     return result
 
 

@@ -206,3 +206,41 @@ def test_plan_to_stops_after_a_stage_without_forcing_it():
         plan_run(built, from_stage="alpha", to_stage="convert")
     with pytest.raises(PlanError, match="not both"):
         plan_run(built, only_stage="alpha", to_stage="convert")
+
+
+def _stage_rows(workdir: Path, run_id: str) -> dict[str, tuple]:
+    """What a run recorded of each stage, durations and times left out."""
+    keys = ("status", "n_in", "n_out", "n_processed", "n_skipped", "n_split", "n_lost", "message")
+    return {name: tuple(row[k] for k in keys) for name, row in stages(workdir, run_id).items()}
+
+
+def _count(workdir: Path, table: str) -> int:
+    with Catalog.open(workdir, read_only=True) as cat:
+        return cat.rows(f"SELECT count(*) AS n FROM {table}")[0]["n"]
+
+
+def test_a_run_with_every_stage_cached_is_replayed_without_prefect_and_recorded_the_same(tmp_path: Path):
+    from flows.bake import replay_cached
+
+    images = write_sample_folder(tmp_path / "images")
+    recipe = write_recipe(tmp_path, NO_NEAR)
+    work = tmp_path / "work"
+    first = bake(recipe)
+    assert replay_cached(str(recipe), from_stage="dedupe") is None  # a refresh always goes through Prefect
+    second = bake(recipe)
+    replayed = replay_cached(str(recipe))
+    assert replayed not in (None, first, second)
+    assert status(work, replayed) == every("cached", "cached")
+    assert _stage_rows(work, replayed) == _stage_rows(work, second)
+    with Catalog.open(work, read_only=True) as cat:
+        run = cat.rows("SELECT * FROM runs WHERE run_id = ?", [replayed])[0]
+        assert (run["status"], run["flow_run_id"]) == ("completed", None) and cat.last_run()["run_id"] == replayed
+        skips = {r: sorted((s["stage"], s["subject"], s["reason"]) for s in cat.skips_for(r)) for r in (second, replayed)}
+    assert skips[replayed] == skips[second] and skips[replayed]  # the bad inputs are still named
+
+    # A new picture: ingest has to run. The replay stops there and leaves nothing behind.
+    n_runs, n_stage_rows, n_skips = _count(work, "runs"), _count(work, "stage_runs"), _count(work, "skips")
+    gradient(99, 77, seed=42).save(images / "new.png")
+    assert replay_cached(str(recipe)) is None
+    assert (_count(work, "runs"), _count(work, "stage_runs"), _count(work, "skips")) == (n_runs, n_stage_rows, n_skips)
+    assert status(work, bake(recipe))["ingest"] == "ran"
