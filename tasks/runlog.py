@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from tasks.stage import RunInfo
 
 LOGS_DIR = "logs"
-RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")  # where get_run_logger() and Prefect's engine log a run
+REPLAY_LOGGER = "bakery.replay"  # a run replayed from the stage cache, without Prefect (tasks/stage.py)
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", REPLAY_LOGGER)  # get_run_logger(), Prefect's engine
 _latest: list[Path] = []  # the run log this process opened last: the console's short lines point to it
 
 

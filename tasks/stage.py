@@ -31,7 +31,7 @@ from bakery.manifest import ImageRef, Skip, StageResult, picture_subjects
 from storage import STORE_DIR, Catalog, ContentStore
 from tasks.caching import code_version, stage_cache_key_fn
 from tasks.pool import map_images
-from tasks.runlog import brief, write_skips
+from tasks.runlog import REPLAY_LOGGER, brief, write_skips
 
 RESULTS_DIR = "results"
 
@@ -53,10 +53,12 @@ def call(prefect_callable: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:
-    """Prefect's run logger, or the logger it writes to when a replayed run has no Prefect run."""
+    """Prefect's run logger, or (a replayed run has no Prefect run) one that writes to the run's log file only."""
     if FlowRunContext.get() or TaskRunContext.get():
         return get_run_logger()
-    return logging.getLogger("prefect.flow_runs")
+    logger = logging.getLogger(REPLAY_LOGGER)
+    logger.setLevel(logging.INFO)
+    return logger
 
 
 @dataclass(frozen=True)
