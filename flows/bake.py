@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet
 from bakery.recipe import Recipe, load_recipe, stage_params_json
 from bakery.stages import Plan, plan_run
+from storage import Catalog
 from tasks.alpha import ALPHA
 from tasks.autotag import AUTOTAG, autotag_params_json
 from tasks.bake import BAKE, bake_params_json
@@ -211,9 +212,12 @@ def replay_cached(recipe_path: str, from_stage: str | None = None, only_stage: s
     """
     token = REPLAYING.set(True)
     try:
-        return bake_lora.fn(recipe_path, from_stage, only_stage, to_stage)
+        catalog = RunInfo("", str(load_recipe(recipe_path).workdir)).catalog
+        if catalog.is_file():  # else a first run
+            with Catalog.held(catalog):  # one connection for the run, not one per stage
+                return bake_lora.fn(recipe_path, from_stage, only_stage, to_stage)
     except NotReplayed as exc:
-        forget_run(load_recipe(recipe_path).workdir, exc.run_id)
+        forget_run(catalog.parent, exc.run_id)
     except Exception:  # noqa: BLE001 - before the run began (e.g. a bad recipe): the Prefect run reports it
         pass
     finally:
