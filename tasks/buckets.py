@@ -33,6 +33,7 @@ def buckets_params_json(params: BucketParams, keep_boxes: dict[str, list[float]]
 def buckets(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, workers: int | None) -> StageResult:
     cfg = json.loads(params_json)
     keep_boxes = cfg.pop("keep_boxes", {})  # the crop edits: what each picture's bucket crop must keep
+    # TODO(merge with issue 16, framing): hand keep_boxes to the bucket crop that keeps a box.
     params = BucketParams.model_validate(cfg)
     params_json = stage_params_json(cfg)  # snap's derivations: the same with or without crop edits
     run = RunInfo(run_id, workdir, workers)

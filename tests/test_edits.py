@@ -11,6 +11,7 @@ from bakery import edits as api
 from bakery.craft import edits as craft
 from bakery.craft.edits import Edit, EditError
 from storage import Catalog
+from tests.test_captions_flow import CONCEPTS  # CharaA (chara/*) and its outfit Outfit1 (chara/outfit1/*)
 
 
 def E(i: int, kind: str, target: str, payload: dict | None = None, reason: str = "") -> Edit:
@@ -171,17 +172,6 @@ def test_a_locked_catalog_gives_one_clear_line(tmp_path: Path):
 
 
 # -- a real `bakery run` applying them ----------------------------------------------------------
-FLOW_CONCEPTS = """
-[[concepts]]
-name = "CharaA"
-trigger = "CharaA"
-paths = ["chara/*"]
-
-[[concepts.outfits]]
-name = "Outfit1"
-trigger = "Outfit1"
-paths = ["chara/outfit1/*"]
-"""
 PREPARE = ("alpha", "trim", "upscale", "masks", "buckets")
 
 
@@ -239,7 +229,7 @@ def test_a_run_applies_the_edits_and_reruns_only_the_concerned_stages(tmp_path: 
     recipe = tmp_path / "recipe.toml"
     from tests.conftest import write_recipe
 
-    write_recipe(tmp_path, FLOW_CONCEPTS + '\n[captions]\nsynonyms = {}\n')
+    write_recipe(tmp_path, CONCEPTS + '\n[captions]\nsynonyms = {}\n')
     work = tmp_path / "work"
     first = bake_lora(str(recipe))
     assert _ran(work, first) >= {"ingest", "convert", "dedupe", *PREPARE, "prune"}
@@ -323,7 +313,7 @@ def test_cli_edit_edits_and_provenance_show_the_edit(tmp_path: Path):
     from tests.conftest import write_recipe
 
     _edit_dataset(tmp_path)
-    recipe = write_recipe(tmp_path, FLOW_CONCEPTS)
+    recipe = write_recipe(tmp_path, CONCEPTS)
     bake_lora(str(recipe))
     cli = CliRunner()
     done = cli.invoke(app, ["edit", str(recipe), "add_tags", "chara/a", "blue sky", "--reason", "the sky"])
