@@ -221,85 +221,91 @@ def _export(recipe: Path, out: Path) -> dict[tuple[str, str], str]:
             for p in sorted((out / "img").glob("*/*.txt"))}
 
 
-@pytest.mark.usefixtures("prefect_server")
-def test_a_run_applies_the_edits_and_reruns_only_the_concerned_stages(tmp_path: Path):
+def _first_run(tmp_path: Path) -> tuple[Path, Path, dict, str]:
+    """The dataset baked once: the recipe, the work dir, its export, and the near-duplicate dedupe dropped."""
     from flows.bake import bake_lora
-
-    _edit_dataset(tmp_path)
-    recipe = tmp_path / "recipe.toml"
     from tests.conftest import write_recipe
 
-    write_recipe(tmp_path, CONCEPTS + '\n[captions]\nsynonyms = {}\n')
+    _edit_dataset(tmp_path)
+    recipe = write_recipe(tmp_path, CONCEPTS + "\n[captions]\nsynonyms = {}\n")  # circlet stays circlet
     work = tmp_path / "work"
     first = bake_lora(str(recipe))
     assert _ran(work, first) >= {"ingest", "convert", "dedupe", *PREPARE, "prune"}
-    before = _export(recipe, tmp_path / "out1")
     with Catalog.open(work, read_only=True) as cat:
         dropped = [s["subject"] for s in cat.skips_for(first) if s["reason"].startswith("near duplicate")]
         folders = {r["name"]: r["folder"] for r in cat.train_captions(first)}
     assert len(dropped) == 1 and dropped[0] in ("chara/b", "chara/b2")
-    kept_twin = ({"chara/b", "chara/b2"} - set(dropped)).pop()
     assert folders["chara_c"] == "CharaA" and "chara_e" in folders
+    return recipe, work, _export(recipe, tmp_path / "out1"), dropped[0]
 
-    # Tag edits, an exclude and a move: prune (and nothing before it) runs again.
+
+def _prune_edits(recipe: Path, work: Path, before: dict) -> tuple[dict, str]:
+    """Tag edits, an exclude and a move (and one undone): prune alone runs again; the export changes as edited."""
+    from flows.bake import bake_lora
+
     api.add_edit(work, "add_tags", "chara/a", {"tags": ["blue sky"]}, "the sky shows")
     api.add_edit(work, "remove_tags", "chara_a", {"tags": ["smile"]})  # its kohya file name
-    repeats_dir = next(p.name for p in (tmp_path / "out1/img").iterdir() if p.name.endswith("_CharaA"))
+    repeats_dir = next(p.name for p in (recipe.parent / "out1/img").iterdir() if p.name.endswith("_CharaA"))
     api.add_edit(work, "replace_tag", repeats_dir, {"old": "circlet", "new": "tiara"}, "it is a tiara")
     excluded = api.add_edit(work, "exclude", "chara/e", {}, "blurry")
     api.add_edit(work, "move", "chara/c", {"folder": "Outfit1"})
-    undone = api.add_edit(work, "exclude", "chara/a", {}, "changed my mind")
-    api.undo_edit(work, undone.id)
+    api.undo_edit(work, api.add_edit(work, "exclude", "chara/a", {}, "changed my mind").id)
     with pytest.raises(EditError, match="target: no picture 'chara/zz' in the last run"):
         api.add_edit(work, "exclude", "chara/zz")
     with pytest.raises(EditError, match="folder: no folder 'Nowhere'"):
         api.add_edit(work, "move", "chara/c", {"folder": "Nowhere"})
     second = bake_lora(str(recipe))
     assert _ran(work, second) == {"prune"}, _statuses(work, second)
-    after = _export(recipe, tmp_path / "out2")
+    after = _export(recipe, recipe.parent / "out2")
     expected = dict(before)
     expected[("CharaA", "chara_a")] = before[("CharaA", "chara_a")].replace("smile, ", "") + ", blue_sky"
+    expected[("Outfit1", "chara_c")] = "CharaA, Outfit1, " + expected.pop(("CharaA", "chara_c")).split(", ", 1)[1]
     del expected[("CharaA", "chara_e")]
-    expected[("Outfit1", "chara_c")] = "CharaA, Outfit1, " + before.pop(("CharaA", "chara_c")).split(", ", 1)[1]
-    del expected[("CharaA", "chara_c")]
     expected = {k: v.replace("circlet", "tiara") if k[0] == "CharaA" else v for k, v in expected.items()}
     assert after == expected
     assert "circlet" in after[("Outfit1", "chara_outfit1_o")]  # replace_tag stays in its folder
     with Catalog.open(work, read_only=True) as cat:
         skips = {s["subject"]: s["reason"] for s in cat.skips_for(second) if s["stage"] == "prune"}
     assert skips == {"chara/e": f"excluded by edit #{excluded.id}: blurry"}
+    return after, repeats_dir
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_run_applies_the_edits_and_reruns_only_the_concerned_stages(tmp_path: Path):
+    import json
+    import shutil
+
+    from flows.bake import bake_lora
+
+    recipe, work, before, dropped = _first_run(tmp_path)
+    after, repeats_dir = _prune_edits(recipe, work, before)
 
     # A crop: buckets alone runs again (its pictures are the same, so prune comes back cached).
     api.add_edit(work, "crop", "chara_a", {"keep": [0.25, 0, 0.75, 1]}, "keep the face")
     third = bake_lora(str(recipe))
     assert _ran(work, third) == {"buckets"}, _statuses(work, third)
-    import json
-
     assignment = json.loads((work / "reports/buckets.json").read_text(encoding="utf-8"))
     assert assignment["chara/a"]["keep_box"] == [0.25, 0.0, 0.75, 1.0] and "keep_box" not in assignment["chara/c"]
 
     # Keep the dropped near-duplicate: dedupe runs, and the stages after it work on that one picture only.
-    api.add_edit(work, "keep_duplicate", dropped[0], {}, "another expression")
-    fourth = bake_lora(str(recipe))
-    table = _statuses(work, fourth)
+    api.add_edit(work, "keep_duplicate", dropped, {}, "another expression")
+    table = _statuses(work, bake_lora(str(recipe)))
     assert table["ingest"][0] == table["convert"][0] == "cached" and table["dedupe"][0] == "ran"
     assert all(table[s][1] <= 1 for s in PREPARE[:-1]), table  # buckets re-places all from the catalog's sizes
     final = _export(recipe, tmp_path / "out3")
-    twin_file = dropped[0].replace("/", "_")
-    assert final[("CharaA", twin_file)] == final[("CharaA", kept_twin.replace("/", "_"))]
-    assert set(final) - set(after) == {("CharaA", twin_file)}
+    twin, kept = dropped.replace("/", "_"), ({"chara/b", "chara/b2"} - {dropped}).pop().replace("/", "_")
+    assert final[("CharaA", twin)] == final[("CharaA", kept)]
+    assert set(final) - set(after) == {("CharaA", twin)}
 
     # Nothing new: every stage cached. Then the edits travel: export, a fresh work dir imports them on its run.
     fifth = bake_lora(str(recipe))
     assert _ran(work, fifth) == set(), _statuses(work, fifth)
     assert api.export_edits(work, api.edits_file(recipe)) == 8  # the undone one too
-    import shutil
-
     shutil.rmtree(work)
     sixth = bake_lora(str(recipe))
     assert [(e.kind, e.target) for e in api.list_edits(work)] == [
         ("add_tags", "chara/a"), ("remove_tags", "chara_a"), ("replace_tag", repeats_dir), ("exclude", "chara/e"),
-        ("move", "chara/c"), ("crop", "chara_a"), ("keep_duplicate", dropped[0])]
+        ("move", "chara/c"), ("crop", "chara_a"), ("keep_duplicate", dropped)]
     assert _export(recipe, tmp_path / "out4") == final
     assert _ran(work, sixth) >= {"ingest", "prune"}
 
