@@ -76,7 +76,8 @@ def export_kohya(recipe: Recipe, out: Path, force: bool = False) -> Exported:
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     rules, _, _ = prune_craft.layout(concept_specs(recipe), [])
-    heads = {r.folder: len(prune_craft.caption_parts(r, [])[0]) for r in rules}
+    prefix = len(recipe.captions.prefix_tags)  # written before the triggers: kept first too
+    heads = {r.folder: prefix + len(prune_craft.caption_parts(r, [])[0]) for r in rules}
     triggers = list(dict.fromkeys(t for r in rules for t in prune_craft.caption_parts(r, [])[0]))
     unet_only = any(c.prune == "style_no_tags" for c in recipe.concepts)
     store = ContentStore(recipe.workdir / STORE_DIR)
