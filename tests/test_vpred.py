@@ -186,3 +186,47 @@ def test_tasting_samples_as_the_lora_was_trained(baked, vpred_model):
     taster = xyz.Taster(str(folder), "sd15", device="cpu", prediction=P.from_lora_metadata(last))
     assert taster.pipe.scheduler.config.prediction_type == "v_prediction"
     assert taster.pipe.scheduler.config.timestep_spacing == "trailing"
+
+
+def test_noobai_vpred_family_on_the_tiny_sdxl_bakes_and_renders_v(work):
+    """NoobAI-XL V-Pred's family: SDXL, v-prediction, zero terminal SNR; the bake and the sampler follow it."""
+    from bakery.recipe import parse_recipe
+    from tests.tiny_sdxl import build_tiny_sdxl
+
+    recipe = parse_recipe({"train": {"family": "noobai_vpred"}}, work)
+    assert (recipe.train.architecture, recipe.train.v_parameterization, recipe.train.zero_terminal_snr) == (
+        "sdxl", True, True)
+    assert recipe.train.train_text_encoder is False and recipe.buckets.resolution == 1024  # Prodigy: UNet only
+    folder = build_tiny_sdxl(work / "sdxl")
+    store = ContentStore(work / "store")
+    p = params(epochs=1, base_model=str(folder), v_parameterization=True, zero_terminal_snr=True)
+    res = B.bake(make_trainset(store), p, image_path=store.path, workdir=work, out_dir=work / "out-xl",
+                 state_dir=work / "state-xl", name="chara", data=DATA, bake_key="xl-vpred")
+    _, meta = K.read_kohya(res.files[1])
+    assert (meta["ss_sdxl"], meta["ss_v_parameterization"], meta["ss_zero_terminal_snr"]) == ("True", "True", "True")
+    taster = xyz.Taster(str(folder), "sdxl", device="cpu", prediction=P.from_lora_metadata(meta))
+    cfg = taster.pipe.scheduler.config
+    assert (cfg.prediction_type, cfg.rescale_betas_zero_snr, cfg.timestep_spacing) == ("v_prediction", True, "trailing")
+    taster.load_lora(res.files[1], "e1")
+    taster.set_weight(1.0)
+    images = taster.render([TRIGGER], "", [1], 2, 5.0, 64, 64)
+    assert images[0].shape == (64, 64, 3)
+
+
+def test_export_kohya_says_v_prediction_from_the_recipe_or_the_checkpoint(tmp_path):
+    import tomllib
+
+    from bakery.craft import kohya
+    from bakery.kohya_export import settings
+    from bakery.recipe import parse_recipe
+
+    marked = write_markers(tmp_path / "noob.safetensors")
+    s = settings(parse_recipe({"train": {"base_model": str(marked)}}, tmp_path), ["t"], False)
+    assert (s.v_parameterization, s.zero_terminal_snr) == (True, True)  # read from the file's markers
+    s = settings(parse_recipe({"train": {"base_model": str(marked), "zero_terminal_snr": False}}, tmp_path), ["t"], False)
+    assert (s.v_parameterization, s.zero_terminal_snr) == (True, False)  # the recipe wins
+    plain = settings(parse_recipe({"train": {"base_model": "x.safetensors"}}, tmp_path), ["t"], False)
+    assert (plain.v_parameterization, plain.zero_terminal_snr) == (False, False)
+    flat = {k: v for section in kohya.train_network_config(tmp_path, s, False, False).values() for k, v in section.items()}
+    assert flat["v_parameterization"] is True and "zero_terminal_snr" not in flat
+    tomllib.loads(kohya.to_toml(kohya.train_network_config(tmp_path, s, False, False)))  # writes as TOML
