@@ -119,7 +119,7 @@ def caption_settings(data: dict) -> craft.CaptionSettings:
     )
     return craft.CaptionSettings(
         clean, tuple(cap.sources), cap.merge, tuple(cap.keep_namespaces), cap.tag_style, cap.keep_tokens_separator,
-        cap.warn_caption_bytes, cap.rare_tag_posts,
+        cap.warn_caption_bytes, cap.rare_tag_posts, tuple(cap.prefix_tags),
     )
 
 

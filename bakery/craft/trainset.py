@@ -54,6 +54,7 @@ class CaptionSettings:
     keep_tokens_separator: bool = False
     warn_caption_bytes: int = 1024
     rare_tag_posts: int = 500
+    prefix_tags: tuple[str, ...] = ()  # written first in every caption, before the triggers (Pony's score tags)
 
 
 @dataclass(frozen=True)
@@ -172,8 +173,8 @@ def prune_groups(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, l
         after: Counter[str] = Counter()
         for n, kept in result.captions.items():
             kept = edits_craft.keep_added(kept, (added or {}).get(n, []))
-            texts[(rule.folder, n)] = prune_craft.build_caption(rule, kept, captions.tag_style,
-                                                                captions.keep_tokens_separator)
+            text = prune_craft.build_caption(rule, kept, captions.tag_style, captions.keep_tokens_separator)
+            texts[(rule.folder, n)] = ", ".join(p for p in (*captions.prefix_tags, text) if p)
             head, body = prune_craft.caption_parts(rule, kept)
             after.update(dict.fromkeys(head + body, 1))
         stats += [{"concept": rule.folder, "phase": "before_prune", "tag": t, "count": c} for t, c in before.items()]
