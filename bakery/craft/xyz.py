@@ -292,8 +292,11 @@ def make_grid(
     prompt_index: int,
     prompt: str,
     seeds: Sequence[int],
+    row_label: str = "epoch",
 ) -> GridLayout:
-    """Rows epochs, columns weights, seeds side by side in a cell; a title with the prompt, like A1111's XYZ plot."""
+    """Rows epochs, columns weights, seeds side by side in a cell; a title with the prompt, like A1111's XYZ plot.
+
+    `row_label`: what a row is called ("step" for a slider's saves)."""
     sample = images[(epochs[0], float(weights[0]), prompt_index, seeds[0])]
     h, w = sample.shape[:2]
     cell_w, cell_h = w * len(seeds), h
@@ -321,7 +324,7 @@ def make_grid(
         text(f"weight {float(wt):g}", left + c * (cell_w + gap) + 4, title_h + 4)
     for r, ep in enumerate(epochs):
         y0 = title_h + head_h + r * (cell_h + gap)
-        text(f"epoch {ep}", 6, y0 + cell_h // 2 - fs // 2)
+        text(f"{row_label} {ep}", 6, y0 + cell_h // 2 - fs // 2)
         for c, wt in enumerate(weights):
             for k, s in enumerate(seeds):
                 img = Image.fromarray(images[(ep, float(wt), prompt_index, s)])
