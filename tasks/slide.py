@@ -62,7 +62,7 @@ def slide(inputs: craft.SliderSpec, params_json: str, workdir: str, run_id: str,
     name, run = data["name"], RunInfo(run_id, workdir, workers)
     key = bake_key(inputs, params_json, SLIDE.code_version, train.base_model)  # type: ignore[arg-type]
     folder = Path(workdir) / BAKES_DIR / f"{name}-{key[:12]}"
-    progress = BakeProgress(run.catalog, key, slider.steps)
+    progress = BakeProgress(run.catalog, key, slider.steps, stage="slide")
     try:
         result = craft.slide(inputs, train, slider, workdir=Path(workdir), out_dir=folder, state_dir=folder / "state",
                              name=name, slide_key=key, on_step=progress.step, on_save=lambda step, path: progress.flush())
@@ -97,7 +97,8 @@ def _record(run: RunInfo, bake: BakeOutput, t: taste_craft.SliderTasting, files:
             "reasons": json.dumps(t.reasons), "flags": json.dumps(t.flags), "loss_shape": None,
             "likeness_method": None, "report_path": str(report), "load_s": t.timings.load_s,
             "render_s": t.timings.render_s, "cells": t.timings.cells,
-        }, [], [])
+        }, [{"epoch": v.step, "file": files[v.step], "loss_mean": None, "effect": v.moves, "does_nothing": not v.right,
+              "fries_at": None, "over_trained": v.overcooked} for v in t.verdicts], [])
         cat.add_evaluation_scores(eval_key, t.scores)
 
 

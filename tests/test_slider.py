@@ -118,6 +118,15 @@ def test_no_pick_when_strength_zero_is_not_the_base_model():
     assert pick is None and not v[0].identity_kept and any("strength 0 differs" in f for f in flags)
 
 
+def test_the_grid_names_rows_steps_and_columns_strengths():
+    from bakery.craft import xyz
+
+    images = {(s, w, 0, 1): _img(100) for s in (2, 4) for w in (-2.0, 0.0, 2.0)}
+    layout = xyz.make_grid(images, [2, 4], [-2.0, 0.0, 2.0], 0, "skirt", [1], row_label="step", col_label="strength")
+    texts = [t for t, _box in layout.labels]
+    assert {"strength -2", "strength 0", "strength 2", "step 2", "step 4"} <= set(texts)
+
+
 # -- the flow -------------------------------------------------------------------------------------
 
 FLOW_RECIPE = """

@@ -139,7 +139,8 @@ def taste_slider(taster: xyz.Taster, files: Mapping[int, str], prompts: Sequence
         tags = judging.tag_images(tagger, grid.images)
         scores += tag_judges(verdicts, tags, slider.positive, slider.negative, ws, len(prompts), slider.tag_margin)
     pick, reasons, flags = pick_save(verdicts, tagger is not None)
-    layouts = [(prompt, xyz.make_grid(grid.images, steps, ws, i, prompt, p.seeds, row_label="step").image)
+    layouts = [(prompt, xyz.make_grid(grid.images, steps, ws, i, prompt, p.seeds, row_label="step",
+                                            col_label="strength").image)
                for i, prompt in enumerate(prompts)]
     return SliderTasting(verdicts, pick, reasons, flags, layouts, scores, note, grid.timings)
 
