@@ -216,3 +216,48 @@ def test_slider_recipe_without_a_base_model_skips_the_slide_naming_the_key(tmp_p
         slide = {s["stage"]: s for s in cat.stage_table(run_id)}["slide"]
     assert slide["status"] == "skipped" and "set [train] base_model" in slide["message"]
     assert load_recipe(recipe).slider.target == "skirt"
+
+
+KILL_RECIPE = FLOW_RECIPE.replace("steps = 4\nsave_every_n_steps = 2", "steps = 8\nsave_every_n_steps = 2")
+
+
+def test_a_slide_killed_by_sigkill_resumes_when_the_flow_is_rerun(tmp_path, prefect_server):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from flows.bake import bake_lora
+
+    root = Path(__file__).parent.parent
+    for name in ("a", "b"):
+        (tmp_path / name / "images").mkdir(parents=True)
+        write_recipe(tmp_path / name, KILL_RECIPE.replace('[autotag]\nmodel = "wd14"\n', ""))
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(torch.get_num_threads()),
+           "PREFECT_API_URL": prefect_server}
+    code = f"from flows.bake import bake_lora; bake_lora({str(tmp_path / 'a' / 'recipe.toml')!r}, to_stage='slide')"
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=root, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    work = tmp_path / "a" / "work"
+    deadline = time.monotonic() + 240
+    try:
+        while not list((work / "bakes").glob("*/state/state.pt")):
+            assert child.poll() is None, "the slide finished or failed before it could be killed"
+            assert time.monotonic() < deadline, "no training state after 240 s"
+            time.sleep(0.05)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)  # step 2 saved, the next steps running
+        child.wait()
+    killed_at = time.time()
+    assert not list((work / "bakes").glob("*/t-000008.safetensors"))
+
+    bake_lora(str(tmp_path / "a" / "recipe.toml"), to_stage="slide")
+    bake_lora(str(tmp_path / "b" / "recipe.toml"), to_stage="slide")  # the same slide, never killed
+    with Catalog.open(work / "catalog.duckdb", read_only=True) as cat:
+        log = cat.rows("SELECT step, created_at FROM bake_log ORDER BY step")
+    assert [r["step"] for r in log] == list(range(1, 9))
+    assert all(r["created_at"].timestamp() < killed_at for r in log[:2])  # steps 1-2 were not trained again
+    resumed = sorted((work / "bakes").glob("t-*/t-000008.safetensors"))
+    whole = sorted((tmp_path / "b" / "work" / "bakes").glob("t-*/t-000008.safetensors"))
+    assert resumed[0].read_bytes() == whole[0].read_bytes()

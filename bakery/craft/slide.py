@@ -47,7 +47,7 @@ class SliderSpec:
         return list(dict.fromkeys([self.target, self.neutral, self.positive, self.negative, "", *self.anchors]))
 
 
-def slider_precision(device: str, mixed_precision: str) -> B.Precision:
+def slider_precision(device: str, mixed_precision: str, gradient_checkpointing: bool | None = None) -> B.Precision:
     """bf16 where the GPU supports it, else fp32; never fp16 (NaN losses, the guide)."""
     import torch
 
@@ -58,7 +58,7 @@ def slider_precision(device: str, mixed_precision: str) -> B.Precision:
         mixed_precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
     if mixed_precision == "bf16" and not cuda:
         raise B.BakeError("slider.mixed_precision 'bf16' needs CUDA; on CPU use 'auto' or 'no'")
-    return B.choose_precision(device, mixed_precision, None)
+    return B.choose_precision(device, mixed_precision, gradient_checkpointing)
 
 
 def slider_train_params(train: Any, slider: Any) -> Any:
@@ -89,14 +89,16 @@ class Slide:
     text: B.TextEncoder
     resolution: int
     embeds: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # prompt -> (hidden, pooled), encoded once
+    layers: list[Any] = field(default_factory=list)  # the network's peft LoRA layers (their scale is the strength)
 
 
 def prepare_slide(spec: SliderSpec, train: Any, slider: Any, *, workdir: Path, base: B.Base | None = None) -> Slide:
     """Base model frozen, the UNet's LoRA attached, optimizer and schedule, every prompt encoded once."""
     import torch
+    from peft.tuners.lora import LoraLayer
 
     params = slider_train_params(train, slider)
-    prec = slider_precision(params.device, slider.mixed_precision)
+    prec = slider_precision(params.device, slider.mixed_precision, params.gradient_checkpointing)
     torch.manual_seed(params.seed)
     if base is None:
         words = [w.strip() for p in spec.prompts() for w in p.split(",") if w.strip()]
@@ -111,20 +113,16 @@ def prepare_slide(spec: SliderSpec, train: Any, slider: Any, *, workdir: Path, b
     t = Slide(params, slider, spec, prec, base, net_spec, network, trainable, optimizer, scheduler, None, text,
               slider.resolution or RESOLUTIONS[base.architecture])
     for prompt in spec.prompts():
-        hidden, pooled = text([prompt])
-        t.embeds[prompt] = (hidden, pooled)
+        t.embeds[prompt] = text([prompt])
+    t.layers = [m for _p, model, _t in network for m in model.modules() if isinstance(m, LoraLayer)]
     return t
 
 
 def set_strength(t: Slide, strength: float) -> None:
     """The LoRA's multiplier (kohya's weight): its scale alpha/dim times `strength`; 0 = the frozen base model."""
-    from peft.tuners.lora import LoraLayer
-
-    for _prefix, model, _targets in t.network:
-        for module in model.modules():
-            if isinstance(module, LoraLayer):
-                for adapter in list(module.scaling):
-                    module.set_scale(adapter, strength)
+    for layer in t.layers:
+        for adapter in list(layer.scaling):
+            layer.set_scale(adapter, strength)
 
 
 def unet_eps(t: Slide, latents: Any, timestep: Any, prompts: list[str]) -> Any:
