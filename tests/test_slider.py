@@ -84,6 +84,25 @@ def test_a_killed_slide_resumes_from_its_last_save_and_ends_with_the_same_file(t
     assert whole.losses[0][2] > 0  # at step 1 the LoRA is zero: the loss is the (positive - negative) gap
 
 
+def test_an_sdxl_slider_is_saved_in_kohya_sgm_names_and_loaded_by_diffusers(tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    from tests.tiny_sdxl import build_tiny_sdxl
+
+    folder = build_tiny_sdxl(tmp_path / "sdxl")
+    train = TrainParams(base_model=str(folder), seed=3)
+    slider = SliderParams(**SLIDER, resolution=64, steps=2, save_every_n_steps=2, max_denoising_steps=2)
+    spec = S.SliderSpec("skirt", slider.positive_prompt, slider.negative_prompt, "skirt")
+    out = S.slide(spec, train, slider, workdir=tmp_path, out_dir=tmp_path / "out", state_dir=tmp_path / "st",
+                  name="xl", slide_key="k")
+    tensors, meta = K.read_kohya(out.files[2])
+    assert meta["ss_sdxl"] == "True" and any(k.startswith("lora_unet_input_blocks_") for k in tensors)
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder)
+    pipe.load_lora_weights(out.files[2], adapter_name="slider")
+    from peft.tuners.lora import LoraLayer
+    assert sum(isinstance(m, LoraLayer) for m in pipe.unet.modules()) == len(tensors) // 3
+
+
 # -- judges ---------------------------------------------------------------------------------------
 
 def _img(v: float) -> np.ndarray:
