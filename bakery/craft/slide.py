@@ -198,7 +198,7 @@ def slide_step(t: Slide, step: int) -> tuple[float, float]:
 
     import torch
 
-    gen = B._seeded(t.params.seed, step, "slide")
+    gen = B.seeded(t.params.seed, step, "slide")
     latents, timestep = noised_state(t, gen)
     anchors = t.spec.anchors
     anchor = anchors[int(torch.randint(0, len(anchors), (1,), generator=gen))] if anchors else None
