@@ -118,8 +118,9 @@ def test_overcooked_when_the_extremes_stop_changing_and_the_pick_is_the_earliest
     v = T.picture_judges(images, base, [10, 20, 30], strengths, 1, [1], still_ratio=0.05, effect_min=1.0)
     assert [x.moves for x in v] == pytest.approx([20, 60, 61], abs=0.6)
     assert [x.overcooked for x in v] == [False, False, True] and all(x.identity_kept for x in v)
-    pick, reasons, flags = T.pick_save(v, tagged=False)
-    assert pick == 10 and "step 30: overcooked" in flags[0]
+    pick, reasons, flags = T.pick_save(v, tagged=False)  # the save before the extremes stopped changing
+    assert pick == 20 and "step 30: overcooked" in flags[0] and "before the extremes stopped" in reasons[0]
+    assert T.pick_save(v[:2], tagged=False)[0] == 20  # nothing overcooked yet: the last save
     # tags: long_skirt rises with strength only from save 20 on; microskirt falls
     tags = {(s, w, 0, 1): ({"long_skirt"} if w > 0 and s >= 20 else set()) | ({"microskirt"} if w < 0 else set())
             for s in far for w in strengths}

@@ -12,8 +12,9 @@ judges.recall_by_cell). The judges:
 - *identity at strength 0*: the slider loaded at strength 0 draws what the base model draws (closer than
   `evaluate.effect_min`).
 
-The pick is the earliest save whose extremes are already right (the tag judges where there is a tagger,
-else "moves"), identity kept, not overcooked.
+The pick is the earliest save whose extremes are already right by the tag judges, identity kept, not
+overcooked. Without a tagger: the save just before the extremes stopped changing (the guide picked step 50
+when step 100 looked the same), else the last save; it must move the picture and keep identity at 0.
 """
 
 from __future__ import annotations
@@ -102,19 +103,30 @@ def tag_judges(verdicts: list[SaveVerdict], tags: Mapping[xyz.CellKey, set[str]]
 
 
 def pick_save(verdicts: Sequence[SaveVerdict], tagged: bool) -> tuple[int | None, list[str], list[str]]:
-    """The earliest save whose extremes are already right, identity kept, not overcooked; reasons and flags."""
-    rule = "positive tags rise and negative tags fall with strength" if tagged else "the extremes change the picture"
+    """The save to use, why, and the flags.
+
+    With the tag judges: the earliest save whose extremes are already right (tags), identity kept, not
+    overcooked. Without: the save just before the first overcooked one (its extremes had already arrived;
+    the guide's own example), else the last save (the extremes still change), if it moves the picture."""
     flags = [f"step {v.step}: overcooked: the extremes stopped changing since the save before "
              f"({v.change:.2f} vs {v.moves:.2f} from strength 0)" for v in verdicts if v.overcooked]
     flags += [f"step {v.step}: strength 0 differs from the base model ({v.identity:.2f})"
               for v in verdicts if not v.identity_kept]
-    good = [v for v in verdicts if v.right and v.identity_kept and not v.overcooked]
-    if not good:
-        flags.append(f"no save where {rule}: more steps, a higher slider.learning_rate, or more telling "
+    usable = [v for v in verdicts if v.right and v.identity_kept and not v.overcooked]
+    if tagged:
+        rule, chosen = "the earliest save where positive tags rise and negative tags fall with strength", usable[:1]
+    else:
+        cooked = next((i for i, v in enumerate(verdicts) if v.overcooked), None)
+        before = verdicts[cooked - 1] if cooked else (verdicts[-1] if verdicts else None)
+        rule = ("the save before the extremes stopped changing" if cooked else
+                "the last save (the extremes still change: more steps may help)")
+        chosen = [before] if before is not None and before in usable else []
+    if not chosen:
+        flags.append(f"no save passes ({rule}): more steps, a higher slider.learning_rate, or more telling "
                      "positive/negative prompts")
         return None, [f"rule: {rule}; no save passes"], flags
-    first = good[0]
-    return first.step, [f"step {first.step}: the earliest save where {rule} (not overcooked, strength 0 = base)"], flags
+    return chosen[0].step, [f"step {chosen[0].step}: {rule} (changes the picture, not overcooked, "
+                            "strength 0 = base)"], flags
 
 
 def taste_slider(taster: xyz.Taster, files: Mapping[int, str], prompts: Sequence[str], strengths: Sequence[float],
