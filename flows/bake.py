@@ -186,6 +186,9 @@ def bake_pictures(recipe_path: str, recipe: Recipe, run: RunInfo, plan: Plan) ->
 
 def slide_and_taste(recipe: Recipe, run: RunInfo, plan: Plan) -> None:
     """A [slider] recipe: slide -> the slider taste (as evaluate), in place of prepare, caption and bake."""
+    if recipe.sources or recipe.concepts:
+        get_run_logger().warning("slide: a [slider] recipe trains from prompts alone: its sources and concepts "
+                                 "are not read (remove them, or the [slider] section for a picture LoRA)")
     if recipe.train.base_model is None:
         skip_stage(run, SLIDE.name, "no base model to slide: set [train] base_model")
         return
