@@ -242,33 +242,18 @@ KILL_RECIPE = FLOW_RECIPE.replace("steps = 4\nsave_every_n_steps = 2", "steps = 
 
 
 def test_a_slide_killed_by_sigkill_resumes_when_the_flow_is_rerun(tmp_path, prefect_server):
-    import os
-    import signal
-    import subprocess
-    import sys
     import time
 
     from flows.bake import bake_lora
+    from tests.test_bake_flow import kill_at_first_state
 
-    root = Path(__file__).parent.parent
     for name in ("a", "b"):
         (tmp_path / name / "images").mkdir(parents=True)
         write_recipe(tmp_path / name, KILL_RECIPE.replace('[autotag]\nmodel = "wd14"\n', ""))
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(torch.get_num_threads()),
-           "PREFECT_API_URL": prefect_server}
-    code = f"from flows.bake import bake_lora; bake_lora({str(tmp_path / 'a' / 'recipe.toml')!r}, to_stage='slide')"
-    child = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=root, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
     work = tmp_path / "a" / "work"
-    deadline = time.monotonic() + 240
-    try:
-        while not list((work / "bakes").glob("*/state/state.pt")):
-            assert child.poll() is None, "the slide finished or failed before it could be killed"
-            assert time.monotonic() < deadline, "no training state after 240 s"
-            time.sleep(0.05)
-    finally:
-        os.kill(child.pid, signal.SIGKILL)  # step 2 saved, the next steps running
-        child.wait()
+    # step 2 saved, the next steps running
+    kill_at_first_state(f"from flows.bake import bake_lora; "
+                        f"bake_lora({str(tmp_path / 'a' / 'recipe.toml')!r}, to_stage='slide')", work)
     killed_at = time.time()
     assert not list((work / "bakes").glob("*/t-000008.safetensors"))
 
