@@ -97,6 +97,7 @@ def test_an_sdxl_slider_is_saved_in_kohya_sgm_names_and_loaded_by_diffusers(tmp_
                   name="xl", slide_key="k")
     tensors, meta = K.read_kohya(out.files[2])
     assert meta["ss_sdxl"] == "True" and any(k.startswith("lora_unet_input_blocks_") for k in tensors)
+    assert not any("down_blocks" in k or "up_blocks" in k or k.startswith("lora_te") for k in tensors)
     pipe = StableDiffusionXLPipeline.from_pretrained(folder)
     pipe.load_lora_weights(out.files[2], adapter_name="slider")
     from peft.tuners.lora import LoraLayer
