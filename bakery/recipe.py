@@ -602,7 +602,8 @@ class SliderParams(_Section):
     anchors: list[str] = []  # prompts the slider must leave as the base model draws them, at any strength
     # The prediction the slider moves from; None = the target (Concept Sliders). ai-toolkit and LECO default to "".
     neutral: str | None = None
-    # Latent side in pixels; None = by base model: 512 SD1.5, 1024 SDXL (768 for SD2-class models: set it).
+    # Square training size in pixels (latents are 1/8 of it); None = by base model: 512 SD1.5, 1024 SDXL
+    # (set 768 for a model trained at 768 px).
     resolution: Annotated[int, Field(ge=64, multiple_of=8)] | None = None
     steps: Annotated[int, Field(gt=0)] = 500  # the guide: a LECO burned well before 500 steps
     learning_rate: Annotated[float, Field(gt=0)] = 1e-4  # the guide: 1e-4 or a little less (2e-4 was too high)
