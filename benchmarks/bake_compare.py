@@ -8,7 +8,8 @@
 Each model is built once in `--dir` with random weights in its REAL size (diffusers folder, fp16
 on disk): SD1.5 (UNet 320/640/1280/1280, CLIP ViT-L text encoder, VAE) at 512 px, batch 4;
 SDXL (UNet 320/640/1280 with 1/2/10 transformer layers, both text encoders, VAE) at 1024 px,
-batch 2. Shared settings: LoRA dim 32 alpha 16, AdamW lr 1e-4 (constant), bf16 mixed precision
+batch 2. The text encoders' token embeddings are sized to the benchmark's small tokenizer (the real
+vocabulary would be fetched from the hub; the lookup costs nothing either way). Shared settings: LoRA dim 32 alpha 16, AdamW lr 1e-4 (constant), bf16 mixed precision
 on CUDA (frozen base in bf16, LoRA weights fp32), cached latents, min-SNR 5, clip skip 2 (SD1.5),
 captions shuffled after the first tag, gradient checkpointing on (both sides), seed 42, 8 pictures
 with one caption each.
