@@ -213,3 +213,23 @@ def _assert_rgb_and_alpha(png: Path, image: Path, mask: Path | None) -> None:
     else:
         with Image.open(mask) as m:
             assert np.array_equal(arr[..., 3], np.asarray(m.convert("L")))
+
+
+def test_a_picture_kept_as_ingested_is_exported_under_its_own_suffix(tmp_path: Path):
+    """Convert keeps trainable JPEG/WebP/BMP files as they are: sd-scripts finds them by suffix."""
+    import io
+
+    from PIL import Image
+
+    store = ContentStore(tmp_path / "store")
+    hashes = {}
+    for fmt, name in (("JPEG", "j"), ("WEBP", "w"), ("BMP", "b")):
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 56), (200, 90, 30)).save(buf, fmt)
+        hashes[name] = store.put_bytes(buf.getvalue()).sha256
+    images = [TrainImage("CharaA", n, h, "CharaA, smile", 1) for n, h in hashes.items()]
+    out = tmp_path / "out"
+    kohya.export(out, images, store.path, _settings(), {"CharaA": 1})
+    for name, suffix in (("j", ".jpg"), ("w", ".webp"), ("b", ".bmp")):
+        exported = out / "img/1_CharaA" / f"{name}{suffix}"
+        assert exported.read_bytes() == store.path(hashes[name]).read_bytes()
