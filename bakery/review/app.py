@@ -135,7 +135,7 @@ def _edits(app: FastAPI) -> None:
     @app.get("/edits", response_class=HTMLResponse)
     def edits_list(request: Request) -> HTMLResponse:
         return page(request, "edits.html", edits=edit_forms.listed(request.app.state.workdir),
-                    edits_file=edit_forms.edits_file(request.app.state.recipe_path).name)
+                    edits_file=edit_forms.api().edits_file(request.app.state.recipe_path).name)
 
     @app.post("/edits")
     async def add(request: Request) -> Response:

@@ -12,7 +12,7 @@ import json
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
@@ -68,8 +68,41 @@ class Dataset:
     cards: list[views.Card]
 
 
+_CACHE: dict = {}  # what was read at one state of the catalog and reports: {"stamp", "dataset", "sources"}
+
+
+def _stamp(workdir: Path) -> tuple:
+    """Changes whenever the catalog or a report the dataset view reads changes (a run, an edit)."""
+    out = []
+    for name in ("catalog.duckdb", "catalog.duckdb.wal", "reports/buckets.json", "reports/upscale.json"):
+        try:
+            st = (workdir / name).stat()
+            out.append((name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append((name, None, None))
+    return tuple(out)
+
+
+def _cached(workdir: Path) -> dict:
+    stamp = (str(workdir), _stamp(workdir))
+    if _CACHE.get("stamp") != stamp:
+        _CACHE.clear()
+        _CACHE.update(stamp=stamp, dataset=None, sources={})
+    return _CACHE
+
+
 def load_dataset(workdir: Path, recipe: Recipe) -> Dataset:
-    """Every picture of the last training set (held-out validation pictures too) as a card."""
+    """Every picture of the last training set (held-out validation pictures too) as a card; read once per state of
+    the catalog (cards are copied out, so a page may fill in their pruned tags)."""
+    with CATALOG_LOCK:
+        cache = _cached(workdir)
+        if cache["dataset"] is None:
+            cache["dataset"] = _read_dataset(workdir, recipe)
+        ds = cache["dataset"]
+    return Dataset(ds.run_id, [replace(c) for c in ds.cards])
+
+
+def _read_dataset(workdir: Path, recipe: Recipe) -> Dataset:
     with reading(workdir) as cat:
         runs = cat.runs_with("train_captions")
         if not runs:
@@ -105,10 +138,16 @@ def load_dataset(workdir: Path, recipe: Recipe) -> Dataset:
 def source_tags(workdir: Path, recipe: Recipe, hashes: Sequence[str]) -> dict[str, list[str]]:
     """Each picture's cleaned tags before pruning, read as the prune stage reads them."""
     settings = caption_settings(recipe.captions.model_dump(mode="json"))
-    with reading(workdir) as cat:
-        side, rows = gather_sources(cat, [ImageRef(h, h) for h in hashes])
-    return {h: tags_craft.clean_tags(tags_craft.source_tags(side[h], rows[h], settings.sources, settings.merge,
-                                                             settings.keep_namespaces), settings.clean) for h in side}
+    with CATALOG_LOCK:
+        known = _cached(workdir)["sources"]
+        missing = sorted(set(hashes) - set(known))
+        if missing:
+            with reading(workdir) as cat:
+                side, rows = gather_sources(cat, [ImageRef(h, h) for h in missing])
+            known.update({h: tags_craft.clean_tags(tags_craft.source_tags(
+                side[h], rows[h], settings.sources, settings.merge, settings.keep_namespaces), settings.clean)
+                for h in side})
+        return {h: known[h] for h in hashes if h in known}
 
 
 def provenance(workdir: Path, sha256: str) -> dict:

@@ -65,8 +65,8 @@ def _call(fn, *args):
     with data.CATALOG_LOCK:
         try:
             return fn(*args)
-        except edits.EditError as exc:
-            raise StudioError(400, str(exc)) from None
+        except edits.EditError as exc:  # "catalog: ... in use by a running bake" is the one not about the edit
+            raise StudioError(503 if str(exc).startswith("catalog:") else 400, str(exc)) from None
         except duckdb.IOException:
             raise StudioError(503, "the catalog is busy (a `bakery run` is writing it): try again when the run ends") from None
 
@@ -85,13 +85,8 @@ def listed(workdir: Path) -> list:
     return _call(api().list_edits, workdir, True)
 
 
-def edits_file(recipe_path: Path) -> Path:
-    """Where edits travel with the recipe: <recipe stem>.edits.toml beside it."""
-    return recipe_path.with_name(recipe_path.stem + ".edits.toml")
-
-
 def transfer(workdir: Path, recipe_path: Path, action: str) -> int:
-    path = edits_file(recipe_path)
+    path = api().edits_file(recipe_path)
     if action == "import" and not path.is_file():
         raise StudioError(400, f"import: no {path.name} beside the recipe")
     fn = api().export_edits if action == "export" else api().import_edits
