@@ -21,11 +21,12 @@ from pathlib import Path
 
 import duckdb
 
-from bakery.craft.edits import KINDS, Edit, EditError, Known, check_edit, check_known, edit_fingerprint, flat_name
+from bakery.craft.edits import (HASH_PREFIX, KINDS, Edit, EditError, Known, check_edit, check_known, edit_fingerprint,
+                                flat_name)
 from storage import Catalog
 
 __all__ = ["KINDS", "Edit", "EditError", "add_edit", "list_edits", "undo_edit", "export_edits", "import_edits",
-           "edits_file", "active_edits", "crop_keeps"]
+           "edits_file", "active_edits", "crop_keeps", "image_edits", "describe"]
 
 EDITS_SUFFIX = ".edits.toml"
 
@@ -111,6 +112,30 @@ def crop_keeps(workdir: Path) -> dict[str, list[float]]:
     from bakery.craft.edits import crop_boxes
 
     return crop_boxes(active_edits(workdir))
+
+
+def image_edits(cat: Catalog, hashes: list[str]) -> list[Edit]:
+    """Every edit (undone ones too) naming a picture whose chain holds `hashes` (its provenance)."""
+    if not hashes:
+        return []
+    names = {r["name"] for r in cat.rows("SELECT name FROM sources WHERE image_hash IN (SELECT unnest(?))", [hashes])}
+    names |= {r["name"] for r in cat.rows("SELECT DISTINCT name FROM train_captions "
+                                          "WHERE image_hash IN (SELECT unnest(?))", [hashes])}
+    names |= {flat_name(n) for n in names}
+    out = []
+    for e in (_edit(r) for r in cat.edits(include_undone=True)):
+        t = e.target.lower()
+        if e.target in names or (len(t) >= HASH_PREFIX and any(h.startswith(t) for h in hashes)):
+            out.append(e)
+    return out
+
+
+def describe(e: Edit) -> str:
+    """One line: `edit #3 exclude chara/a {} at 2026-11-25 23:50:00 (undone ...): reason`."""
+    undone = f" (undone {e.undone_at:%Y-%m-%d %H:%M:%S})" if e.undone_at else ""
+    payload = f" {json.dumps(e.payload, ensure_ascii=False)}" if e.payload else ""
+    return (f"edit #{e.id} {e.kind} {e.target}{payload} at {e.created_at:%Y-%m-%d %H:%M:%S}{undone}"
+            + (f": {e.reason}" if e.reason else ""))
 
 
 # -- export / import ------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from bakery import edits as api
 from bakery.craft import edits as craft
 from bakery.craft.edits import Edit, EditError
 from storage import Catalog
+from tests.test_captions_flow import CONCEPTS  # CharaA (chara/*) and its outfit Outfit1 (chara/outfit1/*)
 
 
 def E(i: int, kind: str, target: str, payload: dict | None = None, reason: str = "") -> Edit:
@@ -78,8 +79,10 @@ def test_prune_plan_latest_exclude_or_include_wins_and_unknown_names_warn():
     assert {n: f for n, (f, _) in plan.moves.items()} == {"c": "Outfit1"}
     assert plan.warnings == ["edit #5 (exclude) left out: no picture 'nobody' here",
                              "edit #7 (move) left out: no folder 'nowhere' in the recipe"]
-    members, unassigned = craft.apply_moves({"CharaA": ["chara/a", "chara/b"], "Outfit1": []}, ["c"], plan.moves)
-    assert members == {"CharaA": ["chara/a", "chara/b"], "Outfit1": ["c"]} and unassigned == []
+    members, unassigned = craft.apply_layout({"CharaA": ["chara/a", "chara/b"], "Outfit1": []}, ["c"], plan)
+    assert members == {"CharaA": ["chara/b"], "Outfit1": ["c"]} and unassigned == []
+    assert craft.exclusion_reason(plan.excluded["chara/a"]) == "excluded by edit #1: blurry"
+    assert [craft.Edit.from_key(e.key()) for e in edits] == edits
 
 
 def test_tag_edits_apply_in_order_and_added_tags_survive_pruning():
@@ -166,3 +169,179 @@ def test_a_locked_catalog_gives_one_clear_line(tmp_path: Path):
         holder.wait()
     with Catalog.open(work, read_only=True) as cat:
         assert [r["target"] for r in cat.edits()] == ["a"]
+
+
+# -- a real `bakery run` applying them ----------------------------------------------------------
+PREPARE = ("alpha", "trim", "upscale", "masks", "buckets")
+
+
+def _noise(path: Path, seed: int, size: tuple[int, int] = (64, 64), tags: str = "") -> None:
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+    Image.fromarray(pixels).resize(size, Image.NEAREST).save(path)
+    if tags:
+        path.with_suffix(".txt").write_text(tags, encoding="utf-8")
+
+
+def _edit_dataset(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    images = tmp_path / "images"
+    _noise(images / "chara/a.png", 1, tags="1girl, smile, circlet, looking_at_viewer")
+    _noise(images / "chara/b.png", 2, tags="1girl, circlet, open_mouth")
+    _noise(images / "chara/c.png", 3, tags="1girl, sitting")
+    _noise(images / "chara/e.png", 4, tags="1girl, blurry")
+    _noise(images / "chara/outfit1/o.png", 5, tags="1girl, standing, circlet")
+    twin = Image.open(images / "chara/b.png").convert("RGB")  # b's near-duplicate: one pixel differs
+    twin.putpixel((0, 0), (0, 0, 0) if twin.getpixel((0, 0)) != (0, 0, 0) else (255, 255, 255))
+    twin.save(images / "chara/b2.png")
+    (images / "chara/b2.txt").write_text("1girl, circlet, open_mouth", encoding="utf-8")
+    return images
+
+
+def _statuses(work: Path, run_id: str) -> dict[str, tuple[str, int]]:
+    with Catalog.open(work, read_only=True) as cat:
+        return {s["stage"]: (s["status"], s["n_processed"]) for s in cat.stage_table(run_id)}
+
+
+def _ran(work: Path, run_id: str) -> set[str]:
+    return {s for s, (status, _) in _statuses(work, run_id).items() if status == "ran"}
+
+
+def _export(recipe: Path, out: Path) -> dict[tuple[str, str], str]:
+    """The export-kohya output: (folder without repeats, file) -> caption."""
+    from bakery.kohya_export import export_kohya
+    from bakery.recipe import load_recipe
+
+    export_kohya(load_recipe(recipe), out, force=True)
+    return {(p.parent.name.split("_", 1)[1], p.stem): p.read_text(encoding="utf-8")
+            for p in sorted((out / "img").glob("*/*.txt"))}
+
+
+def _first_run(tmp_path: Path) -> tuple[Path, Path, dict, str]:
+    """The dataset baked once: the recipe, the work dir, its export, and the near-duplicate dedupe dropped."""
+    from flows.bake import bake_lora
+    from tests.conftest import write_recipe
+
+    _edit_dataset(tmp_path)
+    recipe = write_recipe(tmp_path, CONCEPTS + "\n[captions]\nsynonyms = {}\n")  # circlet stays circlet
+    work = tmp_path / "work"
+    first = bake_lora(str(recipe))
+    assert _ran(work, first) >= {"ingest", "convert", "dedupe", *PREPARE, "prune"}
+    with Catalog.open(work, read_only=True) as cat:
+        dropped = [s["subject"] for s in cat.skips_for(first) if s["reason"].startswith("near duplicate")]
+        folders = {r["name"]: r["folder"] for r in cat.train_captions(first)}
+    assert len(dropped) == 1 and dropped[0] in ("chara/b", "chara/b2")
+    assert folders["chara_c"] == "CharaA" and "chara_e" in folders
+    return recipe, work, _export(recipe, tmp_path / "out1"), dropped[0]
+
+
+def _prune_edits(recipe: Path, work: Path, before: dict) -> tuple[dict, str]:
+    """Tag edits, an exclude and a move (and one undone): prune alone runs again; the export changes as edited."""
+    from flows.bake import bake_lora
+
+    api.add_edit(work, "add_tags", "chara/a", {"tags": ["blue sky"]}, "the sky shows")
+    api.add_edit(work, "remove_tags", "chara_a", {"tags": ["smile"]})  # its kohya file name
+    repeats_dir = next(p.name for p in (recipe.parent / "out1/img").iterdir() if p.name.endswith("_CharaA"))
+    api.add_edit(work, "replace_tag", repeats_dir, {"old": "circlet", "new": "tiara"}, "it is a tiara")
+    excluded = api.add_edit(work, "exclude", "chara/e", {}, "blurry")
+    api.add_edit(work, "move", "chara/c", {"folder": "Outfit1"})
+    api.undo_edit(work, api.add_edit(work, "exclude", "chara/a", {}, "changed my mind").id)
+    with pytest.raises(EditError, match="target: no picture 'chara/zz' in the last run"):
+        api.add_edit(work, "exclude", "chara/zz")
+    with pytest.raises(EditError, match="folder: no folder 'Nowhere'"):
+        api.add_edit(work, "move", "chara/c", {"folder": "Nowhere"})
+    second = bake_lora(str(recipe))
+    assert _ran(work, second) == {"prune"}, _statuses(work, second)
+    after = _export(recipe, recipe.parent / "out2")
+    expected = dict(before)
+    expected[("CharaA", "chara_a")] = before[("CharaA", "chara_a")].replace("smile, ", "") + ", blue_sky"
+    expected[("Outfit1", "chara_c")] = "CharaA, Outfit1, " + expected.pop(("CharaA", "chara_c")).split(", ", 1)[1]
+    del expected[("CharaA", "chara_e")]
+    expected = {k: v.replace("circlet", "tiara") if k[0] == "CharaA" else v for k, v in expected.items()}
+    assert after == expected
+    assert "circlet" in after[("Outfit1", "chara_outfit1_o")]  # replace_tag stays in its folder
+    with Catalog.open(work, read_only=True) as cat:
+        skips = {s["subject"]: s["reason"] for s in cat.skips_for(second) if s["stage"] == "prune"}
+    assert skips == {"chara/e": f"excluded by edit #{excluded.id}: blurry"}
+    return after, repeats_dir
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_run_applies_the_edits_and_reruns_only_the_concerned_stages(tmp_path: Path):
+    import json
+    import shutil
+
+    from flows.bake import bake_lora
+
+    recipe, work, before, dropped = _first_run(tmp_path)
+    after, repeats_dir = _prune_edits(recipe, work, before)
+
+    # A crop: buckets alone runs again (its pictures are the same, so prune comes back cached).
+    api.add_edit(work, "crop", "chara_a", {"keep": [0.25, 0, 0.75, 1]}, "keep the face")
+    third = bake_lora(str(recipe))
+    assert _ran(work, third) == {"buckets"}, _statuses(work, third)
+    assignment = json.loads((work / "reports/buckets.json").read_text(encoding="utf-8"))
+    assert assignment["chara/a"]["keep_box"] == [0.25, 0.0, 0.75, 1.0] and "keep_box" not in assignment["chara/c"]
+
+    # Keep the dropped near-duplicate: dedupe runs, and the stages after it work on that one picture only.
+    api.add_edit(work, "keep_duplicate", dropped, {}, "another expression")
+    table = _statuses(work, bake_lora(str(recipe)))
+    assert table["ingest"][0] == table["convert"][0] == "cached" and table["dedupe"][0] == "ran"
+    assert all(table[s][1] <= 1 for s in PREPARE[:-1]), table  # buckets re-places all from the catalog's sizes
+    final = _export(recipe, tmp_path / "out3")
+    twin, kept = dropped.replace("/", "_"), ({"chara/b", "chara/b2"} - {dropped}).pop().replace("/", "_")
+    assert final[("CharaA", twin)] == final[("CharaA", kept)]
+    assert set(final) - set(after) == {("CharaA", twin)}
+
+    # Nothing new: every stage cached. Then the edits travel: export, a fresh work dir imports them on its run.
+    fifth = bake_lora(str(recipe))
+    assert _ran(work, fifth) == set(), _statuses(work, fifth)
+    assert api.export_edits(work, api.edits_file(recipe)) == 8  # the undone one too
+    shutil.rmtree(work)
+    sixth = bake_lora(str(recipe))
+    assert [(e.kind, e.target) for e in api.list_edits(work)] == [
+        ("add_tags", "chara/a"), ("remove_tags", "chara_a"), ("replace_tag", repeats_dir), ("exclude", "chara/e"),
+        ("move", "chara/c"), ("crop", "chara_a"), ("keep_duplicate", dropped)]
+    assert _export(recipe, tmp_path / "out4") == final
+    assert _ran(work, sixth) >= {"ingest", "prune"}
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_cli_edit_edits_and_provenance_show_the_edit(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from bakery.cli import app
+    from flows.bake import bake_lora
+    from tests.conftest import write_recipe
+
+    _edit_dataset(tmp_path)
+    recipe = write_recipe(tmp_path, CONCEPTS)
+    bake_lora(str(recipe))
+    cli = CliRunner()
+    done = cli.invoke(app, ["edit", str(recipe), "add_tags", "chara/a", "blue sky", "--reason", "the sky"])
+    assert done.exit_code == 0, done.output
+    assert "added: edit #1 add_tags chara/a {\"tags\": [\"blue_sky\"]} at " in done.output
+    bad = cli.invoke(app, ["edit", str(recipe), "add_tags", "chara/a", "a,b"])
+    assert bad.exit_code == 1 and "bakery: tags[0]: 'a,b' has a comma" in bad.output
+    bad = cli.invoke(app, ["edit", str(recipe), "crop", "chara/a", "0", "0"])
+    assert bad.exit_code == 1 and "crop: give X0 Y0 X1 Y1 after the target" in bad.output
+    assert cli.invoke(app, ["edit", str(recipe), "exclude", "chara/e"]).exit_code == 0
+    assert cli.invoke(app, ["edits", str(recipe), "undo", "2"]).exit_code == 0
+    listed = cli.invoke(app, ["edits", str(recipe), "list", "--all"]).output.splitlines()
+    assert [line.split(" at ")[0] for line in listed] == ["edit #1 add_tags chara/a {\"tags\": [\"blue_sky\"]}",
+                                                        "edit #2 exclude chara/e"]
+    assert "(undone " in listed[1]
+    out = cli.invoke(app, ["edits", str(recipe), "export"])
+    assert out.exit_code == 0 and (tmp_path / "recipe.edits.toml").is_file(), out.output
+    assert "imported 0 edit(s)" in cli.invoke(app, ["edits", str(recipe), "import"]).output
+    second = bake_lora(str(recipe))
+    with Catalog.open(tmp_path / "work", read_only=True) as cat:
+        digest = next(r["image_hash"] for r in cat.train_captions(second) if r["name"] == "chara_a")
+    shown = cli.invoke(app, ["provenance", str(recipe), digest[:12]])
+    assert shown.exit_code == 0, shown.output
+    assert "edit #1 add_tags chara/a" in shown.output and ": the sky" in shown.output
+    assert "edit #2" not in shown.output  # about another picture

@@ -44,8 +44,14 @@ class Edit:
     undone_at: datetime | None = None
 
     def key(self) -> dict:
-        """What a stage's cache key (and a skip's reason) sees of the edit."""
-        return {"id": self.id, "kind": self.kind, "target": self.target, "payload": self.payload, "reason": self.reason}
+        """What a stage's parameters (its cache key, and provenance) hold of the edit."""
+        return {"id": self.id, "kind": self.kind, "target": self.target, "payload": self.payload, "reason": self.reason,
+                "created_at": self.created_at.isoformat(timespec="seconds")}
+
+    @classmethod
+    def from_key(cls, key: Mapping) -> "Edit":
+        return cls(key["id"], key["kind"], key["target"], dict(key["payload"]), key["reason"],
+                   datetime.fromisoformat(key["created_at"]))
 
     def label(self) -> str:
         return f"edit #{self.id}" + (f": {self.reason}" if self.reason else "")
@@ -204,6 +210,16 @@ def crop_boxes(edits: Sequence[Edit]) -> dict[str, list[float]]:
     return {e.target: list(e.payload["keep"]) for e in concerning(edits, "buckets")}
 
 
+def resolve_boxes(boxes: Mapping[str, list[float]], pictures: Mapping[str, str]) -> dict[str, list[float]]:
+    """The crop edits' boxes by the picture names a stage sees (name -> hash); boxes naming nothing are left out."""
+    aliases = resolver(pictures)
+    out = {}
+    for target, box in boxes.items():
+        if (name := resolve(target, aliases)) is not None:
+            out[name] = list(box)
+    return out
+
+
 @dataclass
 class PruneEdits:
     """The prune stage's edits, resolved to the picture names it sees."""
@@ -243,13 +259,20 @@ def plan_prune(edits: Sequence[Edit], pictures: Mapping[str, str], folders: Iter
     return plan
 
 
-def apply_moves(members: dict[str, list[str]], unassigned: list[str],
-                moves: Mapping[str, tuple[str, Edit]]) -> tuple[dict[str, list[str]], list[str]]:
-    """The layout with each moved picture taken out of every folder and put in its edit's folder."""
-    out = {f: [n for n in names if n not in moves] for f, names in members.items()}
-    for name, (folder, _) in sorted(moves.items()):
-        out[folder] = sorted([*out[folder], name])
-    return out, [n for n in unassigned if n not in moves]
+def apply_layout(members: Mapping[str, list[str]], unassigned: list[str],
+                 plan: PruneEdits) -> tuple[dict[str, list[str]], list[str]]:
+    """The layout without the excluded pictures, each moved one taken out of every folder and put in its edit's."""
+    gone = set(plan.excluded) | set(plan.moves)
+    out = {f: [n for n in names if n not in gone] for f, names in members.items()}
+    for name, (folder, _) in sorted(plan.moves.items()):
+        if name not in plan.excluded:
+            out[folder] = sorted([*out[folder], name])
+    return out, [n for n in unassigned if n not in gone]
+
+
+def exclusion_reason(edit: Edit) -> str:
+    """The skip reason of a picture an edit excludes (the picture account holds)."""
+    return f"excluded by {edit.label()}"
 
 
 def apply_tags(cleaned: Mapping[str, list[str]], members: Mapping[str, list[str]],
@@ -288,3 +311,26 @@ def keep_added(kept: Sequence[str], added: Sequence[str]) -> list[str]:
 def edit_fingerprint(kind: str, target: str, payload: dict, created_at: datetime) -> tuple:
     """What makes an imported edit the same as one the catalog holds (importing twice adds nothing)."""
     return kind, target, json.dumps(payload, sort_keys=True), created_at.isoformat(timespec="seconds")
+
+
+def payload_from_args(kind: str, values: Sequence[str]) -> dict:
+    """The payload of `bakery edit RECIPE KIND TARGET VALUES...` (checked later by check_edit)."""
+    values = list(values)
+    usage = {"add_tags": "TAG...", "remove_tags": "TAG...", "replace_tag": "OLD [NEW]", "move": "FOLDER",
+             "crop": "X0 Y0 X1 Y1"}
+    if kind in ("add_tags", "remove_tags") and values:
+        return {"tags": values}
+    if kind == "replace_tag" and len(values) in (1, 2):
+        return {"old": values[0], "new": values[1] if len(values) == 2 else ""}
+    if kind == "move" and len(values) == 1:
+        return {"folder": values[0]}
+    if kind == "crop" and len(values) == 4:
+        try:
+            return {"keep": [float(v) for v in values]}
+        except ValueError:
+            raise EditError(f"keep: {' '.join(values)} are not four numbers 0..1") from None
+    if kind not in usage and kind in KINDS and not values:
+        return {}
+    if kind not in KINDS:
+        raise EditError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
+    raise EditError(f"{kind}: give {usage.get(kind, 'no values')} after the target")
