@@ -35,6 +35,8 @@ def create_app(recipe_path: Path | str) -> FastAPI:
     _decisions_and_runs(app)
     _edits(app)
     _files(app)
+    for name in TEMPLATES.env.list_templates():  # compiled now, not on a first page
+        TEMPLATES.get_template(name)
     return app
 
 

@@ -97,12 +97,13 @@ def load_dataset(workdir: Path, recipe: Recipe) -> Dataset:
     with CATALOG_LOCK:
         cache = _cached(workdir)
         if cache["dataset"] is None:
-            cache["dataset"] = _read_dataset(workdir, recipe)
+            cache["dataset"] = _read_dataset(workdir, recipe, cache["sources"])
         ds = cache["dataset"]
     return Dataset(ds.run_id, [replace(c) for c in ds.cards])
 
 
-def _read_dataset(workdir: Path, recipe: Recipe) -> Dataset:
+def _read_dataset(workdir: Path, recipe: Recipe, sources: dict[str, list[str]]) -> Dataset:
+    """The cards, and each picture's tags before pruning into `sources` (in the same catalog window)."""
     with reading(workdir) as cat:
         runs = cat.runs_with("train_captions")
         if not runs:
@@ -114,6 +115,7 @@ def _read_dataset(workdir: Path, recipe: Recipe) -> Dataset:
         sizes = {h: (r["width"], r["height"]) for h, r in cat.image_rows(hashes).items()}
         qa = {r["image_hash"]: r for r in cat.latest_mask_qa()}
         counts = cat.tag_post_counts(None)
+        sources.update(_cleaned_sources(cat, recipe, hashes))
     buckets = read_report(workdir, "reports/buckets.json") or {}
     upscaled = {u["name"]: u["factor"] for u in (read_report(workdir, "reports/upscale.json") or {}).get("upscaled", [])}
     triggers = triggers_of(recipe)
@@ -137,17 +139,20 @@ def _read_dataset(workdir: Path, recipe: Recipe) -> Dataset:
 
 def source_tags(workdir: Path, recipe: Recipe, hashes: Sequence[str]) -> dict[str, list[str]]:
     """Each picture's cleaned tags before pruning, read as the prune stage reads them."""
-    settings = caption_settings(recipe.captions.model_dump(mode="json"))
     with CATALOG_LOCK:
         known = _cached(workdir)["sources"]
         missing = sorted(set(hashes) - set(known))
         if missing:
             with reading(workdir) as cat:
-                side, rows = gather_sources(cat, [ImageRef(h, h) for h in missing])
-            known.update({h: tags_craft.clean_tags(tags_craft.source_tags(
-                side[h], rows[h], settings.sources, settings.merge, settings.keep_namespaces), settings.clean)
-                for h in side})
+                known.update(_cleaned_sources(cat, recipe, missing))
         return {h: known[h] for h in hashes if h in known}
+
+
+def _cleaned_sources(cat: Catalog, recipe: Recipe, hashes: Sequence[str]) -> dict[str, list[str]]:
+    settings = caption_settings(recipe.captions.model_dump(mode="json"))
+    side, rows = gather_sources(cat, [ImageRef(h, h) for h in hashes])
+    return {h: tags_craft.clean_tags(tags_craft.source_tags(side[h], rows[h], settings.sources, settings.merge,
+                                                             settings.keep_namespaces), settings.clean) for h in side}
 
 
 def provenance(workdir: Path, sha256: str) -> dict:
