@@ -114,6 +114,9 @@ def test_edits_are_stored_listed_and_undone(studio):
     listed = get(studio, "/edits").text
     row = re.search(r'<tr class="edit" data-kind="add_tags" data-target="red_dress/red_dress_00"><td>(\d+)</td>', listed)
     assert row and "visible hat" in listed and "sun_hat" in listed
+    crop = {"kind": "crop", "target": "red_dress/red_dress_00", "x0": "0.1", "y0": "0", "x1": "0.9", "y1": "0.5"}
+    assert post(studio, "/edits", crop).status_code == 303
+    assert 'data-kind="crop" data-target="red_dress/red_dress_00"' in get(studio, "/edits").text
     undone = post(studio, f"/edits/{row.group(1)}/undo", {"next": "/edits"})
     assert undone.status_code == 303
     assert re.search(r'<tr class="edit undone" data-kind="add_tags"', get(studio, "/edits").text)

@@ -109,7 +109,10 @@ def test_review_edits_in_a_browser_change_the_next_run_exactly(tmp_path: Path, b
     before = exported(recipe, tmp_path / "before")
     with Served(create_app(recipe)) as served:
         untag = edit_in_browser(browser, served.url)
-    run_id = run_recipe(recipe)
+        run_id = run_recipe(recipe)  # the studio holds no catalog connection between requests
+        browser.get(served.url + "/runs")  # the tag statistics' diff between the two runs
+        diff = browser.find_element(By.ID, "tag-diff").text
+        assert "sun_hat (1)" in diff and "white_background" in diff
     after = exported(recipe, tmp_path / "after")
 
     flat = lambda name: name.replace("/", "_")  # noqa: E731 - the picture's file name in its kohya folder
@@ -127,5 +130,6 @@ def test_review_edits_in_a_browser_change_the_next_run_exactly(tmp_path: Path, b
         stages = {s["stage"]: s for s in cat.stage_table(run_id)}
     assert stages["ingest"]["status"] == stages["convert"]["status"] == "cached"
     assert stages["dedupe"]["status"] == "ran" and stages["prune"]["status"] == "ran"
-    for stage in ("alpha", "trim", "upscale", "buckets", "autotag"):  # only the kept near-duplicate is new
+    for stage in ("alpha", "trim", "upscale", "autotag"):  # per-picture work: only the kept near-duplicate is new
         assert stages[stage]["n_processed"] <= 1, stage
+    assert stages["buckets"]["n_in"] == stages["dedupe"]["n_out"]  # its report is over the set (no picture work)

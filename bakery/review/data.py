@@ -97,13 +97,12 @@ def load_dataset(workdir: Path, recipe: Recipe) -> Dataset:
     with CATALOG_LOCK:
         cache = _cached(workdir)
         if cache["dataset"] is None:
-            cache["dataset"] = _read_dataset(workdir, recipe, cache["sources"])
+            cache["dataset"] = _read_dataset(workdir, recipe)
         ds = cache["dataset"]
     return Dataset(ds.run_id, [replace(c) for c in ds.cards])
 
 
-def _read_dataset(workdir: Path, recipe: Recipe, sources: dict[str, list[str]]) -> Dataset:
-    """The cards, and each picture's tags before pruning into `sources` (in the same catalog window)."""
+def _read_dataset(workdir: Path, recipe: Recipe) -> Dataset:
     with reading(workdir) as cat:
         runs = cat.runs_with("train_captions")
         if not runs:
@@ -115,7 +114,6 @@ def _read_dataset(workdir: Path, recipe: Recipe, sources: dict[str, list[str]]) 
         sizes = {h: (r["width"], r["height"]) for h, r in cat.image_rows(hashes).items()}
         qa = {r["image_hash"]: r for r in cat.latest_mask_qa()}
         counts = cat.tag_post_counts(None)
-        sources.update(_cleaned_sources(cat, recipe, hashes))
     buckets = read_report(workdir, "reports/buckets.json") or {}
     upscaled = {u["name"]: u["factor"] for u in (read_report(workdir, "reports/upscale.json") or {}).get("upscaled", [])}
     triggers = triggers_of(recipe)
@@ -129,6 +127,7 @@ def _read_dataset(workdir: Path, recipe: Recipe, sources: dict[str, list[str]]) 
         if entry and card.size:
             card.bucket = tuple(entry["kohya_bucket"])
             card.crop = views.crop_fractions(card.size, entry["kohya_bucket"], entry["kohya_resized"])
+            card.keep = tuple(entry["keep_box"]) if entry.get("keep_box") else None
         card.flags = views.card_flags(card, counts, recipe.captions.rare_tag_posts, recipe.captions.warn_caption_bytes,
                                       entry["downscale"] if entry else None, qa.get(r["image_hash"]))
         if r in held:
@@ -138,7 +137,8 @@ def _read_dataset(workdir: Path, recipe: Recipe, sources: dict[str, list[str]]) 
 
 
 def source_tags(workdir: Path, recipe: Recipe, hashes: Sequence[str]) -> dict[str, list[str]]:
-    """Each picture's cleaned tags before pruning, read as the prune stage reads them."""
+    """Each picture's cleaned tags before pruning, read as the prune stage reads them (those of a page only: for
+    thousands of pictures that is most of a page's time; kept until the catalog changes)."""
     with CATALOG_LOCK:
         known = _cached(workdir)["sources"]
         missing = sorted(set(hashes) - set(known))

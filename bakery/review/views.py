@@ -46,6 +46,7 @@ class Card:
     size: tuple[int, int] | None = None
     crop: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 (0-1) the bucket keeps
     bucket: tuple[int, int] | None = None
+    keep: tuple[float, float, float, float] | None = None  # a crop edit's box: what the bucket crop must keep
     upscale: float | None = None
     flags: dict[str, str] = field(default_factory=dict)  # flag -> what it says
     pruned: list[str] = field(default_factory=list)  # filled for the cards of a page
@@ -56,10 +57,19 @@ class Card:
 
     @property
     def crop_style(self) -> str:
-        if not self.crop:
-            return ""
-        x0, y0, x1, y1 = self.crop
-        return f"left:{100 * x0:.2f}%;top:{100 * y0:.2f}%;width:{100 * (x1 - x0):.2f}%;height:{100 * (y1 - y0):.2f}%"
+        return box_style(self.crop)
+
+    @property
+    def keep_style(self) -> str:
+        return box_style(self.keep)
+
+
+def box_style(box: Sequence[float] | None) -> str:
+    """CSS placing a box given in fractions of the picture over it."""
+    if not box:
+        return ""
+    x0, y0, x1, y1 = box
+    return f"left:{100 * x0:.2f}%;top:{100 * y0:.2f}%;width:{100 * (x1 - x0):.2f}%;height:{100 * (y1 - y0):.2f}%"
 
 
 def split_caption(caption: str, triggers: Iterable[str]) -> tuple[list[str], list[str]]:
