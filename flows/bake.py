@@ -8,13 +8,13 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from bakery.craft.edits import Edit, crop_boxes, keep_list
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet
 from bakery.recipe import Recipe, load_recipe, stage_params_json
 from bakery.stages import Plan, plan_run
 from tasks.alpha import ALPHA
 from tasks.autotag import AUTOTAG, autotag_params_json
 from tasks.bake import BAKE, bake_params_json
-from bakery.craft.edits import Edit, crop_boxes, keep_list
 from tasks.buckets import BUCKETS, buckets_params_json
 from tasks.convert import CONVERT
 from tasks.dedupe import DEDUPE
