@@ -231,3 +231,19 @@ def test_prefect_dashboard_address():
     assert views.prefect_ui({}) is None
     assert views.prefect_ui({"PREFECT_API_URL": "http://h:4200/api"}) == "http://h:4200"
     assert views.prefect_ui({"PREFECT_UI_URL": "http://ui/", "PREFECT_API_URL": "http://h/api"}) == "http://ui"
+
+
+def test_a_running_bake_holding_the_catalog_gives_a_busy_page_not_a_hang(studio):
+    _, recipe = studio
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom storage import Catalog\n"
+         f"with Catalog.open({str(recipe.parent / 'work')!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        answer = get(studio, "/decisions")
+        assert answer.status_code == 503 and "the catalog is busy" in answer.text
+    finally:
+        holder.kill()
+        holder.wait()
+    assert get(studio, "/decisions").status_code == 200  # free again: nothing kept it open

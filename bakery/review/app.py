@@ -108,7 +108,7 @@ def _pages(app: FastAPI) -> None:
         for c in cards:
             c.pruned = views.pruned_tags(sources.get(c.hash, []), c.tags, c.triggers)
         chain = data.provenance(st.workdir, sha256)
-        folders = [f for f, _, _ in views.folder_counts(everything)]
+        folders = [f for c in st.recipe.concepts for f in [c.name, *(o.name for o in c.outfits)]]
         return page(request, "picture.html", cards=cards, card=cards[0], chain=chain, folders=folders)
 
 
