@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import io
 import os
 import re
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from bakery.craft.buckets import bucket_resolutions, select_bucket
 from bakery.review import create_app, views
@@ -175,6 +177,10 @@ def test_thumbnails_are_made_once_and_kept(studio):
     made_at = kept.stat().st_mtime_ns
     assert get(studio, f"/thumb/{sha}/256").status_code == 200
     assert kept.stat().st_mtime_ns == made_at
+    mask = re.search(r'/thumb/([0-9a-f]{64})/256\?mask=1', get(studio, "/dataset").text).group(1)
+    overlay = get(studio, f"/thumb/{mask}/256?mask=1")
+    assert overlay.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(overlay.content)).mode == "L"  # the mask's greyscale, for the overlay
 
 
 def test_bakery_review_binds_localhost_by_default(studio):
