@@ -119,6 +119,9 @@ def test_edits_are_stored_listed_and_undone(studio):
     crop = {"kind": "crop", "target": "red_dress/red_dress_00", "x0": "0.1", "y0": "0", "x1": "0.9", "y1": "0.5"}
     assert post(studio, "/edits", crop).status_code == 303
     assert 'data-kind="crop" data-target="red_dress/red_dress_00"' in get(studio, "/edits").text
+    sha = re.search(r'data-name="red_dress/red_dress_00" data-hash="([0-9a-f]{64})"', get(studio, "/dataset").text)
+    own = get(studio, f"/picture/{sha.group(1)}").text
+    assert "visible hat" in own[own.index('id="picture-edits"'):]  # the picture's page lists its edits
     undone = post(studio, f"/edits/{row.group(1)}/undo", {"next": "/edits"})
     assert undone.status_code == 303
     assert re.search(r'<tr class="edit undone" data-kind="add_tags"', get(studio, "/edits").text)

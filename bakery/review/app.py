@@ -109,7 +109,8 @@ def _pages(app: FastAPI) -> None:
             c.pruned = views.pruned_tags(sources.get(c.hash, []), c.tags, c.triggers)
         chain = data.provenance(st.workdir, sha256)
         folders = [f for c in st.recipe.concepts for f in [c.name, *(o.name for o in c.outfits)]]
-        return page(request, "picture.html", cards=cards, card=cards[0], chain=chain, folders=folders)
+        edits = edit_forms.naming(st.workdir, cards[0].name, sha256)
+        return page(request, "picture.html", cards=cards, card=cards[0], chain=chain, folders=folders, edits=edits)
 
 
 def _decisions_and_runs(app: FastAPI) -> None:

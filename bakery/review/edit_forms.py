@@ -91,3 +91,11 @@ def transfer(workdir: Path, recipe_path: Path, action: str) -> int:
         raise StudioError(400, f"import: no {path.name} beside the recipe")
     fn = api().export_edits if action == "export" else api().import_edits
     return _call(fn, workdir, path)
+
+
+def naming(workdir: Path, name: str, sha256: str) -> list:
+    """The edits (undone ones too) that name this picture, by its name, kohya file name or content hash."""
+    from bakery.craft.edits import resolve, resolver
+
+    aliases = resolver({name: sha256})
+    return [e for e in listed(workdir) if e.kind != "replace_tag" and resolve(e.target, aliases) == name]
