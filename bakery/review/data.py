@@ -116,23 +116,13 @@ def _read_dataset(workdir: Path, recipe: Recipe) -> Dataset:
         counts = cat.tag_post_counts(None)
     buckets = read_report(workdir, "reports/buckets.json") or {}
     upscaled = {u["name"]: u["factor"] for u in (read_report(workdir, "reports/upscale.json") or {}).get("upscaled", [])}
-    triggers = triggers_of(recipe)
+    triggers, caps = triggers_of(recipe), recipe.captions
     cards = []
-    for r in rows + held:
+    for r, is_held in [(r, False) for r in rows] + [(r, True) for r in held]:
         name = names.get(r["image_hash"], r["name"])
-        head, body = views.split_caption(r["caption"], triggers)
-        card = views.Card(name, r["name"], r["folder"], r["repeats"], r["image_hash"], r["mask_hash"], r["caption"],
-                          head, body, sizes.get(r["image_hash"]), upscale=upscaled.get(name))
-        entry = buckets.get(name)
-        if entry and card.size:
-            card.bucket = tuple(entry["kohya_bucket"])
-            card.crop = views.crop_fractions(card.size, entry["kohya_bucket"], entry["kohya_resized"])
-            card.keep = tuple(entry["keep_box"]) if entry.get("keep_box") else None
-        card.flags = views.card_flags(card, counts, recipe.captions.rare_tag_posts, recipe.captions.warn_caption_bytes,
-                                      entry["downscale"] if entry else None, qa.get(r["image_hash"]))
-        if r in held:
-            card.flags["held_out"] = "held out for the validation loss: never trained on"
-        cards.append(card)
+        cards.append(views.build_card(r, name, triggers, sizes.get(r["image_hash"]), buckets.get(name),
+                                      upscaled.get(name), qa.get(r["image_hash"]), counts, caps.rare_tag_posts,
+                                      caps.warn_caption_bytes, held=is_held))
     return Dataset(runs[0], sorted(cards, key=lambda c: (c.folder, c.name)))
 
 

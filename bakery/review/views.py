@@ -116,6 +116,24 @@ def card_flags(card: Card, post_counts: Mapping[str, int], rare_below: int, max_
     return flags
 
 
+def build_card(row: Mapping, name: str, triggers: Sequence[str], size: tuple[int, int] | None,
+               bucket_entry: Mapping | None, upscale: float | None, mask_qa: Mapping | None,
+               post_counts: Mapping[str, int], rare_below: int, max_bytes: int, held: bool = False) -> Card:
+    """One `train_captions` (or held-out validation) row with what the reports say of its picture."""
+    head, body = split_caption(row["caption"], triggers)
+    card = Card(name, row["name"], row["folder"], row["repeats"], row["image_hash"], row["mask_hash"], row["caption"],
+                head, body, size, upscale=upscale)
+    entry = bucket_entry or {}
+    if entry and size:
+        card.bucket = tuple(entry["kohya_bucket"])
+        card.crop = crop_fractions(size, entry["kohya_bucket"], entry["kohya_resized"])
+        card.keep = tuple(entry["keep_box"]) if entry.get("keep_box") else None
+    card.flags = card_flags(card, post_counts, rare_below, max_bytes, entry.get("downscale"), mask_qa)
+    if held:
+        card.flags["held_out"] = "held out for the validation loss: never trained on"
+    return card
+
+
 @dataclass(frozen=True)
 class Filters:
     folder: str = ""
