@@ -930,7 +930,6 @@ class Catalog:
     def skips_for(self, run_id: str) -> list[dict[str, Any]]:
         return self.rows("SELECT stage, subject, reason FROM skips WHERE run_id = ? ORDER BY stage, subject", [run_id])
 
-
     # -- review studio (bakery/review): read-only look-ups ---------------------------
     def picture_names(self, hashes: Sequence[str]) -> dict[str, str]:
         """Each image's picture name: its first source's name plus the suffixes (frames) of the derivations since."""
