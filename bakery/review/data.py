@@ -119,7 +119,9 @@ def _read_dataset(workdir: Path, recipe: Recipe) -> Dataset:
     triggers, caps = triggers_of(recipe), recipe.captions
     cards = []
     for r, is_held in [(r, False) for r in rows] + [(r, True) for r in held]:
-        name = names.get(r["image_hash"], r["name"])
+        name = names.get(r["image_hash"], "")
+        if name.replace("/", "_") != r["name"]:  # a name made unique (`pic0_png`) is not rebuilt: use the file name
+            name = r["name"]
         cards.append(views.build_card(r, name, triggers, sizes.get(r["image_hash"]), buckets.get(name),
                                       upscaled.get(name), qa.get(r["image_hash"]), counts, caps.rare_tag_posts,
                                       caps.warn_caption_bytes, held=is_held))
