@@ -386,6 +386,26 @@ def tags(
                        + (f"; kept in {', '.join(o.kept_in)}" if o.kept_in else "; kept nowhere"))
 
 
+@app.command()
+def review(
+    recipe: Path = typer.Argument(..., help="Recipe TOML file."),
+    port: int = typer.Option(8765, "--port", help="Port to serve on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (other machines reach it only if you say so)."),
+) -> None:
+    """The review studio: the dataset as it will be trained, the decisions, the runs; edits in one place."""
+    import uvicorn
+
+    from bakery.review import create_app
+
+    cfg = _load(recipe)
+    if not (cfg.workdir / "catalog.duckdb").exists():
+        fail(f"no runs yet: {cfg.workdir} has no catalog (run: bakery run {recipe})")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: serving on {host}: anyone who reaches it can see the dataset and edit it", err=True)
+    typer.echo(f"review studio for {recipe}: http://{host}:{port}/ (Ctrl-C to stop)")
+    uvicorn.run(create_app(recipe), host=host, port=port, log_level="warning")
+
+
 @app.command("export-kohya")
 def export_kohya(
     recipe: Path = typer.Argument(..., help="Recipe TOML file."),

@@ -930,6 +930,42 @@ class Catalog:
     def skips_for(self, run_id: str) -> list[dict[str, Any]]:
         return self.rows("SELECT stage, subject, reason FROM skips WHERE run_id = ? ORDER BY stage, subject", [run_id])
 
+    # -- review studio (bakery/review): read-only look-ups ---------------------------
+    def picture_names(self, hashes: Sequence[str]) -> dict[str, str]:
+        """Each image's picture name: its first source's name plus the suffixes (frames) of the derivations since."""
+        if not hashes:
+            return {}
+        return dict(self.con.execute(
+            """WITH RECURSIVE up(image_hash, current, suffix, depth) AS (
+                   SELECT h, h, '', 0 FROM (SELECT unnest(?) AS h)
+                   UNION ALL
+                   SELECT up.image_hash, d.input_hash, d.output_suffix || up.suffix, up.depth + 1 FROM up
+                   JOIN derivations d ON d.output_hash = up.current AND d.input_hash <> d.output_hash
+                   WHERE up.depth < 32
+               )
+               SELECT up.image_hash, arg_min(s.name || up.suffix, s.location)
+               FROM up JOIN sources s ON s.image_hash = up.current GROUP BY up.image_hash""",
+            [list(hashes)],
+        ).fetchall())
+
+    def runs_of(self, recipe_path: str | None) -> list[dict[str, Any]]:
+        """Runs of one recipe (every run when None), newest first."""
+        return self.rows("SELECT * FROM runs WHERE ? IS NULL OR recipe_path = ? ORDER BY started_at DESC",
+                         [recipe_path, recipe_path])
+
+    def latest_mask_qa(self) -> list[dict[str, Any]]:
+        """The mask QA verdicts of the newest run that checked masks."""
+        return self.rows(
+            """SELECT * FROM mask_qa WHERE run_id = (SELECT q.run_id FROM (SELECT DISTINCT run_id FROM mask_qa) q
+               JOIN runs USING (run_id) ORDER BY runs.started_at DESC LIMIT 1) ORDER BY image_hash""")
+
+    def near_duplicates(self) -> list[dict[str, Any]]:
+        """Every dropped duplicate with the copy that was kept (the dedupe stage's newest verdicts)."""
+        return self.rows("SELECT * FROM duplicates ORDER BY kept_hash, distance, image_hash")
+
+    def evaluation_reports(self) -> list[dict[str, Any]]:
+        return self.rows("SELECT eval_key, run_id, name, report_path, created_at FROM evaluations ORDER BY created_at DESC")
+
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (dict, list)):
