@@ -13,6 +13,7 @@ from bakery.craft.sweep import Liveness, VariantOutcome, cells_from_scores, rank
 from bakery.recipe import RecipeError, parse_recipe
 from storage import Catalog
 from tests.conftest import write_recipe
+from tests.test_bake_flow import TRAIN
 from tests.wd14_model import write_tiny_wd14
 
 # Two outfits of one character, coloured so the tiny tagger's tags are known (red_theme, blue_theme).
@@ -31,28 +32,15 @@ target_steps = 4
   name = "red"
   trigger = "chara_red"
   paths = ["red/**"]
+  target_steps = 10
   [[concepts.outfits]]
   name = "blue"
   trigger = "chara_blue"
   paths = ["blue/**"]
+  target_steps = 10
 
 [autotag]
 model = "{tagger}"
-
-[buckets]
-resolution = 64
-min_side = 64
-max_side = 64
-step = 32
-
-[train]
-base_model = "tiny"
-optimizer = "adamw"
-learning_rate = 0.001
-epochs = {epochs}
-batch_size = 2
-network_dim = 4
-network_alpha = 2
 
 [trigger_check]
 enabled = false
@@ -74,7 +62,7 @@ def make_sweep_project(folder: Path, variants: str, epochs: int = 2, extra: str 
         for i in range(4):
             Image.new("RGB", (64, 64), tuple(min(255, c + 9 * i) for c in rgb)).save(folder / "images" / group / f"{group}{i}.png")
     tagger = write_tiny_wd14(folder / "wd14")
-    return write_recipe(folder, PROJECT.format(tagger=tagger, epochs=epochs) + extra + variants)
+    return write_recipe(folder, PROJECT.format(tagger=tagger) + TRAIN.format(epochs=epochs) + extra + variants)
 
 
 # -- the recipe ---------------------------------------------------------------------------------------------
@@ -142,7 +130,7 @@ def test_ranking_across_variants_names_the_best_and_what_it_beat():
 
 # -- one machine: the variants one after another in one run --------------------------------------------------
 
-VARIANTS = """
+TWO_VARIANTS = """
 [[variants]]
 name = "dim4"
 
@@ -150,7 +138,8 @@ name = "dim4"
 name = "dim2"
 network_dim = 2
 network_alpha = 1
-
+"""
+VARIANTS = TWO_VARIANTS + """
 [[variants]]
 name = "broken"
 base_model = "no-such-model-folder"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from storage import Catalog
-from tests.test_sweep import make_sweep_project
+from tests.test_sweep import TWO_VARIANTS, make_sweep_project
 
 ROOT = Path(__file__).parent.parent
 POOL = "bakery-gpu"
@@ -26,15 +26,7 @@ VARIANTS = """
 deployment = "bake-lora/sweep-variant"
 heartbeat_s = 1.0
 lost_after_s = 6.0
-
-[[variants]]
-name = "dim4"
-
-[[variants]]
-name = "dim2"
-network_dim = 2
-network_alpha = 1
-"""
+""" + TWO_VARIANTS
 
 
 def _env(api_url: str) -> dict[str, str]:
