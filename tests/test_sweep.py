@@ -148,7 +148,9 @@ base_model = "no-such-model-folder"
 
 @pytest.mark.timeout(900)
 @pytest.mark.usefixtures("prefect_server")
-def test_a_sweep_here_bakes_each_variant_judges_them_and_survives_a_failing_one(tmp_path):
+def test_a_sweep_here_bakes_each_variant_judges_them_and_survives_a_failing_one(tmp_path, capsys):
+    from bakery.cli import _print_run
+    from bakery.recipe import load_recipe
     from flows.bake import bake_lora
 
     recipe = make_sweep_project(tmp_path, VARIANTS)
@@ -174,3 +176,31 @@ def test_a_sweep_here_bakes_each_variant_judges_them_and_survives_a_failing_one(
     report = next((tmp_path / "work" / "sweeps").glob(f"{run_id}-*/report.html")).read_text()
     assert "Ranking across variants" in report and "<td>broken</td>" in report and "scores best" in report
     assert "<td>dim4</td><td>" in report and "<td>dim2</td><td>" in report
+    _print_run(load_recipe(recipe), run_id)  # what `bakery run` prints after the stage table
+    out = capsys.readouterr().out
+    assert "sweep (3 variants):" in out and "  broken: failed (1 flow run(s)); Flow run encountered" in out
+    assert f"sweep report: {tmp_path / 'work' / 'sweeps'}" in out
+
+
+def test_the_catalog_waits_while_another_process_holds_it(tmp_path):
+    """The flow runs of a sweep on two workers share one catalog: an opening waits for the other's to close."""
+    import subprocess
+    import sys
+    import time
+
+    with Catalog.open(tmp_path):
+        pass
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import duckdb, sys, time\ncon = duckdb.connect(sys.argv[1])\nprint('held', flush=True)\ntime.sleep(1.5)\n"
+        "con.close()"), str(tmp_path / "catalog.duckdb")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        with Catalog.open(tmp_path) as cat:
+            cat.add_sweep_variants("r", [VariantOutcome("v", {"network_dim": 4}, "completed", 1, ["ok"]).row()])
+        assert time.monotonic() - started > 0.5  # it waited for the holder, then wrote
+    finally:
+        holder.wait(timeout=30)
+    with Catalog.open(tmp_path, read_only=True) as cat:
+        assert cat.sweep_variants("r")[0]["overrides"] == {"network_dim": 4}
+
