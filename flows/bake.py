@@ -193,7 +193,8 @@ def _chain(recipe: Recipe, recipe_path: str, run: RunInfo, plan: Plan, variant: 
         from flows.sweep import sweep
 
         shared_stages(recipe, run, trainset, plan)  # made once here, Cached in every variant's run
-        sweep(recipe, recipe_path, run)
+        if BAKE.name in plan.stages:
+            sweep(recipe, recipe_path, run, plan)
         return
     baked, tasted = bake_and_taste(recipe, run, trainset, plan)
     if variant and sweep_id:  # what this variant produced, for the sweep that asked for it

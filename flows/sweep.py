@@ -22,21 +22,30 @@ from prefect.artifacts import create_markdown_artifact
 
 from bakery.craft.sweep import COMPLETED, FAILED, LOST, Liveness, VariantOutcome
 from bakery.recipe import Recipe
+from bakery.stages import Plan
 from tasks.stage import RunInfo
 from tasks.sweep import read_beat, write_report
 
 POLL_S = 1.0
 
 
-def sweep(recipe: Recipe, recipe_path: str, run: RunInfo) -> list[VariantOutcome]:
+def variant_plan(plan: Plan) -> dict[str, str | None]:
+    """What the sweep's own plan asks of each variant's run: bake (and evaluate) again or from cache, evaluate or
+    not. The stages before them are the sweep run's own."""
+    again = next((s for s in ("bake", "evaluate") if plan.refreshes(s)), None)
+    return {"from_stage": again, "to_stage": None if "evaluate" in plan.stages else "bake"}
+
+
+def sweep(recipe: Recipe, recipe_path: str, run: RunInfo, plan: Plan) -> list[VariantOutcome]:
     """Bake and judge every variant (here or on the pool), then write the sweep report. Fails only when all do."""
     sweep_id = f"{run.run_id}-{uuid.uuid4().hex[:6]}"
     outcomes = [VariantOutcome(v.name, v.overrides) for v in recipe.variants]
+    params = {"recipe_path": recipe_path, "sweep_id": sweep_id, **variant_plan(plan)}
     if recipe.sweep.deployment:
-        on_pool(recipe, recipe_path, sweep_id, outcomes)
+        on_pool(recipe, params, outcomes)
     else:
         for outcome in outcomes:
-            one_here(recipe, recipe_path, sweep_id, outcome)
+            one_here(params, outcome)
     path, summary = write_report(run.workdir, sweep_id, run.run_id, recipe.project.name, outcomes,
                                  recipe.evaluate.rank_tolerance)
     create_markdown_artifact(summary, key="sweep-summary", description="Sweep: what happened to each variant")
@@ -46,13 +55,13 @@ def sweep(recipe: Recipe, recipe_path: str, run: RunInfo) -> list[VariantOutcome
     return outcomes
 
 
-def one_here(recipe: Recipe, recipe_path: str, sweep_id: str, outcome: VariantOutcome) -> None:
-    """One variant as a subflow of this run."""
+def one_here(params: dict, outcome: VariantOutcome) -> None:
+    """One variant as a subflow of this run (`params`: the bake flow's, but the variant)."""
     from flows.bake import bake_lora
 
     outcome.attempts = 1
     state = bake_lora.with_options(flow_run_name=f"variant-{outcome.name}")(
-        recipe_path, variant=outcome.name, sweep_id=sweep_id, return_state=True)
+        **params, variant=outcome.name, return_state=True)
     if state.is_completed():
         outcome.status = COMPLETED
         outcome.history.append("attempt 1: completed here")
@@ -64,8 +73,8 @@ def one_here(recipe: Recipe, recipe_path: str, sweep_id: str, outcome: VariantOu
 class _Pool:
     """The variants' flow runs on the work pool: submitted, watched, submitted again when their worker is lost."""
 
-    def __init__(self, recipe: Recipe, recipe_path: str, sweep_id: str, outcomes: list[VariantOutcome]):
-        self.recipe, self.recipe_path, self.sweep_id = recipe, recipe_path, sweep_id
+    def __init__(self, recipe: Recipe, params: dict, outcomes: list[VariantOutcome]):
+        self.recipe, self.params, self.sweep_id = recipe, params, params["sweep_id"]
         self.outcomes = {o.name: o for o in outcomes}
         self.current: dict[str, object] = {}  # variant -> its flow run id, while it has one in flight
         self.live: dict[str, Liveness] = {}
@@ -76,8 +85,7 @@ class _Pool:
         o = self.outcomes[name]
         o.attempts += 1
         flow_run = run_deployment(
-            self.recipe.sweep.deployment, parameters={"recipe_path": self.recipe_path, "variant": name,
-                                                      "sweep_id": self.sweep_id},
+            self.recipe.sweep.deployment, parameters={**self.params, "variant": name},
             timeout=0, idempotency_key=f"{self.sweep_id}-{name}-{o.attempts}", flow_run_name=f"{name}-{o.attempts}")
         self.current[name] = flow_run.id
         self.live[name] = Liveness(self.recipe.sweep.lost_after_s)
@@ -117,10 +125,10 @@ class _Pool:
             self.again_or(name, LOST, f"{line}: {why}")
 
 
-def on_pool(recipe: Recipe, recipe_path: str, sweep_id: str, outcomes: list[VariantOutcome]) -> None:
+def on_pool(recipe: Recipe, params: dict, outcomes: list[VariantOutcome]) -> None:
     from prefect.client.orchestration import get_client
 
-    pool = _Pool(recipe, recipe_path, sweep_id, outcomes)
+    pool = _Pool(recipe, params, outcomes)
     for o in outcomes:
         pool.submit(o.name)
     with get_client(sync_client=True) as client:

@@ -128,6 +128,18 @@ def test_ranking_across_variants_names_the_best_and_what_it_beat():
     assert "attempt 1: lost<br>attempt 2: ok" in page and "<td>a</td><td>2</td><td>1</td><td>0.70</td>" in page
 
 
+def test_each_variant_run_follows_the_sweep_runs_plan():
+    from bakery.stages import plan_run
+    from flows.bake import BUILT
+    from flows.sweep import variant_plan
+
+    assert variant_plan(plan_run(BUILT)) == {"from_stage": None, "to_stage": None}
+    assert variant_plan(plan_run(BUILT, from_stage="prune")) == {"from_stage": "bake", "to_stage": None}
+    assert variant_plan(plan_run(BUILT, only_stage="evaluate")) == {"from_stage": "evaluate", "to_stage": None}
+    assert variant_plan(plan_run(BUILT, only_stage="bake")) == {"from_stage": "bake", "to_stage": "bake"}
+    assert variant_plan(plan_run(BUILT, to_stage="bake")) == {"from_stage": None, "to_stage": "bake"}
+
+
 # -- one machine: the variants one after another in one run --------------------------------------------------
 
 TWO_VARIANTS = """
