@@ -624,6 +624,10 @@ class SweepParams(_Section):
     # No heartbeat for this long: its worker is lost; the variant runs again and resumes from its saved state.
     lost_after_s: Annotated[float, Field(gt=0)] = 120.0
     attempts: Annotated[int, Field(gt=0, le=10)] = 3  # flow runs one variant may take
+    # Where the results are also copied, through fsspec ("s3://bucket/loras" with s3fs installed,
+    # "file:///mnt/nas/loras"): each variant's LoRA files and report and the sweep report, under
+    # <url>/<project name>/<sweep id>/. The work dir itself stays a folder. None: nowhere else.
+    publish_url: str | None = None
 
 
 class RuntimeParams(_Section):

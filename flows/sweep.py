@@ -24,7 +24,7 @@ from bakery.craft.sweep import COMPLETED, FAILED, LOST, Liveness, VariantOutcome
 from bakery.recipe import Recipe
 from bakery.stages import Plan
 from tasks.stage import RunInfo
-from tasks.sweep import read_beat, write_report
+from tasks.sweep import publish, read_beat, write_report
 
 POLL_S = 1.0
 
@@ -48,6 +48,9 @@ def sweep(recipe: Recipe, recipe_path: str, run: RunInfo, plan: Plan) -> list[Va
             one_here(params, outcome)
     path, summary = write_report(run.workdir, sweep_id, run.run_id, recipe.project.name, outcomes,
                                  recipe.evaluate.rank_tolerance)
+    if recipe.sweep.publish_url:
+        sent = publish(recipe.sweep.publish_url, recipe.project.name, sweep_id, path, outcomes)
+        get_run_logger().info("sweep: %d files copied to %s", len(sent), recipe.sweep.publish_url)
     create_markdown_artifact(summary, key="sweep-summary", description="Sweep: what happened to each variant")
     get_run_logger().info("sweep: %s; report %s", ", ".join(f"{o.name} {o.status}" for o in outcomes), path)
     if not any(o.status == COMPLETED for o in outcomes):
@@ -89,6 +92,8 @@ class _Pool:
             timeout=0, idempotency_key=f"{self.sweep_id}-{name}-{o.attempts}", flow_run_name=f"{name}-{o.attempts}")
         self.current[name] = flow_run.id
         self.live[name] = Liveness(self.recipe.sweep.lost_after_s)
+        get_run_logger().info("sweep: variant %s, attempt %d: flow run %s on %s", name, o.attempts, flow_run.id,
+                              self.recipe.sweep.deployment)
 
     def again_or(self, name: str, status: str, line: str) -> None:
         o = self.outcomes[name]

@@ -67,6 +67,7 @@ def record_variant(workdir: str | Path, sweep_id: str, variant: str, run_id: str
                    tasted: StageResult | None) -> None:
     """What the variant's run produced, for the sweep that asked for it."""
     data = {"run_id": run_id, "bake_key": baked.bake_key if baked else None,
+            "files": [baked.files[e] for e in sorted(baked.files)] if baked else [],
             "report_path": str(tasted.payload) if tasted else None}
     _write_atomic(sweep_dir(workdir, sweep_id) / f"{variant}.json", json.dumps(data))
 
@@ -78,6 +79,7 @@ def collect(workdir: str | Path, sweep_id: str, outcome: craft.VariantOutcome) -
         return []
     data = json.loads(path.read_text(encoding="utf-8"))
     outcome.variant_run_id, outcome.bake_key, outcome.report_path = data["run_id"], data["bake_key"], data["report_path"]
+    outcome.files = data.get("files", [])
     if not outcome.report_path:
         outcome.message = outcome.message or "no evaluation: the run stopped before evaluate (see its stages)"
         return []
@@ -104,3 +106,20 @@ def write_report(workdir: str | Path, sweep_id: str, run_id: str, title: str,
     with Catalog.open(workdir) as cat:
         cat.add_sweep_variants(run_id, [o.row() for o in outcomes])
     return path, craft.sweep_markdown(outcomes, ranking, str(path))
+
+
+def publish(url: str, project: str, sweep_id: str, report: Path, outcomes: list[craft.VariantOutcome]) -> list[str]:
+    """Copy the sweep report and each completed variant's LoRA files and report to `url` through fsspec
+    (`<url>/<project>/<sweep id>/report.html`, `.../<variant>/<file>`); returns where they went."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    base = f"{root.rstrip('/')}/{project}/{sweep_id}"
+    sources = [(report, base)] + [(Path(f), f"{base}/{o.name}") for o in outcomes if o.status == craft.COMPLETED
+                                  for f in [*o.files, *([o.report_path] if o.report_path else [])]]
+    sent = []
+    for src, folder in sources:
+        fs.makedirs(folder, exist_ok=True)
+        fs.put_file(str(src), f"{folder}/{src.name}")
+        sent.append(f"{folder}/{src.name}")
+    return sent

@@ -165,7 +165,8 @@ def test_a_sweep_here_bakes_each_variant_judges_them_and_survives_a_failing_one(
     from bakery.recipe import load_recipe
     from flows.bake import bake_lora
 
-    recipe = make_sweep_project(tmp_path, VARIANTS)
+    published = tmp_path / "published"
+    recipe = make_sweep_project(tmp_path, VARIANTS, extra=f'[sweep]\npublish_url = "file://{published}"\n')
     state = bake_lora(str(recipe), return_state=True)
     assert state.is_completed(), state.message
     run_id = state.result()
@@ -188,6 +189,14 @@ def test_a_sweep_here_bakes_each_variant_judges_them_and_survives_a_failing_one(
     report = next((tmp_path / "work" / "sweeps").glob(f"{run_id}-*/report.html")).read_text()
     assert "Ranking across variants" in report and "<td>broken</td>" in report and "scores best" in report
     assert "<td>dim4</td><td>" in report and "<td>dim2</td><td>" in report
+    # ... and copied through fsspec (a local folder here; s3:// etc. with their fsspec package).
+    sent = sorted(str(p.relative_to(published)) for p in published.rglob("*") if p.is_file())
+    sweep_id = next((tmp_path / "work" / "sweeps").glob(f"{run_id}-*")).name
+    assert sent == sorted([f"t/{sweep_id}/report.html", *(f"t/{sweep_id}/{v}/t-{v}-00000{e}.safetensors"
+                                                           for v in ("dim2", "dim4") for e in (1, 2)),
+                           f"t/{sweep_id}/dim2/report.html", f"t/{sweep_id}/dim4/report.html"])
+    assert (published / "t" / sweep_id / "dim4" / "t-dim4-000002.safetensors").read_bytes() == next(
+        (tmp_path / "work" / "bakes").glob("t-dim4-*/t-dim4-000002.safetensors")).read_bytes()
     _print_run(load_recipe(recipe), run_id)  # what `bakery run` prints after the stage table
     out = capsys.readouterr().out
     assert "sweep (3 variants):" in out and "  broken: failed (1 flow run(s)); Flow run encountered" in out

@@ -32,6 +32,7 @@ class VariantOutcome:
     bake_key: str | None = None
     eval_key: str | None = None
     report_path: str | None = None
+    files: list[str] = field(default_factory=list)  # its LoRA files, one per saved epoch
     message: str | None = None
     recommendation: str = ""  # its own report's recommendation, one line
 
