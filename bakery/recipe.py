@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from bakery.craft.tags import DEFAULT_DELETE, DEFAULT_SYNONYMS
+from bakery.families import apply_family
 
 # Pillow's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS).
 DEFAULT_MAX_PIXELS = 178_956_970
@@ -345,6 +346,10 @@ TRAIN_PROFILES: dict[str, dict[str, Any]] = {
 class TrainParams(_Section):
     # A named profile fills the fields the recipe leaves out (see TRAIN_PROFILES).
     profile: Literal["none", "sd15_8gb", "sdxl_12gb", "large_gpu"] = "none"
+    # The base model's family fills the keys the recipe leaves out, in every section (bakery/families.py):
+    # sdxl, pony, illustrious, noobai: SDXL at 1024, clip skip 2, x1/2 steps, UNet only with Prodigy;
+    # pony adds its score tags to captions and evaluation prompts; noobai_vpred adds v-prediction + zero terminal SNR.
+    family: Literal["none", "sdxl", "pony", "illustrious", "noobai", "noobai_vpred"] = "none"
     # A .safetensors checkpoint, a diffusers folder, a hub id, or "tiny" (small random-weight SD1.5 shape:
     # proves the pipeline, not image quality).
     base_model: str | None = None
@@ -352,6 +357,10 @@ class TrainParams(_Section):
     architecture: Literal["auto", "sd15", "sdxl"] = "auto"
     output_name: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None  # None: project.name
     clip_skip: Literal[1, 2] = 2
+    # v-prediction (kohya --v_parameterization) and zero terminal SNR (--zero_terminal_snr); None: as the base
+    # model says (a checkpoint's `v_pred`/`ztsnr` keys or modelspec, a diffusers folder's scheduler config).
+    v_parameterization: bool | None = None
+    zero_terminal_snr: bool | None = None
     network_type: Literal["lora", "locon", "dora", "loha", "lokr"] = "lora"
     network_dim: Annotated[int, Field(gt=0)] = 32
     network_alpha: Annotated[float, Field(gt=0)] = 16.0
@@ -417,6 +426,8 @@ class TrainParams(_Section):
             raise ValueError("optimizer adamw8bit needs CUDA (bitsandbytes), but device is 'cpu': use adamw")
         if self.device == "cpu" and self.mixed_precision in ("fp16", "bf16"):
             raise ValueError(f"mixed_precision {self.mixed_precision} needs CUDA, but device is 'cpu': use 'no' or 'auto'")
+        if self.zero_terminal_snr and self.v_parameterization is False:
+            raise ValueError("zero_terminal_snr needs v-prediction: set v_parameterization = true (or leave it unset)")
         if self.base_model == "tiny" and self.architecture == "sdxl":
             raise ValueError("base_model 'tiny' is SD1.5-shaped: architecture must be 'auto' or 'sd15'")
         return self
@@ -438,6 +449,8 @@ class EvaluateParams(_Section):
     # rules.md §13: an XYZ grid of the last epochs x LoRA weights with fixed seeds and prompts.
     # [] = each trigger alone, and each trigger with its group's `tags_per_prompt` most frequent kept tags.
     prompts: list[str] = []
+    # Put before every evaluation prompt (the recipe's and the default ones), e.g. Pony's score tags.
+    prompt_prefix: str = ""
     negative_prompt: str = "lowres, bad anatomy, worst quality"
     weights: Annotated[list[Annotated[float, Field(ge=0, le=2)]], Field(min_length=1)] = [0.0, 0.25, 0.5, 0.75, 1.0]
     seeds: Annotated[list[int], Field(min_length=1)] = [1234, 5678]
@@ -564,6 +577,9 @@ class CaptionParams(_Section):
     keep_tokens_separator: bool = False  # write "trigger ||| tags" (kohya keep_tokens_separator)
     warn_caption_bytes: Annotated[int, Field(gt=0)] = 1024
     rare_tag_posts: Annotated[int, Field(ge=0)] = 500
+    # Tags written first in every caption, before the triggers (kohya's caption_prefix), e.g. Pony's score tags;
+    # train.keep_tokens must cover them and the trigger.
+    prefix_tags: list[str] = []
 
 
 class RepeatsParams(_Section):
@@ -591,6 +607,55 @@ class ValidationParams(_Section):
     max_share: Annotated[float, Field(gt=0, lt=1)] = 0.125  # most of a group held out
     # Timesteps per picture, evenly spread over the noise schedule (4: 125, 375, 625, 875 of 1000).
     timesteps: Annotated[int, Field(gt=0, le=50)] = 4
+
+
+class SliderParams(_Section):
+    """A slider (LECO, rules.md "LECO ou Sliders"): no pictures; the slide stage trains from the target and its two extremes."""
+
+    target: Annotated[str, Field(min_length=1)]  # the class the slider moves, e.g. "skirt"
+    positive: Annotated[list[str], Field(min_length=1)]  # strength +2 side, e.g. ["long_skirt"]
+    negative: Annotated[list[str], Field(min_length=1)]  # strength -2 side, e.g. ["microskirt", "lowleg_skirt"]
+    anchors: list[str] = []  # prompts the slider must leave as the base model draws them, at any strength
+    # The prediction the slider moves from; None = the target (Concept Sliders). ai-toolkit and LECO default to "".
+    neutral: str | None = None
+    # Square training size in pixels (latents are 1/8 of it); None = by base model: 512 SD1.5, 1024 SDXL
+    # (set 768 for a model trained at 768 px).
+    resolution: Annotated[int, Field(ge=64, multiple_of=8)] | None = None
+    steps: Annotated[int, Field(gt=0)] = 500  # the guide: a LECO burned well before 500 steps
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-4  # the guide: 1e-4 or a little less (2e-4 was too high)
+    save_every_n_steps: Annotated[int, Field(gt=0)] = 50
+    network_dim: Annotated[int, Field(gt=0)] = 8
+    network_alpha: Annotated[float, Field(gt=0)] = 4.0
+    guidance: Annotated[float, Field(gt=0)] = 1.0  # eta: how far +1 moves along (positive - negative)
+    max_denoising_steps: Annotated[int, Field(ge=2)] = 50  # x_t: noise denoised 1..N-1 of N steps, CFG 3
+    # auto: bf16 where supported, else fp32. Never fp16: it gives NaN losses (the guide).
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    save_precision: Literal["fp16", "bf16", "fp32"] = "fp16"
+    # Taste: strengths x saved steps x evaluate.seeds, rendered with the [evaluate] sampler, steps, CFG, size.
+    strengths: Annotated[list[Annotated[float, Field(ge=-2, le=2)]], Field(min_length=2)] = [-2.0, -1.0, -0.5, 0.0,
+                                                                                             0.5, 1.0, 2.0]
+    prompts: list[str] = []  # [] = the target alone
+    # Overcooked: a save whose extremes moved less than this share of their distance from strength 0 since the
+    # save before (the guide: "when the extremes stop changing, it is overcooked").
+    still_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    # Tag judges: positive tags must rise, negative tags fall, by more than this from the lowest to the highest strength.
+    tag_margin: Annotated[float, Field(ge=0, le=1)] = 0.1
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _never_fp16(cls, value: Any) -> Any:
+        if value == "fp16":
+            raise ValueError("fp16 gives NaN losses for sliders (the guide): use 'auto' (bf16 where supported, "
+                             "else fp32), 'bf16' or 'no'")
+        return value
+
+    @property
+    def positive_prompt(self) -> str:
+        return ", ".join(self.positive)
+
+    @property
+    def negative_prompt(self) -> str:
+        return ", ".join(self.negative)
 
 
 class Variant(BaseModel):
@@ -665,8 +730,23 @@ class Recipe(_Section):
     validation: ValidationParams = ValidationParams()
     variants: list[Variant] = []
     sweep: SweepParams = SweepParams()
+    # A slider recipe: the slide stage in place of prepare, caption and bake (see SliderParams).
+    slider: SliderParams | None = None
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_family(cls, data: Any) -> Any:
+        return apply_family(data, TRAIN_PROFILES)
+
+    @model_validator(mode="after")
+    def _prefix_kept(self) -> "Recipe":
+        n = len(self.captions.prefix_tags)
+        if n and not self.captions.keep_tokens_separator and self.train.keep_tokens < n + 1:
+            raise ValueError(f"train.keep_tokens ({self.train.keep_tokens}) must be >= {n + 1}: the "
+                             f"{n} captions.prefix_tags and the trigger stay first when captions are shuffled")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Recipe":

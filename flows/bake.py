@@ -9,15 +9,17 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from bakery.craft.edits import Edit, crop_boxes, keep_list
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet
 from bakery.recipe import Recipe, load_recipe, stage_params_json
 from bakery.stages import Plan, plan_run
 from tasks.alpha import ALPHA
 from tasks.autotag import AUTOTAG, autotag_params_json
 from tasks.bake import BAKE, bake_params_json
-from tasks.buckets import BUCKETS
+from tasks.buckets import BUCKETS, buckets_params_json
 from tasks.convert import CONVERT
 from tasks.dedupe import DEDUPE
+from tasks.edits import load_edits
 from tasks.evaluate import EVALUATE, evaluate_params_json
 from tasks.ingest import INGEST, FolderSpec, Listing, scan_sources
 from tasks.masks import MASKS, masks_params
@@ -27,6 +29,7 @@ from tasks.regularisation import REGULARISATION, record_trainset, reg_params_jso
 from tasks.report import run_summary_markdown
 from tasks.runlog import run_log
 from tasks.scrape import SCRAPE, booru_specs
+from tasks.slide import SLIDE, SLIDER_TASTE, slide_params_json, slider_spec, slider_taste_params_json
 from tasks.stage import RunInfo, begin_run, end_run, run_stage, skip_stage
 from tasks.sweep import heartbeat, record_variant
 from tasks.trigger_check import TRIGGER_CHECK, check_triggers
@@ -38,11 +41,13 @@ GATHER = (INGEST, CONVERT, DEDUPE)
 PREPARE = (ALPHA, TRIM, UPSCALE, MASKS, BUCKETS)
 CAPTION = (AUTOTAG, PRUNE)
 BUILT = (SCRAPE.name, *(s.name for s in GATHER + PREPARE + CAPTION), REGULARISATION.name, TRIGGER_CHECK.name,
-         BAKE.name, EVALUATE.name)
+         SLIDE.name, BAKE.name, EVALUATE.name)
 # Stages a recipe only runs when it asks for them: scrape (booru sources), autotag and prune
 # ([[concepts]] or an autotag model), regularisation ([regularisation] enabled and a base model),
-# trigger_check and bake (a TrainSet and train.base_model), evaluate (a bake).
-OPTIONAL = (SCRAPE.name, AUTOTAG.name, PRUNE.name, REGULARISATION.name, TRIGGER_CHECK.name, BAKE.name, EVALUATE.name)
+# trigger_check and bake (a TrainSet and train.base_model), evaluate (a bake or a slide); slide alone runs a
+# [slider] recipe, in place of every picture stage.
+OPTIONAL = (SCRAPE.name, AUTOTAG.name, PRUNE.name, REGULARISATION.name, TRIGGER_CHECK.name, SLIDE.name, BAKE.name,
+            EVALUATE.name)
 
 
 def _runner(recipe: Recipe) -> Runner:
@@ -58,10 +63,14 @@ def _folders(recipe: Recipe) -> list[FolderSpec]:
 
 
 @flow(name="gather")
-def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]) -> list[ImageRef]:
-    """Sources to a clean set of originals: scan (+ scrape) -> ingest -> convert -> dedupe."""
+def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str],
+           keep: list[str] | None = None) -> list[ImageRef]:
+    """Sources to a clean set of originals: scan (+ scrape) -> ingest -> convert -> dedupe.
+
+    `keep`: near-duplicates the keep_duplicate edits keep (added to the recipe's `[dedupe] keep`)."""
     recipe = load_recipe(recipe_path)
-    params = {"ingest": recipe.ingest, "convert": recipe.convert, "dedupe": recipe.dedupe}
+    dedupe = recipe.dedupe.model_copy(update={"keep": [*recipe.dedupe.keep, *keep]}) if keep else recipe.dedupe
+    params = {"ingest": recipe.ingest, "convert": recipe.convert, "dedupe": dedupe}
     inputs: object = scan_sources(_folders(recipe), str(recipe.workdir / "cache" / "source-digests.json"))
     boorus = booru_specs(recipe)
     if boorus and SCRAPE.name in stages:  # scrape first: its downloads join the folder listing
@@ -80,25 +89,26 @@ def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]
     return images
 
 
-def prepare_params(recipe: Recipe) -> dict[str, str]:
-    """Each prepare stage's parameters as canonical JSON (what its cache key sees)."""
+def prepare_params(recipe: Recipe, edits: list[Edit] = ()) -> dict[str, str]:
+    """Each prepare stage's parameters as canonical JSON (what its cache key sees); buckets' holds the crop edits."""
     model = recipe.resolve(recipe.upscale.model) if recipe.upscale.model else None
     return {
         "alpha": stage_params_json(recipe.alpha),
         "trim": stage_params_json(recipe.trim),
         "upscale": upscale_params_json(recipe.upscale, recipe.buckets.resolution, model),
         "masks": stage_params_json(masks_params(recipe)),
-        "buckets": stage_params_json(recipe.buckets),
+        "buckets": buckets_params_json(recipe.buckets, crop_boxes(edits)),
     }
 
 
-def prepare(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str]) -> list[ImageRef]:
+def prepare(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str],
+            edits: list[Edit] = ()) -> list[ImageRef]:
     """Clean originals to training images: alpha -> trim -> upscale -> masks -> buckets.
 
     A plain function in the main flow, not a subflow: a subflow's parameters (here
     every image) would be sent to the Prefect API.
     """
-    params = prepare_params(recipe)
+    params = prepare_params(recipe, edits)
     for stage in PREPARE:
         if stage.name not in stages:
             break
@@ -106,14 +116,16 @@ def prepare(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[s
     return images
 
 
-def caption(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str]):
+def caption(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str],
+            edits: list[Edit] = ()):
     """Prepared images to a TrainSet: autotag -> prune. Needs [[concepts]] (autotag alone runs with a model)."""
     result = None
     if "autotag" in stages and (recipe.concepts or recipe.autotag.model):
         result = run_stage(AUTOTAG, images, autotag_params_json(recipe), run, "autotag" in refresh)
         images = result.images
     if "prune" in stages and recipe.concepts:
-        result = run_stage(PRUNE, caption_sources(images, run.workdir), prune_params_json(recipe), run, "prune" in refresh)
+        result = run_stage(PRUNE, caption_sources(images, run.workdir), prune_params_json(recipe, edits), run,
+                           "prune" in refresh)
     return result
 
 
@@ -179,13 +191,16 @@ def bake_and_taste(recipe: Recipe, run: RunInfo, trainset: TrainSet, plan: Plan
     return baked, tasted
 
 
-def _chain(recipe: Recipe, recipe_path: str, run: RunInfo, plan: Plan, variant: str | None, sweep_id: str | None) -> None:
-    """The stages in order; with [[variants]] the bake and evaluate of each (flows/sweep.py)."""
+def bake_pictures(recipe_path: str, recipe: Recipe, run: RunInfo, plan: Plan, variant: str | None = None,
+                  sweep_id: str | None = None) -> None:
+    """A picture recipe: gather -> prepare -> caption -> regularisation -> trigger_check -> bake -> evaluate;
+    with [[variants]] the bake and evaluate of each (flows/sweep.py)."""
     stages, refresh = list(plan.stages), sorted(plan.refresh)
-    images = gather(recipe_path, run, stages, refresh)
+    edits = load_edits(recipe_path, run.workdir)  # the review studio's: each stage gets its own
+    images = gather(recipe_path, run, stages, refresh, keep_list(edits))
     if PREPARE[0].name in stages:
-        images = prepare(recipe, run, images, stages, refresh)
-    captioned = caption(recipe, run, images, stages, refresh)
+        images = prepare(recipe, run, images, stages, refresh, edits)
+    captioned = caption(recipe, run, images, stages, refresh, edits)
     trainset = captioned.payload if captioned is not None and isinstance(captioned.payload, TrainSet) else None
     if trainset is None or not trainset.images:
         return
@@ -199,6 +214,24 @@ def _chain(recipe: Recipe, recipe_path: str, run: RunInfo, plan: Plan, variant: 
     baked, tasted = bake_and_taste(recipe, run, trainset, plan)
     if variant and sweep_id:  # what this variant produced, for the sweep that asked for it
         record_variant(run.workdir, sweep_id, variant, run.run_id, baked, tasted)
+
+
+def slide_and_taste(recipe: Recipe, run: RunInfo, plan: Plan) -> None:
+    """A [slider] recipe: slide -> the slider taste (as evaluate), in place of prepare, caption and bake."""
+    if recipe.sources or recipe.concepts:
+        get_run_logger().warning("slide: a [slider] recipe trains from prompts alone: its sources and concepts "
+                                 "are not read (remove them, or the [slider] section for a picture LoRA)")
+    if recipe.train.base_model is None:
+        skip_stage(run, SLIDE.name, "no base model to slide: set [train] base_model")
+        return
+    if SLIDE.name not in plan.stages:
+        return
+    params = slide_params_json(recipe)
+    result = run_stage(SLIDE, slider_spec(recipe), params, run, plan.refreshes(SLIDE.name))
+    if not all(Path(p).is_file() for p in result.payload.files.values()):  # deleted since: slide again
+        result = run_stage(SLIDE, slider_spec(recipe), params, run, True)
+    if EVALUATE.name in plan.stages:
+        run_stage(SLIDER_TASTE, result.payload, slider_taste_params_json(recipe), run, plan.refreshes(EVALUATE.name))
 
 
 @flow(name="bake-lora")
@@ -219,7 +252,10 @@ def bake_lora(
     alive = heartbeat(run.workdir, sweep_id, variant, recipe.sweep.heartbeat_s) if variant and sweep_id else nullcontext()
     try:
         with alive, use_runner(_runner(recipe)), run_log(run):  # WORKDIR/logs/run-<id>.log: the run's log in full
-            _chain(recipe, recipe_path, run, plan, variant, sweep_id)
+            if recipe.slider is not None:  # no pictures: the slide in place of every picture stage
+                slide_and_taste(recipe, run, plan)
+            else:
+                bake_pictures(recipe_path, recipe, run, plan, variant, sweep_id)
     except BaseException as exc:
         end_run(run, "failed", f"{type(exc).__name__}: {exc}")
         raise

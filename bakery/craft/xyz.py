@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from bakery.craft import lycoris
+from bakery.craft import prediction as P
 
 SAMPLERS = ("euler_a", "euler", "dpmpp_2m", "dpmpp_2m_karras", "ddim")
 MAX_BATCH = 8  # images per pipeline call
@@ -121,11 +122,15 @@ class Taster:
     """One loaded base pipeline; LoRA files are swapped in and out of it."""
 
     def __init__(self, base_model: str, architecture: str, clip_skip: int = 2, sampler: str = "euler_a",
-                 device: str = "auto", pipe: object = None):
-        """`pipe`: an already loaded pipeline of `base_model` (moved to the device), else it is loaded."""
+                 device: str = "auto", pipe: object = None, prediction: P.Prediction | None = None):
+        """`pipe`: an already loaded pipeline of `base_model` (moved to the device), else it is loaded.
+        `prediction`: epsilon or v, zero terminal SNR or not (None: as the pipeline's scheduler config says);
+        the sampler is built to match (diffusers' recipe: prediction type, rescaled betas, trailing timesteps)."""
         self.architecture, self.clip_skip = architecture, clip_skip
         self.pipe, self.device = load_pipeline(base_model, architecture, device) if pipe is None else _placed(pipe, device)
-        self.pipe.scheduler = _scheduler(sampler, self.pipe.scheduler.config)
+        self.prediction = prediction or P.from_scheduler_config(self.pipe.scheduler.config)
+        config = {**self.pipe.scheduler.config, **P.sampling_overrides(self.prediction)}
+        self.pipe.scheduler = _scheduler(sampler, config)
         self.adapter: str | None = None
         self.merged: lycoris.MergedNetwork | None = None  # a LoHa/LoKr file, applied by our own code
         self.timings = Timings()
@@ -205,6 +210,8 @@ class Taster:
             gens = [torch.Generator("cpu").manual_seed(int(s)) for _, s in chunk]
             kw = dict(num_inference_steps=steps, guidance_scale=cfg, width=width, height=height,
                       generator=gens, output_type="np")
+            if self.prediction.zero_snr:
+                kw["guidance_rescale"] = P.GUIDANCE_RESCALE
             if self.architecture == "sd15":
                 kw.update(prompt_embeds=self._embed([p for p, _ in chunk]),
                           negative_prompt_embeds=self._embed([negative] * len(chunk)))
@@ -292,8 +299,12 @@ def make_grid(
     prompt_index: int,
     prompt: str,
     seeds: Sequence[int],
+    row_label: str = "epoch",
+    col_label: str = "weight",
 ) -> GridLayout:
-    """Rows epochs, columns weights, seeds side by side in a cell; a title with the prompt, like A1111's XYZ plot."""
+    """Rows epochs, columns weights, seeds side by side in a cell; a title with the prompt, like A1111's XYZ plot.
+
+    `row_label`, `col_label`: what a row and a column are called ("step", "strength" for a slider)."""
     sample = images[(epochs[0], float(weights[0]), prompt_index, seeds[0])]
     h, w = sample.shape[:2]
     cell_w, cell_h = w * len(seeds), h
@@ -318,10 +329,10 @@ def make_grid(
     text(title, 6, 4)
     text(f"seeds {', '.join(map(str, seeds))}", 6, 4 + fs + 2)
     for c, wt in enumerate(weights):
-        text(f"weight {float(wt):g}", left + c * (cell_w + gap) + 4, title_h + 4)
+        text(f"{col_label} {float(wt):g}", left + c * (cell_w + gap) + 4, title_h + 4)
     for r, ep in enumerate(epochs):
         y0 = title_h + head_h + r * (cell_h + gap)
-        text(f"epoch {ep}", 6, y0 + cell_h // 2 - fs // 2)
+        text(f"{row_label} {ep}", 6, y0 + cell_h // 2 - fs // 2)
         for c, wt in enumerate(weights):
             for k, s in enumerate(seeds):
                 img = Image.fromarray(images[(ep, float(wt), prompt_index, s)])
