@@ -671,6 +671,9 @@ class Variant(BaseModel):
 
     @model_validator(mode="after")
     def _train_keys(self) -> "Variant":
+        if "family" in self.overrides:  # its defaults reach beyond [train] (buckets, captions, evaluate)
+            raise ValueError("train.family cannot vary between variants: it sets other sections too; sweep "
+                             "one family per recipe")
         try:
             TrainParams.model_validate(self.overrides)
         except ValidationError as exc:  # each bad key named as it stands under [train]
@@ -768,6 +771,9 @@ class Recipe(_Section):
         names = [v.name for v in self.variants]
         if dupes := sorted({n for n in names if names.count(n) > 1}):
             raise ValueError(f"variant names must be unique, repeated: {', '.join(dupes)}")
+        if self.variants and self.slider is not None:
+            raise ValueError("[[variants]] vary the [train] of a picture LoRA: a [slider] recipe bakes none "
+                             "(remove the variants or the [slider] section)")
         for v in self.variants:
             try:
                 self.variant_train(v.name)

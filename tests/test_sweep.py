@@ -83,11 +83,16 @@ def test_variants_override_train_and_are_checked_by_the_recipe_model(tmp_path):
 
     assert problems([{"name": "a", "network_dim": -4}]) == ["variants[0]: train.network_dim: must be > 0, got -4"]
     assert problems([{"name": "a", "netwrk_dim": 4}]) == ["variants[0]: train.netwrk_dim: unknown key"]
+    assert problems([{"name": "a", "family": "pony"}]) == [
+        "variants[0]: train.family cannot vary between variants: it sets other sections too; sweep one family per recipe"]
     assert problems([{"name": "a/b"}]) == ["variants[0].name: must contain only letters, digits, '_', '-', '.', got 'a/b'"]
     assert problems([{"name": "a"}, {"name": "a"}]) == ["(recipe): variant names must be unique, repeated: a"]
     # A clash with the recipe's own [train] only shows once merged.
     assert problems([{"name": "big", "network_dim": 64}], {"network_type": "loha"}) == [
         "(recipe): variant big: train: network_dim must be <= 32 for loha (rules.md §12), got 64"]
+    slider = {"target": "skirt", "positive": ["long_skirt"], "negative": ["miniskirt"]}
+    with pytest.raises(RecipeError, match="a \\[slider\\] recipe bakes none"):
+        parse_recipe({"slider": slider, "variants": [{"name": "a"}]}, tmp_path)
     with pytest.raises(ValueError, match="no variant 'x' in the recipe: set \\[\\[variants\\]\\] name"):
         recipe.for_variant("x")
 
