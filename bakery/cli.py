@@ -76,6 +76,7 @@ def _print_run(recipe: Recipe, run_id: str | None = None) -> None:
             typer.echo(note)
         skips = cat.skips_for(run["run_id"])
         warnings = cat.stage_warnings(run["run_id"])
+        variants = cat.sweep_variants(run["run_id"])
         tasted = any(s["stage"] == "evaluate" and s["status"] in ("ran", "cached") for s in stages)
         evaluation = cat.rows("SELECT * FROM evaluations ORDER BY created_at DESC LIMIT 1") if tasted else []
         files = [r["file"] for r in cat.rows(
@@ -93,6 +94,13 @@ def _print_run(recipe: Recipe, run_id: str | None = None) -> None:
             typer.echo(f"  {short_error(w['stage'] + ': ' + w['message'])}")
         if len(warnings) > 10:
             typer.echo(f"  ... and {len(warnings) - 10} more (all in the catalog's stage_warnings table)")
+    if variants:
+        typer.echo(f"\nsweep ({len(variants)} variants):")
+        for v in variants:
+            typer.echo(f"  {v['variant']}: {v['status']} ({v['attempts']} flow run(s)); "
+                       f"{v['report_path'] or short_error(v['message'] or '')}")
+        for report in sorted((recipe.workdir / "sweeps").glob(f"{run['run_id']}-*/report.html")):
+            typer.echo(f"sweep report: {report}")
     if evaluation:
         ev = evaluation[0]
         typer.echo(f"\nLoRA files (kohya format, one per {'save' if recipe.slider else 'epoch'}):")

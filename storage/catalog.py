@@ -4,12 +4,14 @@ One file in the work dir. The schema is versioned: `MIGRATIONS` is an ordered
 list, and opening a catalog applies the ones it has not seen yet, in one
 transaction each. Only one process writes at a time (DuckDB allows a single
 read-write process): parallel workers return rows and the task that owns them
-writes them here.
+writes them here. Flow runs of a sweep on several workers share one catalog on a
+shared folder: each opening waits (up to LOCK_WAIT_S) while another process holds it.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from typing import Any
 import duckdb
 
 CATALOG_FILE = "catalog.duckdb"
+LOCK_WAIT_S = 120.0  # every holder opens, writes and closes within seconds
 
 # (version, statements). Append new versions; never edit a released one.
 MIGRATIONS: list[tuple[int, str]] = [
@@ -353,9 +356,42 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        19,
+        """
+        -- What became of each variant of a sweep (flows/bake.py sweep): one row per variant and sweep run.
+        CREATE TABLE sweep_variants (
+            run_id VARCHAR NOT NULL,       -- the sweep's run
+            variant VARCHAR NOT NULL,
+            overrides VARCHAR NOT NULL,    -- JSON: the [train] keys it changes
+            status VARCHAR NOT NULL,       -- completed | failed | lost
+            attempts INTEGER NOT NULL,     -- flow runs it took (a lost worker's variant is run again)
+            history VARCHAR NOT NULL,      -- JSON list: one line per attempt
+            variant_run_id VARCHAR,        -- the run that baked it (its stages in stage_runs)
+            bake_key VARCHAR,
+            eval_key VARCHAR,
+            report_path VARCHAR,
+            message VARCHAR,
+            PRIMARY KEY (run_id, variant)
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(v for v, _ in MIGRATIONS)
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Connect, waiting while another process holds the file (a sweep's flow runs share it)."""
+    deadline, pause = time.monotonic() + LOCK_WAIT_S, 0.05
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)
 
 
 def now() -> datetime:
@@ -400,7 +436,7 @@ class Catalog:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() and path.stat().st_size == 0:
             path.unlink()  # an empty file holds nothing: start a fresh catalog there
-        con = duckdb.connect(str(path), read_only=read_only)
+        con = _connect(path, read_only)
         try:
             catalog = cls(con, path)
             if not read_only:
@@ -715,6 +751,17 @@ class Catalog:
             "SELECT * FROM trigger_checks WHERE NOT is_control AND list_contains(?, trigger) "
             "QUALIFY row_number() OVER (PARTITION BY trigger ORDER BY created_at DESC) = 1 ORDER BY trigger",
             [list(triggers)])
+
+    def add_sweep_variants(self, run_id: str, rows: Iterable[dict[str, Any]]) -> int:
+        """What became of each variant of the sweep run `run_id` (history: a list of lines)."""
+        return self._insert("sweep_variants", [{**r, "run_id": run_id, "overrides": json.dumps(r["overrides"], sort_keys=True),
+                                                "history": json.dumps(r["history"])} for r in rows], verb="INSERT OR REPLACE")
+
+    def sweep_variants(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self.rows("SELECT * EXCLUDE (run_id) FROM sweep_variants WHERE run_id = ? ORDER BY variant", [run_id])
+        for r in rows:
+            r["overrides"], r["history"] = json.loads(r["overrides"]), json.loads(r["history"])
+        return rows
 
     def add_stage_warnings(self, run_id: str, stage: str, messages: Iterable[str]) -> int:
         return self._insert("stage_warnings", [{"run_id": run_id, "stage": stage, "message": m} for m in messages],
