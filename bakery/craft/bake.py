@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bakery.craft import kohya_lora as K
+from bakery.craft import lycoris_net as LN
 from bakery.craft.buckets import bucket_resolutions, fit_to_bucket, select_bucket
 from bakery.manifest import TrainImage, TrainSet
 
@@ -588,15 +589,18 @@ def attach_network(base: Base, params: Any, spec: K.NetworkSpec) -> list[tuple[s
     # The network's initial weights (lora_down is random) come from the seed alone, whatever loading
     # the base model drew from the global generator before.
     torch.manual_seed(params.seed)
-    if params.train_unet:
-        t = K.find_targets(unet, "unet", spec, sgm=arch == "sdxl")
-        unet.add_adapter(K.peft_config(t, spec))
-        network.append(("lora_unet", unet, t))
+    parts = [("lora_unet", unet, "unet")] if params.train_unet else []
     if params.train_text_encoder:
-        for prefix, te in zip(K.te_prefixes(arch), _text_encoders(base)):
-            t = K.find_targets(te, "te", spec)
-            te.add_adapter(K.peft_config(t, spec))
-            network.append((prefix, te, t))
+        parts += [(prefix, te, "te") for prefix, te in zip(K.te_prefixes(arch), _text_encoders(base))]
+    for prefix, model, kind in parts:
+        sgm = arch == "sdxl" and kind == "unet"
+        if LN.is_lycoris_type(spec.network_type):  # IA3, DyLoRA, Diag-OFT: LyCORIS's own modules
+            t = LN.find_targets(model, kind, spec, sgm=sgm)
+            LN.attach(model, prefix, t, spec)
+        else:
+            t = K.find_targets(model, kind, spec, sgm=sgm)
+            model.add_adapter(K.peft_config(t, spec))
+        network.append((prefix, model, t))
     if not network:
         raise BakeError("train.train_unet and train.train_text_encoder are both off: nothing to train")
     for _, model, _t in network:  # trainable weights in fp32 (mixed precision only for the frozen base)
@@ -781,6 +785,7 @@ def training_step(t: Training, batch: list[Sample], step: int) -> tuple[float, f
                                 caption_dropout_rate=p.caption_dropout_rate, tag_dropout_rate=p.tag_dropout_rate,
                                 token_warmup_min=p.token_warmup_min, token_warmup_step=p.token_warmup_step,
                                 step=step - 1) for s in batch]
+    LN.set_step([m for _p, m, _t in t.network], p.seed, step)  # DyLoRA: the ranks this step trains
     lat = t.latents.batch([(t.image_path(s.image.image_hash), s, f) for s, f in zip(batch, flips)])
     noise, timesteps, noisy = noised_latents(t, lat.to(t.prec.device, torch.float32), gen)
     pred = predict_noise(t, batch, captions, noisy, timesteps)
@@ -903,23 +908,33 @@ def save_epoch(t: Training, path: Path, *, name: str, epoch: int, step: int, bak
 
     tensors: dict[str, Any] = {}
     for prefix, model, targets in t.network:
-        tensors.update(K.peft_to_kohya(get_peft_model_state_dict(model), prefix, targets, t.spec))
+        if LN.is_lycoris_type(t.spec.network_type):
+            tensors.update(LN.file_tensors(model))
+        else:
+            tensors.update(K.peft_to_kohya(get_peft_model_state_dict(model), prefix, targets, t.spec))
     meta = epoch_metadata(t, name=name, epoch=epoch, step=step, bake_key=bake_key)
     K.save_kohya(path, tensors, meta, t.params.save_precision)
     return str(path)
 
 
+def network_state(model: Any, spec: K.NetworkSpec) -> dict[str, Any]:
+    """The trained weights of one model, on the CPU, as resuming reloads them."""
+    from peft import get_peft_model_state_dict
+
+    if LN.is_lycoris_type(spec.network_type):
+        return LN.network_state(model)
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
 def save_state(path: Path, t: Training, *, bake_key: str, epoch: int, step: int, files: dict[int, str]) -> None:
     """What resuming after `epoch` needs: network, optimizer, schedule, loss scaler, the files so far."""
     import torch
-    from peft import get_peft_model_state_dict
 
     state = {
         "bake_key": bake_key,
         "epoch": epoch,
         "step": step,
-        "networks": {prefix: {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
-                     for prefix, model, _t in t.network},
+        "networks": {prefix: network_state(model, t.spec) for prefix, model, _t in t.network},
         "optimizer": t.optimizer.state_dict(),
         "scheduler": t.scheduler.state_dict(),
         "scaler": t.scaler.state_dict() if t.scaler is not None else None,
@@ -942,9 +957,12 @@ def resume_state(path: Path, t: Training, bake_key: str) -> tuple[int, dict[int,
     if state.get("bake_key") != bake_key:  # another bake's state: start afresh
         return 0, {}
     for prefix, model, _t in t.network:
-        res = set_peft_model_state_dict(model, state["networks"][prefix])
-        if res.unexpected_keys:
-            raise BakeError(f"training state {path} does not match the network: {res.unexpected_keys[:3]}")
+        if LN.is_lycoris_type(t.spec.network_type):
+            bad = LN.load_network_state(model, state["networks"][prefix])
+        else:
+            bad = set_peft_model_state_dict(model, state["networks"][prefix]).unexpected_keys
+        if bad:
+            raise BakeError(f"training state {path} does not match the network: {bad[:3]}")
     t.optimizer.load_state_dict(state["optimizer"])
     t.scheduler.load_state_dict(state["scheduler"])
     if t.scaler is not None and state.get("scaler"):
