@@ -105,6 +105,27 @@ def _detect_single_file_architecture(path: Path) -> str:
         return "sdxl" if any(k.startswith("conditioner.embedders.1") for k in keys) else "sd15"
 
 
+def _refuse_unsupported(path: Path, base_model: str) -> None:
+    """A file or diffusers folder that is not an SD1.5/SDXL text-to-image model: one line saying what it is."""
+    from bakery.craft import checkpoint
+
+    if path.is_file() and path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            shape = lambda k: tuple(f.get_slice(k).get_shape())  # noqa: E731
+            reason = checkpoint.refusal(checkpoint.kind_of(f.keys(), shape), shape)
+    elif path.is_dir() and (path / "model_index.json").exists():
+        unet = path / "unet" / "config.json"
+        channels = json.loads(unet.read_text()).get("in_channels") if unet.exists() else None
+        reason = checkpoint.folder_refusal(json.loads((path / "model_index.json").read_text()).get("_class_name", ""),
+                                           channels)
+    else:
+        return
+    if reason:
+        raise BakeError(f"train.base_model {base_model!r} is {reason}")
+
+
 def load_base(base_model: str | None, workdir: Path, *, vae: str | None = None, architecture: str = "auto",
               words: list[str] = ()) -> Base:  # type: ignore[assignment]
     """The base pipeline: `tiny`, a single `.safetensors` checkpoint, a diffusers folder or a hub id."""
@@ -123,6 +144,7 @@ def load_base(base_model: str | None, workdir: Path, *, vae: str | None = None, 
     else:
         path = Path(base_model).expanduser()
         try:
+            _refuse_unsupported(path, base_model)
             if path.is_file():
                 if path.suffix not in (".safetensors", ".ckpt"):
                     raise BakeError(f"train.base_model {base_model!r}: expected a .safetensors checkpoint")
