@@ -31,6 +31,7 @@ from typing import Any
 
 from bakery.craft import kohya_lora as K
 from bakery.craft import lycoris_net as LN
+from bakery.craft import single_file
 from bakery.craft.buckets import bucket_resolutions, fit_to_bucket, select_bucket
 from bakery.manifest import TrainImage, TrainSet
 
@@ -151,7 +152,7 @@ def load_base(base_model: str | None, workdir: Path, *, vae: str | None = None, 
                 arch = architecture if architecture != "auto" else _detect_single_file_architecture(path)
                 cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
                 kw = {} if arch == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
-                pipe = cls.from_single_file(str(path), **kw)
+                pipe = single_file.load_single_file(cls, path, single_file.shipped_config(arch), **kw)  # offline
             elif path.is_dir() or not _looks_like_hub_id(base_model):
                 if not (path / "model_index.json").exists():
                     raise BakeError(f"train.base_model {base_model!r}: no such file, and not a diffusers folder "
@@ -176,7 +177,8 @@ def load_base(base_model: str | None, workdir: Path, *, vae: str | None = None, 
 
         try:
             vpath = Path(vae).expanduser()
-            pipe.vae = (AutoencoderKL.from_single_file(str(vpath)) if vpath.is_file()
+            pipe.vae = (AutoencoderKL.from_single_file(str(vpath), config=str(single_file.shipped_config(arch)),
+                                                       subfolder="vae", local_files_only=True) if vpath.is_file()
                         else AutoencoderKL.from_pretrained(str(vpath)))
         except Exception as exc:
             raise BakeError(f"cannot load train.vae {vae!r}: {type(exc).__name__}: {exc}") from exc

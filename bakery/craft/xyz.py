@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from bakery.craft import lycoris
+from bakery.craft import lycoris, single_file
 
 SAMPLERS = ("euler_a", "euler", "dpmpp_2m", "dpmpp_2m_karras", "ddim")
 MAX_BATCH = 8  # images per pipeline call
@@ -74,7 +74,7 @@ def load_pipeline(base_model: str, architecture: str, device: str = "auto") -> t
         if path.is_dir():
             pipe = cls.from_pretrained(str(path), **kwargs)
         elif path.is_file():
-            pipe = cls.from_single_file(str(path), **kwargs)
+            pipe = single_file.load_single_file(cls, path, single_file.shipped_config(architecture), **kwargs)
         elif path.suffix in (".safetensors", ".ckpt") or path.is_absolute() or base_model.startswith("."):
             raise ModelError(f"base model {base_model!r} does not exist: pass train.base_model as a diffusers "
                              "folder, a .safetensors checkpoint or a hub id")
