@@ -10,6 +10,8 @@ DyLoRA files are plain LoRA files (`lora_down.weight`, `lora_up.weight`, `alpha`
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -240,3 +242,34 @@ def test_recipe_defaults_and_checks_are_the_guides():
         with pytest.raises(ValidationError, match=words):
             TrainParams(**bad)
     assert R.multiplier(ia3=True) == 0.5 and R.multiplier(sdxl=True, ia3=True) == 0.25  # IA3: half the steps
+
+
+# -- a real run: bake then evaluate, as for every other network -----------------------------------------
+
+@pytest.mark.usefixtures("prefect_server")
+def test_ia3_dylora_and_diag_oft_bakes_are_evaluated(tmp_path):
+    from typer.testing import CliRunner
+
+    from bakery.cli import app
+    from storage import Catalog
+    from tests.test_errors import make_project
+
+    recipe = make_project(tmp_path, "ia3")
+    text = recipe.read_text().replace("learning_rate = 0.001", "learning_rate = 0.005")
+    settings = {"ia3": "", "dylora": "", "diag-oft": "network_dim = 2\n"}
+    for network, extra in settings.items():
+        recipe.write_text(text.replace('network_type = "ia3"', f'network_type = "{network}"\n{extra}')
+                          .replace("network_dim = 4\n", "" if extra else "network_dim = 4\n"))
+        result = CliRunner().invoke(app, ["run", str(recipe)])
+        assert result.exit_code == 0, result.output
+        with Catalog.open(tmp_path / "work", read_only=True) as cat:
+            run_row = cat.last_run()
+            stages = {s["stage"]: s for s in cat.stage_table(run_row["run_id"])}
+            key = cat.rows("SELECT eval_key FROM evaluations WHERE run_id = ?", [run_row["run_id"]])[0]["eval_key"]
+            ev = cat.evaluation(eval_key=key)
+        assert stages["bake"]["status"] == "ran" and stages["evaluate"]["status"] == "ran", (network, stages)
+        assert {m["weight"] for m in ev["metrics"]} == {0.0, 1.0}
+    # Each run baked its own network (a new bake: the network type is part of the bake's key).
+    algos = {json.loads(K.read_kohya(f)[1]["ss_network_args"])["algo"]
+             for f in (tmp_path / "work" / "bakes").glob("*/*.safetensors")}
+    assert algos == set(settings)
