@@ -1,4 +1,5 @@
-"""LoRA training (rules.md §12) with diffusers + peft: data, noise, loss, optimizer, resumable state.
+"""LoRA training (rules.md §12) with diffusers + peft (LyCORIS for IA3/DyLoRA/Diag-OFT): data, noise, loss,
+optimizer, resumable state.
 
 Pure: no Prefect. `bake()` trains one network on a TrainSet and calls back per
 step and per epoch; the stage (tasks/bake.py) turns those into a progress bar,

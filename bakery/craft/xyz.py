@@ -4,7 +4,7 @@ The base pipeline is loaded once per evaluation. Each epoch's kohya-format file
 (the file users publish) is loaded with diffusers' `load_lora_weights` as a
 named adapter, its weight changed in place with `set_adapters` for every
 column, and deleted before the next epoch: the base weights are never reloaded.
-LoHa/LoKr files (which diffusers refuses) are merged by `lycoris.MergedNetwork`
+LoHa/LoKr/IA3/Diag-OFT files (which diffusers refuses) are merged by `lycoris.MergedNetwork`
 instead: each weight is a re-merge of the kept original weights, unloading restores them.
 """
 
@@ -96,7 +96,7 @@ def _placed(pipe: object, device: str) -> tuple[object, str]:
 
 
 def _lycoris_tensors(path: str | Path) -> dict | None:
-    """The tensors of a LoHa/LoKr file (None for a file diffusers loads: LoRA, LoCon, DoRA)."""
+    """The tensors of a LoHa/LoKr/IA3/Diag-OFT file (None for a file diffusers loads: LoRA, LoCon, DoRA, DyLoRA)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
