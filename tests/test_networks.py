@@ -273,3 +273,44 @@ def test_ia3_dylora_and_diag_oft_bakes_are_evaluated(tmp_path):
     algos = {json.loads(K.read_kohya(f)[1]["ss_network_args"])["algo"]
              for f in (tmp_path / "work" / "bakes").glob("*/*.safetensors")}
     assert algos == set(settings)
+
+
+@pytest.mark.parametrize("network_type", ["ia3", "diag-oft"])
+def test_sdxl_file_in_kohya_sgm_names_reproduces_the_network(tmp_path, network_type):
+    """SDXL: the UNet named in kohya's sgm layout, two text encoders (`lora_te1_`/`lora_te2_`)."""
+    from tests.tiny_sdxl import build_tiny_sdxl
+
+    folder = build_tiny_sdxl(tmp_path / "sdxl")
+    spec = SPECS[network_type]
+    trained = Taster(str(folder), "sdxl", device="cpu").pipe
+    tensors, gen = {}, torch.Generator().manual_seed(3)
+    for prefix, model, kind in [("lora_unet", trained.unet, "unet"), ("lora_te1", trained.text_encoder, "te"),
+                                ("lora_te2", trained.text_encoder_2, "te")]:
+        lycoris_net.attach(model, prefix, lycoris_net.find_targets(model, kind, spec, sgm=kind == "unet"), spec)
+        with torch.no_grad():
+            for p in lycoris_net.modules_of(model).parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * 0.2)
+        model.eval()
+        tensors.update(lycoris_net.file_tensors(model))
+    assert any(k.startswith("lora_unet_input_blocks_") for k in tensors) and any(k.startswith("lora_te2_") for k in tensors)
+    path = tmp_path / "xl.safetensors"
+    K.save_kohya(path, tensors, {})
+
+    def outputs(pipe):
+        g = torch.Generator().manual_seed(0)
+        x, emb = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 64, generator=g)
+        cond = {"text_embeds": torch.randn(1, 32, generator=g), "time_ids": torch.randn(1, 6, generator=g)}
+        ids = pipe.tokenizer(["bakery_girl"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        with torch.no_grad():
+            return (pipe.unet(x, 10, emb, added_cond_kwargs=cond).sample, pipe.text_encoder(ids)[0],
+                    pipe.text_encoder_2(ids)[0])
+
+    expected = outputs(trained)
+    taster = Taster(str(folder), "sdxl", device="cpu")
+    base = outputs(taster.pipe)
+    taster.load_lora(path, "xl")
+    assert len(taster.merged.parts) == len(lycoris.by_module(tensors))
+    taster.set_weight(1.0)
+    for g, want, b in zip(outputs(taster.pipe), expected, base):
+        assert (g - b).abs().max() > 0.01
+        assert (g - want).abs().max() < 0.01 * max(1.0, want.abs().max().item())
