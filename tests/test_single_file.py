@@ -112,6 +112,9 @@ def test_shipped_configs_build_the_real_models_and_clip_tokenizer_offline(tmp_pa
 
     config = S.config_folder(architecture, tmp_path)
     assert S.config_folder(architecture, tmp_path) == config  # built once
+    shipped = S.shipped_config(architecture)  # what bake and evaluate load with
+    assert (shipped / "model_index.json").read_text() == (config / "model_index.json").read_text()
+    assert (shipped / "tokenizer" / "vocab.json").read_bytes() == (config / "tokenizer" / "vocab.json").read_bytes()
     models = {}
     with init_empty_weights():
         models["unet"] = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config / "unet"))

@@ -18,6 +18,7 @@ The folder is written once (under the temp dir) and reused.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -84,8 +85,12 @@ def config_folder(architecture: str, dest: Path, source: Path | None = None) -> 
 
 
 def shipped_config(architecture: str) -> Path:
-    """The shipped configs of `architecture` as a diffusers config folder (built once per machine)."""
-    return config_folder(architecture, Path(tempfile.gettempdir()) / "bakery-configs")
+    """The shipped configs of `architecture` as a diffusers config folder (built once per machine and
+    version of the configs: the folder is named after their hash)."""
+    digest = hashlib.sha256()
+    for f in sorted(CONFIGS.rglob("*.json")):
+        digest.update(f.relative_to(CONFIGS).as_posix().encode() + f.read_bytes())
+    return config_folder(architecture, Path(tempfile.gettempdir()) / f"bakery-configs-{digest.hexdigest()[:12]}")
 
 
 def load_single_file(cls: Any, path: Path | str, config: Path, **kwargs: Any) -> Any:
