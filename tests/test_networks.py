@@ -242,6 +242,14 @@ def test_recipe_defaults_and_checks_are_the_guides():
         with pytest.raises(ValidationError, match=words):
             TrainParams(**bad)
     assert R.multiplier(ia3=True) == 0.5 and R.multiplier(sdxl=True, ia3=True) == 0.25  # IA3: half the steps
+    from bakery.recipe import RepeatsParams
+    from tasks.prune import repeat_settings
+
+    def mult(**train):
+        return repeat_settings({"repeats": RepeatsParams().model_dump(),
+                                "train": TrainParams(min_snr_gamma=0, **train).model_dump()}).multiplier
+
+    assert mult(network_type="ia3") == 0.5 and mult(network_type="dylora") == 1.0  # what the prune stage plans with
 
 
 # -- a real run: bake then evaluate, as for every other network -----------------------------------------
