@@ -8,15 +8,17 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from bakery.craft.edits import Edit, crop_boxes, keep_list
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet
 from bakery.recipe import Recipe, load_recipe, stage_params_json
 from bakery.stages import Plan, plan_run
 from tasks.alpha import ALPHA
 from tasks.autotag import AUTOTAG, autotag_params_json
 from tasks.bake import BAKE, bake_params_json
-from tasks.buckets import BUCKETS
+from tasks.buckets import BUCKETS, buckets_params_json
 from tasks.convert import CONVERT
 from tasks.dedupe import DEDUPE
+from tasks.edits import load_edits
 from tasks.evaluate import EVALUATE, evaluate_params_json
 from tasks.ingest import INGEST, FolderSpec, Listing, scan_sources
 from tasks.masks import MASKS, masks_params
@@ -56,10 +58,14 @@ def _folders(recipe: Recipe) -> list[FolderSpec]:
 
 
 @flow(name="gather")
-def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]) -> list[ImageRef]:
-    """Sources to a clean set of originals: scan (+ scrape) -> ingest -> convert -> dedupe."""
+def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str],
+           keep: list[str] | None = None) -> list[ImageRef]:
+    """Sources to a clean set of originals: scan (+ scrape) -> ingest -> convert -> dedupe.
+
+    `keep`: near-duplicates the keep_duplicate edits keep (added to the recipe's `[dedupe] keep`)."""
     recipe = load_recipe(recipe_path)
-    params = {"ingest": recipe.ingest, "convert": recipe.convert, "dedupe": recipe.dedupe}
+    dedupe = recipe.dedupe.model_copy(update={"keep": [*recipe.dedupe.keep, *keep]}) if keep else recipe.dedupe
+    params = {"ingest": recipe.ingest, "convert": recipe.convert, "dedupe": dedupe}
     inputs: object = scan_sources(_folders(recipe), str(recipe.workdir / "cache" / "source-digests.json"))
     boorus = booru_specs(recipe)
     if boorus and SCRAPE.name in stages:  # scrape first: its downloads join the folder listing
@@ -78,25 +84,26 @@ def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]
     return images
 
 
-def prepare_params(recipe: Recipe) -> dict[str, str]:
-    """Each prepare stage's parameters as canonical JSON (what its cache key sees)."""
+def prepare_params(recipe: Recipe, edits: list[Edit] = ()) -> dict[str, str]:
+    """Each prepare stage's parameters as canonical JSON (what its cache key sees); buckets' holds the crop edits."""
     model = recipe.resolve(recipe.upscale.model) if recipe.upscale.model else None
     return {
         "alpha": stage_params_json(recipe.alpha),
         "trim": stage_params_json(recipe.trim),
         "upscale": upscale_params_json(recipe.upscale, recipe.buckets.resolution, model),
         "masks": stage_params_json(masks_params(recipe)),
-        "buckets": stage_params_json(recipe.buckets),
+        "buckets": buckets_params_json(recipe.buckets, crop_boxes(edits)),
     }
 
 
-def prepare(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str]) -> list[ImageRef]:
+def prepare(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str],
+            edits: list[Edit] = ()) -> list[ImageRef]:
     """Clean originals to training images: alpha -> trim -> upscale -> masks -> buckets.
 
     A plain function in the main flow, not a subflow: a subflow's parameters (here
     every image) would be sent to the Prefect API.
     """
-    params = prepare_params(recipe)
+    params = prepare_params(recipe, edits)
     for stage in PREPARE:
         if stage.name not in stages:
             break
@@ -104,14 +111,16 @@ def prepare(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[s
     return images
 
 
-def caption(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str]):
+def caption(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str],
+            edits: list[Edit] = ()):
     """Prepared images to a TrainSet: autotag -> prune. Needs [[concepts]] (autotag alone runs with a model)."""
     result = None
     if "autotag" in stages and (recipe.concepts or recipe.autotag.model):
         result = run_stage(AUTOTAG, images, autotag_params_json(recipe), run, "autotag" in refresh)
         images = result.images
     if "prune" in stages and recipe.concepts:
-        result = run_stage(PRUNE, caption_sources(images, run.workdir), prune_params_json(recipe), run, "prune" in refresh)
+        result = run_stage(PRUNE, caption_sources(images, run.workdir), prune_params_json(recipe, edits), run,
+                           "prune" in refresh)
     return result
 
 
@@ -181,10 +190,11 @@ def bake_lora(
     try:
         with use_runner(_runner(recipe)), run_log(run):  # WORKDIR/logs/run-<id>.log: the run's log in full
             stages, refresh = list(plan.stages), sorted(plan.refresh)
-            images = gather(recipe_path, run, stages, refresh)
+            edits = load_edits(recipe_path, run.workdir)  # the review studio's: each stage gets its own
+            images = gather(recipe_path, run, stages, refresh, keep_list(edits))
             if PREPARE[0].name in stages:
-                images = prepare(recipe, run, images, stages, refresh)
-            captioned = caption(recipe, run, images, stages, refresh)
+                images = prepare(recipe, run, images, stages, refresh, edits)
+            captioned = caption(recipe, run, images, stages, refresh, edits)
             trainset = captioned.payload if captioned is not None and isinstance(captioned.payload, TrainSet) else None
             if trainset is not None and trainset.images:
                 bake_and_taste(recipe, run, trainset, plan)

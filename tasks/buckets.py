@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 
 import tasks.prepare_workers as prep
 from bakery.craft import bucket_report as craft
+from bakery.craft import edits as edits_craft
 from bakery.craft import buckets as kohya
 from bakery.manifest import ImageRef, Skip, StageResult
 from bakery.recipe import BucketParams, stage_params_json
@@ -22,9 +23,19 @@ REPORT = "reports/buckets.md"
 ASSIGNMENT = "reports/buckets.json"
 
 
+def buckets_params_json(params: BucketParams, keep_boxes: dict[str, list[float]] | None = None) -> str:
+    """The stage's parameters; with the crop edits' keep boxes (picture -> [x0, y0, x1, y1]) when there are some."""
+    data = params.model_dump(mode="json")
+    return stage_params_json({**data, "keep_boxes": keep_boxes} if keep_boxes else data)
+
+
 @task(name="buckets")
 def buckets(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, workers: int | None) -> StageResult:
-    params = BucketParams.model_validate_json(params_json)
+    cfg = json.loads(params_json)
+    keep_boxes = cfg.pop("keep_boxes", {})  # the crop edits: what each picture's bucket crop must keep
+    # TODO(merge with issue 16, framing): hand keep_boxes to the bucket crop that keeps a box.
+    params = BucketParams.model_validate(cfg)
+    params_json = stage_params_json(cfg)  # snap's derivations: the same with or without crop edits
     run = RunInfo(run_id, workdir, workers)
     refs = sorted(inputs)
     with Catalog.open(run.catalog) as cat:
@@ -65,11 +76,12 @@ def buckets(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str,
             images += result.images
             skips += result.skips
             n_processed += result.n_processed
-    _write_report(run, rep, params)
+    _write_report(run, rep, params, edits_craft.resolve_boxes(keep_boxes, {r.name: r.hash for r in refs}))
     return StageResult(images=sorted(images), skips=skips, n_in=len(inputs), n_processed=n_processed)
 
 
-def _write_report(run: RunInfo, rep: craft.BucketReport, params: BucketParams) -> None:
+def _write_report(run: RunInfo, rep: craft.BucketReport, params: BucketParams,
+                  keep_boxes: dict[str, list[float]]) -> None:
     text = craft.report_markdown(rep, params.max_downscale, params.snap)
     base = Path(run.workdir)
     (base / REPORT).parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +90,8 @@ def _write_report(run: RunInfo, rep: craft.BucketReport, params: BucketParams) -
     assignment = {
         p.name: {"size": list(p.size), "kohya_bucket": list(p.choice.bucket), "bucket": list(p.final.bucket),
                  "downscale": round(p.downscale, 4), "kohya_resized": list(p.choice.resized),
-                 "kohya_crop_share": round(craft.crop_share(p.choice), 4), "aspect_out_of_range": p.name in flagged}
+                 "kohya_crop_share": round(craft.crop_share(p.choice), 4), "aspect_out_of_range": p.name in flagged,
+                 **({"keep_box": keep_boxes[p.name]} if p.name in keep_boxes else {})}
         for p in rep.placed
     }
     if flagged:

@@ -113,6 +113,13 @@ def test_shipped_configs_build_the_real_models_and_clip_tokenizer_offline(tmp_pa
     config = S.config_folder(architecture, tmp_path)
     assert S.config_folder(architecture, tmp_path) == config  # built once
     shipped = S.shipped_config(architecture)  # what bake and evaluate load with
+    ldm_file = tmp_path / "keys.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, str(ldm_file))
+    assert S.config_for(ldm_file, architecture) == shipped
+    save_file({"cond_stage_model.model.positional_embedding": torch.zeros(1)}, str(ldm_file))  # SD2.x: the hub's
+    assert S.config_for(ldm_file, architecture) is None
     assert (shipped / "model_index.json").read_text() == (config / "model_index.json").read_text()
     assert (shipped / "tokenizer" / "vocab.json").read_bytes() == (config / "tokenizer" / "vocab.json").read_bytes()
     models = {}

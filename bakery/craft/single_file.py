@@ -93,6 +93,21 @@ def shipped_config(architecture: str) -> Path:
     return config_folder(architecture, Path(tempfile.gettempdir()) / f"bakery-configs-{digest.hexdigest()[:12]}")
 
 
-def load_single_file(cls: Any, path: Path | str, config: Path, **kwargs: Any) -> Any:
-    """`cls.from_single_file` with every config from the local folder `config`: nothing is fetched."""
+def config_for(path: Path | str, architecture: str) -> Path | None:
+    """The shipped config folder for a single file of `architecture`; None for an SD2.x file (OpenCLIP text
+    encoder under `cond_stage_model.model.`), which only diffusers' own (hub) configs describe."""
+    if Path(path).suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            if any(k.startswith("cond_stage_model.model.") for k in f.keys()):
+                return None
+    return shipped_config(architecture)
+
+
+def load_single_file(cls: Any, path: Path | str, config: Path | None, **kwargs: Any) -> Any:
+    """`cls.from_single_file` with every config from the local folder `config`: nothing is fetched
+    (`config` None: diffusers' own, from the hub or its cache)."""
+    if config is None:
+        return cls.from_single_file(str(path), **kwargs)
     return cls.from_single_file(str(path), config=str(config), local_files_only=True, **kwargs)
