@@ -95,12 +95,14 @@ def _print_run(recipe: Recipe, run_id: str | None = None) -> None:
             typer.echo(f"  ... and {len(warnings) - 10} more (all in the catalog's stage_warnings table)")
     if evaluation:
         ev = evaluation[0]
-        typer.echo("\nLoRA files (kohya format, one per epoch):")
+        typer.echo(f"\nLoRA files (kohya format, one per {'save' if recipe.slider else 'epoch'}):")
         for f in files:
             typer.echo(f"  {f}")
         if ev["recommended_epoch"] is not None:
-            typer.echo(f"recommended: epoch {ev['recommended_epoch']} at weight {ev['weight_min']:g}-{ev['weight_max']:g}"
-                       f" ({ev['recommended_file']})")
+            at = (f"step {ev['recommended_epoch']} at strength {ev['weight_min']:g} to {ev['weight_max']:g}"
+                  if recipe.slider else  # a slider saves every n steps
+                  f"epoch {ev['recommended_epoch']} at weight {ev['weight_min']:g}-{ev['weight_max']:g}")
+            typer.echo(f"recommended: {at} ({ev['recommended_file']})")
         else:
             typer.echo("recommended: none (see the report's flags)")
         typer.echo(f"report: {ev['report_path']}")

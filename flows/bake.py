@@ -28,6 +28,7 @@ from tasks.regularisation import REGULARISATION, record_trainset, reg_params_jso
 from tasks.report import run_summary_markdown
 from tasks.runlog import run_log
 from tasks.scrape import SCRAPE, booru_specs
+from tasks.slide import SLIDE, SLIDER_TASTE, slide_params_json, slider_spec, slider_taste_params_json
 from tasks.stage import RunInfo, begin_run, end_run, run_stage, skip_stage
 from tasks.trigger_check import TRIGGER_CHECK, check_triggers
 from tasks.trim import TRIM
@@ -38,11 +39,13 @@ GATHER = (INGEST, CONVERT, DEDUPE)
 PREPARE = (ALPHA, TRIM, UPSCALE, MASKS, BUCKETS)
 CAPTION = (AUTOTAG, PRUNE)
 BUILT = (SCRAPE.name, *(s.name for s in GATHER + PREPARE + CAPTION), REGULARISATION.name, TRIGGER_CHECK.name,
-         BAKE.name, EVALUATE.name)
+         SLIDE.name, BAKE.name, EVALUATE.name)
 # Stages a recipe only runs when it asks for them: scrape (booru sources), autotag and prune
 # ([[concepts]] or an autotag model), regularisation ([regularisation] enabled and a base model),
-# trigger_check and bake (a TrainSet and train.base_model), evaluate (a bake).
-OPTIONAL = (SCRAPE.name, AUTOTAG.name, PRUNE.name, REGULARISATION.name, TRIGGER_CHECK.name, BAKE.name, EVALUATE.name)
+# trigger_check and bake (a TrainSet and train.base_model), evaluate (a bake or a slide); slide alone runs a
+# [slider] recipe, in place of every picture stage.
+OPTIONAL = (SCRAPE.name, AUTOTAG.name, PRUNE.name, REGULARISATION.name, TRIGGER_CHECK.name, SLIDE.name, BAKE.name,
+            EVALUATE.name)
 
 
 def _runner(recipe: Recipe) -> Runner:
@@ -178,6 +181,37 @@ def bake_and_taste(recipe: Recipe, run: RunInfo, trainset: TrainSet, plan: Plan)
             taste(recipe, run, baked, trainset, plan.refreshes(EVALUATE.name))
 
 
+def bake_pictures(recipe_path: str, recipe: Recipe, run: RunInfo, plan: Plan) -> None:
+    """A picture recipe: gather -> prepare -> caption -> regularisation -> trigger_check -> bake -> evaluate."""
+    stages, refresh = list(plan.stages), sorted(plan.refresh)
+    edits = load_edits(recipe_path, run.workdir)  # the review studio's: each stage gets its own
+    images = gather(recipe_path, run, stages, refresh, keep_list(edits))
+    if PREPARE[0].name in stages:
+        images = prepare(recipe, run, images, stages, refresh, edits)
+    captioned = caption(recipe, run, images, stages, refresh, edits)
+    trainset = captioned.payload if captioned is not None and isinstance(captioned.payload, TrainSet) else None
+    if trainset is not None and trainset.images:
+        bake_and_taste(recipe, run, trainset, plan)
+
+
+def slide_and_taste(recipe: Recipe, run: RunInfo, plan: Plan) -> None:
+    """A [slider] recipe: slide -> the slider taste (as evaluate), in place of prepare, caption and bake."""
+    if recipe.sources or recipe.concepts:
+        get_run_logger().warning("slide: a [slider] recipe trains from prompts alone: its sources and concepts "
+                                 "are not read (remove them, or the [slider] section for a picture LoRA)")
+    if recipe.train.base_model is None:
+        skip_stage(run, SLIDE.name, "no base model to slide: set [train] base_model")
+        return
+    if SLIDE.name not in plan.stages:
+        return
+    params = slide_params_json(recipe)
+    result = run_stage(SLIDE, slider_spec(recipe), params, run, plan.refreshes(SLIDE.name))
+    if not all(Path(p).is_file() for p in result.payload.files.values()):  # deleted since: slide again
+        result = run_stage(SLIDE, slider_spec(recipe), params, run, True)
+    if EVALUATE.name in plan.stages:
+        run_stage(SLIDER_TASTE, result.payload, slider_taste_params_json(recipe), run, plan.refreshes(EVALUATE.name))
+
+
 @flow(name="bake-lora")
 def bake_lora(
     recipe_path: str, from_stage: str | None = None, only_stage: str | None = None, to_stage: str | None = None
@@ -189,15 +223,10 @@ def bake_lora(
                     recipe.model_dump_json(), recipe.runtime.workers)
     try:
         with use_runner(_runner(recipe)), run_log(run):  # WORKDIR/logs/run-<id>.log: the run's log in full
-            stages, refresh = list(plan.stages), sorted(plan.refresh)
-            edits = load_edits(recipe_path, run.workdir)  # the review studio's: each stage gets its own
-            images = gather(recipe_path, run, stages, refresh, keep_list(edits))
-            if PREPARE[0].name in stages:
-                images = prepare(recipe, run, images, stages, refresh, edits)
-            captioned = caption(recipe, run, images, stages, refresh, edits)
-            trainset = captioned.payload if captioned is not None and isinstance(captioned.payload, TrainSet) else None
-            if trainset is not None and trainset.images:
-                bake_and_taste(recipe, run, trainset, plan)
+            if recipe.slider is not None:  # no pictures: the slide in place of every picture stage
+                slide_and_taste(recipe, run, plan)
+            else:
+                bake_pictures(recipe_path, recipe, run, plan)
     except BaseException as exc:
         end_run(run, "failed", f"{type(exc).__name__}: {exc}")
         raise

@@ -190,6 +190,8 @@ def peft_config(targets: Targets, spec: NetworkSpec) -> Any:
         return LoraConfig(lora_alpha=spec.alpha, init_lora_weights=True, use_dora=spec.network_type == "dora", **common)
     if spec.network_type == "loha":
         return LoHaConfig(alpha=spec.alpha, init_weights=True, **common)
+    if spec.network_type != "lokr":
+        raise ValueError(f"{spec.network_type} is trained with LyCORIS's modules (lycoris_net), not peft")
     return LoKrConfig(alpha=spec.alpha, init_weights=True, decompose_both=False, **common)
 
 
