@@ -972,11 +972,11 @@ def save_epoch(t: Training, path: Path, *, name: str, epoch: int, step: int, bak
     return str(path)
 
 
-def network_state(model: Any, spec: K.NetworkSpec) -> dict[str, Any]:
+def network_state(model: Any) -> dict[str, Any]:
     """The trained weights of one model, on the CPU, as resuming reloads them."""
     from peft import get_peft_model_state_dict
 
-    if LN.is_lycoris_type(spec.network_type):
+    if LN.is_attached(model):
         return LN.network_state(model)
     return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
 
@@ -989,7 +989,7 @@ def save_state(path: Path, t: Training, *, bake_key: str, epoch: int, step: int,
         "bake_key": bake_key,
         "epoch": epoch,
         "step": step,
-        "networks": {prefix: network_state(model, t.spec) for prefix, model, _t in t.network},
+        "networks": {prefix: network_state(model) for prefix, model, _t in t.network},
         "optimizer": t.optimizer.state_dict(),
         "scheduler": t.scheduler.state_dict(),
         "scaler": t.scaler.state_dict() if t.scaler is not None else None,
@@ -1012,7 +1012,7 @@ def resume_state(path: Path, t: Training, bake_key: str) -> tuple[int, dict[int,
     if state.get("bake_key") != bake_key:  # another bake's state: start afresh
         return 0, {}
     for prefix, model, _t in t.network:
-        if LN.is_lycoris_type(t.spec.network_type):
+        if LN.is_attached(model):
             bad = LN.load_network_state(model, state["networks"][prefix])
         else:
             bad = set_peft_model_state_dict(model, state["networks"][prefix]).unexpected_keys

@@ -126,6 +126,11 @@ def attach(model: Any, prefix: str, targets: K.Targets, spec: K.NetworkSpec) -> 
     return mods
 
 
+def is_attached(model: Any) -> bool:
+    """Whether `model` carries LyCORIS modules attached by `attach` (else a peft adapter, if any)."""
+    return hasattr(model, ATTR)
+
+
 def modules_of(model: Any) -> Any:
     return getattr(model, ATTR)
 
