@@ -691,6 +691,46 @@ class SliderParams(_Section):
         return ", ".join(self.negative)
 
 
+class Variant(BaseModel):
+    """A variant of [train] for a sweep: its name, then the [train] keys it changes (network_dim = 16, optimizer = "adamw", ...)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    # Names its LoRA files (`<output name>-<name>`) and its line in the sweep report.
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _train_keys(self) -> "Variant":
+        if "family" in self.overrides:  # its defaults reach beyond [train] (buckets, captions, evaluate)
+            raise ValueError("train.family cannot vary between variants: it sets other sections too; sweep "
+                             "one family per recipe")
+        try:
+            TrainParams.model_validate(self.overrides)
+        except ValidationError as exc:  # each bad key named as it stands under [train]
+            raise ValueError(_as_train_keys(exc)) from None
+        return self
+
+
+class SweepParams(_Section):
+    """How the [[variants]] are baked: one after another here, or each as its own flow run on a work pool."""
+
+    # A deployment of the bake flow on a work pool (e.g. "bake-lora/sweep-variant", deployments/prefect.yaml):
+    # each variant becomes a flow run of it on a worker, which must reach the work dir (a shared folder).
+    # None: the variants are baked one after another in this run.
+    deployment: str | None = None
+    heartbeat_s: Annotated[float, Field(gt=0)] = 5.0  # a variant's flow run writes its heartbeat file this often
+    # No heartbeat for this long: its worker is lost; the variant runs again and resumes from its saved state.
+    lost_after_s: Annotated[float, Field(gt=0)] = 120.0
+    attempts: Annotated[int, Field(gt=0, le=10)] = 3  # flow runs one variant may take
+    # Where the results are also copied, through fsspec ("s3://bucket/loras" with s3fs installed,
+    # "file:///mnt/nas/loras"): each variant's LoRA files and report and the sweep report, under
+    # <url>/<project name>/<sweep id>/. The work dir itself stays a folder. None: nowhere else.
+    publish_url: str | None = None
+
+
 class RuntimeParams(_Section):
     # Processes for per-image work; None = one per CPU core.
     workers: Annotated[int, Field(gt=0)] | None = None
@@ -724,6 +764,8 @@ class Recipe(_Section):
     captions: CaptionParams = CaptionParams()
     repeats: RepeatsParams = RepeatsParams()
     validation: ValidationParams = ValidationParams()
+    variants: list[Variant] = []
+    sweep: SweepParams = SweepParams()
     # A slider recipe: the slide stage in place of prepare, caption and bake (see SliderParams).
     slider: SliderParams | None = None
 
@@ -756,6 +798,35 @@ class Recipe(_Section):
         if main is not None and main not in [c.name for c in self.concepts]:
             raise ValueError(f"repeats.main_concept '{main}' is not a concept name")
         return self
+
+    @model_validator(mode="after")
+    def _variants_valid(self) -> "Recipe":
+        names = [v.name for v in self.variants]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"variant names must be unique, repeated: {', '.join(dupes)}")
+        if self.variants and self.slider is not None:
+            raise ValueError("[[variants]] vary the [train] of a picture LoRA: a [slider] recipe bakes none "
+                             "(remove the variants or the [slider] section)")
+        for v in self.variants:
+            try:
+                self.variant_train(v.name)
+            except ValidationError as exc:  # the overrides clash with the recipe's [train]
+                raise ValueError(f"variant {v.name}: {_as_train_keys(exc)}") from None
+        return self
+
+    def variant_train(self, name: str) -> TrainParams:
+        """[train] with the variant's keys over it; its files are named `<output name>-<variant>`."""
+        variant = next((v for v in self.variants if v.name == name), None)
+        if variant is None:
+            raise ValueError(f"no variant {name!r} in the recipe: set [[variants]] name (it has: "
+                             f"{', '.join(v.name for v in self.variants) or 'none'})")
+        data = {**self.train.model_dump(exclude_unset=True), **variant.overrides}
+        data.setdefault("output_name", f"{self.train.output_name or self.project.name}-{name}")
+        return TrainParams.model_validate(data)
+
+    def for_variant(self, name: str) -> "Recipe":
+        """The recipe one variant bakes: its [train], no [[variants]]."""
+        return self.model_copy(update={"train": self.variant_train(name), "variants": []})
 
     def resolve(self, path: Path) -> Path:
         """A recipe path made absolute against the recipe file's folder."""
@@ -806,6 +877,12 @@ def _key_path(loc: tuple[Any, ...]) -> str:
 def format_errors(exc: ValidationError) -> list[str]:
     """One line per problem: `train.network_dim: must be > 0, got -4`."""
     return [f"{_key_path(e['loc'])}: {_describe(e)}" for e in exc.errors()]
+
+
+def _as_train_keys(exc: ValidationError) -> str:
+    """A [train] validation's problems named as keys under [train], on one line."""
+    return "; ".join(line.replace("(recipe): ", "train: ", 1) if line.startswith("(recipe)") else f"train.{line}"
+                     for line in format_errors(exc))
 
 
 def parse_recipe(data: dict[str, Any], base_dir: Path, origin: str = "<recipe>") -> Recipe:

@@ -56,7 +56,7 @@ def prune_params_json(recipe: Recipe, edits: list[edits_craft.Edit] = ()) -> str
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def _gather(cat: Catalog, images: list[ImageRef]) -> tuple[dict[str, list[str]], dict[str, list[dict]]]:
+def gather_sources(cat: Catalog, images: list[ImageRef]) -> tuple[dict[str, list[str]], dict[str, list[dict]]]:
     """Sidecars and tag rows of each image, found on it and on the originals it came from."""
     chains = cat.ancestors(sorted({r.hash for r in images}))
     everyone = sorted({h for chain in chains.values() for h in chain})
@@ -78,7 +78,7 @@ def _gather(cat: Catalog, images: list[ImageRef]) -> tuple[dict[str, list[str]],
 def caption_sources(images: list[ImageRef], workdir: str) -> PruneInput:
     """The prune stage's input: the images plus a digest of their caption sources (read fresh each run)."""
     with Catalog.open(RunInfo("", workdir).catalog) as cat:
-        side, rows = _gather(cat, images)
+        side, rows = gather_sources(cat, images)
     payload = {h: [side[h], [(r["tag"], r["category"], r["origin"], r["confidence"]) for r in rows[h]]] for h in side}
     return PruneInput(sorted(images), digest(payload))
 
@@ -94,7 +94,7 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
         get_run_logger().info("prune: the recipe has no [[concepts]]: no training set")
         return StageResult(images=images, n_in=len(images), payload=TrainSet([], []))
     with Catalog.open(run.catalog) as cat:
-        side, rows = _gather(cat, images)
+        side, rows = gather_sources(cat, images)
         counts = cat.tag_post_counts(None)
     pictures = {r.name: craft.Picture(r.name, r.hash, r.mask, tuple(side[r.hash]), tuple(rows[r.hash])) for r in images}
     try:
