@@ -122,3 +122,18 @@ def test_pixel_hash_matches_same_picture_in_other_formats(sample_folder: Path):
     bmp = convert_image((sample_folder / "dup/rgb_as_bmp.bmp").read_bytes(), 9)[0]
     assert png.pixel_hash == bmp.pixel_hash
     assert pixel_hash(gradient(96, 64, seed=2)) != png.pixel_hash
+
+
+def test_a_png_is_judged_from_its_header_but_its_exif_orientation_still_counts(tmp_path: Path):
+    import io
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90
+    buf = io.BytesIO()
+    gradient(60, 40, seed=1).save(buf, "PNG", exif=exif)
+    (rotated,) = convert_image(buf.getvalue(), 1, known_pixel_hash="from-ingest")
+    assert rotated.png is not None and (rotated.width, rotated.height) == (40, 60)
+    plain = io.BytesIO()
+    gradient(60, 40, seed=1).save(plain, "PNG")
+    (kept,) = convert_image(plain.getvalue(), 1, known_pixel_hash="from-ingest")
+    assert kept.png is None and kept.pixel_hash == "from-ingest"

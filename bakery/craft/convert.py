@@ -120,19 +120,25 @@ def normalise(im: Image.Image) -> Image.Image:
 TRAINABLE_AS_IS = ("PNG", "JPEG", "WEBP", "BMP")
 
 
-def kept_as_is(im: Image.Image) -> bool:
+def kept_as_is(im: Image.Image, data: bytes | None = None) -> bool:
     """Is this file already the picture convert would make (8-bit RGB/RGBA, upright, no colour profile
     or transparency key, one frame) in a trainable format? Then it is kept byte for byte: no encode,
-    and for JPEG/WebP no generation loss. Read from the header only."""
-    orientation = im.getexif().get(ORIENTATION_TAG, 1)
+    and for JPEG/WebP no generation loss. `data`: the file's bytes, so that a PNG is judged from its
+    header (Pillow decodes a PNG's pixels to look for an eXIf chunk after them)."""
     return (
         im.format in TRAINABLE_AS_IS
         and im.mode in ("RGB", "RGBA")
         and getattr(im, "n_frames", 1) == 1
-        and orientation in (None, 1)
         and "icc_profile" not in im.info
         and "transparency" not in im.info
+        and _orientation(im, data) in (None, 1)
     )
+
+
+def _orientation(im: Image.Image, data: bytes | None) -> int | None:
+    if im.format == "PNG" and data is not None and "exif" not in im.info and b"eXIf" not in data:
+        return 1  # no EXIF at all: nothing to decode for
+    return im.getexif().get(ORIENTATION_TAG, 1)
 
 
 def png_bytes(im: Image.Image, compress_level: int) -> bytes:
@@ -202,7 +208,7 @@ def convert_image(
     (and its facts were recorded then).
     """
     with Image.open(io.BytesIO(data)) as im:
-        if kept_as_is(im):
+        if kept_as_is(im, data):
             if known_pixel_hash:
                 return [ConvertedFrame(None, known_pixel_hash, im.width, im.height, im.mode, "")]
             im.load()
