@@ -27,7 +27,8 @@ from prefect.artifacts import create_markdown_artifact
 from bakery.craft import masks as craft
 from bakery.manifest import ImageRef, StageResult
 from bakery.recipe import MaskParams, Recipe, stage_params_json
-from storage import Catalog, digest_file
+from storage import Catalog
+from storage.digests import DigestCache
 from tasks import caching
 from tasks.progress import StageProgress
 from tasks.stage import RunInfo, Stage, params_hash
@@ -47,8 +48,10 @@ def masks_params(recipe: Recipe) -> dict[str, Any]:
     if params.checkpoint is not None:
         path = recipe.resolve(params.checkpoint)
         params = params.model_copy(update={"checkpoint": path})
-        if path.is_file():
-            sha = digest_file(path).sha256
+        if path.is_file():  # remembered by path, size, mtime and inode: a checkpoint is read once, not every run
+            digests = DigestCache(recipe.workdir / "cache" / "model-digests.json")
+            sha = digests.digest(path).sha256
+            digests.save()
     return {"masks": params.model_dump(mode="json"), "checkpoint_sha256": sha}
 
 
