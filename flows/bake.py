@@ -14,8 +14,9 @@ from bakery.stages import Plan, plan_run
 from tasks.alpha import ALPHA
 from tasks.autotag import AUTOTAG, autotag_params_json
 from tasks.bake import BAKE, bake_params_json
-from tasks.buckets import BUCKETS
+from tasks.buckets import BUCKETS, buckets_params_json
 from tasks.convert import CONVERT
+from tasks.crops import CROPS, CropsOutput, crops_params_json, no_detector_note
 from tasks.dedupe import DEDUPE
 from tasks.evaluate import EVALUATE, evaluate_params_json
 from tasks.ingest import INGEST, FolderSpec, Listing, scan_sources
@@ -33,7 +34,7 @@ from tasks.upscale import UPSCALE, upscale_params_json
 
 # Stages built so far, in chain order. A stage not built is absent, not a no-op.
 GATHER = (INGEST, CONVERT, DEDUPE)
-PREPARE = (ALPHA, TRIM, UPSCALE, MASKS, BUCKETS)
+PREPARE = (ALPHA, TRIM, UPSCALE, CROPS, MASKS, BUCKETS)
 CAPTION = (AUTOTAG, PRUNE)
 BUILT = (SCRAPE.name, *(s.name for s in GATHER + PREPARE + CAPTION), REGULARISATION.name, TRIGGER_CHECK.name,
          BAKE.name, EVALUATE.name)
@@ -86,32 +87,55 @@ def prepare_params(recipe: Recipe) -> dict[str, str]:
         "trim": stage_params_json(recipe.trim),
         "upscale": upscale_params_json(recipe.upscale, recipe.buckets.resolution, model),
         "masks": stage_params_json(masks_params(recipe)),
-        "buckets": stage_params_json(recipe.buckets),
+        "buckets": buckets_params_json(recipe.buckets),
     }
 
 
-def prepare(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str]) -> list[ImageRef]:
-    """Clean originals to training images: alpha -> trim -> upscale -> masks -> buckets.
+def prepare(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str],
+            keep_boxes: dict[str, list[float]] | None = None) -> tuple[list[ImageRef], CropsOutput | None]:
+    """Clean originals to training images: alpha -> trim -> upscale -> crops -> masks -> buckets.
 
-    A plain function in the main flow, not a subflow: a subflow's parameters (here
-    every image) would be sent to the Prefect API.
+    `keep_boxes`: picture name -> [x0, y0, x1, y1] (fractions) the bucket crop must keep (the user's
+    crop edits); detected faces join them. A plain function in the main flow, not a subflow: a
+    subflow's parameters (here every image) would be sent to the Prefect API.
     """
     params = prepare_params(recipe)
+    framed = None
     for stage in PREPARE:
         if stage.name not in stages:
             break
+        if stage is CROPS:
+            images, framed = frame(recipe, run, images, stage.name in refresh)
+            continue
+        if stage is BUCKETS:
+            faces = framed.keep_boxes if framed is not None and recipe.crops.keep_faces else {}
+            params[stage.name] = buckets_params_json(recipe.buckets, {**faces, **(keep_boxes or {})})
         images = run_stage(stage, images, params[stage.name], run, stage.name in refresh).images
-    return images
+    return images, framed
 
 
-def caption(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str]):
-    """Prepared images to a TrainSet: autotag -> prune. Needs [[concepts]] (autotag alone runs with a model)."""
+def frame(recipe: Recipe, run: RunInfo, images: list[ImageRef], refresh: bool) -> tuple[list[ImageRef], CropsOutput | None]:
+    """The crops stage (framing, face crops, the balance), or its skip with what to set when nothing can detect."""
+    params = crops_params_json(recipe)
+    if params is None:
+        skip_stage(run, CROPS.name, no_detector_note(recipe), len(images))
+        return images, None
+    result = run_stage(CROPS, images, params, run, refresh)
+    return result.images, result.payload
+
+
+def caption(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str],
+            framed: CropsOutput | None = None):
+    """Prepared images to a TrainSet: autotag -> prune. Needs [[concepts]] (autotag alone runs with a model).
+    With `[crops] portraits_to_misc`, the pictures the crops stage framed as portraits go to the misc concept."""
     result = None
     if "autotag" in stages and (recipe.concepts or recipe.autotag.model):
         result = run_stage(AUTOTAG, images, autotag_params_json(recipe), run, "autotag" in refresh)
         images = result.images
     if "prune" in stages and recipe.concepts:
-        result = run_stage(PRUNE, caption_sources(images, run.workdir), prune_params_json(recipe), run, "prune" in refresh)
+        portraits = [n for n, f in framed.framings.items() if f == "portrait"] if framed is not None else []
+        sources = caption_sources(images, run.workdir, portraits if recipe.crops.portraits_to_misc else [])
+        result = run_stage(PRUNE, sources, prune_params_json(recipe), run, "prune" in refresh)
     return result
 
 
@@ -181,10 +205,10 @@ def bake_lora(
     try:
         with use_runner(_runner(recipe)), run_log(run):  # WORKDIR/logs/run-<id>.log: the run's log in full
             stages, refresh = list(plan.stages), sorted(plan.refresh)
-            images = gather(recipe_path, run, stages, refresh)
+            images, framed = gather(recipe_path, run, stages, refresh), None
             if PREPARE[0].name in stages:
-                images = prepare(recipe, run, images, stages, refresh)
-            captioned = caption(recipe, run, images, stages, refresh)
+                images, framed = prepare(recipe, run, images, stages, refresh)
+            captioned = caption(recipe, run, images, stages, refresh, framed)
             trainset = captioned.payload if captioned is not None and isinstance(captioned.payload, TrainSet) else None
             if trainset is not None and trainset.images:
                 bake_and_taste(recipe, run, trainset, plan)

@@ -35,6 +35,7 @@ from tasks.stage import RunInfo, Stage
 class PruneInput:
     images: list[ImageRef]
     sources_digest: str  # tags and sidecars of these images and their originals
+    portraits: tuple[str, ...] = ()  # pictures framed as portraits, for the misc concept ([crops] portraits_to_misc)
 
     def subjects(self) -> list[str]:
         return [r.name for r in self.images]
@@ -48,14 +49,19 @@ def prune_params_json(recipe: Recipe) -> str:
         "train": {k: getattr(recipe.train, k) for k in ("epochs", "optimizer", "min_snr_gamma", "ip_noise_gamma")},
         "validation": recipe.validation.model_dump(mode="json"),
     }
+    if recipe.crops.portraits_to_misc:
+        data["misc_concept"] = recipe.crops.misc_concept
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def _gather(cat: Catalog, images: list[ImageRef]) -> tuple[dict[str, list[str]], dict[str, list[dict]]]:
-    """Sidecars and tag rows of each image, found on it and on the originals it came from."""
+def _gather(cat: Catalog, images: list[ImageRef]) -> tuple[dict[str, list[str]], dict[str, list[dict]], dict[str, str]]:
+    """Sidecars and tag rows of each image, found on it and on the originals it came from; the framing of
+    the images the crops stage cut out (their captions say it instead of their parent's)."""
     chains = cat.ancestors(sorted({r.hash for r in images}))
     everyone = sorted({h for chain in chains.values() for h in chain})
     sidecars = cat.sidecars_for(everyone)
+    cut = cat.crop_framings(everyone)
+    framings = {h: next((cut[a] for a in chain if a in cut), "") for h, chain in chains.items()}
     rows_by: dict[str, list[dict]] = {}
     for row in cat.tags_for(everyone):
         rows_by.setdefault(row["image_hash"], []).append(row)
@@ -66,16 +72,17 @@ def _gather(cat: Catalog, images: list[ImageRef]) -> tuple[dict[str, list[str]],
         rows[h] = [r for a in chain for r in rows_by.get(a, []) if r["origin"] != "tagger"] + [
             r for r in tagger if r["origin"] == "tagger"
         ]
-    return side, rows
+    return side, rows, framings
 
 
 @task(name="caption-sources", cache_policy=NO_CACHE)
-def caption_sources(images: list[ImageRef], workdir: str) -> PruneInput:
+def caption_sources(images: list[ImageRef], workdir: str, portraits: list[str] | None = None) -> PruneInput:
     """The prune stage's input: the images plus a digest of their caption sources (read fresh each run)."""
     with Catalog.open(RunInfo("", workdir).catalog) as cat:
-        side, rows = _gather(cat, images)
-    payload = {h: [side[h], [(r["tag"], r["category"], r["origin"], r["confidence"]) for r in rows[h]]] for h in side}
-    return PruneInput(sorted(images), digest(payload))
+        side, rows, framings = _gather(cat, images)
+    payload = {h: [side[h], [(r["tag"], r["category"], r["origin"], r["confidence"]) for r in rows[h]]]
+               + ([framings[h]] if framings[h] else []) for h in side}
+    return PruneInput(sorted(images), digest(payload), tuple(sorted(portraits or ())))
 
 
 @task(name="prune")
@@ -89,12 +96,14 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
         get_run_logger().info("prune: the recipe has no [[concepts]]: no training set")
         return StageResult(images=images, n_in=len(images), payload=TrainSet([], []))
     with Catalog.open(run.catalog) as cat:
-        side, rows = _gather(cat, images)
+        side, rows, framings = _gather(cat, images)
         counts = cat.tag_post_counts(None)
-    pictures = {r.name: craft.Picture(r.name, r.hash, r.mask, tuple(side[r.hash]), tuple(rows[r.hash])) for r in images}
+    pictures = {r.name: craft.Picture(r.name, r.hash, r.mask, tuple(side[r.hash]), tuple(rows[r.hash]),
+                                      framings[r.hash]) for r in images}
+    forced = {n: cfg["misc_concept"] for n in inputs.portraits} if "misc_concept" in cfg else {}
     try:
         built = craft.build_trainset(concepts, pictures, caption_settings(cfg["captions"]), repeat_settings(cfg), counts,
-                                     holdout_settings(cfg.get("validation", {})))
+                                     holdout_settings(cfg.get("validation", {})), forced)
     except craft.CaptionError as exc:
         if exc.names:  # the message shows the first few
             write_full(run, f"{len(exc.names)} pictures at fault", exc.names)

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from bakery.craft import framing as framing_craft
 from bakery.craft import holdout as holdout_craft
 from bakery.craft import prune as prune_craft
 from bakery.craft import repeats as repeats_craft
@@ -41,6 +42,7 @@ class Picture:
     mask: str = ""
     sidecars: tuple[str, ...] = ()  # raw caption files of it and the originals it came from
     tag_rows: tuple[dict, ...] = ()  # booru / tagger tags (tag, category, origin, confidence)
+    framing: str = ""  # a crop of another picture (portrait, upper_body): its caption says this framing
 
 
 @dataclass(frozen=True)
@@ -77,16 +79,18 @@ class TrainSetBuild:
 def build_trainset(concepts: Sequence[prune_craft.ConceptSpec], pictures: Mapping[str, Picture],
                    captions: CaptionSettings, repeats: RepeatSettings,
                    post_counts: Mapping[str, int],
-                   holdout: holdout_craft.HoldOutSettings | None = None) -> TrainSetBuild:
+                   holdout: holdout_craft.HoldOutSettings | None = None,
+                   forced: Mapping[str, str] | None = None) -> TrainSetBuild:
     """Pictures by name -> the training set kohya (and our bake) trains on, and its validation pictures.
 
     `holdout`: how the validation loss's pictures are chosen (None: no validation loss). Held-out
-    pictures are captioned like the others but left out of the repeats and of `images`.
+    pictures are captioned like the others but left out of the repeats and of `images`. `forced`: picture
+    name -> the concept it goes to whatever its path (portraits to misc, rules.md §8).
     """
     warnings = prune_craft.check_layout(concepts)
     if any("duplicate_split" in w for w in warnings):
         raise CaptionError("; ".join(w for w in warnings if "duplicate_split" in w))
-    rules, members, unassigned = prune_craft.layout(concepts, pictures)
+    rules, members, unassigned = prune_craft.layout(concepts, pictures, forced)
     cleaned, characters = clean_captions(rules, members, pictures, captions)
     texts, stats, pruned_warnings = prune_groups(rules, members, cleaned, characters, captions)
     warnings += pruned_warnings
@@ -135,6 +139,8 @@ def clean_captions(rules: Sequence[prune_craft.GroupRule], members: Mapping[str,
                 raw = tags_craft.source_tags(list(pic.sidecars), list(pic.tag_rows), captions.sources, captions.merge,
                                              captions.keep_namespaces)
                 cleaned[name] = tags_craft.clean_tags(raw, captions.clean)
+                if pic.framing:
+                    cleaned[name] = framing_craft.crop_tags(cleaned[name], pic.framing)
                 characters |= tags_craft.character_tags(list(pic.sidecars), list(pic.tag_rows))
             if not cleaned[name] and prune_craft.needs_tags(rule):
                 missing.append(f"{rule.folder}/{name}")
