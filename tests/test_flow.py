@@ -117,8 +117,8 @@ def test_second_run_is_all_cached_and_param_change_reruns_downstream_only(tmp_pa
 
     write_recipe(tmp_path, NO_NEAR + "\n[convert]\npng_compress_level = 6\n")
     third = bake(recipe)
-    # Upscale re-creates the same pixels from the re-encoded files: masks and buckets see the same inputs.
-    assert status(work, third) == every("cached", "ran", masks="cached", buckets="cached")
+    # Upscale re-creates the same pixels from the re-encoded files: crops, masks and buckets see the same inputs.
+    assert status(work, third) == every("cached", "ran", crops="cached", masks="cached", buckets="cached")
     assert stages(work, third)["convert"]["n_processed"] == 4
 
     # One added image: only that image is worked on inside each per-image stage.
@@ -146,7 +146,8 @@ def test_from_and_only_force_the_right_stages(tmp_path: Path):
     work = tmp_path / "work"
     bake(recipe)
     assert status(work, bake(recipe, from_stage="convert")) == every("cached", "ran")
-    assert status(work, bake(recipe, from_stage="upscale")) == every("cached", "cached", upscale="ran", masks="ran", buckets="ran")
+    assert status(work, bake(recipe, from_stage="upscale")) == every("cached", "cached", upscale="ran", crops="ran", masks="ran",
+                                                                     buckets="ran")
     assert status(work, bake(recipe, only_stage="convert")) == {"ingest": "cached", "convert": "ran"}
 
 
