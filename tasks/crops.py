@@ -174,12 +174,9 @@ def cut(run: RunInfo, refs: list[ImageRef], plans: list[craft.CropPlan], stage_p
     return made
 
 
-@task(name="crops")
-def crops(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, workers: int | None) -> StageResult:
-    """Detect -> classify -> plan and cut crops -> the balance report; every picture goes on, crops beside it."""
-    cfg = json.loads(params_json)
+def frame_pictures(run: RunInfo, inputs: list[ImageRef], cfg: dict) -> tuple[StageResult, list[craft.Balance], list]:
+    """The stage's work: detect -> classify -> plan and cut crops; every picture goes on, its crops beside it."""
     params = CropsParams.model_validate(cfg["crops"])
-    run = RunInfo(run_id, workdir, workers)
     refs = sorted(inputs)
     detectors = load_detectors(cfg)
     found, sizes, n_looked = look(run, refs, detectors)
@@ -189,15 +186,23 @@ def crops(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, w
     rules = craft.CropRules(params.min_face_px, params.min_crop_side, b["resolution"], b["min_side"], b["max_side"],
                             b["step"], b["no_upscale"])
     plans = craft.plan_crops(looked, rules)
-    made = cut(run, refs, plans, params_json)
+    made = cut(run, refs, plans, json.dumps(cfg, sort_keys=True))
     memo = {r.hash: [(r.hash, "")] + [(h, suffix) for h, suffix, _ in made.get(r.hash, [])] for r in refs}
     images, origins = name_outputs(refs, memo)
-    detector = ", ".join(key for key, _ in detectors)
-    output = _output(looked, made, refs, images, origins, detector)
-    balances = craft.balance(looked, plans)
+    output = _output(looked, made, refs, images, origins, ", ".join(key for key, _ in detectors))
     _record(run, looked, images, origins, output)
-    _report(run, craft.balance_markdown(balances, plans, params.min_face_px, detector), balances, plans)
-    return StageResult(images=sorted(images), n_in=len(inputs), n_processed=n_looked, origins=origins, payload=output)
+    result = StageResult(images=sorted(images), n_in=len(inputs), n_processed=n_looked, origins=origins, payload=output)
+    return result, craft.balance(looked, plans), plans
+
+
+@task(name="crops")
+def crops(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, workers: int | None) -> StageResult:
+    """Framing, face crops and the balance report (reports/framing.md, artifact `framing-balance`)."""
+    cfg = json.loads(params_json)
+    result, balances, plans = frame_pictures(RunInfo(run_id, workdir, workers), inputs, cfg)
+    text = craft.balance_markdown(balances, plans, cfg["crops"]["min_face_px"], result.payload.detector)
+    _report(RunInfo(run_id, workdir, workers), text, balances, plans)
+    return result
 
 
 def _output(looked: list[craft.Looked], made: dict, refs: list[ImageRef], images: list[ImageRef],
