@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,16 +124,20 @@ def look(run: RunInfo, refs: list[ImageRef], detectors: list[tuple[str, Any]]) -
                  for key, _ in detectors}
         sizes = {h: (row["width"], row["height"]) for h, row in cat.image_rows(hashes).items()}
     todo = [h for h in hashes if any(h not in known[key] for key, _ in detectors) or not all(sizes.get(h, ()))]
+
+    def prepared(h: str) -> tuple[tuple[int, int], dict[str, Any]]:  # in a thread: decode and resize
+        with Image.open(io.BytesIO(run.store.read_bytes(h))) as im:
+            im.load()
+            return im.size, {key: model.prepare(im) for key, model in detectors if h not in known[key]}
+
     rows: list[dict[str, Any]] = []
     with StageProgress("crops", len(todo)) as bar:
-        for h in todo:
-            with Image.open(io.BytesIO(run.store.read_bytes(h))) as im:
-                im.load()
-                sizes[h] = im.size
-                for key, model in detectors:
-                    if h not in known[key]:
-                        known[key][h] = model.detect(im)
-                        rows += _rows(key, h, known[key][h])
+        for h, (size, inputs) in zip(todo, _ahead(prepared, todo)):
+            sizes[h] = size
+            for key, model in detectors:
+                if key in inputs:
+                    known[key][h] = model.infer(inputs[key])
+                    rows += _rows(key, h, known[key][h])
             bar.advance()
             if len(rows) >= 256:
                 _save(run, rows)
@@ -139,6 +145,17 @@ def look(run: RunInfo, refs: list[ImageRef], detectors: list[tuple[str, Any]]) -
     _save(run, rows)
     found = {h: [d for key, _ in detectors for d in known[key].get(h, [])] for h in hashes}
     return found, sizes, len(todo)
+
+
+def _ahead(fn: Any, items: list[str], depth: int = 4) -> Any:
+    """fn over items in order, decoding up to `depth` pictures ahead in a thread while the detector runs."""
+    with ThreadPoolExecutor(1) as pool:
+        pending = deque(pool.submit(fn, x) for x in items[:depth])
+        for x in items[depth:]:
+            yield pending.popleft().result()
+            pending.append(pool.submit(fn, x))
+        while pending:
+            yield pending.popleft().result()
 
 
 def _save(run: RunInfo, rows: list[dict[str, Any]]) -> None:
