@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from bakery.craft import kohya
+from bakery.craft import kohya, prediction
 from bakery.craft import prune as prune_craft
 from bakery.manifest import TrainImage
 from bakery.recipe import Concept, Recipe
@@ -51,7 +52,25 @@ def settings(recipe: Recipe, triggers: list[str], unet_only: bool) -> kohya.Trai
         ip_noise_gamma=t.ip_noise_gamma, seed=t.seed, save_every_n_epochs=t.save_every_n_epochs,
         resolution=b.resolution, min_bucket_reso=b.min_side, max_bucket_reso=b.max_side, bucket_reso_steps=b.step,
         triggers=tuple(triggers), unet_only=unet_only, prior_loss_weight=t.prior_loss_weight,
+        **_prediction_flags(recipe),
     )
+
+
+def _prediction_flags(recipe: Recipe) -> dict[str, bool]:
+    """kohya needs v-prediction said: the recipe's keys over what a local checkpoint or folder says."""
+    t = recipe.train
+    found = prediction.Prediction()
+    path = recipe.resolve(Path(t.base_model).expanduser()) if t.base_model and t.base_model != "tiny" else None
+    config = path / "scheduler" / "scheduler_config.json" if path else None
+    if path and path.is_file():
+        found = prediction.read_checkpoint(path) or found
+    elif config and config.is_file():
+        found = prediction.from_scheduler_config(json.loads(config.read_text(encoding="utf-8")))
+    try:
+        pred = prediction.resolve(found, t.v_parameterization, t.zero_terminal_snr)
+    except prediction.PredictionError as exc:
+        raise ExportError(str(exc)) from exc
+    return {"v_parameterization": pred.v_pred, "zero_terminal_snr": pred.zero_snr}
 
 
 def export_kohya(recipe: Recipe, out: Path, force: bool = False) -> Exported:
@@ -76,7 +95,8 @@ def export_kohya(recipe: Recipe, out: Path, force: bool = False) -> Exported:
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     rules, _, _ = prune_craft.layout(concept_specs(recipe), [])
-    heads = {r.folder: len(prune_craft.caption_parts(r, [])[0]) for r in rules}
+    prefix = len(recipe.captions.prefix_tags)  # written before the triggers: kept first too
+    heads = {r.folder: prefix + len(prune_craft.caption_parts(r, [])[0]) for r in rules}
     triggers = list(dict.fromkeys(t for r in rules for t in prune_craft.caption_parts(r, [])[0]))
     unet_only = any(c.prune == "style_no_tags" for c in recipe.concepts)
     store = ContentStore(recipe.workdir / STORE_DIR)

@@ -8,6 +8,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from bakery.craft.edits import Edit, crop_boxes, keep_list, resolve_boxes
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet
 from bakery.recipe import Recipe, load_recipe, stage_params_json
 from bakery.stages import Plan, plan_run
@@ -18,6 +19,7 @@ from tasks.buckets import BUCKETS, buckets_params_json
 from tasks.convert import CONVERT
 from tasks.crops import CROPS, CropsOutput, crops_params_json, no_detector_note
 from tasks.dedupe import DEDUPE
+from tasks.edits import load_edits
 from tasks.evaluate import EVALUATE, evaluate_params_json
 from tasks.ingest import INGEST, FolderSpec, Listing, scan_sources
 from tasks.masks import MASKS, masks_params
@@ -57,10 +59,14 @@ def _folders(recipe: Recipe) -> list[FolderSpec]:
 
 
 @flow(name="gather")
-def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]) -> list[ImageRef]:
-    """Sources to a clean set of originals: scan (+ scrape) -> ingest -> convert -> dedupe."""
+def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str],
+           keep: list[str] | None = None) -> list[ImageRef]:
+    """Sources to a clean set of originals: scan (+ scrape) -> ingest -> convert -> dedupe.
+
+    `keep`: near-duplicates the keep_duplicate edits keep (added to the recipe's `[dedupe] keep`)."""
     recipe = load_recipe(recipe_path)
-    params = {"ingest": recipe.ingest, "convert": recipe.convert, "dedupe": recipe.dedupe}
+    dedupe = recipe.dedupe.model_copy(update={"keep": [*recipe.dedupe.keep, *keep]}) if keep else recipe.dedupe
+    params = {"ingest": recipe.ingest, "convert": recipe.convert, "dedupe": dedupe}
     inputs: object = scan_sources(_folders(recipe), str(recipe.workdir / "cache" / "source-digests.json"))
     boorus = booru_specs(recipe)
     if boorus and SCRAPE.name in stages:  # scrape first: its downloads join the folder listing
@@ -79,27 +85,27 @@ def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]
     return images
 
 
-def prepare_params(recipe: Recipe) -> dict[str, str]:
-    """Each prepare stage's parameters as canonical JSON (what its cache key sees)."""
+def prepare_params(recipe: Recipe, edits: list[Edit] = ()) -> dict[str, str]:
+    """Each prepare stage's parameters as canonical JSON (what its cache key sees); buckets' holds the crop edits."""
     model = recipe.resolve(recipe.upscale.model) if recipe.upscale.model else None
     return {
         "alpha": stage_params_json(recipe.alpha),
         "trim": stage_params_json(recipe.trim),
         "upscale": upscale_params_json(recipe.upscale, recipe.buckets.resolution, model),
         "masks": stage_params_json(masks_params(recipe)),
-        "buckets": buckets_params_json(recipe.buckets),
+        "buckets": buckets_params_json(recipe.buckets, crop_boxes(edits)),
     }
 
 
 def prepare(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str],
-            keep_boxes: dict[str, list[float]] | None = None) -> tuple[list[ImageRef], CropsOutput | None]:
+            edits: list[Edit] = ()) -> tuple[list[ImageRef], CropsOutput | None]:
     """Clean originals to training images: alpha -> trim -> upscale -> crops -> masks -> buckets.
 
-    `keep_boxes`: picture name -> [x0, y0, x1, y1] (fractions) the bucket crop must keep (the user's
-    crop edits); detected faces join them. A plain function in the main flow, not a subflow: a
-    subflow's parameters (here every image) would be sent to the Prefect API.
+    Buckets keeps each picture's box: its face from crops and the crop edits' boxes (these win). A plain
+    function in the main flow, not a subflow: a subflow's parameters (here every image) would be sent to
+    the Prefect API.
     """
-    params = prepare_params(recipe)
+    params = prepare_params(recipe, edits)
     framed = None
     for stage in PREPARE:
         if stage.name not in stages:
@@ -109,7 +115,8 @@ def prepare(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[s
             continue
         if stage is BUCKETS:
             faces = framed.keep_boxes if framed is not None and recipe.crops.keep_faces else {}
-            params[stage.name] = buckets_params_json(recipe.buckets, {**faces, **(keep_boxes or {})})
+            edited = resolve_boxes(crop_boxes(edits), {r.name: r.hash for r in images})  # by picture name: these win
+            params[stage.name] = buckets_params_json(recipe.buckets, {**faces, **edited})
         images = run_stage(stage, images, params[stage.name], run, stage.name in refresh).images
     return images, framed
 
@@ -125,7 +132,7 @@ def frame(recipe: Recipe, run: RunInfo, images: list[ImageRef], refresh: bool) -
 
 
 def caption(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str],
-            framed: CropsOutput | None = None):
+            edits: list[Edit] = (), framed: CropsOutput | None = None):
     """Prepared images to a TrainSet: autotag -> prune. Needs [[concepts]] (autotag alone runs with a model).
     With `[crops] portraits_to_misc`, the pictures the crops stage framed as portraits go to the misc concept."""
     result = None
@@ -135,7 +142,7 @@ def caption(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[s
     if "prune" in stages and recipe.concepts:
         portraits = [n for n, f in framed.framings.items() if f == "portrait"] if framed is not None else []
         sources = caption_sources(images, run.workdir, portraits if recipe.crops.portraits_to_misc else [])
-        result = run_stage(PRUNE, sources, prune_params_json(recipe), run, "prune" in refresh)
+        result = run_stage(PRUNE, sources, prune_params_json(recipe, edits), run, "prune" in refresh)
     return result
 
 
@@ -205,10 +212,11 @@ def bake_lora(
     try:
         with use_runner(_runner(recipe)), run_log(run):  # WORKDIR/logs/run-<id>.log: the run's log in full
             stages, refresh = list(plan.stages), sorted(plan.refresh)
-            images, framed = gather(recipe_path, run, stages, refresh), None
+            edits = load_edits(recipe_path, run.workdir)  # the review studio's: each stage gets its own
+            images, framed = gather(recipe_path, run, stages, refresh, keep_list(edits)), None
             if PREPARE[0].name in stages:
-                images, framed = prepare(recipe, run, images, stages, refresh)
-            captioned = caption(recipe, run, images, stages, refresh, framed)
+                images, framed = prepare(recipe, run, images, stages, refresh, edits)
+            captioned = caption(recipe, run, images, stages, refresh, edits, framed)
             trainset = captioned.payload if captioned is not None and isinstance(captioned.payload, TrainSet) else None
             if trainset is not None and trainset.images:
                 bake_and_taste(recipe, run, trainset, plan)

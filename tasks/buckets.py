@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 
 import tasks.prepare_workers as prep
 from bakery.craft import bucket_report as craft
+from bakery.craft import edits as edits_craft
 from bakery.craft import buckets as kohya
 from bakery.manifest import ImageRef, Skip, StageResult
 from bakery.recipe import BucketParams, stage_params_json
@@ -23,21 +24,22 @@ ASSIGNMENT = "reports/buckets.json"
 
 
 def buckets_params_json(params: BucketParams, keep_boxes: dict[str, list[float]] | None = None) -> str:
-    """The stage's parameters; `keep_boxes` (picture name -> [x0, y0, x1, y1] fractions of the picture: detected
-    faces, the user's crop edits) joins them only when there are some, so that a recipe without keeps keeps its key."""
+    """The stage's parameters; `keep_boxes` (picture -> [x0, y0, x1, y1] fractions of the picture: detected faces,
+    the crop edits) joins them only when there are some, so that a recipe without keeps keeps its key."""
     data = params.model_dump(mode="json")
     if keep_boxes:
-        data["keep_boxes"] = {n: [float(v) for v in box] for n, box in sorted(keep_boxes.items())}
+        data["keep_boxes"] = {n: [float(v) for v in box] for n, box in keep_boxes.items()}
     return stage_params_json(data)
 
 
 @task(name="buckets")
 def buckets(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, workers: int | None) -> StageResult:
     data = json.loads(params_json)
-    keep_boxes = data.pop("keep_boxes", {})
+    boxes = data.pop("keep_boxes", {})  # detected faces and crop edits: what each picture's bucket crop must keep
     params = BucketParams.model_validate(data)
     run = RunInfo(run_id, workdir, workers)
     refs = sorted(inputs)
+    keep_boxes = edits_craft.resolve_boxes(boxes, {r.name: r.hash for r in refs})  # edits may name a file or hash
     with Catalog.open(run.catalog) as cat:
         rows = cat.image_rows([r.hash for r in refs])
         known = cat.pixel_hashes([r.hash for r in refs])
@@ -64,7 +66,7 @@ def buckets(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str,
             cut[p.name] = (choice, box)
     kept = [by_name[n] for n in sizes if n not in cut]
     made, n_cut, cut_skips = _cut_to_buckets(run, [by_name[n] for n in cut], cut, known, data)
-    _write_report(run, rep, params, {n for n in cut if cut[n][1] != cut[n][0].crop_box})
+    _write_report(run, rep, params, keep_boxes, {n for n in cut if cut[n][1] != cut[n][0].crop_box})
     return StageResult(images=sorted(kept + made), skips=skips + cut_skips, n_in=len(inputs),
                        n_processed=len(kept) + n_cut)
 
@@ -94,7 +96,8 @@ def _cut_to_buckets(run: RunInfo, refs: list[ImageRef], cut: dict, known: dict, 
     return images, n_processed, skips
 
 
-def _write_report(run: RunInfo, rep: craft.BucketReport, params: BucketParams, shifted: set[str]) -> None:
+def _write_report(run: RunInfo, rep: craft.BucketReport, params: BucketParams, keep_boxes: dict[str, list[float]],
+                  shifted: set[str]) -> None:
     text = craft.report_markdown(rep, params.max_downscale, params.snap)
     base = Path(run.workdir)
     (base / REPORT).parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +107,8 @@ def _write_report(run: RunInfo, rep: craft.BucketReport, params: BucketParams, s
         p.name: {"size": list(p.size), "kohya_bucket": list(p.choice.bucket), "bucket": list(p.final.bucket),
                  "downscale": round(p.downscale, 4), "kohya_resized": list(p.choice.resized),
                  "kohya_crop_share": round(craft.crop_share(p.choice), 4), "aspect_out_of_range": p.name in flagged,
-                 "crop_shifted_to_keep": p.name in shifted}
+                 "crop_shifted_to_keep": p.name in shifted,
+                 **({"keep_box": keep_boxes[p.name]} if p.name in keep_boxes else {})}
         for p in rep.placed
     }
     if flagged:

@@ -17,6 +17,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from bakery.craft import edits as edits_craft
 from bakery.craft import holdout as holdout_craft
 from bakery.craft import prune as prune_craft
 from bakery.craft import repeats as repeats_craft
@@ -41,7 +42,9 @@ class PruneInput:
         return [r.name for r in self.images]
 
 
-def prune_params_json(recipe: Recipe) -> str:
+def prune_params_json(recipe: Recipe, edits: list[edits_craft.Edit] = ()) -> str:
+    """The stage's parameters; with the review studio's edits it applies (only when there are some, so a
+    recipe without edits keeps its cache key)."""
     data = {
         "concepts": [c.model_dump(mode="json") for c in recipe.concepts],
         "captions": recipe.captions.model_dump(mode="json"),
@@ -51,6 +54,8 @@ def prune_params_json(recipe: Recipe) -> str:
     }
     if recipe.crops.portraits_to_misc:
         data["misc_concept"] = recipe.crops.misc_concept
+    if concerned := edits_craft.concerning(edits, "prune"):
+        data["edits"] = [e.key() for e in concerned]
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
@@ -103,7 +108,8 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
     forced = {n: cfg["misc_concept"] for n in inputs.portraits} if "misc_concept" in cfg else {}
     try:
         built = craft.build_trainset(concepts, pictures, caption_settings(cfg["captions"]), repeat_settings(cfg), counts,
-                                     holdout_settings(cfg.get("validation", {})), forced)
+                                     holdout_settings(cfg.get("validation", {})),
+                                     [edits_craft.Edit.from_key(e) for e in cfg.get("edits", [])], forced)
     except craft.CaptionError as exc:
         if exc.names:  # the message shows the first few
             write_full(run, f"{len(exc.names)} pictures at fault", exc.names)
@@ -122,7 +128,7 @@ def caption_settings(data: dict) -> craft.CaptionSettings:
     )
     return craft.CaptionSettings(
         clean, tuple(cap.sources), cap.merge, tuple(cap.keep_namespaces), cap.tag_style, cap.keep_tokens_separator,
-        cap.warn_caption_bytes, cap.rare_tag_posts,
+        cap.warn_caption_bytes, cap.rare_tag_posts, tuple(cap.prefix_tags),
     )
 
 
@@ -185,4 +191,5 @@ def stats_table(stats: list[dict], top: int = 30) -> list[dict]:
     return out
 
 
-PRUNE = Stage("prune", prune, caching.code_version(craft, holdout_craft, prune_craft, repeats_craft, tags_craft, sys.modules[__name__]))
+PRUNE = Stage("prune", prune, caching.code_version(craft, edits_craft, holdout_craft, prune_craft, repeats_craft, tags_craft,
+                                                   sys.modules[__name__]))

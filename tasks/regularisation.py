@@ -24,7 +24,7 @@ from prefect import get_run_logger, task
 
 from bakery.craft import regularisation as craft
 from bakery.craft import xyz
-from bakery.craft.bake import TINY, load_base
+from bakery.craft.bake import TINY, load_base, use_prediction
 from bakery.manifest import ImageRef, StageResult, TrainSet
 from bakery.recipe import Recipe, stage_params_json
 from storage import Catalog, digest_bytes
@@ -43,7 +43,8 @@ def reg_params_json(recipe: Recipe) -> str:
         "buckets": {"min_side": b.min_side, "max_side": b.max_side, "step": b.step},
         "model": {"base_model": train.base_model, "fingerprint": model_fingerprint(train.base_model),
                   "vae": train.vae, "vae_fingerprint": model_fingerprint(train.vae),
-                  "architecture": train.architecture},
+                  "architecture": train.architecture, "v_parameterization": train.v_parameterization,
+                  "zero_terminal_snr": train.zero_terminal_snr},
         "clip_skip": train.clip_skip, "seed": train.seed,
     })
 
@@ -103,6 +104,7 @@ def _drawer(run: RunInfo, cfg: dict[str, Any], triggers: list[str],
         return
     m = cfg["model"]
     base = load_base(m["base_model"], run.workdir, vae=m["vae"], architecture=m["architecture"], words=triggers)
+    use_prediction(base, m.get("v_parameterization"), m.get("zero_terminal_snr"))  # the sampler matches the model
     taster = xyz.Taster(base.source, base.architecture, cfg["clip_skip"], cfg["render"]["sampler"],
                         cfg["render"]["device"], pipe=base.pipe)
     get_run_logger().info("regularisation: drawing %d images with %s on %s", len(todo), m["base_model"], taster.device)

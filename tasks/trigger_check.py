@@ -53,7 +53,8 @@ def trigger_check_params_json(recipe: Recipe) -> str:
     data = {
         "check": recipe.trigger_check.model_dump(mode="json"),
         "base": {"model": t.base_model, "id": model_fingerprint(t.base_model), "vae": t.vae,
-                 "architecture": t.architecture, "clip_skip": t.clip_skip},
+                 "architecture": t.architecture, "clip_skip": t.clip_skip,
+                 "v_parameterization": t.v_parameterization, "zero_terminal_snr": t.zero_terminal_snr},
         "tagger": json.loads(autotag_params_json(recipe)) if recipe.autotag.model else None,
         "embedding": {"model": likeness, "id": model_fingerprint(likeness)} if likeness else None,
         "device": recipe.evaluate.device,
@@ -89,10 +90,11 @@ def check_triggers(recipe: Recipe, run: RunInfo, triggers: list[str], refresh: b
 
 def render_all(cfg: dict, prompts: list[str], triggers: list[str], workdir: str) -> list[np.ndarray]:
     """Every prompt x seed on the base model, no LoRA (prompt-major)."""
-    from bakery.craft.bake import load_base
+    from bakery.craft.bake import load_base, use_prediction
 
     p, b = TriggerCheckParams.model_validate(cfg["check"]), cfg["base"]
     base = load_base(b["model"], Path(workdir), vae=b["vae"], architecture=b["architecture"], words=triggers)
+    use_prediction(base, b.get("v_parameterization"), b.get("zero_terminal_snr"))  # the sampler matches the model
     taster = xyz.Taster(base.source, base.architecture, b["clip_skip"], p.sampler, cfg["device"], pipe=base.pipe)
     return taster.render(prompts, p.negative_prompt, list(range(p.seeds)), p.steps, p.cfg_scale, p.size, p.size)
 

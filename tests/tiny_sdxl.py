@@ -11,11 +11,12 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from bakery.testmodels.tiny_sd15 import write_clip_tokenizer
 
 
-def build_tiny_sdxl(folder):
+def build_tiny_sdxl(folder, words=()):
+    """`words`: whole tokens in its vocabulary besides bakery_girl (tags the tests prompt with)."""
     folder = Path(folder)
     if (folder / "model_index.json").exists(): return folder
     torch.manual_seed(0)
-    vocab = write_clip_tokenizer(folder / "tok", ["bakery_girl"])
+    vocab = write_clip_tokenizer(folder / "tok", ["bakery_girl", *words])
     tok = CLIPTokenizer(str(folder/"tok/vocab.json"), str(folder/"tok/merges.txt"), model_max_length=77, pad_token="<|endoftext|>")
     unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bakery.craft import kohya_lora as K
+from bakery.craft import prediction as P
 from bakery.craft.buckets import bucket_resolutions, fit_to_bucket, select_bucket
 from bakery.manifest import TrainImage, TrainSet
 
@@ -94,6 +95,7 @@ class Base:
     pipe: Any
     architecture: str  # "sd15" | "sdxl"
     source: str  # what was loaded (a folder, a file, a hub id)
+    prediction: P.Prediction = field(default_factory=P.Prediction)  # set by `use_prediction`
 
 
 def _detect_single_file_architecture(path: Path) -> str:
@@ -158,6 +160,23 @@ def load_base(base_model: str | None, workdir: Path, *, vae: str | None = None, 
         except Exception as exc:
             raise BakeError(f"cannot load train.vae {vae!r}: {type(exc).__name__}: {exc}") from exc
     return Base(pipe, arch, source)
+
+
+def use_prediction(base: Base, v_parameterization: bool | None = None,
+                   zero_terminal_snr: bool | None = None) -> P.Prediction:
+    """Epsilon or v-prediction, zero terminal SNR or not: read from the checkpoint (marker keys, metadata) or
+    the scheduler config, the recipe's keys on top. The pipeline's scheduler takes it on (samplers built
+    from its config match) and `base.prediction` keeps it."""
+    path = Path(base.source).expanduser()
+    found = (P.read_checkpoint(path) if path.is_file() else None) or P.from_scheduler_config(base.pipe.scheduler.config)
+    try:
+        pred = P.resolve(found, v_parameterization, zero_terminal_snr)
+    except P.PredictionError as exc:
+        raise BakeError(str(exc)) from exc
+    sched = base.pipe.scheduler
+    base.pipe.scheduler = type(sched).from_config(sched.config, **P.training_overrides(pred))
+    base.prediction = pred
+    return pred
 
 
 def _looks_like_hub_id(text: str) -> bool:
@@ -428,12 +447,15 @@ def conditional_loss(pred: Any, target: Any, loss_type: str, hc: Any) -> Any:
     raise ValueError(f"unknown loss_type {loss_type!r}")
 
 
-def min_snr_weight(timesteps: Any, alphas_cumprod: Any, gamma: float) -> Any:
-    """min(SNR, gamma) / SNR for epsilon prediction (Hang et al.; kohya apply_snr_weight)."""
+def min_snr_weight(timesteps: Any, alphas_cumprod: Any, gamma: float, v_prediction: bool = False) -> Any:
+    """min(SNR, gamma) / SNR for epsilon prediction, min(SNR, gamma) / (SNR + 1) for v-prediction
+    (Hang et al.; kohya apply_snr_weight). Zero terminal SNR: the last timestep's SNR is 0 (weight 0 for v)."""
     import torch
 
     a = alphas_cumprod[timesteps.cpu()].float()
     snr = a / (1 - a)
+    if v_prediction:
+        return torch.clamp(snr, max=gamma) / (snr + 1)
     return torch.clamp(gamma / (snr + SNR_EPS), max=1.0)
 
 
@@ -647,7 +669,8 @@ def prepare_training(trainset: TrainSet, params: Any, *, image_path: Callable[[s
     if base is None:
         base = load_base(params.base_model, workdir, vae=params.vae, architecture=params.architecture,
                          words=trainset.triggers)
-    noise_sched = DDPMScheduler.from_config(base.pipe.scheduler.config)
+    use_prediction(base, params.v_parameterization, params.zero_terminal_snr)
+    noise_sched = DDPMScheduler.from_config(base.pipe.scheduler.config, **P.training_overrides(base.prediction))
     freeze_base(base, prec)
     spec = K.NetworkSpec(params.network_type, params.network_dim, params.network_alpha, params.conv_dim,
                          params.conv_alpha)
@@ -715,18 +738,20 @@ def predict_noise(t: Training, batch: list[Sample], captions: list[str], noisy: 
                                 **kwargs).sample
 
 
-def batch_loss(t: Training, batch: list[Sample], flips: list[bool], pred: Any, noise: Any, timesteps: Any) -> Any:
-    """The batch's loss: elementwise loss, masked, weighted per sample (prior loss, min-SNR), averaged."""
+def batch_loss(t: Training, batch: list[Sample], flips: list[bool], pred: Any, target: Any, timesteps: Any) -> Any:
+    """The batch's loss against the target (noise, or velocity for v-prediction): elementwise loss, masked,
+    weighted per sample (prior loss, min-SNR), averaged."""
     import torch
 
     p, device = t.params, t.prec.device
     alphas_cumprod = t.noise_sched.alphas_cumprod
     hc = huber_c(p.huber_schedule, p.huber_c, timesteps, alphas_cumprod, t.noise_sched.config.num_train_timesteps)
-    loss = masked(t, batch, flips, conditional_loss(pred.float(), noise.float(), p.loss_type, hc.to(device)))
+    loss = masked(t, batch, flips, conditional_loss(pred.float(), target.float(), p.loss_type, hc.to(device)))
     loss = loss.mean(dim=[1, 2, 3])
     loss = loss * torch.tensor([p.prior_loss_weight if s.image.is_reg else 1.0 for s in batch], device=device)
     if p.min_snr_gamma:
-        loss = loss * min_snr_weight(timesteps, alphas_cumprod, p.min_snr_gamma).to(device)
+        loss = loss * min_snr_weight(timesteps, alphas_cumprod, p.min_snr_gamma,
+                                     v_prediction=t.base.prediction.v_pred).to(device)
     return loss.mean()
 
 
@@ -782,9 +807,11 @@ def training_step(t: Training, batch: list[Sample], step: int) -> tuple[float, f
                                 token_warmup_min=p.token_warmup_min, token_warmup_step=p.token_warmup_step,
                                 step=step - 1) for s in batch]
     lat = t.latents.batch([(t.image_path(s.image.image_hash), s, f) for s, f in zip(batch, flips)])
-    noise, timesteps, noisy = noised_latents(t, lat.to(t.prec.device, torch.float32), gen)
+    lat = lat.to(t.prec.device, torch.float32)
+    noise, timesteps, noisy = noised_latents(t, lat, gen)
     pred = predict_noise(t, batch, captions, noisy, timesteps)
-    loss = batch_loss(t, batch, flips, pred, noise, timesteps)
+    target = P.target(t.noise_sched, lat, noise, timesteps, t.base.prediction)
+    loss = batch_loss(t, batch, flips, pred, target, timesteps)
     lr = optimizer_step(t, loss)
     value = float(loss.detach())
     if not math.isfinite(value):
@@ -832,7 +859,8 @@ def validation_picture_loss(t: Training, s: Sample, n_timesteps: int) -> float:
     batch = [s] * n_timesteps
     pred = predict_noise(t, batch, [caption] * n_timesteps, t.noise_sched.add_noise(lat, noise, timesteps), timesteps)
     hc = huber_c(p.huber_schedule, p.huber_c, timesteps, t.noise_sched.alphas_cumprod, steps)
-    loss = masked(t, batch, [False] * n_timesteps, conditional_loss(pred.float(), noise.float(), p.loss_type,
+    target = P.target(t.noise_sched, lat, noise, timesteps, t.base.prediction)
+    loss = masked(t, batch, [False] * n_timesteps, conditional_loss(pred.float(), target.float(), p.loss_type,
                                                                     hc.to(device)))
     return float(loss.mean())
 
@@ -893,7 +921,8 @@ def epoch_metadata(t: Training, *, name: str, epoch: int, step: int, bake_key: s
                "ss_flip_aug": str(p.flip_aug), "ss_cache_latents": str(p.cache_latents),
                "ss_mixed_precision": "no" if prec.autocast is None else str(prec.autocast).split(".")[-1],
                "ss_max_train_steps": str(t.total), "ss_session_id": bake_key[:16],
-               "ss_reg_dataset_dirs": json.dumps(ds["reg_dirs"]), "ss_prior_loss_weight": str(p.prior_loss_weight)},
+               "ss_reg_dataset_dirs": json.dumps(ds["reg_dirs"]), "ss_prior_loss_weight": str(p.prior_loss_weight),
+               **P.metadata(t.base.prediction)},
     )
 
 

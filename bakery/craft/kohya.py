@@ -130,6 +130,8 @@ class TrainSettings:
     triggers: tuple[str, ...] = ()
     unet_only: bool = False
     prior_loss_weight: float = 1.0  # regularisation images' loss weight
+    v_parameterization: bool = False  # --v_parameterization (v-prediction models)
+    zero_terminal_snr: bool = False  # --zero_terminal_snr
 
 
 def dataset_config(out: Path, images: Sequence[TrainImage], settings: TrainSettings, heads: Mapping[str, int],
@@ -194,6 +196,10 @@ def train_network_config(out: Path, s: TrainSettings, masked: bool, has_reg: boo
         training["ip_noise_gamma"] = s.ip_noise_gamma
     if has_reg:
         training["prior_loss_weight"] = s.prior_loss_weight
+    if s.v_parameterization:
+        training["v_parameterization"] = True
+    if s.zero_terminal_snr:
+        training["zero_terminal_snr"] = True
     optimizer: dict[str, Any] = {
         "optimizer_type": opt_type,
         "learning_rate": s.learning_rate,

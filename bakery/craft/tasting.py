@@ -20,6 +20,7 @@ from bakery.craft import eval_report as report_craft
 from bakery.craft import evaluate as craft
 from bakery.craft import judging
 from bakery.craft import likeness as likeness_craft
+from bakery.craft import prediction
 from bakery.craft import ranking
 from bakery.craft import xyz
 from bakery.manifest import BakeOutput, TrainSet
@@ -72,7 +73,8 @@ def taste(inputs: TasteInputs, params: EvaluateParams, on_cells: Callable[[int],
     """Render, judge, recommend: everything the report shows."""
     bake, epochs, prompts, last_meta = inputs.bake, inputs.epochs, inputs.prompts, inputs.last_meta
     triggers = list(bake.triggers)
-    taster = xyz.Taster(bake.base_model, bake.architecture, bake.clip_skip, params.sampler, params.device)
+    taster = xyz.Taster(bake.base_model, bake.architecture, bake.clip_skip, params.sampler, params.device,
+                        prediction=prediction.from_lora_metadata(last_meta))  # sampled as it was trained
     grid_weights = sorted({float(w) for w in params.weights})
     grid = xyz.render_grid(
         taster, {e: inputs.files[e] for e in epochs}, grid_weights, prompts, params.seeds, params.negative_prompt,
@@ -98,7 +100,8 @@ def taste(inputs: TasteInputs, params: EvaluateParams, on_cells: Callable[[int],
     tasting = Tasting(evals, loss_means, loss, rec, rec_file, grids, None, grid.timings,  # type: ignore[arg-type]
                       validation=validation, judged=judged)
     meta = read_metadata(rec_file) if rec_file else last_meta
-    tasting.report = report_data(inputs, params, tasting, meta, method, note, taster.device)
+    tasting.report = report_data(inputs, params, tasting, meta, method, note, taster.device,
+                                 prediction=taster.prediction.describe())
     return tasting
 
 
@@ -111,10 +114,12 @@ def evaluation_prompts(bake: BakeOutput, train: TrainSet | None, params: Evaluat
         captions=[im.caption for im in train.images if not im.is_reg] if train else None,
         tag_frequency=report_craft.parse_tag_frequency(dict(last_meta)),
     )
+    prefix = [t.strip() for t in params.prompt_prefix.split(",") if t.strip()]
+    counts = {trig: {t: c for t, c in tags.items() if t not in prefix} for trig, tags in counts.items()}
     prompts = list(params.prompts) or craft.default_prompts(triggers, counts, params.tags_per_prompt)
     if not prompts:
         raise ValueError("no evaluation prompts: set evaluate.prompts in the recipe, or give the concepts trigger words")
-    return prompts
+    return [", ".join([*prefix, p]) for p in prompts]  # e.g. Pony's score tags first
 
 
 def total_epochs(last_meta: Mapping[str, str], files: Mapping[int, str]) -> int:
@@ -179,7 +184,7 @@ def train_tag_stats(train: TrainSet) -> dict[str, dict[str, int]]:
 
 
 def report_data(inputs: TasteInputs, params: EvaluateParams, t: Tasting, meta: Mapping[str, str],
-                method: str | None, note: str, device: str) -> report_craft.ReportData:
+                method: str | None, note: str, device: str, prediction: str = "") -> report_craft.ReportData:
     """What the HTML report and the summary show; `meta` is the recommended (else the last) file's metadata."""
     bake, train = inputs.bake, inputs.train
     tag_stats = train_tag_stats(train) if train else report_craft.parse_tag_frequency(dict(meta))
@@ -196,7 +201,8 @@ def report_data(inputs: TasteInputs, params: EvaluateParams, t: Tasting, meta: M
         settings={"epochs": ", ".join(map(str, inputs.epochs)), "weights": ", ".join(f"{w:g}" for w in grid_weights),
                   "seeds": ", ".join(map(str, params.seeds)), "sampler": params.sampler, "steps": params.steps,
                   "cfg": params.cfg_scale, "size": f"{params.width}x{params.height}", "clip skip": bake.clip_skip,
-                  "negative prompt": params.negative_prompt, "device": device},
+                  "negative prompt": params.negative_prompt, "device": device,
+                  **({"prediction": prediction} if prediction else {})},
         judges=t.judged, timings={"render s": t.timings.render_s, "LoRA load s": t.timings.load_s,
                  "reload share": t.timings.reload_share, "images": t.timings.cells},
     )

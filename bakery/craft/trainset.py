@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from bakery.craft import edits as edits_craft
 from bakery.craft import framing as framing_craft
 from bakery.craft import holdout as holdout_craft
 from bakery.craft import prune as prune_craft
@@ -55,6 +56,7 @@ class CaptionSettings:
     keep_tokens_separator: bool = False
     warn_caption_bytes: int = 1024
     rare_tag_posts: int = 500
+    prefix_tags: tuple[str, ...] = ()  # written first in every caption, before the triggers (Pony's score tags)
 
 
 @dataclass(frozen=True)
@@ -80,20 +82,24 @@ def build_trainset(concepts: Sequence[prune_craft.ConceptSpec], pictures: Mappin
                    captions: CaptionSettings, repeats: RepeatSettings,
                    post_counts: Mapping[str, int],
                    holdout: holdout_craft.HoldOutSettings | None = None,
+                   edits: Sequence[edits_craft.Edit] = (),
                    forced: Mapping[str, str] | None = None) -> TrainSetBuild:
     """Pictures by name -> the training set kohya (and our bake) trains on, and its validation pictures.
 
     `holdout`: how the validation loss's pictures are chosen (None: no validation loss). Held-out
-    pictures are captioned like the others but left out of the repeats and of `images`. `forced`: picture
-    name -> the concept it goes to whatever its path (portraits to misc, rules.md §8).
+    pictures are captioned like the others but left out of the repeats and of `images`.
+    `edits`: the review studio's edits (bakery/craft/edits.py): excludes, moves and tag edits. `forced`:
+    picture name -> the concept it goes to whatever its path (portraits to misc, rules.md §8).
     """
     warnings = prune_craft.check_layout(concepts)
     if any("duplicate_split" in w for w in warnings):
         raise CaptionError("; ".join(w for w in warnings if "duplicate_split" in w))
     rules, members, unassigned = prune_craft.layout(concepts, pictures, forced)
-    cleaned, characters = clean_captions(rules, members, pictures, captions)
-    texts, stats, pruned_warnings = prune_groups(rules, members, cleaned, characters, captions)
-    warnings += pruned_warnings
+    edited = edits_craft.plan_prune(edits, {n: p.hash for n, p in pictures.items()}, [r.folder for r in rules])
+    members, unassigned = edits_craft.apply_layout(members, unassigned, edited)
+    cleaned, characters, added = clean_captions(rules, members, pictures, captions, edited.tag_edits)
+    texts, stats, pruned_warnings = prune_groups(rules, members, cleaned, characters, captions, added)
+    warnings += edited.warnings + pruned_warnings
     held = holdout_craft.choose({r.folder: sorted(members[r.folder]) for r in rules},
                                 {n: p.hash for n, p in pictures.items()}, holdout or holdout_craft.HoldOutSettings(False))
     gone = held.names if held.held_out else set()
@@ -108,8 +114,9 @@ def build_trainset(concepts: Sequence[prune_craft.ConceptSpec], pictures: Mappin
         keep_tokens_separator=captions.keep_tokens_separator, warnings=warnings,
         validation=validation, validation_held_out=held.held_out,
     )
-    return TrainSetBuild(trainset, sorted({n for _, n in texts}), [Skip(n, "no concept's paths match this image")
-                                                                   for n in unassigned], stats, plan, texts, held)
+    skips = [Skip(n, "no concept's paths match this image") for n in unassigned]
+    skips += [Skip(n, edits_craft.exclusion_reason(e)) for n, e in sorted(edited.excluded.items())]
+    return TrainSetBuild(trainset, sorted({n for _, n in texts}), skips, stats, plan, texts, held)
 
 
 def split_validation(texts: Mapping[tuple[str, str], str], pictures: Mapping[str, Picture],
@@ -124,26 +131,27 @@ def split_validation(texts: Mapping[tuple[str, str], str], pictures: Mapping[str
 
 
 def clean_captions(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, list[str]],
-                   pictures: Mapping[str, Picture], captions: CaptionSettings) -> tuple[dict[str, list[str]], set[str]]:
-    """Each grouped picture's tags from its sources, cleaned; the tags sources mark as characters.
+                   pictures: Mapping[str, Picture], captions: CaptionSettings,
+                   tag_edits: Sequence[tuple[edits_craft.Edit, str]] = ()
+                   ) -> tuple[dict[str, list[str]], set[str], dict[str, list[str]]]:
+    """Each grouped picture's tags from its sources, cleaned, then edited; the tags sources mark as characters;
+    the tags the edits added (kept by the prune).
 
     A picture with no tag at all in a group that needs tags fails: kohya would caption it with the folder name.
     """
     cleaned: dict[str, list[str]] = {}
     characters: set[str] = set()
-    missing = []
-    for rule in rules:
-        for name in members[rule.folder]:
-            pic = pictures[name]
-            if name not in cleaned:
-                raw = tags_craft.source_tags(list(pic.sidecars), list(pic.tag_rows), captions.sources, captions.merge,
-                                             captions.keep_namespaces)
-                cleaned[name] = tags_craft.clean_tags(raw, captions.clean)
-                if pic.framing:
-                    cleaned[name] = framing_craft.crop_tags(cleaned[name], pic.framing)
-                characters |= tags_craft.character_tags(list(pic.sidecars), list(pic.tag_rows))
-            if not cleaned[name] and prune_craft.needs_tags(rule):
-                missing.append(f"{rule.folder}/{name}")
+    for name in sorted({n for rule in rules for n in members[rule.folder]}):
+        pic = pictures[name]
+        raw = tags_craft.source_tags(list(pic.sidecars), list(pic.tag_rows), captions.sources, captions.merge,
+                                     captions.keep_namespaces)
+        cleaned[name] = tags_craft.clean_tags(raw, captions.clean)
+        if pic.framing:  # a crop: its own framing instead of its parent's (bakery/craft/framing.py)
+            cleaned[name] = framing_craft.crop_tags(cleaned[name], pic.framing)
+        characters |= tags_craft.character_tags(list(pic.sidecars), list(pic.tag_rows))
+    cleaned, added = edits_craft.apply_tags(cleaned, members, tag_edits)
+    missing = [f"{rule.folder}/{name}" for rule in rules for name in members[rule.folder]
+               if not cleaned[name] and prune_craft.needs_tags(rule)]
     if missing:
         raise CaptionError(
             f"{len(missing)} images have no caption (no tags from user sidecars, booru tags or the tagger): "
@@ -151,13 +159,15 @@ def clean_captions(rules: Sequence[prune_craft.GroupRule], members: Mapping[str,
             "kohya would caption them with the folder name; add .txt sidecars, set autotag.model, or remove them",
             missing,
         )
-    return cleaned, characters
+    return cleaned, characters, added
 
 
 def prune_groups(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, list[str]],
-                 cleaned: Mapping[str, list[str]], characters: set[str],
-                 captions: CaptionSettings) -> tuple[dict[tuple[str, str], str], list[dict], list[str]]:
-    """Each group pruned into its triggers: the captions, tag counts before/after, and the guide's warnings."""
+                 cleaned: Mapping[str, list[str]], characters: set[str], captions: CaptionSettings,
+                 added: Mapping[str, list[str]] | None = None) -> tuple[dict[tuple[str, str], str], list[dict], list[str]]:
+    """Each group pruned into its triggers: the captions, tag counts before/after, and the guide's warnings.
+
+    `added`: per picture, tags an edit gave it: never pruned."""
     stats, texts, warnings = [], {}, []
     for rule in rules:
         group = {n: cleaned[n] for n in members[rule.folder]}
@@ -168,8 +178,9 @@ def prune_groups(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, l
         before = Counter(t for tags in group.values() for t in tags)
         after: Counter[str] = Counter()
         for n, kept in result.captions.items():
-            texts[(rule.folder, n)] = prune_craft.build_caption(rule, kept, captions.tag_style,
-                                                                captions.keep_tokens_separator)
+            kept = edits_craft.keep_added(kept, (added or {}).get(n, []))
+            text = prune_craft.build_caption(rule, kept, captions.tag_style, captions.keep_tokens_separator)
+            texts[(rule.folder, n)] = ", ".join(p for p in (*captions.prefix_tags, text) if p)
             head, body = prune_craft.caption_parts(rule, kept)
             after.update(dict.fromkeys(head + body, 1))
         stats += [{"concept": rule.folder, "phase": "before_prune", "tag": t, "count": c} for t, c in before.items()]

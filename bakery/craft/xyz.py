@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from bakery.craft import lycoris
+from bakery.craft import prediction as P
 
 SAMPLERS = ("euler_a", "euler", "dpmpp_2m", "dpmpp_2m_karras", "ddim")
 MAX_BATCH = 8  # images per pipeline call
@@ -121,11 +122,15 @@ class Taster:
     """One loaded base pipeline; LoRA files are swapped in and out of it."""
 
     def __init__(self, base_model: str, architecture: str, clip_skip: int = 2, sampler: str = "euler_a",
-                 device: str = "auto", pipe: object = None):
-        """`pipe`: an already loaded pipeline of `base_model` (moved to the device), else it is loaded."""
+                 device: str = "auto", pipe: object = None, prediction: P.Prediction | None = None):
+        """`pipe`: an already loaded pipeline of `base_model` (moved to the device), else it is loaded.
+        `prediction`: epsilon or v, zero terminal SNR or not (None: as the pipeline's scheduler config says);
+        the sampler is built to match (diffusers' recipe: prediction type, rescaled betas, trailing timesteps)."""
         self.architecture, self.clip_skip = architecture, clip_skip
         self.pipe, self.device = load_pipeline(base_model, architecture, device) if pipe is None else _placed(pipe, device)
-        self.pipe.scheduler = _scheduler(sampler, self.pipe.scheduler.config)
+        self.prediction = prediction or P.from_scheduler_config(self.pipe.scheduler.config)
+        config = {**self.pipe.scheduler.config, **P.sampling_overrides(self.prediction)}
+        self.pipe.scheduler = _scheduler(sampler, config)
         self.adapter: str | None = None
         self.merged: lycoris.MergedNetwork | None = None  # a LoHa/LoKr file, applied by our own code
         self.timings = Timings()
@@ -205,6 +210,8 @@ class Taster:
             gens = [torch.Generator("cpu").manual_seed(int(s)) for _, s in chunk]
             kw = dict(num_inference_steps=steps, guidance_scale=cfg, width=width, height=height,
                       generator=gens, output_type="np")
+            if self.prediction.zero_snr:
+                kw["guidance_rescale"] = P.GUIDANCE_RESCALE
             if self.architecture == "sd15":
                 kw.update(prompt_embeds=self._embed([p for p, _ in chunk]),
                           negative_prompt_embeds=self._embed([negative] * len(chunk)))

@@ -1,0 +1,70 @@
+"""Base-model families (`train.family`): the settings a family of checkpoints wants, as recipe defaults.
+
+A family fills the keys the recipe leaves out, in every section it touches (a key the recipe
+writes always wins). The SDXL families share the guide's SDXL advice (rules.md §8, §12):
+1024 px buckets and evaluation, x1/2 steps (`repeats.sdxl`), and the UNet alone when the
+optimizer is Prodigy (it overtrains the SDXL text encoder). On top:
+
+- pony: Pony Diffusion V6 XL and its merges. Its model card asks for clip skip 2 and its score
+  tags at the head of every prompt; they go at the head of every caption too (kept in place
+  through shuffling by `train.keep_tokens`, raised to cover them) and of every evaluation prompt.
+- illustrious, noobai: Illustrious-XL and NoobAI-XL (epsilon) checkpoints, clip skip 2.
+- noobai_vpred: NoobAI-XL V-Pred: v-prediction with zero terminal SNR (also detected from the
+  checkpoint's `v_pred`/`ztsnr` keys; the family makes it explicit).
+
+SDXL conditions on the penultimate text-encoder layer whatever the clip skip (kohya's SDXL
+training does the same), so for SDXL `train.clip_skip` is what the metadata tells users to
+generate with.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+PONY_SCORE_TAGS = ["score_9", "score_8_up", "score_7_up", "score_6_up", "score_5_up", "score_4_up"]
+
+_SDXL: dict[str, dict[str, Any]] = {
+    "train": {"architecture": "sdxl", "clip_skip": 2},
+    "buckets": {"resolution": 1024, "max_side": 2048},
+    "repeats": {"sdxl": True},
+    "evaluate": {"width": 1024, "height": 1024},
+}
+
+
+def _with(base: dict[str, dict[str, Any]], **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out = copy.deepcopy(base)
+    for name, values in sections.items():
+        out.setdefault(name, {}).update(values)
+    return out
+
+
+FAMILIES: dict[str, dict[str, dict[str, Any]]] = {
+    "none": {},
+    "sdxl": _SDXL,
+    "pony": _with(_SDXL, captions={"prefix_tags": PONY_SCORE_TAGS},
+                  evaluate={"prompt_prefix": ", ".join(PONY_SCORE_TAGS)},
+                  train={"keep_tokens": 1 + len(PONY_SCORE_TAGS)}),
+    "illustrious": _SDXL,
+    "noobai": _SDXL,
+    "noobai_vpred": _with(_SDXL, train={"v_parameterization": True, "zero_terminal_snr": True}),
+}
+
+
+def apply_family(data: Any, profiles: dict[str, dict[str, Any]]) -> Any:
+    """The raw recipe with its family's defaults under the keys it leaves out. `profiles`: the train
+    profiles (a profile's optimizer counts when deciding UNet-only)."""
+    if not isinstance(data, dict) or not isinstance(data.get("train"), dict):
+        return data
+    family = data["train"].get("family", "none")
+    if family not in FAMILIES or family == "none":
+        return data
+    out = dict(data)
+    for section, defaults in FAMILIES[family].items():
+        given = out.get(section) if isinstance(out.get(section), dict) else {}
+        out[section] = {**copy.deepcopy(defaults), **given}
+    train = out["train"]
+    optimizer = train.get("optimizer") or profiles.get(train.get("profile", "none"), {}).get("optimizer", "prodigy")
+    if optimizer == "prodigy" and "train_text_encoder" not in train:
+        train["train_text_encoder"] = False  # rules.md §12: Prodigy overtrains the SDXL text encoder
+    return out
