@@ -136,6 +136,19 @@ def test_crops_balance_provenance_and_the_face_kept_through_export(tmp_path: Pat
     second = bake(recipe)
     assert status(work, second)["crops"] == "cached" and status(work, second)["buckets"] == "cached"
 
+    # A user's crop edit (a keep box by file name) wins over the detected face and moves kohya's crop too.
+    from bakery import edits as api
+
+    api.add_edit(work, "crop", "chara_fb1", {"keep": [0.0, 0.5, 0.03, 0.6]}, "keep the hand")
+    third = bake(recipe)
+    assert status(work, third)["crops"] == "cached" and status(work, third)["buckets"] == "ran"
+    fb1 = json.loads((work / "reports/buckets.json").read_text())["chara/fb1"]
+    assert fb1["keep_box"] == [0.0, 0.5, 0.03, 0.6] and fb1["crop_shifted_to_keep"] is True
+    with Catalog.open(work, read_only=True) as cat:
+        shifted = cat.rows("""SELECT d.params, i.width, i.height FROM derivations d JOIN images i
+                              ON i.hash = d.output_hash WHERE d.stage = 'buckets' AND d.run_id = ?""", [third])
+    assert [(json.loads(r["params"])["box"], r["width"], r["height"]) for r in shifted] == [([0, 0, 320, 704], 320, 704)]
+
 
 def _red(im: Image.Image) -> int:
     a = np.asarray(im).astype(int)
