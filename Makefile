@@ -17,10 +17,12 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/bakery demo --workdir $(WORKDIR)
 
-# The evaluation report test opens the HTML report in headless Chromium (Debian's package).
+# The evaluation report test opens the HTML report in headless Chromium (Debian's package); the review studio's
+# browser test drives it through chromium-driver (selenium).
 browser:
-	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
-	  || { echo "the report test needs Chromium: apt-get install chromium (as root)"; exit 1; }
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+	  || { echo "the browser tests need Chromium: apt-get install chromium chromium-driver (as root)"; exit 1; }
 
 test: install browser
 	$(BIN)/python -m pytest

@@ -76,6 +76,7 @@ def _print_run(recipe: Recipe, run_id: str | None = None) -> None:
             typer.echo(note)
         skips = cat.skips_for(run["run_id"])
         warnings = cat.stage_warnings(run["run_id"])
+        variants = cat.sweep_variants(run["run_id"])
         tasted = any(s["stage"] == "evaluate" and s["status"] in ("ran", "cached") for s in stages)
         evaluation = cat.rows("SELECT * FROM evaluations ORDER BY created_at DESC LIMIT 1") if tasted else []
         files = [r["file"] for r in cat.rows(
@@ -95,14 +96,23 @@ def _print_run(recipe: Recipe, run_id: str | None = None) -> None:
             typer.echo(f"  {short_error(w['stage'] + ': ' + w['message'])}")
         if len(warnings) > 10:
             typer.echo(f"  ... and {len(warnings) - 10} more (all in the catalog's stage_warnings table)")
+    if variants:
+        typer.echo(f"\nsweep ({len(variants)} variants):")
+        for v in variants:
+            typer.echo(f"  {v['variant']}: {v['status']} ({v['attempts']} flow run(s)); "
+                       f"{v['report_path'] or short_error(v['message'] or '')}")
+        for report in sorted((recipe.workdir / "sweeps").glob(f"{run['run_id']}-*/report.html")):
+            typer.echo(f"sweep report: {report}")
     if evaluation:
         ev = evaluation[0]
-        typer.echo("\nLoRA files (kohya format, one per epoch):")
+        typer.echo(f"\nLoRA files (kohya format, one per {'save' if recipe.slider else 'epoch'}):")
         for f in files:
             typer.echo(f"  {f}")
         if ev["recommended_epoch"] is not None:
-            typer.echo(f"recommended: epoch {ev['recommended_epoch']} at weight {ev['weight_min']:g}-{ev['weight_max']:g}"
-                       f" ({ev['recommended_file']})")
+            at = (f"step {ev['recommended_epoch']} at strength {ev['weight_min']:g} to {ev['weight_max']:g}"
+                  if recipe.slider else  # a slider saves every n steps
+                  f"epoch {ev['recommended_epoch']} at weight {ev['weight_min']:g}-{ev['weight_max']:g}")
+            typer.echo(f"recommended: {at} ({ev['recommended_file']})")
         else:
             typer.echo("recommended: none (see the report's flags)")
         typer.echo(f"report: {ev['report_path']}")
@@ -384,6 +394,26 @@ def tags(
         if not group or group in o.pruned_in + o.kept_in:
             typer.echo(f"  {o.tag}: pruned in {', '.join(o.pruned_in)}"
                        + (f"; kept in {', '.join(o.kept_in)}" if o.kept_in else "; kept nowhere"))
+
+
+@app.command()
+def review(
+    recipe: Path = typer.Argument(..., help="Recipe TOML file."),
+    port: int = typer.Option(8765, "--port", help="Port to serve on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (other machines reach it only if you say so)."),
+) -> None:
+    """The review studio: the dataset as it will be trained, the decisions, the runs; edits in one place."""
+    import uvicorn
+
+    from bakery.review import create_app
+
+    cfg = _load(recipe)
+    if not (cfg.workdir / "catalog.duckdb").exists():
+        fail(f"no runs yet: {cfg.workdir} has no catalog (run: bakery run {recipe})")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: serving on {host}: anyone who reaches it can see the dataset and edit it", err=True)
+    typer.echo(f"review studio for {recipe}: http://{host}:{port}/ (Ctrl-C to stop)")
+    uvicorn.run(create_app(recipe), host=host, port=port, log_level="warning")
 
 
 @app.command("export-kohya")

@@ -632,6 +632,95 @@ class ValidationParams(_Section):
     timesteps: Annotated[int, Field(gt=0, le=50)] = 4
 
 
+class SliderParams(_Section):
+    """A slider (LECO, rules.md "LECO ou Sliders"): no pictures; the slide stage trains from the target and its two extremes."""
+
+    target: Annotated[str, Field(min_length=1)]  # the class the slider moves, e.g. "skirt"
+    positive: Annotated[list[str], Field(min_length=1)]  # strength +2 side, e.g. ["long_skirt"]
+    negative: Annotated[list[str], Field(min_length=1)]  # strength -2 side, e.g. ["microskirt", "lowleg_skirt"]
+    anchors: list[str] = []  # prompts the slider must leave as the base model draws them, at any strength
+    # The prediction the slider moves from; None = the target (Concept Sliders). ai-toolkit and LECO default to "".
+    neutral: str | None = None
+    # Square training size in pixels (latents are 1/8 of it); None = by base model: 512 SD1.5, 1024 SDXL
+    # (set 768 for a model trained at 768 px).
+    resolution: Annotated[int, Field(ge=64, multiple_of=8)] | None = None
+    steps: Annotated[int, Field(gt=0)] = 500  # the guide: a LECO burned well before 500 steps
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-4  # the guide: 1e-4 or a little less (2e-4 was too high)
+    save_every_n_steps: Annotated[int, Field(gt=0)] = 50
+    network_dim: Annotated[int, Field(gt=0)] = 8
+    network_alpha: Annotated[float, Field(gt=0)] = 4.0
+    guidance: Annotated[float, Field(gt=0)] = 1.0  # eta: how far +1 moves along (positive - negative)
+    max_denoising_steps: Annotated[int, Field(ge=2)] = 50  # x_t: noise denoised 1..N-1 of N steps, CFG 3
+    # auto: bf16 where supported, else fp32. Never fp16: it gives NaN losses (the guide).
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    save_precision: Literal["fp16", "bf16", "fp32"] = "fp16"
+    # Taste: strengths x saved steps x evaluate.seeds, rendered with the [evaluate] sampler, steps, CFG, size.
+    strengths: Annotated[list[Annotated[float, Field(ge=-2, le=2)]], Field(min_length=2)] = [-2.0, -1.0, -0.5, 0.0,
+                                                                                             0.5, 1.0, 2.0]
+    prompts: list[str] = []  # [] = the target alone
+    # Overcooked: a save whose extremes moved less than this share of their distance from strength 0 since the
+    # save before (the guide: "when the extremes stop changing, it is overcooked").
+    still_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    # Tag judges: positive tags must rise, negative tags fall, by more than this from the lowest to the highest strength.
+    tag_margin: Annotated[float, Field(ge=0, le=1)] = 0.1
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _never_fp16(cls, value: Any) -> Any:
+        if value == "fp16":
+            raise ValueError("fp16 gives NaN losses for sliders (the guide): use 'auto' (bf16 where supported, "
+                             "else fp32), 'bf16' or 'no'")
+        return value
+
+    @property
+    def positive_prompt(self) -> str:
+        return ", ".join(self.positive)
+
+    @property
+    def negative_prompt(self) -> str:
+        return ", ".join(self.negative)
+
+
+class Variant(BaseModel):
+    """A variant of [train] for a sweep: its name, then the [train] keys it changes (network_dim = 16, optimizer = "adamw", ...)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    # Names its LoRA files (`<output name>-<name>`) and its line in the sweep report.
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _train_keys(self) -> "Variant":
+        if "family" in self.overrides:  # its defaults reach beyond [train] (buckets, captions, evaluate)
+            raise ValueError("train.family cannot vary between variants: it sets other sections too; sweep "
+                             "one family per recipe")
+        try:
+            TrainParams.model_validate(self.overrides)
+        except ValidationError as exc:  # each bad key named as it stands under [train]
+            raise ValueError(_as_train_keys(exc)) from None
+        return self
+
+
+class SweepParams(_Section):
+    """How the [[variants]] are baked: one after another here, or each as its own flow run on a work pool."""
+
+    # A deployment of the bake flow on a work pool (e.g. "bake-lora/sweep-variant", deployments/prefect.yaml):
+    # each variant becomes a flow run of it on a worker, which must reach the work dir (a shared folder).
+    # None: the variants are baked one after another in this run.
+    deployment: str | None = None
+    heartbeat_s: Annotated[float, Field(gt=0)] = 5.0  # a variant's flow run writes its heartbeat file this often
+    # No heartbeat for this long: its worker is lost; the variant runs again and resumes from its saved state.
+    lost_after_s: Annotated[float, Field(gt=0)] = 120.0
+    attempts: Annotated[int, Field(gt=0, le=10)] = 3  # flow runs one variant may take
+    # Where the results are also copied, through fsspec ("s3://bucket/loras" with s3fs installed,
+    # "file:///mnt/nas/loras"): each variant's LoRA files and report and the sweep report, under
+    # <url>/<project name>/<sweep id>/. The work dir itself stays a folder. None: nowhere else.
+    publish_url: str | None = None
+
+
 class RuntimeParams(_Section):
     # Processes for per-image work; None = one per CPU core.
     workers: Annotated[int, Field(gt=0)] | None = None
@@ -666,6 +755,10 @@ class Recipe(_Section):
     captions: CaptionParams = CaptionParams()
     repeats: RepeatsParams = RepeatsParams()
     validation: ValidationParams = ValidationParams()
+    variants: list[Variant] = []
+    sweep: SweepParams = SweepParams()
+    # A slider recipe: the slide stage in place of prepare, caption and bake (see SliderParams).
+    slider: SliderParams | None = None
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -703,6 +796,35 @@ class Recipe(_Section):
         if self.crops.portraits_to_misc and misc not in [c.name for c in self.concepts]:
             raise ValueError(f"crops.portraits_to_misc: no concept named '{misc}' (add it or set crops.misc_concept)")
         return self
+
+    @model_validator(mode="after")
+    def _variants_valid(self) -> "Recipe":
+        names = [v.name for v in self.variants]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"variant names must be unique, repeated: {', '.join(dupes)}")
+        if self.variants and self.slider is not None:
+            raise ValueError("[[variants]] vary the [train] of a picture LoRA: a [slider] recipe bakes none "
+                             "(remove the variants or the [slider] section)")
+        for v in self.variants:
+            try:
+                self.variant_train(v.name)
+            except ValidationError as exc:  # the overrides clash with the recipe's [train]
+                raise ValueError(f"variant {v.name}: {_as_train_keys(exc)}") from None
+        return self
+
+    def variant_train(self, name: str) -> TrainParams:
+        """[train] with the variant's keys over it; its files are named `<output name>-<variant>`."""
+        variant = next((v for v in self.variants if v.name == name), None)
+        if variant is None:
+            raise ValueError(f"no variant {name!r} in the recipe: set [[variants]] name (it has: "
+                             f"{', '.join(v.name for v in self.variants) or 'none'})")
+        data = {**self.train.model_dump(exclude_unset=True), **variant.overrides}
+        data.setdefault("output_name", f"{self.train.output_name or self.project.name}-{name}")
+        return TrainParams.model_validate(data)
+
+    def for_variant(self, name: str) -> "Recipe":
+        """The recipe one variant bakes: its [train], no [[variants]]."""
+        return self.model_copy(update={"train": self.variant_train(name), "variants": []})
 
     def resolve(self, path: Path) -> Path:
         """A recipe path made absolute against the recipe file's folder."""
@@ -753,6 +875,12 @@ def _key_path(loc: tuple[Any, ...]) -> str:
 def format_errors(exc: ValidationError) -> list[str]:
     """One line per problem: `train.network_dim: must be > 0, got -4`."""
     return [f"{_key_path(e['loc'])}: {_describe(e)}" for e in exc.errors()]
+
+
+def _as_train_keys(exc: ValidationError) -> str:
+    """A [train] validation's problems named as keys under [train], on one line."""
+    return "; ".join(line.replace("(recipe): ", "train: ", 1) if line.startswith("(recipe)") else f"train.{line}"
+                     for line in format_errors(exc))
 
 
 def parse_recipe(data: dict[str, Any], base_dir: Path, origin: str = "<recipe>") -> Recipe:

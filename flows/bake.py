@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -29,7 +30,9 @@ from tasks.regularisation import REGULARISATION, record_trainset, reg_params_jso
 from tasks.report import run_summary_markdown
 from tasks.runlog import run_log
 from tasks.scrape import SCRAPE, booru_specs
+from tasks.slide import SLIDE, SLIDER_TASTE, slide_params_json, slider_spec, slider_taste_params_json
 from tasks.stage import RunInfo, begin_run, end_run, run_stage, skip_stage
+from tasks.sweep import heartbeat, record_variant
 from tasks.trigger_check import TRIGGER_CHECK, check_triggers
 from tasks.trim import TRIM
 from tasks.upscale import UPSCALE, upscale_params_json
@@ -39,11 +42,13 @@ GATHER = (INGEST, CONVERT, DEDUPE)
 PREPARE = (ALPHA, TRIM, UPSCALE, CROPS, MASKS, BUCKETS)
 CAPTION = (AUTOTAG, PRUNE)
 BUILT = (SCRAPE.name, *(s.name for s in GATHER + PREPARE + CAPTION), REGULARISATION.name, TRIGGER_CHECK.name,
-         BAKE.name, EVALUATE.name)
+         SLIDE.name, BAKE.name, EVALUATE.name)
 # Stages a recipe only runs when it asks for them: scrape (booru sources), autotag and prune
 # ([[concepts]] or an autotag model), regularisation ([regularisation] enabled and a base model),
-# trigger_check and bake (a TrainSet and train.base_model), evaluate (a bake).
-OPTIONAL = (SCRAPE.name, AUTOTAG.name, PRUNE.name, REGULARISATION.name, TRIGGER_CHECK.name, BAKE.name, EVALUATE.name)
+# trigger_check and bake (a TrainSet and train.base_model), evaluate (a bake or a slide); slide alone runs a
+# [slider] recipe, in place of every picture stage.
+OPTIONAL = (SCRAPE.name, AUTOTAG.name, PRUNE.name, REGULARISATION.name, TRIGGER_CHECK.name, SLIDE.name, BAKE.name,
+            EVALUATE.name)
 
 
 def _runner(recipe: Recipe) -> Runner:
@@ -181,8 +186,8 @@ def taste(
     return result
 
 
-def bake_and_taste(recipe: Recipe, run: RunInfo, trainset: TrainSet, plan: Plan) -> None:
-    """regularisation -> trigger_check -> bake -> evaluate on the prune stage's TrainSet, as far as the plan goes."""
+def shared_stages(recipe: Recipe, run: RunInfo, trainset: TrainSet, plan: Plan) -> TrainSet:
+    """regularisation -> trigger_check: what every bake of this training set and base model shares."""
     if REGULARISATION.name in plan.stages:
         trainset = regularise(recipe, run, trainset, plan.refreshes(REGULARISATION.name))
     if recipe.train.base_model is None:
@@ -191,35 +196,88 @@ def bake_and_taste(recipe: Recipe, run: RunInfo, trainset: TrainSet, plan: Plan)
                 "bake: not run, no base model: set [train] base_model (a .safetensors checkpoint, "
                 "a diffusers folder, a hub id, or \"tiny\" for the test model)"
             )
-        return
-    if TRIGGER_CHECK.name in plan.stages:  # is each trigger free on the base model? (rules.md §10, §13)
+    elif TRIGGER_CHECK.name in plan.stages:  # is each trigger free on the base model? (rules.md §10, §13)
         check_triggers(recipe, run, trainset.triggers, plan.refreshes(TRIGGER_CHECK.name))
-    if BAKE.name in plan.stages:
+    return trainset
+
+
+def bake_and_taste(recipe: Recipe, run: RunInfo, trainset: TrainSet, plan: Plan
+                   ) -> tuple[BakeOutput | None, StageResult | None]:
+    """regularisation -> trigger_check -> bake -> evaluate on the prune stage's TrainSet, as far as the plan goes."""
+    trainset = shared_stages(recipe, run, trainset, plan)
+    baked = tasted = None
+    if recipe.train.base_model is not None and BAKE.name in plan.stages:
         baked = run_bake(recipe, run, trainset, plan.refreshes(BAKE.name))
         if EVALUATE.name in plan.stages:
-            taste(recipe, run, baked, trainset, plan.refreshes(EVALUATE.name))
+            tasted = taste(recipe, run, baked, trainset, plan.refreshes(EVALUATE.name))
+    return baked, tasted
+
+
+def bake_pictures(recipe_path: str, recipe: Recipe, run: RunInfo, plan: Plan, variant: str | None = None,
+                  sweep_id: str | None = None) -> None:
+    """A picture recipe: gather -> prepare -> caption -> regularisation -> trigger_check -> bake -> evaluate;
+    with [[variants]] the bake and evaluate of each (flows/sweep.py)."""
+    stages, refresh = list(plan.stages), sorted(plan.refresh)
+    edits = load_edits(recipe_path, run.workdir)  # the review studio's: each stage gets its own
+    images, framed = gather(recipe_path, run, stages, refresh, keep_list(edits)), None
+    if PREPARE[0].name in stages:
+        images, framed = prepare(recipe, run, images, stages, refresh, edits)
+    captioned = caption(recipe, run, images, stages, refresh, edits, framed)
+    trainset = captioned.payload if captioned is not None and isinstance(captioned.payload, TrainSet) else None
+    if trainset is None or not trainset.images:
+        return
+    if recipe.variants:
+        from flows.sweep import sweep
+
+        shared_stages(recipe, run, trainset, plan)  # made once here, Cached in every variant's run
+        if BAKE.name in plan.stages:
+            sweep(recipe, recipe_path, run, plan)
+        return
+    baked, tasted = bake_and_taste(recipe, run, trainset, plan)
+    if variant and sweep_id:  # what this variant produced, for the sweep that asked for it
+        record_variant(run.workdir, sweep_id, variant, run.run_id, baked, tasted)
+
+
+def slide_and_taste(recipe: Recipe, run: RunInfo, plan: Plan) -> None:
+    """A [slider] recipe: slide -> the slider taste (as evaluate), in place of prepare, caption and bake."""
+    if recipe.sources or recipe.concepts:
+        get_run_logger().warning("slide: a [slider] recipe trains from prompts alone: its sources and concepts "
+                                 "are not read (remove them, or the [slider] section for a picture LoRA)")
+    if recipe.train.base_model is None:
+        skip_stage(run, SLIDE.name, "no base model to slide: set [train] base_model")
+        return
+    if SLIDE.name not in plan.stages:
+        return
+    params = slide_params_json(recipe)
+    result = run_stage(SLIDE, slider_spec(recipe), params, run, plan.refreshes(SLIDE.name))
+    if not all(Path(p).is_file() for p in result.payload.files.values()):  # deleted since: slide again
+        result = run_stage(SLIDE, slider_spec(recipe), params, run, True)
+    if EVALUATE.name in plan.stages:
+        run_stage(SLIDER_TASTE, result.payload, slider_taste_params_json(recipe), run, plan.refreshes(EVALUATE.name))
 
 
 @flow(name="bake-lora")
 def bake_lora(
-    recipe_path: str, from_stage: str | None = None, only_stage: str | None = None, to_stage: str | None = None
+    recipe_path: str, from_stage: str | None = None, only_stage: str | None = None, to_stage: str | None = None,
+    variant: str | None = None, sweep_id: str | None = None,
 ) -> str:
-    """Run a recipe. Returns the run id (its record is in the work dir's catalog)."""
+    """Run a recipe. Returns the run id (its record is in the work dir's catalog).
+
+    `variant`: bake one of the recipe's [[variants]] (a sweep runs one flow run per variant; `sweep_id` names
+    the sweep, and the run keeps a heartbeat in its folder while it works)."""
     recipe = load_recipe(recipe_path)
+    if variant:
+        recipe = recipe.for_variant(variant)
     plan = plan_run(BUILT, from_stage, only_stage, to_stage)
     run = begin_run(recipe.workdir, str(Path(recipe_path).resolve()), recipe.digest(),
                     recipe.model_dump_json(), recipe.runtime.workers)
+    alive = heartbeat(run.workdir, sweep_id, variant, recipe.sweep.heartbeat_s) if variant and sweep_id else nullcontext()
     try:
-        with use_runner(_runner(recipe)), run_log(run):  # WORKDIR/logs/run-<id>.log: the run's log in full
-            stages, refresh = list(plan.stages), sorted(plan.refresh)
-            edits = load_edits(recipe_path, run.workdir)  # the review studio's: each stage gets its own
-            images, framed = gather(recipe_path, run, stages, refresh, keep_list(edits)), None
-            if PREPARE[0].name in stages:
-                images, framed = prepare(recipe, run, images, stages, refresh, edits)
-            captioned = caption(recipe, run, images, stages, refresh, edits, framed)
-            trainset = captioned.payload if captioned is not None and isinstance(captioned.payload, TrainSet) else None
-            if trainset is not None and trainset.images:
-                bake_and_taste(recipe, run, trainset, plan)
+        with alive, use_runner(_runner(recipe)), run_log(run):  # WORKDIR/logs/run-<id>.log: the run's log in full
+            if recipe.slider is not None:  # no pictures: the slide in place of every picture stage
+                slide_and_taste(recipe, run, plan)
+            else:
+                bake_pictures(recipe_path, recipe, run, plan, variant, sweep_id)
     except BaseException as exc:
         end_run(run, "failed", f"{type(exc).__name__}: {exc}")
         raise

@@ -4,12 +4,14 @@ One file in the work dir. The schema is versioned: `MIGRATIONS` is an ordered
 list, and opening a catalog applies the ones it has not seen yet, in one
 transaction each. Only one process writes at a time (DuckDB allows a single
 read-write process): parallel workers return rows and the task that owns them
-writes them here.
+writes them here. Flow runs of a sweep on several workers share one catalog on a
+shared folder: each opening waits (up to LOCK_WAIT_S) while another process holds it.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from typing import Any
 import duckdb
 
 CATALOG_FILE = "catalog.duckdb"
+LOCK_WAIT_S = 120.0  # every holder opens, writes and closes within seconds
 
 # (version, statements). Append new versions; never edit a released one.
 MIGRATIONS: list[tuple[int, str]] = [
@@ -354,6 +357,26 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
+        19,
+        """
+        -- What became of each variant of a sweep (flows/bake.py sweep): one row per variant and sweep run.
+        CREATE TABLE sweep_variants (
+            run_id VARCHAR NOT NULL,       -- the sweep's run
+            variant VARCHAR NOT NULL,
+            overrides VARCHAR NOT NULL,    -- JSON: the [train] keys it changes
+            status VARCHAR NOT NULL,       -- completed | failed | lost
+            attempts INTEGER NOT NULL,     -- flow runs it took (a lost worker's variant is run again)
+            history VARCHAR NOT NULL,      -- JSON list: one line per attempt
+            variant_run_id VARCHAR,        -- the run that baked it (its stages in stage_runs)
+            bake_key VARCHAR,
+            eval_key VARCHAR,
+            report_path VARCHAR,
+            message VARCHAR,
+            PRIMARY KEY (run_id, variant)
+        );
+        """,
+    ),
+    (
         16,
         """
         -- What the crops stage's detectors found (bakery/craft/detect.py), per picture content and detector.
@@ -382,6 +405,19 @@ MIGRATIONS: list[tuple[int, str]] = [
 ]
 
 SCHEMA_VERSION = max(v for v, _ in MIGRATIONS)
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Connect, waiting while another process holds the file (a sweep's flow runs share it)."""
+    deadline, pause = time.monotonic() + LOCK_WAIT_S, 0.05
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)
 
 
 def now() -> datetime:
@@ -426,7 +462,7 @@ class Catalog:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() and path.stat().st_size == 0:
             path.unlink()  # an empty file holds nothing: start a fresh catalog there
-        con = duckdb.connect(str(path), read_only=read_only)
+        con = _connect(path, read_only)
         try:
             catalog = cls(con, path)
             if not read_only:
@@ -768,6 +804,17 @@ class Catalog:
             "QUALIFY row_number() OVER (PARTITION BY trigger ORDER BY created_at DESC) = 1 ORDER BY trigger",
             [list(triggers)])
 
+    def add_sweep_variants(self, run_id: str, rows: Iterable[dict[str, Any]]) -> int:
+        """What became of each variant of the sweep run `run_id` (history: a list of lines)."""
+        return self._insert("sweep_variants", [{**r, "run_id": run_id, "overrides": json.dumps(r["overrides"], sort_keys=True),
+                                                "history": json.dumps(r["history"])} for r in rows], verb="INSERT OR REPLACE")
+
+    def sweep_variants(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self.rows("SELECT * EXCLUDE (run_id) FROM sweep_variants WHERE run_id = ? ORDER BY variant", [run_id])
+        for r in rows:
+            r["overrides"], r["history"] = json.loads(r["overrides"]), json.loads(r["history"])
+        return rows
+
     def add_stage_warnings(self, run_id: str, stage: str, messages: Iterable[str]) -> int:
         return self._insert("stage_warnings", [{"run_id": run_id, "stage": stage, "message": m} for m in messages],
                             verb="INSERT")
@@ -981,6 +1028,42 @@ class Catalog:
     # -- captions ------------------------------------------------------------
     def skips_for(self, run_id: str) -> list[dict[str, Any]]:
         return self.rows("SELECT stage, subject, reason FROM skips WHERE run_id = ? ORDER BY stage, subject", [run_id])
+
+    # -- review studio (bakery/review): read-only look-ups ---------------------------
+    def picture_names(self, hashes: Sequence[str]) -> dict[str, str]:
+        """Each image's picture name: its first source's name plus the suffixes (frames) of the derivations since."""
+        if not hashes:
+            return {}
+        return dict(self.con.execute(
+            """WITH RECURSIVE up(image_hash, current, suffix, depth) AS (
+                   SELECT h, h, '', 0 FROM (SELECT unnest(?) AS h)
+                   UNION ALL
+                   SELECT up.image_hash, d.input_hash, d.output_suffix || up.suffix, up.depth + 1 FROM up
+                   JOIN derivations d ON d.output_hash = up.current AND d.input_hash <> d.output_hash
+                   WHERE up.depth < 32
+               )
+               SELECT up.image_hash, arg_min(s.name || up.suffix, s.location)
+               FROM up JOIN sources s ON s.image_hash = up.current GROUP BY up.image_hash""",
+            [list(hashes)],
+        ).fetchall())
+
+    def runs_of(self, recipe_path: str | None) -> list[dict[str, Any]]:
+        """Runs of one recipe (every run when None), newest first."""
+        return self.rows("SELECT * FROM runs WHERE ? IS NULL OR recipe_path = ? ORDER BY started_at DESC",
+                         [recipe_path, recipe_path])
+
+    def latest_mask_qa(self) -> list[dict[str, Any]]:
+        """The mask QA verdicts of the newest run that checked masks."""
+        return self.rows(
+            """SELECT * FROM mask_qa WHERE run_id = (SELECT q.run_id FROM (SELECT DISTINCT run_id FROM mask_qa) q
+               JOIN runs USING (run_id) ORDER BY runs.started_at DESC LIMIT 1) ORDER BY image_hash""")
+
+    def near_duplicates(self) -> list[dict[str, Any]]:
+        """Every dropped duplicate with the copy that was kept (the dedupe stage's newest verdicts)."""
+        return self.rows("SELECT * FROM duplicates ORDER BY kept_hash, distance, image_hash")
+
+    def evaluation_reports(self) -> list[dict[str, Any]]:
+        return self.rows("SELECT eval_key, run_id, name, report_path, created_at FROM evaluations ORDER BY created_at DESC")
 
 
 def _jsonable(value: Any) -> Any:

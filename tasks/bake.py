@@ -57,8 +57,9 @@ def bake_key(trainset: TrainSet, params_json: str, code: str, base_model: str | 
 class BakeProgress:
     """Terminal bar + Prefect progress artifact (steps, epoch, loss, it/s, ETA) + loss rows for the catalog."""
 
-    def __init__(self, catalog: Path, key: str, epochs: int):
-        self.catalog, self.key, self.epochs = catalog, key, epochs
+    def __init__(self, catalog: Path, key: str, epochs: int, stage: str = "bake"):
+        """`stage`: "slide" for a slider, whose "epochs" are its steps (the bar shows no epoch then)."""
+        self.catalog, self.key, self.epochs, self.stage = catalog, key, epochs, stage
         self.rows: list[dict[str, Any]] = []
         self._bar: tqdm | None = None
         self._artifact = None
@@ -67,17 +68,18 @@ class BakeProgress:
 
     def step(self, info: craft.StepInfo) -> None:
         if self._bar is None:
-            self._bar = tqdm(total=info.total, initial=info.step - 1, desc="bake", unit="step", file=sys.stderr,
+            self._bar = tqdm(total=info.total, initial=info.step - 1, desc=self.stage, unit="step", file=sys.stderr,
                              leave=False)
             if _in_prefect_run():
-                self._artifact = create_progress_artifact(progress=0.0, key="bake-progress",
-                                                          description="bake: starting")
+                self._artifact = create_progress_artifact(progress=0.0, key=f"{self.stage}-progress",
+                                                          description=f"{self.stage}: starting")
         if self._first_step is None:
             self._first_step = (info.step - 1, time.monotonic())
         self.rows.append({"bake_key": self.key, "step": info.step, "epoch": info.epoch, "loss": info.loss,
                           "lr": info.lr})
         self._bar.update(1)
-        self._bar.set_postfix(epoch=f"{info.epoch}/{self.epochs}", loss=f"{info.loss:.4f}")
+        epoch = {"epoch": f"{info.epoch}/{self.epochs}"} if self.stage == "bake" else {}
+        self._bar.set_postfix(**epoch, loss=f"{info.loss:.4f}")
         now = time.monotonic()
         if self._artifact and (now - self._last >= UPDATE_EVERY_S or info.step == info.total):
             self._last = now
@@ -86,8 +88,9 @@ class BakeProgress:
             eta = (info.total - info.step) / rate if rate else 0.0
             update_progress_artifact(
                 self._artifact, progress=100.0 * info.step / info.total,
-                description=(f"bake: step {info.step}/{info.total}, epoch {info.epoch}/{self.epochs}, "
-                             f"loss {info.loss:.4f}, {rate:.2f} it/s, ETA {eta:.0f} s"),
+                description=(f"{self.stage}: step {info.step}/{info.total}, "
+                             + (f"epoch {info.epoch}/{self.epochs}, " if self.stage == "bake" else "")
+                             + f"loss {info.loss:.4f}, {rate:.2f} it/s, ETA {eta:.0f} s"),
             )
 
     def validation(self, v: craft.ValidationLoss) -> None:

@@ -59,14 +59,11 @@ def prune_params_json(recipe: Recipe, edits: list[edits_craft.Edit] = ()) -> str
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def _gather(cat: Catalog, images: list[ImageRef]) -> tuple[dict[str, list[str]], dict[str, list[dict]], dict[str, str]]:
-    """Sidecars and tag rows of each image, found on it and on the originals it came from; the framing of
-    the images the crops stage cut out (their captions say it instead of their parent's)."""
+def gather_sources(cat: Catalog, images: list[ImageRef]) -> tuple[dict[str, list[str]], dict[str, list[dict]]]:
+    """Sidecars and tag rows of each image, found on it and on the originals it came from."""
     chains = cat.ancestors(sorted({r.hash for r in images}))
     everyone = sorted({h for chain in chains.values() for h in chain})
     sidecars = cat.sidecars_for(everyone)
-    cut = cat.crop_framings(everyone)
-    framings = {h: next((cut[a] for a in chain if a in cut), "") for h, chain in chains.items()}
     rows_by: dict[str, list[dict]] = {}
     for row in cat.tags_for(everyone):
         rows_by.setdefault(row["image_hash"], []).append(row)
@@ -77,14 +74,22 @@ def _gather(cat: Catalog, images: list[ImageRef]) -> tuple[dict[str, list[str]],
         rows[h] = [r for a in chain for r in rows_by.get(a, []) if r["origin"] != "tagger"] + [
             r for r in tagger if r["origin"] == "tagger"
         ]
-    return side, rows, framings
+    return side, rows
+
+
+def crop_framings(cat: Catalog, images: list[ImageRef]) -> dict[str, str]:
+    """image hash -> the framing the crops stage cut it out as (its own or an ancestor's); "" for the rest."""
+    chains = cat.ancestors(sorted({r.hash for r in images}))
+    cut = cat.crop_framings(sorted({h for chain in chains.values() for h in chain}))
+    return {h: next((cut[a] for a in chain if a in cut), "") for h, chain in chains.items()}
 
 
 @task(name="caption-sources", cache_policy=NO_CACHE)
 def caption_sources(images: list[ImageRef], workdir: str, portraits: list[str] | None = None) -> PruneInput:
     """The prune stage's input: the images plus a digest of their caption sources (read fresh each run)."""
     with Catalog.open(RunInfo("", workdir).catalog) as cat:
-        side, rows, framings = _gather(cat, images)
+        side, rows = gather_sources(cat, images)
+        framings = crop_framings(cat, images)
     payload = {h: [side[h], [(r["tag"], r["category"], r["origin"], r["confidence"]) for r in rows[h]]]
                + ([framings[h]] if framings[h] else []) for h in side}
     return PruneInput(sorted(images), digest(payload), tuple(sorted(portraits or ())))
@@ -101,7 +106,8 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
         get_run_logger().info("prune: the recipe has no [[concepts]]: no training set")
         return StageResult(images=images, n_in=len(images), payload=TrainSet([], []))
     with Catalog.open(run.catalog) as cat:
-        side, rows, framings = _gather(cat, images)
+        side, rows = gather_sources(cat, images)
+        framings = crop_framings(cat, images)
         counts = cat.tag_post_counts(None)
     pictures = {r.name: craft.Picture(r.name, r.hash, r.mask, tuple(side[r.hash]), tuple(rows[r.hash]),
                                       framings[r.hash]) for r in images}

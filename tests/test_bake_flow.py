@@ -103,27 +103,31 @@ def test_bake_stage_runs_logs_loss_and_is_cached(tmp_path):
     assert bake_stage(work, run2)["status"] == "cached" and out2 == out
 
 
-def test_killed_bake_resumes_when_the_flow_is_rerun(tmp_path):
-    recipe = make_project(tmp_path / "a", epochs=4)
+def kill_at_first_state(code: str, work: Path) -> None:
+    """Run `code` in a child Python (this Prefect server) and SIGKILL it once a training state is saved in `work`."""
     import torch
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     from prefect.settings import PREFECT_API_URL
 
-    env["PREFECT_API_URL"] = PREFECT_API_URL.value()
-    code = f"from tests.test_bake_flow import gather_then_bake; gather_then_bake({str(recipe)!r})"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads()),
+           "PREFECT_API_URL": PREFECT_API_URL.value()}
     child = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    work = tmp_path / "a" / "work"
     deadline = time.monotonic() + 240
     try:
         while not list((work / "bakes").glob("*/state/state.pt")):
-            assert child.poll() is None, "the bake finished or failed before it could be killed"
+            assert child.poll() is None, "the training finished or failed before it could be killed"
             assert time.monotonic() < deadline, "no training state after 240 s"
             time.sleep(0.05)
     finally:
-        os.kill(child.pid, signal.SIGKILL)  # mid-training: epoch 1 saved, epoch 2 running
+        os.kill(child.pid, signal.SIGKILL)
         child.wait()
+
+
+def test_killed_bake_resumes_when_the_flow_is_rerun(tmp_path):
+    recipe = make_project(tmp_path / "a", epochs=4)
+    work = tmp_path / "a" / "work"
+    # mid-training: epoch 1 saved, epoch 2 running
+    kill_at_first_state(f"from tests.test_bake_flow import gather_then_bake; gather_then_bake({str(recipe)!r})", work)
     killed_at = time.time()
     assert not (list((work / "bakes").glob("*/t-000004.safetensors")))
 

@@ -565,7 +565,8 @@ class Training:
     validation_latents: dict[str, Any] = field(default_factory=dict)  # sample key -> latent, encoded once
 
 
-def _seeded(seed: int, step: int, what: str) -> Any:
+def seeded(seed: int, step: int, what: str) -> Any:
+    """A CPU generator for the draws `what` of step `step` (public: the slide draws the same way)."""
     import torch
 
     digest = hashlib.sha256(f"{seed}:{step}:{what}".encode()).digest()
@@ -800,7 +801,7 @@ def training_step(t: Training, batch: list[Sample], step: int) -> tuple[float, f
 
     p = t.params
     rng = random.Random(f"{p.seed}:{step}:data")
-    gen = _seeded(p.seed, step, "noise")
+    gen = seeded(p.seed, step, "noise")
     flips = [p.flip_aug and rng.random() < 0.5 for _ in batch]
     captions = [process_caption(s.image.caption, rng, keep_tokens=p.keep_tokens, shuffle=p.shuffle_caption,
                                 caption_dropout_rate=p.caption_dropout_rate, tag_dropout_rate=p.tag_dropout_rate,
@@ -851,7 +852,7 @@ def validation_picture_loss(t: Training, s: Sample, n_timesteps: int) -> float:
         pixels = load_pixels(t.image_path(s.image.image_hash), s.choice, False)[None]
         t.validation_latents[key] = t.latents.encode(pixels).to(device, torch.float32)
     lat = t.validation_latents[key].repeat(n_timesteps, 1, 1, 1)
-    gen = _seeded(p.seed, 0, f"validation:{s.image.image_hash}")  # its own stream: the training's is untouched
+    gen = seeded(p.seed, 0, f"validation:{s.image.image_hash}")  # its own stream: the training's is untouched
     noise = torch.randn(lat.shape, generator=gen).to(device)
     steps = t.noise_sched.config.num_train_timesteps
     timesteps = torch.tensor(validation_timesteps(n_timesteps, steps), device=device)

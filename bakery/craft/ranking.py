@@ -58,13 +58,14 @@ def rank(evals: Sequence[craft.EpochEval], judges: Mapping[str, Mapping[Cell, fl
     return out
 
 
-def _fmt(r: Mapping) -> str:
+def judges_text(r: Mapping) -> str:
+    """Each measured judge of a ranked cell: "identity 0.50, bleed 0.10"."""
     return ", ".join(f"{j} {r[j]:.2f}" for j in JUDGES if r.get(j) is not None)
 
 
 def _why(rows: list[dict], tied: list[Cell], tolerance: float) -> list[str]:
     top = rows[0]
-    head = f"ranking: epoch {top['epoch']} at weight {top['weight']:g} scores best ({top['score']:.2f}: {_fmt(top)})"
+    head = f"ranking: epoch {top['epoch']} at weight {top['weight']:g} scores best ({top['score']:.2f}: {judges_text(top)})"
     epochs = sorted({e for e, _ in tied})
     if len(epochs) > 1:
         return [head, f"the data cannot decide between epochs {', '.join(map(str, epochs))}: their scores lie within "
@@ -76,7 +77,7 @@ def _why(rows: list[dict], tied: list[Cell], tolerance: float) -> list[str]:
             if top.get(j) is not None and other.get(j) is not None}
     decider = max(gaps, key=lambda j: gaps[j]) if gaps else "score"
     return [head, f"{decider} decided: the best of epoch {other['epoch']} (weight {other['weight']:g}) scores "
-                  f"{other['score']:.2f} ({_fmt(other)})"]
+                  f"{other['score']:.2f} ({judges_text(other)})"]
 
 
 def ranked_recommendation(rec: craft.Recommendation, ranking: Ranking, evals: Sequence[craft.EpochEval],

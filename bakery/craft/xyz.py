@@ -299,8 +299,12 @@ def make_grid(
     prompt_index: int,
     prompt: str,
     seeds: Sequence[int],
+    row_label: str = "epoch",
+    col_label: str = "weight",
 ) -> GridLayout:
-    """Rows epochs, columns weights, seeds side by side in a cell; a title with the prompt, like A1111's XYZ plot."""
+    """Rows epochs, columns weights, seeds side by side in a cell; a title with the prompt, like A1111's XYZ plot.
+
+    `row_label`, `col_label`: what a row and a column are called ("step", "strength" for a slider)."""
     sample = images[(epochs[0], float(weights[0]), prompt_index, seeds[0])]
     h, w = sample.shape[:2]
     cell_w, cell_h = w * len(seeds), h
@@ -325,10 +329,10 @@ def make_grid(
     text(title, 6, 4)
     text(f"seeds {', '.join(map(str, seeds))}", 6, 4 + fs + 2)
     for c, wt in enumerate(weights):
-        text(f"weight {float(wt):g}", left + c * (cell_w + gap) + 4, title_h + 4)
+        text(f"{col_label} {float(wt):g}", left + c * (cell_w + gap) + 4, title_h + 4)
     for r, ep in enumerate(epochs):
         y0 = title_h + head_h + r * (cell_h + gap)
-        text(f"epoch {ep}", 6, y0 + cell_h // 2 - fs // 2)
+        text(f"{row_label} {ep}", 6, y0 + cell_h // 2 - fs // 2)
         for c, wt in enumerate(weights):
             for k, s in enumerate(seeds):
                 img = Image.fromarray(images[(ep, float(wt), prompt_index, s)])

@@ -15,6 +15,8 @@ given (triggers and tags), so a tag is one token like in the real vocabulary.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -72,11 +74,27 @@ def build_tiny_sd15(folder: Path | str, words: Iterable[str] = (), seed: int = T
     folder = Path(folder)
     if (folder / MARKER).exists():
         return folder
+    # Built beside it and renamed in: flow runs of a sweep on two workers may build the same one at once.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        _build(tmp, words, seed)
+        if folder.exists() and not (folder / MARKER).exists():  # a build that was interrupted
+            shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    except OSError:
+        if not (folder / MARKER).exists():  # not another process finishing first: a real error
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _build(folder: Path, words: Iterable[str], seed: int) -> None:
     import torch
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-    folder.mkdir(parents=True, exist_ok=True)
     tok_dir = folder / "tokenizer"
     vocab_size = write_clip_tokenizer(tok_dir, words)
     tokenizer = CLIPTokenizer(
@@ -97,7 +115,6 @@ def build_tiny_sd15(folder: Path | str, words: Iterable[str] = (), seed: int = T
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     (folder / MARKER).write_text(json.dumps({"preset": "tiny", "architecture": "sd15", "seed": seed}), encoding="utf-8")
-    return folder
 
 
 def _tiny_unet():  # noqa: ANN202

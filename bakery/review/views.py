@@ -1,0 +1,217 @@
+"""The review studio's view models: catalog rows and reports in, what a page shows out (no I/O).
+
+A card is one picture as it will be trained: its kohya folder, the bucket crop
+(fractions of the picture), its caption split into triggers, kept tags and
+pruned tags, and its flags (rare tags, long caption, too small, mask QA).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+from bakery.craft.buckets import BucketChoice
+from bakery.craft.tags import normalize_tag
+
+PER_PAGE = 60
+FLAGS = ("rare", "long", "small", "mask", "held_out")
+FLAG_TITLES = {"rare": "rare tags", "long": "long caption", "small": "too small", "mask": "mask QA",
+               "held_out": "held out"}
+HASH = re.compile(r"^[0-9a-f]{64}$")
+
+
+class StudioError(Exception):
+    """A request the studio refuses, with the HTTP status and the one line the page shows."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Card:
+    name: str  # the picture's stable name (edits target it)
+    file: str  # its file name in the kohya folder
+    folder: str  # concept or outfit folder (without repeats)
+    repeats: int
+    hash: str
+    mask_hash: str | None
+    caption: str
+    triggers: list[str]
+    tags: list[str]  # kept tags, caption order
+    size: tuple[int, int] | None = None
+    crop: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 (0-1) the bucket keeps
+    bucket: tuple[int, int] | None = None
+    keep: tuple[float, float, float, float] | None = None  # a crop edit's box: what the bucket crop must keep
+    upscale: float | None = None
+    flags: dict[str, str] = field(default_factory=dict)  # flag -> what it says
+    pruned: list[str] = field(default_factory=list)  # filled for the cards of a page
+
+    @property
+    def kohya_folder(self) -> str:
+        return f"{self.repeats}_{self.folder}"
+
+    @property
+    def crop_style(self) -> str:
+        return box_style(self.crop)
+
+    @property
+    def keep_style(self) -> str:
+        return box_style(self.keep)
+
+
+def box_style(box: Sequence[float] | None) -> str:
+    """CSS placing a box given in fractions of the picture over it."""
+    if not box:
+        return ""
+    x0, y0, x1, y1 = box
+    return f"left:{100 * x0:.2f}%;top:{100 * y0:.2f}%;width:{100 * (x1 - x0):.2f}%;height:{100 * (y1 - y0):.2f}%"
+
+
+def split_caption(caption: str, triggers: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(leading triggers, the other tags) of a kohya caption (`|||` keep-tokens separators ignored)."""
+    known = set(triggers)
+    parts = [p.strip() for p in caption.replace("|||", ",").split(",")]
+    parts = [p for p in parts if p]
+    head = 0
+    while head < len(parts) and parts[head] in known:
+        head += 1
+    return parts[:head], parts[head:]
+
+
+def pruned_tags(source_tags: Sequence[str], kept: Sequence[str], triggers: Sequence[str]) -> list[str]:
+    """The picture's cleaned source tags that its caption no longer carries (absorbed by a trigger)."""
+    present = {normalize_tag(t) for t in list(kept) + list(triggers)}
+    return [t for t in dict.fromkeys(source_tags) if normalize_tag(t) not in present]
+
+
+def crop_fractions(size: Sequence[int], bucket: Sequence[int], resized: Sequence[int]) -> tuple[float, float, float, float]:
+    """The part of a picture kohya's centre crop keeps, as fractions of it (full picture when it is the bucket)."""
+    if tuple(size) == tuple(bucket):
+        return 0.0, 0.0, 1.0, 1.0
+    rw, rh = resized
+    left, top, right, bottom = BucketChoice((bucket[0], bucket[1]), (rw, rh)).crop_box
+    return left / rw, top / rh, right / rw, bottom / rh
+
+
+def card_flags(card: Card, post_counts: Mapping[str, int], rare_below: int, max_bytes: int,
+               downscale: float | None, mask_qa: Mapping[str, object] | None) -> dict[str, str]:
+    """The guide's warnings about one picture (rules.md §5, §6, §9)."""
+    flags = {}
+    rare = [t for t in card.tags if normalize_tag(t) in post_counts and post_counts[normalize_tag(t)] < rare_below]
+    if rare:
+        flags["rare"] = "rare: " + ", ".join(f"{t} ({post_counts[normalize_tag(t)]} posts)" for t in rare)
+    if len(card.caption.encode()) > max_bytes:
+        flags["long"] = f"caption {len(card.caption.encode())} bytes (> {max_bytes})"
+    if downscale is not None and downscale < 1:
+        flags["small"] = f"enlarged {1 / downscale:.2f}x by bucketing"
+    elif card.upscale:
+        flags["small"] = f"upscaled {card.upscale:g}x"
+    if mask_qa is not None and not mask_qa.get("accepted"):
+        flags["mask"] = f"mask rejected: {mask_qa.get('reason') or 'no mask'}"
+    return flags
+
+
+def build_card(row: Mapping, name: str, triggers: Sequence[str], size: tuple[int, int] | None,
+               bucket_entry: Mapping | None, upscale: float | None, mask_qa: Mapping | None,
+               post_counts: Mapping[str, int], rare_below: int, max_bytes: int, held: bool = False) -> Card:
+    """One `train_captions` (or held-out validation) row with what the reports say of its picture."""
+    head, body = split_caption(row["caption"], triggers)
+    card = Card(name, row["name"], row["folder"], row["repeats"], row["image_hash"], row["mask_hash"], row["caption"],
+                head, body, size, upscale=upscale)
+    entry = bucket_entry or {}
+    if entry and size:
+        card.bucket = tuple(entry["kohya_bucket"])
+        card.crop = crop_fractions(size, entry["kohya_bucket"], entry["kohya_resized"])
+        card.keep = tuple(entry["keep_box"]) if entry.get("keep_box") else None
+    card.flags = card_flags(card, post_counts, rare_below, max_bytes, entry.get("downscale"), mask_qa)
+    if held:
+        card.flags["held_out"] = "held out for the validation loss: never trained on"
+    return card
+
+
+@dataclass(frozen=True)
+class Filters:
+    folder: str = ""
+    tag: str = ""
+    flag: str = ""
+    page: int = 1
+
+    def query(self, **change: object) -> str:
+        values = {"folder": self.folder, "tag": self.tag, "flag": self.flag, "page": self.page, **change}
+        return "?" + urlencode({k: v for k, v in values.items() if v and not (k == "page" and v == 1)})
+
+
+def filter_cards(cards: Sequence[Card], f: Filters) -> list[Card]:
+    out = [c for c in cards if not f.folder or c.folder == f.folder]
+    if f.tag:
+        out = [c for c in out if f.tag in c.tags or f.tag in c.triggers]
+    if f.flag:
+        out = [c for c in out if f.flag in c.flags]
+    return out
+
+
+def tag_counts(cards: Sequence[Card]) -> list[tuple[str, int]]:
+    """Tags of the final captions (triggers left out) with how many pictures carry each, most used first."""
+    counts = Counter(t for c in cards for t in dict.fromkeys(c.tags))
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def folder_counts(cards: Sequence[Card]) -> list[tuple[str, str, int]]:
+    """(folder, kohya folder, pictures) of every folder."""
+    seen: dict[str, list] = {}
+    for c in cards:
+        seen.setdefault(c.folder, [c.kohya_folder, 0])[1] += 1
+    return [(f, k, n) for f, (k, n) in sorted(seen.items())]
+
+
+def flag_counts(cards: Sequence[Card]) -> list[tuple[str, str, int]]:
+    counts = Counter(f for c in cards for f in c.flags)
+    return [(f, FLAG_TITLES[f], counts[f]) for f in FLAGS if counts[f]]
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list
+    number: int
+    pages: int
+    total: int
+
+
+def paginate(items: Sequence, number: int, per_page: int = PER_PAGE) -> Page:
+    pages = max(1, math.ceil(len(items) / per_page))
+    number = min(max(1, number), pages)
+    return Page(list(items[(number - 1) * per_page: number * per_page]), number, pages, len(items))
+
+
+@dataclass
+class DuplicateGroup:
+    kept: tuple[str, str]  # (hash, name)
+    dropped: list[dict]  # {hash, name, method, distance}
+
+
+def duplicate_groups(rows: Sequence[Mapping], names: Mapping[str, str]) -> list[DuplicateGroup]:
+    """The dedupe stage's verdicts as groups: each kept copy with the copies dropped for it."""
+    groups: dict[str, DuplicateGroup] = {}
+    for r in rows:
+        g = groups.setdefault(r["kept_hash"], DuplicateGroup((r["kept_hash"], names.get(r["kept_hash"], "")), []))
+        g.dropped.append({"hash": r["image_hash"], "name": names.get(r["image_hash"], ""), "method": r["method"],
+                          "distance": r["distance"]})
+    return sorted(groups.values(), key=lambda g: g.kept[1])
+
+
+def prefect_ui(env: Mapping[str, str]) -> str | None:
+    """The Prefect dashboard's address: PREFECT_UI_URL, else PREFECT_API_URL without its /api."""
+    if env.get("PREFECT_UI_URL"):
+        return env["PREFECT_UI_URL"].rstrip("/")
+    api = env.get("PREFECT_API_URL", "").rstrip("/")
+    return api[: -len("/api")] if api.endswith("/api") else (api or None)
+
+
+def parse_tags(text: str) -> list[str]:
+    """A form's tag field: tags separated by commas or new lines, blanks dropped."""
+    return [t.strip() for t in re.split(r"[,\n]", text) if t.strip()]
