@@ -24,6 +24,7 @@ import duckdb
 from bakery.craft.edits import (HASH_PREFIX, KINDS, Edit, EditError, Known, check_edit, check_known, edit_fingerprint,
                                 flat_name)
 from storage import Catalog
+from storage.catalog import INTERACTIVE_WAIT_S
 
 __all__ = ["KINDS", "Edit", "EditError", "add_edit", "list_edits", "undo_edit", "export_edits", "import_edits",
            "edits_file", "active_edits", "crop_keeps", "image_edits", "describe"]
@@ -43,7 +44,7 @@ def _catalog(workdir: Path, read_only: bool = False) -> Iterator[Catalog]:
     if read_only and not path.exists():
         raise EditError(f"catalog: no catalog in {workdir}: run the recipe first")
     try:
-        with Catalog.open(path, read_only=read_only) as cat:
+        with Catalog.open(path, read_only=read_only, wait_s=INTERACTIVE_WAIT_S) as cat:
             yield cat
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():

@@ -366,6 +366,27 @@ TRAIN_PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+# rules.md §12: the dim/alpha of these networks when the recipe leaves them out (DyLoRA 64/32, Diag-OFT dim 2).
+NETWORK_DEFAULTS: dict[str, dict[str, Any]] = {"dylora": {"network_dim": 64, "network_alpha": 32.0},
+                                               "diag-oft": {"network_dim": 2}}
+IA3_LR = (5e-3, 1e-2)  # rules.md §12: IA3's learning rate with AdamW (Prodigy: 1)
+DYLORA_UNIT = 4  # rules.md §12 (bakery/craft/lycoris_net.py trains in units of this many ranks)
+
+
+def _check_lycoris_network(t: Any) -> None:
+    """rules.md §12's numbers for IA3, DyLoRA and Diag-OFT."""
+    if t.network_type == "dylora" and t.network_dim % DYLORA_UNIT:
+        raise ValueError(f"network_dim must be a multiple of {DYLORA_UNIT} (the DyLoRA unit) for dylora, "
+                         f"got {t.network_dim}")
+    if t.network_type == "diag-oft" and t.network_dim != 2:
+        raise ValueError(f"network_dim must be 2 for diag-oft (rules.md §12: 1-2; LyCORIS's dim is the block size "
+                         f"and 1x1 blocks cannot rotate), got {t.network_dim}")
+    lr = t.learning_rate
+    if t.network_type == "ia3" and t.optimizer != "prodigy" and lr is not None and not IA3_LR[0] <= lr <= IA3_LR[1]:
+        raise ValueError(f"learning_rate must be between {IA3_LR[0]} and {IA3_LR[1]} for ia3 with {t.optimizer} "
+                         f"(rules.md §12), got {lr}")
+
+
 class TrainParams(_Section):
     # A named profile fills the fields the recipe leaves out (see TRAIN_PROFILES).
     profile: Literal["none", "sd15_8gb", "sdxl_12gb", "large_gpu"] = "none"
@@ -384,7 +405,8 @@ class TrainParams(_Section):
     # model says (a checkpoint's `v_pred`/`ztsnr` keys or modelspec, a diffusers folder's scheduler config).
     v_parameterization: bool | None = None
     zero_terminal_snr: bool | None = None
-    network_type: Literal["lora", "locon", "dora", "loha", "lokr"] = "lora"
+    # ia3, dylora, diag-oft: LyCORIS's modules (rules.md §12); left out, dylora's dim/alpha are 64/32, diag-oft's dim 2.
+    network_type: Literal["lora", "locon", "dora", "loha", "lokr", "ia3", "dylora", "diag-oft"] = "lora"
     network_dim: Annotated[int, Field(gt=0)] = 32
     network_alpha: Annotated[float, Field(gt=0)] = 16.0
     conv_dim: Annotated[int, Field(gt=0, le=64)] = 16
@@ -394,7 +416,7 @@ class TrainParams(_Section):
     epochs: Annotated[int, Field(gt=0)] = 8
     batch_size: Annotated[int, Field(gt=0)] = 1
     optimizer: Literal["prodigy", "adamw", "adamw8bit", "came"] = "prodigy"
-    # None: the guide's default for the optimizer (Prodigy 1.0, AdamW 1e-4).
+    # None: the guide's default for the optimizer (Prodigy 1.0, AdamW 1e-4; IA3 with AdamW/CAME 5e-3).
     learning_rate: Annotated[float, Field(gt=0)] | None = None
     unet_lr: Annotated[float, Field(gt=0)] | None = None  # None: learning_rate
     text_encoder_lr: Annotated[float, Field(gt=0)] | None = None  # None: learning_rate
@@ -437,10 +459,18 @@ class TrainParams(_Section):
             return {**TRAIN_PROFILES[data["profile"]], **data}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _network_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("network_type") in NETWORK_DEFAULTS:
+            return {**NETWORK_DEFAULTS[data["network_type"]], **data}
+        return data
+
     @model_validator(mode="after")
     def _combinations(self) -> "TrainParams":
         if self.network_type in ("loha", "lokr") and self.network_dim > 32:
             raise ValueError(f"network_dim must be <= 32 for {self.network_type} (rules.md §12), got {self.network_dim}")
+        _check_lycoris_network(self)
         if self.network_type == "dora" and self.optimizer == "adamw8bit":
             raise ValueError("dora with adamw8bit is not supported: use adamw or prodigy")
         if not (self.train_unet or self.train_text_encoder):
@@ -459,7 +489,9 @@ class TrainParams(_Section):
     def effective_learning_rate(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
-        return 1.0 if self.optimizer == "prodigy" else 1e-4
+        if self.optimizer == "prodigy":
+            return 1.0
+        return IA3_LR[0] if self.network_type == "ia3" else 1e-4
 
     @property
     def effective_lr_scheduler(self) -> str:
@@ -607,7 +639,8 @@ class CaptionParams(_Section):
 
 class RepeatsParams(_Section):
     # rules.md §8 multipliers on target_steps: x1/2 SDXL, x3/5 when train.min_snr_gamma or
-    # train.ip_noise_gamma is set, x1/3 for old anime / low-res screencaps.
+    # train.ip_noise_gamma is set, x1/3 for old anime / low-res screencaps; x1/2 with train.network_type "ia3"
+    # (rules.md §12: IA3 needs half the steps).
     sdxl: bool = False
     snr_multiplier: bool = True
     old_anime: bool = False

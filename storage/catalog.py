@@ -23,6 +23,7 @@ import duckdb
 
 CATALOG_FILE = "catalog.duckdb"
 LOCK_WAIT_S = 120.0  # every holder opens, writes and closes within seconds
+INTERACTIVE_WAIT_S = 3.0  # a person at the review studio or `bakery edit` waits this long, then is told why
 
 # (version, statements). Append new versions; never edit a released one.
 MIGRATIONS: list[tuple[int, str]] = [
@@ -407,9 +408,9 @@ MIGRATIONS: list[tuple[int, str]] = [
 SCHEMA_VERSION = max(v for v, _ in MIGRATIONS)
 
 
-def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+def _connect(path: Path, read_only: bool, wait_s: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
     """Connect, waiting while another process holds the file (a sweep's flow runs share it)."""
-    deadline, pause = time.monotonic() + LOCK_WAIT_S, 0.05
+    deadline, pause = time.monotonic() + wait_s, 0.05
     while True:
         try:
             return duckdb.connect(str(path), read_only=read_only)
@@ -452,8 +453,10 @@ class Catalog:
     @classmethod
     @contextmanager
     def open(
-        cls, path: Path | str, migrations: Sequence[tuple[int, str]] = MIGRATIONS, read_only: bool = False
+        cls, path: Path | str, migrations: Sequence[tuple[int, str]] = MIGRATIONS, read_only: bool = False,
+        wait_s: float = LOCK_WAIT_S,
     ) -> Iterator["Catalog"]:
+        """`wait_s`: how long to wait for another process's hold; interactive callers (edits, review) wait briefly."""
         path = Path(path)
         if path.is_dir():
             path = path / CATALOG_FILE
@@ -462,7 +465,7 @@ class Catalog:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() and path.stat().st_size == 0:
             path.unlink()  # an empty file holds nothing: start a fresh catalog there
-        con = _connect(path, read_only)
+        con = _connect(path, read_only, wait_s)
         try:
             catalog = cls(con, path)
             if not read_only:

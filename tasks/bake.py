@@ -19,7 +19,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from tqdm import tqdm
 
 from bakery.craft import bake as craft
-from bakery.craft import kohya_lora
+from bakery.craft import kohya_lora, lycoris_net
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet, digest
 from bakery.recipe import BucketParams, TrainParams, ValidationParams
 from storage import Catalog
@@ -159,4 +159,4 @@ def bake(inputs: TrainSet, params_json: str, workdir: str, run_id: str, workers:
     return StageResult(images=images, n_in=len(images), n_processed=len(images), payload=output)
 
 
-BAKE = Stage("bake", bake, caching.code_version(craft, kohya_lora, sys.modules[__name__]))
+BAKE = Stage("bake", bake, caching.code_version(craft, kohya_lora, lycoris_net, sys.modules[__name__]))

@@ -146,7 +146,8 @@ def holdout_settings(data: dict) -> holdout_craft.HoldOutSettings:
 def repeat_settings(cfg: dict) -> craft.RepeatSettings:
     rep, train = RepeatsParams.model_validate(cfg["repeats"]), cfg["train"]
     mult = repeats_craft.multiplier(
-        rep.sdxl, rep.snr_multiplier and (train["min_snr_gamma"] > 0 or train["ip_noise_gamma"] > 0), rep.old_anime
+        rep.sdxl, rep.snr_multiplier and (train["min_snr_gamma"] > 0 or train["ip_noise_gamma"] > 0), rep.old_anime,
+        ia3=train.get("network_type") == "ia3",
     )
     return craft.RepeatSettings(train["epochs"], train["optimizer"], mult, rep.main_concept)
 

@@ -168,23 +168,31 @@ def test_sdxl_file_in_kohya_sgm_names_reproduces_the_network(tmp_path):
     path = tmp_path / "xl.safetensors"
     K.save_kohya(path, tensors, {})
 
-    def outputs(pipe):
-        g = torch.Generator().manual_seed(0)
-        x, emb = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 64, generator=g)
-        cond = {"text_embeds": torch.randn(1, 32, generator=g), "time_ids": torch.randn(1, 6, generator=g)}
-        ids = pipe.tokenizer(["bakery_girl"], padding="max_length", max_length=77, return_tensors="pt").input_ids
-        with torch.no_grad():
-            return (pipe.unet(x, 10, emb, added_cond_kwargs=cond).sample, pipe.text_encoder(ids)[0],
-                    pipe.text_encoder_2(ids)[0])
+    taster, base = check_sdxl_file(folder, path, trained, tensors, min_effect=0.05)
+    taster.set_weight(0.0)
+    assert all(torch.equal(g, b) for g, b in zip(sdxl_outputs(taster.pipe), base))
 
-    expected = outputs(trained)
+
+def sdxl_outputs(pipe):
+    """The tiny SDXL's UNet prediction and both text encoders' hidden states for fixed inputs."""
+    g = torch.Generator().manual_seed(0)
+    x, emb = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 64, generator=g)
+    cond = {"text_embeds": torch.randn(1, 32, generator=g), "time_ids": torch.randn(1, 6, generator=g)}
+    ids = pipe.tokenizer(["bakery_girl"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return (pipe.unet(x, 10, emb, added_cond_kwargs=cond).sample, pipe.text_encoder(ids)[0],
+                pipe.text_encoder_2(ids)[0])
+
+
+def check_sdxl_file(folder, path, trained, tensors, min_effect):
+    """The file applied by the Taster at weight 1 gives the trained pipeline's outputs; returns (taster, base)."""
+    expected = sdxl_outputs(trained)
     taster = Taster(str(folder), "sdxl", device="cpu")
-    base = outputs(taster.pipe)
+    base = sdxl_outputs(taster.pipe)
     taster.load_lora(path, "xl")
     assert len(taster.merged.parts) == len(lycoris.by_module(tensors))
     taster.set_weight(1.0)
-    for g, want, b in zip(outputs(taster.pipe), expected, base):
-        assert (g - b).abs().max() > 0.05
+    for g, want, b in zip(sdxl_outputs(taster.pipe), expected, base):
+        assert (g - b).abs().max() > min_effect
         assert (g - want).abs().max() < 0.01 * max(1.0, want.abs().max().item())
-    taster.set_weight(0.0)
-    assert all(torch.equal(g, b) for g, b in zip(outputs(taster.pipe), base))
+    return taster, base

@@ -113,7 +113,7 @@ def test_validation_loss_is_measured_against_the_velocity(work, vpred_model):
     with torch.no_grad():
         got = B.validation_picture_loss(t, s, 4)
         lat = t.validation_latents[f"{s.image.image_hash}:{s.bucket}"].repeat(4, 1, 1, 1)
-        noise = torch.randn(lat.shape, generator=B._seeded(t.params.seed, 0, f"validation:{s.image.image_hash}"))
+        noise = torch.randn(lat.shape, generator=B.seeded(t.params.seed, 0, f"validation:{s.image.image_hash}"))
         steps = torch.tensor(B.validation_timesteps(4, 1000))
         a = t.noise_sched.alphas_cumprod[steps].view(-1, 1, 1, 1)
         noisy = a.sqrt() * lat + (1 - a).sqrt() * noise

@@ -1,4 +1,5 @@
-"""LoRA training (rules.md §12) with diffusers + peft: data, noise, loss, optimizer, resumable state.
+"""LoRA training (rules.md §12) with diffusers + peft (LyCORIS for IA3/DyLoRA/Diag-OFT): data, noise, loss,
+optimizer, resumable state.
 
 Pure: no Prefect. `bake()` trains one network on a TrainSet and calls back per
 step and per epoch; the stage (tasks/bake.py) turns those into a progress bar,
@@ -30,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from bakery.craft import kohya_lora as K
+from bakery.craft import lycoris_net as LN
 from bakery.craft import prediction as P
+from bakery.craft import single_file
 from bakery.craft.buckets import bucket_resolutions, fit_to_bucket, select_bucket
 from bakery.manifest import TrainImage, TrainSet
 
@@ -106,6 +109,27 @@ def _detect_single_file_architecture(path: Path) -> str:
         return "sdxl" if any(k.startswith("conditioner.embedders.1") for k in keys) else "sd15"
 
 
+def _refuse_unsupported(path: Path, base_model: str) -> None:
+    """A file or diffusers folder that is not an SD1.5/SDXL text-to-image model: one line saying what it is."""
+    from bakery.craft import checkpoint
+
+    if path.is_file() and path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            shape = lambda k: tuple(f.get_slice(k).get_shape())  # noqa: E731
+            reason = checkpoint.refusal(checkpoint.kind_of(f.keys(), shape), shape)
+    elif path.is_dir() and (path / "model_index.json").exists():
+        unet = path / "unet" / "config.json"
+        channels = json.loads(unet.read_text()).get("in_channels") if unet.exists() else None
+        reason = checkpoint.folder_refusal(json.loads((path / "model_index.json").read_text()).get("_class_name", ""),
+                                           channels)
+    else:
+        return
+    if reason:
+        raise BakeError(f"train.base_model {base_model!r} is {reason}")
+
+
 def load_base(base_model: str | None, workdir: Path, *, vae: str | None = None, architecture: str = "auto",
               words: list[str] = ()) -> Base:  # type: ignore[assignment]
     """The base pipeline: `tiny`, a single `.safetensors` checkpoint, a diffusers folder or a hub id."""
@@ -124,13 +148,14 @@ def load_base(base_model: str | None, workdir: Path, *, vae: str | None = None, 
     else:
         path = Path(base_model).expanduser()
         try:
+            _refuse_unsupported(path, base_model)
             if path.is_file():
                 if path.suffix not in (".safetensors", ".ckpt"):
                     raise BakeError(f"train.base_model {base_model!r}: expected a .safetensors checkpoint")
                 arch = architecture if architecture != "auto" else _detect_single_file_architecture(path)
                 cls = StableDiffusionXLPipeline if arch == "sdxl" else StableDiffusionPipeline
                 kw = {} if arch == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
-                pipe = cls.from_single_file(str(path), **kw)
+                pipe = single_file.load_single_file(cls, path, single_file.config_for(path, arch), **kw)  # offline
             elif path.is_dir() or not _looks_like_hub_id(base_model):
                 if not (path / "model_index.json").exists():
                     raise BakeError(f"train.base_model {base_model!r}: no such file, and not a diffusers folder "
@@ -155,7 +180,8 @@ def load_base(base_model: str | None, workdir: Path, *, vae: str | None = None, 
 
         try:
             vpath = Path(vae).expanduser()
-            pipe.vae = (AutoencoderKL.from_single_file(str(vpath)) if vpath.is_file()
+            pipe.vae = (AutoencoderKL.from_single_file(str(vpath), config=str(single_file.shipped_config(arch)),
+                                                       subfolder="vae", local_files_only=True) if vpath.is_file()
                         else AutoencoderKL.from_pretrained(str(vpath)))
         except Exception as exc:
             raise BakeError(f"cannot load train.vae {vae!r}: {type(exc).__name__}: {exc}") from exc
@@ -611,15 +637,18 @@ def attach_network(base: Base, params: Any, spec: K.NetworkSpec) -> list[tuple[s
     # The network's initial weights (lora_down is random) come from the seed alone, whatever loading
     # the base model drew from the global generator before.
     torch.manual_seed(params.seed)
-    if params.train_unet:
-        t = K.find_targets(unet, "unet", spec, sgm=arch == "sdxl")
-        unet.add_adapter(K.peft_config(t, spec))
-        network.append(("lora_unet", unet, t))
+    parts = [("lora_unet", unet, "unet")] if params.train_unet else []
     if params.train_text_encoder:
-        for prefix, te in zip(K.te_prefixes(arch), _text_encoders(base)):
-            t = K.find_targets(te, "te", spec)
-            te.add_adapter(K.peft_config(t, spec))
-            network.append((prefix, te, t))
+        parts += [(prefix, te, "te") for prefix, te in zip(K.te_prefixes(arch), _text_encoders(base))]
+    for prefix, model, kind in parts:
+        sgm = arch == "sdxl" and kind == "unet"
+        if LN.is_lycoris_type(spec.network_type):  # IA3, DyLoRA, Diag-OFT: LyCORIS's own modules
+            t = LN.find_targets(model, kind, spec, sgm=sgm)
+            LN.attach(model, prefix, t, spec)
+        else:
+            t = K.find_targets(model, kind, spec, sgm=sgm)
+            model.add_adapter(K.peft_config(t, spec))
+        network.append((prefix, model, t))
     if not network:
         raise BakeError("train.train_unet and train.train_text_encoder are both off: nothing to train")
     for _, model, _t in network:  # trainable weights in fp32 (mixed precision only for the frozen base)
@@ -807,6 +836,7 @@ def training_step(t: Training, batch: list[Sample], step: int) -> tuple[float, f
                                 caption_dropout_rate=p.caption_dropout_rate, tag_dropout_rate=p.tag_dropout_rate,
                                 token_warmup_min=p.token_warmup_min, token_warmup_step=p.token_warmup_step,
                                 step=step - 1) for s in batch]
+    LN.set_step([m for _p, m, _t in t.network], p.seed, step)  # DyLoRA: the ranks this step trains
     lat = t.latents.batch([(t.image_path(s.image.image_hash), s, f) for s, f in zip(batch, flips)])
     lat = lat.to(t.prec.device, torch.float32)
     noise, timesteps, noisy = noised_latents(t, lat, gen)
@@ -933,23 +963,33 @@ def save_epoch(t: Training, path: Path, *, name: str, epoch: int, step: int, bak
 
     tensors: dict[str, Any] = {}
     for prefix, model, targets in t.network:
-        tensors.update(K.peft_to_kohya(get_peft_model_state_dict(model), prefix, targets, t.spec))
+        if LN.is_lycoris_type(t.spec.network_type):
+            tensors.update(LN.file_tensors(model))
+        else:
+            tensors.update(K.peft_to_kohya(get_peft_model_state_dict(model), prefix, targets, t.spec))
     meta = epoch_metadata(t, name=name, epoch=epoch, step=step, bake_key=bake_key)
     K.save_kohya(path, tensors, meta, t.params.save_precision)
     return str(path)
 
 
+def network_state(model: Any) -> dict[str, Any]:
+    """The trained weights of one model, on the CPU, as resuming reloads them."""
+    from peft import get_peft_model_state_dict
+
+    if LN.is_attached(model):
+        return LN.network_state(model)
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
 def save_state(path: Path, t: Training, *, bake_key: str, epoch: int, step: int, files: dict[int, str]) -> None:
     """What resuming after `epoch` needs: network, optimizer, schedule, loss scaler, the files so far."""
     import torch
-    from peft import get_peft_model_state_dict
 
     state = {
         "bake_key": bake_key,
         "epoch": epoch,
         "step": step,
-        "networks": {prefix: {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
-                     for prefix, model, _t in t.network},
+        "networks": {prefix: network_state(model) for prefix, model, _t in t.network},
         "optimizer": t.optimizer.state_dict(),
         "scheduler": t.scheduler.state_dict(),
         "scaler": t.scaler.state_dict() if t.scaler is not None else None,
@@ -972,9 +1012,12 @@ def resume_state(path: Path, t: Training, bake_key: str) -> tuple[int, dict[int,
     if state.get("bake_key") != bake_key:  # another bake's state: start afresh
         return 0, {}
     for prefix, model, _t in t.network:
-        res = set_peft_model_state_dict(model, state["networks"][prefix])
-        if res.unexpected_keys:
-            raise BakeError(f"training state {path} does not match the network: {res.unexpected_keys[:3]}")
+        if LN.is_attached(model):
+            bad = LN.load_network_state(model, state["networks"][prefix])
+        else:
+            bad = set_peft_model_state_dict(model, state["networks"][prefix]).unexpected_keys
+        if bad:
+            raise BakeError(f"training state {path} does not match the network: {bad[:3]}")
     t.optimizer.load_state_dict(state["optimizer"])
     t.scheduler.load_state_dict(state["scheduler"])
     if t.scaler is not None and state.get("scaler"):

@@ -41,6 +41,10 @@ NETWORKS: dict[str, tuple[str, list[str]]] = {
     "dora": ("lycoris.kohya", ["algo=lora", "dora_wd=True"]),
     "loha": ("lycoris.kohya", ["algo=loha", "conv_dim={conv_dim}", "conv_alpha={conv_alpha}"]),
     "lokr": ("lycoris.kohya", ["algo=lokr", "conv_dim={conv_dim}", "conv_alpha={conv_alpha}"]),
+    # LyCORIS's own modules, on the layers our bake wraps (lycoris_net): ia3's preset, LoRA's layers (attn-mlp).
+    "ia3": ("lycoris.kohya", ["algo=ia3", "preset=ia3"]),
+    "dylora": ("lycoris.kohya", ["algo=dylora", "block_size=4", "preset=attn-mlp"]),
+    "diag-oft": ("lycoris.kohya", ["algo=diag-oft", "preset=attn-mlp"]),
 }
 # Our optimizers -> sd-scripts optimizer_type, optimizer_args and scheduler (rules.md §12).
 OPTIMIZERS: dict[str, tuple[str, list[str], str]] = {

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-NETWORK_TYPES = ("lora", "locon", "dora", "loha", "lokr")
+NETWORK_TYPES = ("lora", "locon", "dora", "loha", "lokr", "ia3", "dylora", "diag-oft")  # the last three: lycoris_net
 CONV_TYPES = ("locon", "loha", "lokr")  # network types that also cover the ResNet convs
 
 UNET_ATTENTION_CLASSES = ("Transformer2DModel",)
@@ -190,6 +190,8 @@ def peft_config(targets: Targets, spec: NetworkSpec) -> Any:
         return LoraConfig(lora_alpha=spec.alpha, init_lora_weights=True, use_dora=spec.network_type == "dora", **common)
     if spec.network_type == "loha":
         return LoHaConfig(alpha=spec.alpha, init_weights=True, **common)
+    if spec.network_type != "lokr":
+        raise ValueError(f"{spec.network_type} is trained with LyCORIS's modules (lycoris_net), not peft")
     return LoKrConfig(alpha=spec.alpha, init_weights=True, decompose_both=False, **common)
 
 
@@ -289,6 +291,12 @@ def network_module_and_args(spec: NetworkSpec) -> tuple[str, dict[str, str]]:
         return "networks.lora", {"conv_dim": str(spec.conv_dim), "conv_alpha": str(spec.conv_alpha)}
     if spec.network_type == "dora":
         return "lycoris.kohya", {"algo": "lora", "dora_wd": "True"}
+    if spec.network_type == "ia3":
+        return "lycoris.kohya", {"algo": "ia3", "preset": "ia3"}
+    if spec.network_type == "dylora":
+        return "lycoris.kohya", {"algo": "dylora", "block_size": "4", "preset": "attn-mlp"}
+    if spec.network_type == "diag-oft":
+        return "lycoris.kohya", {"algo": "diag-oft", "preset": "attn-mlp"}
     args = {"algo": spec.network_type, "conv_dim": str(spec.conv_dim), "conv_alpha": str(spec.conv_alpha)}
     return "lycoris.kohya", args
 

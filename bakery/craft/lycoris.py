@@ -1,4 +1,5 @@
-"""LyCORIS LoHa and LoKr files applied by our own code (diffusers' `load_lora_weights` refuses them).
+"""LyCORIS LoHa, LoKr, IA3 and Diag-OFT files applied by our own code (diffusers' `load_lora_weights`
+refuses them; DyLoRA files are plain LoRA files, which diffusers loads).
 
 ΔW at weight 1, as LyCORIS (`lycoris/functional/loha.py`, `lokr.py`) and ComfyUI
 (`comfy/weight_adapter/loha.py`, `lokr.py`) compute it from the file's tensors:
@@ -8,6 +9,12 @@
 - LoKr: `kron(w1, w2)`, each factor either full (`lokr_w1`) or a product (`lokr_w1_a @ lokr_w1_b`,
   `lokr_w2_a @ lokr_w2_b`, or Tucker with `lokr_t2`); scale `alpha/rank` where a factor is a product
   (rank = its `_b.shape[0]`), 1 where both are full (our files carry peft's scale in `lokr_w2` there).
+
+- IA3 (`weight`, `on_input`): `W0 * w`, w along the output rows (on_input 0) or the input columns (1),
+  as A1111 (network_ia3.py) and LyCORIS (`modules/ia3.py`) compute it.
+- Diag-OFT (`oft_blocks` (n, s, s), `alpha` = the norm constraint, 0 = none): `(R - I) W0` blockwise,
+  R = (I + Q)(I - Q)^-1 with Q = blocks - blocksᵀ, as ComfyUI (`weight_adapter/oft.py`) and LyCORIS do.
+  The two depend on W0: at weight w both give W0 + w * ΔW, as every reader applies them.
 
 ΔW is reshaped to the module's weight (convs: `(out, in * kh * kw)` -> `(out, in, kh, kw)`). The network
 is merged into the model's weights; the original weights are kept (on the CPU) so that any weight is one
@@ -25,11 +32,11 @@ from bakery.craft import kohya_lora as K
 if TYPE_CHECKING:
     import torch
 
-SUFFIXES = ("hada_", "lokr_")  # tensor names of the networks this module applies
+SUFFIXES = ("hada_", "lokr_", "oft_blocks", "on_input")  # tensor names of the networks this module applies
 
 
 def is_lycoris(keys: Iterable[str]) -> bool:
-    """A file holding LoHa or LoKr tensors (its tensor names after the module name)."""
+    """A file holding LoHa, LoKr, IA3 or Diag-OFT tensors (its tensor names after the module name)."""
     return any(k.split(".", 1)[-1].startswith(SUFFIXES) for k in keys)
 
 
@@ -82,15 +89,47 @@ def lokr_delta(f: Mapping[str, "torch.Tensor"]) -> "torch.Tensor":
     return torch.kron(w1, w2.contiguous()) * scale
 
 
-def delta_weight(factors: Mapping[str, "torch.Tensor"], shape: Iterable[int]) -> "torch.Tensor":
-    """ΔW at weight 1 of one module, in fp32, in the shape of the module's weight."""
+def ia3_delta(f: Mapping[str, "torch.Tensor"], w0: "torch.Tensor") -> "torch.Tensor":
+    """IA3 ΔW at weight 1: the original weight scaled along its output rows or (on_input) its input columns."""
+    w = f["weight"].reshape(-1)
+    if float(f["on_input"]):
+        return w0 * w.reshape(1, -1, *([1] * (w0.dim() - 2)))
+    return w0 * w.reshape(-1, *([1] * (w0.dim() - 1)))
+
+
+def oft_delta(f: Mapping[str, "torch.Tensor"], w0: "torch.Tensor") -> "torch.Tensor":
+    """Diag-OFT ΔW at weight 1: (R - I) applied blockwise to the original weight's output rows."""
+    import torch
+
+    blocks = f["oft_blocks"]
+    n, size, _ = blocks.shape
+    q = blocks - blocks.transpose(1, 2)
+    constraint = float(f["alpha"]) if "alpha" in f else 0.0
+    if constraint > 0:
+        norm = torch.norm(q) + 1e-8
+        if norm > constraint:
+            q = q * constraint / norm
+    eye = torch.eye(size, device=blocks.device, dtype=blocks.dtype)
+    r = (eye + q) @ torch.linalg.inv(eye - q)
+    rest = w0.shape[1:]
+    return torch.einsum("k n m, k n ... -> k m ...", r - eye, w0.reshape(n, size, *rest)).reshape(w0.shape)
+
+
+def delta_weight(factors: Mapping[str, "torch.Tensor"], shape: Iterable[int],
+                 w0: "torch.Tensor | None" = None) -> "torch.Tensor":
+    """ΔW at weight 1 of one module, in fp32, in the shape of the module's weight (`w0`: the original
+    weight, which IA3 and Diag-OFT scale or rotate)."""
     f = {k: v.float() for k, v in factors.items()}
     if any(k.startswith("hada_") for k in f):
         delta = loha_delta(f)
     elif any(k.startswith("lokr_") for k in f):
         delta = lokr_delta(f)
+    elif w0 is not None and "on_input" in f:
+        delta = ia3_delta(f, w0.float())
+    elif w0 is not None and "oft_blocks" in f:
+        delta = oft_delta(f, w0.float())
     else:
-        raise ValueError(f"not a LoHa or LoKr module: tensors {sorted(f)}")
+        raise ValueError(f"not a LoHa, LoKr, IA3 or Diag-OFT module (or no original weight): tensors {sorted(f)}")
     return delta.reshape(tuple(shape))
 
 
@@ -112,7 +151,7 @@ def kohya_modules(models: Mapping[str, Any], architecture: str) -> dict[str, Any
 
 
 class MergedNetwork:
-    """A LoHa/LoKr file merged into the models' weights at a settable weight; `remove()` restores them."""
+    """A LoHa/LoKr/IA3/Diag-OFT file merged into the models' weights at a settable weight; `remove()` restores them."""
 
     def __init__(self, tensors: Mapping[str, "torch.Tensor"], modules: Mapping[str, Any]):
         groups = by_module(tensors)
@@ -137,7 +176,7 @@ class MergedNetwork:
                 if weight == 0:
                     module.weight.copy_(w0)
                 else:
-                    delta = delta_weight(factors, w0.shape)
+                    delta = delta_weight(factors, w0.shape, w0)
                     module.weight.copy_((w0.float() + weight * delta).to(w0.dtype))
         self.weight = float(weight)
 

@@ -17,11 +17,13 @@ MIN_OUTFIT_IMAGES = 8  # rules.md §8: fewer go to misc
 SDXL = 1 / 2
 SNR_OR_IP_NOISE = 3 / 5
 OLD_ANIME = 1 / 3
+IA3 = 1 / 2
 
 
-def multiplier(sdxl: bool = False, snr_or_ip_noise: bool = False, old_anime: bool = False) -> float:
-    """The guide's step multipliers: x1/2 SDXL, x3/5 min-SNR or ip-noise gamma, x1/3 old anime/low-res screencaps."""
-    m = 1.0
+def multiplier(sdxl: bool = False, snr_or_ip_noise: bool = False, old_anime: bool = False, ia3: bool = False) -> float:
+    """The guide's step multipliers: x1/2 SDXL, x3/5 min-SNR or ip-noise gamma, x1/3 old anime/low-res screencaps,
+    x1/2 IA3 (rules.md §12)."""
+    m = IA3 if ia3 else 1.0
     if sdxl:
         m *= SDXL
     if snr_or_ip_noise:

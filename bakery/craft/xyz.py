@@ -4,7 +4,7 @@ The base pipeline is loaded once per evaluation. Each epoch's kohya-format file
 (the file users publish) is loaded with diffusers' `load_lora_weights` as a
 named adapter, its weight changed in place with `set_adapters` for every
 column, and deleted before the next epoch: the base weights are never reloaded.
-LoHa/LoKr files (which diffusers refuses) are merged by `lycoris.MergedNetwork`
+LoHa/LoKr/IA3/Diag-OFT files (which diffusers refuses) are merged by `lycoris.MergedNetwork`
 instead: each weight is a re-merge of the kept original weights, unloading restores them.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from bakery.craft import lycoris
+from bakery.craft import lycoris, single_file
 from bakery.craft import prediction as P
 
 SAMPLERS = ("euler_a", "euler", "dpmpp_2m", "dpmpp_2m_karras", "ddim")
@@ -75,7 +75,7 @@ def load_pipeline(base_model: str, architecture: str, device: str = "auto") -> t
         if path.is_dir():
             pipe = cls.from_pretrained(str(path), **kwargs)
         elif path.is_file():
-            pipe = cls.from_single_file(str(path), **kwargs)
+            pipe = single_file.load_single_file(cls, path, single_file.config_for(path, architecture), **kwargs)
         elif path.suffix in (".safetensors", ".ckpt") or path.is_absolute() or base_model.startswith("."):
             raise ModelError(f"base model {base_model!r} does not exist: pass train.base_model as a diffusers "
                              "folder, a .safetensors checkpoint or a hub id")
@@ -97,7 +97,7 @@ def _placed(pipe: object, device: str) -> tuple[object, str]:
 
 
 def _lycoris_tensors(path: str | Path) -> dict | None:
-    """The tensors of a LoHa/LoKr file (None for a file diffusers loads: LoRA, LoCon, DoRA)."""
+    """The tensors of a LoHa/LoKr/IA3/Diag-OFT file (None for a file diffusers loads: LoRA, LoCon, DoRA, DyLoRA)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:

@@ -22,6 +22,7 @@ from bakery.manifest import ImageRef
 from bakery.recipe import Recipe
 from bakery.review import views
 from storage import Catalog
+from storage.catalog import INTERACTIVE_WAIT_S
 from tasks.prune import caption_settings, gather_sources  # read captions as the prune stage reads them
 
 CATALOG_LOCK = threading.RLock()
@@ -34,7 +35,7 @@ class CatalogBusy(RuntimeError):
 @contextmanager
 def reading(workdir: Path) -> Iterator[Catalog]:
     with CATALOG_LOCK:
-        opened = Catalog.open(workdir, read_only=True)
+        opened = Catalog.open(workdir, read_only=True, wait_s=INTERACTIVE_WAIT_S)
         try:
             cat = opened.__enter__()
         except FileNotFoundError:
