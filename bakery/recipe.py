@@ -305,6 +305,29 @@ class MaskParams(_Section):
         return self
 
 
+class CropsParams(_Section):
+    """rules.md §7-§8: framing from a detector, face crops of full-body pictures, the framing balance."""
+
+    enabled: bool = True
+    # deepghs ONNX YOLO detectors (imgutils' face / head / person / half-body models, `model.onnx`).
+    # No face_model and no head_model: AnimeFace (python-animeface) finds faces when installed.
+    face_model: Path | None = None
+    head_model: Path | None = None
+    person_model: Path | None = None
+    halfbody_model: Path | None = None
+    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.25
+    iou: Annotated[float, Field(gt=0, le=1)] = 0.7
+    # A full-body picture whose face is shorter than this after bucketing gets portrait / upper-body crops.
+    min_face_px: Annotated[int, Field(ge=1)] = 64
+    # Crops with a shorter side than this (in the picture's pixels) are not made.
+    min_crop_side: Annotated[int, Field(ge=16)] = 256
+    # rules.md §8: portraits (above the heart) train in the concept named `misc_concept`.
+    portraits_to_misc: bool = False
+    misc_concept: str = "misc"
+    # Keep the detected face inside kohya's bucket crop (the buckets stage pre-crops where it must).
+    keep_faces: bool = True
+
+
 class BucketParams(_Section):
     resolution: Annotated[int, Field(ge=64)] = 512
     min_side: Annotated[int, Field(ge=64)] = 256
@@ -754,6 +777,7 @@ class Recipe(_Section):
     trim: TrimParams = TrimParams()
     upscale: UpscaleParams = UpscaleParams()
     masks: MaskParams = MaskParams()
+    crops: CropsParams = CropsParams()
     buckets: BucketParams = BucketParams()
     train: TrainParams = TrainParams()
     regularisation: RegularisationParams = RegularisationParams()
@@ -797,6 +821,13 @@ class Recipe(_Section):
         main = self.repeats.main_concept
         if main is not None and main not in [c.name for c in self.concepts]:
             raise ValueError(f"repeats.main_concept '{main}' is not a concept name")
+        return self
+
+    @model_validator(mode="after")
+    def _misc_exists(self) -> "Recipe":
+        misc = self.crops.misc_concept
+        if self.crops.portraits_to_misc and misc not in [c.name for c in self.concepts]:
+            raise ValueError(f"crops.portraits_to_misc: no concept named '{misc}' (add it or set crops.misc_concept)")
         return self
 
     @model_validator(mode="after")

@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 UPSCALE_REPORT = "reports/upscale.md"
-UPSCALE_LISTING = "reports/upscale.json"  # the upscale stage's list: every upscaled picture with its factor
+UPSCALE_LISTING = "reports/upscale.json"
+FRAMING_REPORT = "reports/framing.md"
+FRAMING_LISTING = "reports/framing.json"  # the crops stage's framing balance per concept and its crops
+FRAMINGS = ("portrait", "upper_body", "cowboy_shot", "full_body")  # the upscale stage's list: every upscaled picture with its factor
 
 # The picture account (bakery/account.py) reads across: in + split = out + skipped.
 STAGE_COLUMNS = ("stage", "status", "n_in", "n_split", "n_out", "n_skipped", "n_lost", "n_processed", "duration_s")
@@ -82,6 +85,23 @@ def upscale_line(workdir: str | Path, stages: list[dict[str, Any]], names: int =
     few = ", ".join(f"{u['name']} {u['factor'] or 0:.1f}x" for u in ups[:names])
     more = f", {len(ups) - names} more" if len(ups) > names else ""
     return f"upscaled {len(ups)} picture(s) ({few}{more}); each with its factor in {Path(workdir) / UPSCALE_REPORT}"
+
+
+def framing_lines(workdir: str | Path, stages: list[dict[str, Any]]) -> list[str]:
+    """The crops stage's framing balance, one line per concept: counts and shares, then its suggestions."""
+    path = Path(workdir) / FRAMING_LISTING
+    if not any(s["stage"] == "crops" and s["status"] in ("ran", "cached") for s in stages) or not path.is_file():
+        return []
+    listing = json.loads(path.read_text(encoding="utf-8"))
+    lines = []
+    for b in listing["balance"]:
+        total = sum(b["counts"].get(f, 0) for f in FRAMINGS) or 1
+        shares = ", ".join(f"{f} {b['counts'].get(f, 0)} ({100 * b['counts'].get(f, 0) / total:.0f}%)" for f in FRAMINGS)
+        advice = "; ".join(b["suggestions"]) or "balanced (about 1:1:1:1)"
+        lines.append(f"framing {b['concept']}: {shares}: {advice}")
+    if listing["crops"]:
+        lines.append(f"crops: {len(listing['crops'])} face crop(s) added; see {Path(workdir) / FRAMING_REPORT}")
+    return lines
 
 
 def stage_notes(stages: list[dict[str, Any]]) -> list[str]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 # The whole chain, in the guide's order; the flow runs the ones built so far.
 ALL_STAGES = (
-    "scrape", "ingest", "convert", "dedupe", "alpha", "trim", "upscale", "masks",
+    "scrape", "ingest", "convert", "dedupe", "alpha", "trim", "upscale", "crops", "masks",
     "buckets", "autotag", "prune", "regularisation", "trigger_check", "slide", "bake", "evaluate",
 )
 

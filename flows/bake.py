@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from bakery.craft.edits import Edit, crop_boxes, keep_list
+from bakery.craft.edits import Edit, crop_boxes, keep_list, resolve_boxes
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet
 from bakery.recipe import Recipe, load_recipe, stage_params_json
 from bakery.stages import Plan, plan_run
@@ -19,6 +19,7 @@ from tasks.autotag import AUTOTAG, autotag_params_json
 from tasks.bake import BAKE, bake_params_json
 from tasks.buckets import BUCKETS, buckets_params_json
 from tasks.convert import CONVERT
+from tasks.crops import CROPS, CropsOutput, crops_params_json, no_detector_note
 from tasks.dedupe import DEDUPE
 from tasks.edits import load_edits
 from tasks.evaluate import EVALUATE, evaluate_params_json
@@ -40,7 +41,7 @@ from tasks.upscale import UPSCALE, upscale_params_json
 
 # Stages built so far, in chain order. A stage not built is absent, not a no-op.
 GATHER = (INGEST, CONVERT, DEDUPE)
-PREPARE = (ALPHA, TRIM, UPSCALE, MASKS, BUCKETS)
+PREPARE = (ALPHA, TRIM, UPSCALE, CROPS, MASKS, BUCKETS)
 CAPTION = (AUTOTAG, PRUNE)
 BUILT = (SCRAPE.name, *(s.name for s in GATHER + PREPARE + CAPTION), REGULARISATION.name, TRIGGER_CHECK.name,
          SLIDE.name, BAKE.name, EVALUATE.name)
@@ -104,30 +105,51 @@ def prepare_params(recipe: Recipe, edits: list[Edit] = ()) -> dict[str, str]:
 
 
 def prepare(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str],
-            edits: list[Edit] = ()) -> list[ImageRef]:
-    """Clean originals to training images: alpha -> trim -> upscale -> masks -> buckets.
+            edits: list[Edit] = ()) -> tuple[list[ImageRef], CropsOutput | None]:
+    """Clean originals to training images: alpha -> trim -> upscale -> crops -> masks -> buckets.
 
-    A plain function in the main flow, not a subflow: a subflow's parameters (here
-    every image) would be sent to the Prefect API.
+    Buckets keeps each picture's box: its face from crops and the crop edits' boxes (these win). A plain
+    function in the main flow, not a subflow: a subflow's parameters (here every image) would be sent to
+    the Prefect API.
     """
     params = prepare_params(recipe, edits)
+    framed = None
     for stage in PREPARE:
         if stage.name not in stages:
             break
+        if stage is CROPS:
+            images, framed = frame(recipe, run, images, stage.name in refresh)
+            continue
+        if stage is BUCKETS:
+            faces = framed.keep_boxes if framed is not None and recipe.crops.keep_faces else {}
+            edited = resolve_boxes(crop_boxes(edits), {r.name: r.hash for r in images})  # by picture name: these win
+            params[stage.name] = buckets_params_json(recipe.buckets, {**faces, **edited})
         images = run_stage(stage, images, params[stage.name], run, stage.name in refresh).images
-    return images
+    return images, framed
+
+
+def frame(recipe: Recipe, run: RunInfo, images: list[ImageRef], refresh: bool) -> tuple[list[ImageRef], CropsOutput | None]:
+    """The crops stage (framing, face crops, the balance), or its skip with what to set when nothing can detect."""
+    params = crops_params_json(recipe)
+    if params is None:
+        skip_stage(run, CROPS.name, no_detector_note(recipe), len(images))
+        return images, None
+    result = run_stage(CROPS, images, params, run, refresh)
+    return result.images, result.payload
 
 
 def caption(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str],
-            edits: list[Edit] = ()):
-    """Prepared images to a TrainSet: autotag -> prune. Needs [[concepts]] (autotag alone runs with a model)."""
+            edits: list[Edit] = (), framed: CropsOutput | None = None):
+    """Prepared images to a TrainSet: autotag -> prune. Needs [[concepts]] (autotag alone runs with a model).
+    With `[crops] portraits_to_misc`, the pictures the crops stage framed as portraits go to the misc concept."""
     result = None
     if "autotag" in stages and (recipe.concepts or recipe.autotag.model):
         result = run_stage(AUTOTAG, images, autotag_params_json(recipe), run, "autotag" in refresh)
         images = result.images
     if "prune" in stages and recipe.concepts:
-        result = run_stage(PRUNE, call(caption_sources, images, run.workdir), prune_params_json(recipe, edits), run,
-                           "prune" in refresh)
+        portraits = [n for n, f in framed.framings.items() if f == "portrait"] if framed is not None else []
+        sources = call(caption_sources, images, run.workdir, portraits if recipe.crops.portraits_to_misc else [])
+        result = run_stage(PRUNE, sources, prune_params_json(recipe, edits), run, "prune" in refresh)
     return result
 
 
@@ -199,10 +221,10 @@ def bake_pictures(recipe_path: str, recipe: Recipe, run: RunInfo, plan: Plan, va
     with [[variants]] the bake and evaluate of each (flows/sweep.py)."""
     stages, refresh = list(plan.stages), sorted(plan.refresh)
     edits = call(load_edits, recipe_path, run.workdir)  # the review studio's: each stage gets its own
-    images = call(gather, recipe_path, run, stages, refresh, keep_list(edits))
+    images, framed = call(gather, recipe_path, run, stages, refresh, keep_list(edits)), None
     if PREPARE[0].name in stages:
-        images = prepare(recipe, run, images, stages, refresh, edits)
-    captioned = caption(recipe, run, images, stages, refresh, edits)
+        images, framed = prepare(recipe, run, images, stages, refresh, edits)
+    captioned = caption(recipe, run, images, stages, refresh, edits, framed)
     trainset = captioned.payload if captioned is not None and isinstance(captioned.payload, TrainSet) else None
     if trainset is None or not trainset.images:
         return

@@ -377,6 +377,32 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        16,
+        """
+        -- What the crops stage's detectors found (bakery/craft/detect.py), per picture content and detector.
+        CREATE TABLE detections (
+            image_hash VARCHAR NOT NULL,
+            detector VARCHAR NOT NULL,     -- role + the model file's sha256 (or 'animeface') + thresholds
+            n INTEGER NOT NULL,            -- detection index; -1: looked, found nothing
+            label VARCHAR,                 -- face | head | person | halfbody
+            score DOUBLE,
+            x0 DOUBLE, y0 DOUBLE, x1 DOUBLE, y1 DOUBLE,  -- pixels of the picture
+            hair VARCHAR,                  -- JSON [r, g, b] where the detector gives a hair colour
+            PRIMARY KEY (image_hash, detector, n)
+        );
+        -- Each picture's framing as a run's crops stage classified it (rules.md §7-§8).
+        CREATE TABLE framings (
+            run_id VARCHAR NOT NULL,
+            name VARCHAR NOT NULL,
+            image_hash VARCHAR NOT NULL,
+            concept VARCHAR NOT NULL,      -- '' = no concept's paths take it
+            framing VARCHAR NOT NULL,      -- portrait | upper_body | cowboy_shot | full_body | none
+            crop_of VARCHAR,               -- the parent picture's name for a crop the stage added
+            PRIMARY KEY (run_id, name)
+        );
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(v for v, _ in MIGRATIONS)
@@ -693,6 +719,32 @@ class Catalog:
                     nxt[h] = set(found)
             frontier = nxt
         return chains
+
+    def add_detections(self, rows: Iterable[dict[str, Any]]) -> int:
+        return self._insert("detections", rows)
+
+    def detections(self, detector: str, hashes: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        """image hash -> its detections by `detector` ([] = looked, found nothing); absent = not looked at."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        for row in self.rows("""SELECT * FROM detections WHERE detector = ? AND image_hash IN (SELECT unnest(?))
+                                ORDER BY image_hash, n""", [detector, list(hashes)]):
+            found.setdefault(row["image_hash"], [])
+            if row["n"] >= 0:
+                found[row["image_hash"]].append(row)
+        return found
+
+    def add_framings(self, run_id: str, rows: Iterable[dict[str, Any]]) -> int:
+        self.con.execute("DELETE FROM framings WHERE run_id = ?", [run_id])
+        return self._insert("framings", ({"run_id": run_id, **r} for r in rows), verb="INSERT")
+
+    def framings(self, run_id: str) -> list[dict[str, Any]]:
+        return self.rows("SELECT * FROM framings WHERE run_id = ? ORDER BY name", [run_id])
+
+    def crop_framings(self, hashes: Sequence[str]) -> dict[str, str]:
+        """Pictures the crops stage cut out (output hash -> the framing it was cut as)."""
+        return dict(self.con.execute(
+            """SELECT output_hash, json_extract_string(params, '$.framing') FROM derivations
+               WHERE stage = 'crops' AND output_hash IN (SELECT unnest(?))""", [list(hashes)]).fetchall())
 
     def tags_for(self, hashes: Sequence[str]) -> list[dict[str, Any]]:
         return self.rows(

@@ -23,13 +23,14 @@ from PIL import Image
 from prefect import get_run_logger, task
 
 from bakery.craft import eval_report as report_craft
+from bakery.craft import detect, face_judge
 from bakery.craft import evaluate as craft
 from bakery.craft import judge_report, judges, judging, ranking  # noqa: F401 (code version)
 from bakery.craft import likeness as likeness_craft
 from bakery.craft import lycoris, tasting, wd14, xyz
 from bakery.manifest import BakeOutput, StageResult, TrainSet, digest
 from bakery.recipe import EvaluateParams, Recipe
-from storage import Catalog
+from storage import Catalog, digest_file
 from tasks import caching
 from tasks.progress import StageProgress, _in_prefect_run
 from tasks.runlog import listed
@@ -88,7 +89,21 @@ def evaluate_params_json(recipe: Recipe) -> str:
         tagger = {"model": str(path) if local else model, "general": recipe.autotag.general_threshold,
                   "character": recipe.autotag.character_threshold,
                   "id": wd14.model_fingerprint(path) if local and (path / wd14.MODEL_FILE).is_file() else model}
-    return json.dumps({**data, "tagger": tagger}, sort_keys=True, separators=(",", ":"))
+    faces = face_spec_json(recipe)
+    return json.dumps({**data, "tagger": tagger, **({"faces": faces} if faces else {})}, sort_keys=True,
+                      separators=(",", ":"))
+
+
+def face_spec_json(recipe: Recipe) -> dict | None:
+    """The face judge's detector: `[crops] face_model` (else `head_model`) with its content hash, else AnimeFace."""
+    c = recipe.crops
+    for role in ("face", "head"):
+        path = getattr(c, f"{role}_model")
+        if path is not None:
+            path = recipe.resolve(path)
+            return {"kind": "onnx", "path": str(path), "key": f"crops.{role}_model", "confidence": c.confidence,
+                    "iou": c.iou, "sha256": digest_file(path).sha256 if path.is_file() else None}
+    return {"kind": "animeface"} if detect.animeface_available() else None
 
 
 def _prune_record(train: TrainSet, run: RunInfo) -> list[dict] | None:
@@ -103,16 +118,20 @@ def _prune_record(train: TrainSet, run: RunInfo) -> list[dict] | None:
 
 
 def judge_setup(train: TrainSet | None, bake: BakeOutput, run: RunInfo,
-                tagger: judging.TaggerSpec | None) -> judging.JudgeSetup:
-    """The tagger, and the training captions with what prune recorded for them."""
+                tagger: judging.TaggerSpec | None, faces: face_judge.FaceSpec | None = None,
+                references: dict[str, list[np.ndarray]] | None = None) -> judging.JudgeSetup:
+    """The tagger, the training captions with what prune recorded for them, the face detector and training images."""
     if train is None:
-        return judging.JudgeSetup(tagger)
+        return judging.JudgeSetup(tagger, faces=faces)
     captions = [(t.folder, t.caption) for t in train.images if not t.is_reg]
-    return judging.setup(tagger, captions, list(bake.triggers), _prune_record(train, run))
+    setup = judging.setup(tagger, captions, list(bake.triggers), _prune_record(train, run))
+    setup.faces, setup.face_training = faces, [im for ims in (references or {}).values() for im in ims]
+    return setup
 
 
 def taste_inputs(bake: BakeOutput, params: EvaluateParams, run: RunInfo, train: TrainSet | None,
-                 tagger: judging.TaggerSpec | None = None) -> tasting.TasteInputs:
+                 tagger: judging.TaggerSpec | None = None, faces: face_judge.FaceSpec | None = None
+                 ) -> tasting.TasteInputs:
     """Everything tasting reads: the bake's files (all must exist), the training images, the loss log."""
     if not bake.files:
         raise ValueError(f"bake {bake.name!r} produced no LoRA files to evaluate")
@@ -126,24 +145,25 @@ def taste_inputs(bake: BakeOutput, params: EvaluateParams, run: RunInfo, train: 
         loss_log = cat.bake_log(bake.bake_key)
         validation_log = cat.validation_loss(bake.bake_key)
     last_meta = tasting.read_metadata(files[epochs[-1]])
+    references = _references(train, list(bake.triggers), run, params.likeness_references)
     return tasting.TasteInputs(
         bake, files, epochs, tasting.evaluation_prompts(bake, train, params, last_meta), last_meta, train,
-        _references(train, list(bake.triggers), run, params.likeness_references),
-        loss_log, _train_buckets(train, run) if train else [], validation_log, judge_setup(train, bake, run, tagger),
+        references, loss_log, _train_buckets(train, run) if train else [], validation_log,
+        judge_setup(train, bake, run, tagger, faces, references),
     )
 
 
 def evaluate_bake(
     bake: BakeOutput, params: EvaluateParams, run: RunInfo, code_version: str, train: TrainSet | None = None,
-    tagger: judging.TaggerSpec | None = None,
+    tagger: judging.TaggerSpec | None = None, faces: face_judge.FaceSpec | None = None,
 ) -> Evaluation:
     """Read the bake's inputs -> tasting.taste -> write the grids, the report and the catalog rows."""
-    inputs = taste_inputs(bake, params, run, train, tagger)
+    inputs = taste_inputs(bake, params, run, train, tagger, faces)
     n_weights = len({float(w) for w in params.weights} | {0.0, 1.0})
     with StageProgress("evaluate", len(inputs.epochs) * n_weights * len(inputs.prompts) * len(params.seeds)) as progress:
         t = tasting.taste(inputs, params, on_cells=progress.advance)
     eval_key = digest({"bake": bake, "params": params.model_dump(mode="json"), "code": code_version,
-                       **({"tagger": tagger} if tagger else {})})[:16]
+                       **({"tagger": tagger} if tagger else {}), **({"faces": faces} if faces else {})})[:16]
     return _write_tasting(run, bake, inputs, t, eval_key)
 
 
@@ -202,9 +222,11 @@ def evaluate(
 ) -> StageResult:
     data = json.loads(params_json)
     tagger = _tagger(data.pop("tagger", None))
+    faces = data.pop("faces", None)
+    faces = face_judge.FaceSpec(**{k: v for k, v in faces.items() if k != "sha256"}) if faces else None
     params = EvaluateParams.model_validate(data)
     run = RunInfo(run_id, workdir, workers)
-    result = evaluate_bake(inputs, params, run, EVALUATE.code_version, train, tagger)
+    result = evaluate_bake(inputs, params, run, EVALUATE.code_version, train, tagger, faces)
     if _in_prefect_run():
         publish_artifacts(result)
     rec = result.recommendation
@@ -225,5 +247,5 @@ def _tagger(cfg: dict | None) -> judging.TaggerSpec | None:
 EVALUATE = Stage(
     "evaluate", evaluate,
     caching.code_version(craft, tasting, xyz, lycoris, likeness_craft, report_craft, judges, judging, ranking,
-                         judge_report, sys.modules[__name__]),
+                         judge_report, face_judge, sys.modules[__name__]),
 )

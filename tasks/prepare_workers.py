@@ -16,7 +16,7 @@ from PIL import Image
 from bakery.craft import alpha as alpha_craft
 from bakery.craft import trim as trim_craft
 from bakery.craft import upscale as upscale_craft
-from bakery.craft.buckets import BucketChoice, fit_to_bucket
+from bakery.craft.buckets import BucketChoice, fit_to_box
 from bakery.craft.convert import pixel_hash, png_bytes
 from bakery.manifest import ImageRef, Skip
 from storage import ContentStore, Digest
@@ -154,6 +154,8 @@ def _upscale_one(job: UpscaleJob) -> list[dict[str, Any]]:
 class SnapJob(ImageJob):
     bucket: tuple[int, int] = (512, 512)
     resized: tuple[int, int] = (512, 512)
+    box: tuple[int, int, int, int] | None = None  # the crop of the resized picture; None: kohya's centre crop
+    mode: str = "RGB"  # "L" for a loss mask
 
 
 def _snap_one(job: SnapJob) -> list[dict[str, Any]]:
@@ -161,7 +163,8 @@ def _snap_one(job: SnapJob) -> list[dict[str, Any]]:
     if im.size == job.bucket and job.pixel_hash:
         return _same(job, im)
     im.load()
-    return _stored(job, fit_to_bucket(im.convert("RGB"), BucketChoice(job.bucket, job.resized)))
+    choice = BucketChoice(job.bucket, job.resized)
+    return _stored(job, fit_to_box(im.convert(job.mode), choice, job.box or choice.crop_box))
 
 
 def alpha_one(job: AlphaJob) -> list[dict[str, Any]] | Skip:

@@ -36,6 +36,7 @@ from tasks.stage import RunInfo, Stage
 class PruneInput:
     images: list[ImageRef]
     sources_digest: str  # tags and sidecars of these images and their originals
+    portraits: tuple[str, ...] = ()  # pictures framed as portraits, for the misc concept ([crops] portraits_to_misc)
 
     def subjects(self) -> list[str]:
         return [r.name for r in self.images]
@@ -51,6 +52,8 @@ def prune_params_json(recipe: Recipe, edits: list[edits_craft.Edit] = ()) -> str
         "train": {k: getattr(recipe.train, k) for k in ("epochs", "optimizer", "min_snr_gamma", "ip_noise_gamma")},
         "validation": recipe.validation.model_dump(mode="json"),
     }
+    if recipe.crops.portraits_to_misc:
+        data["misc_concept"] = recipe.crops.misc_concept
     if concerned := edits_craft.concerning(edits, "prune"):
         data["edits"] = [e.key() for e in concerned]
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
@@ -74,13 +77,22 @@ def gather_sources(cat: Catalog, images: list[ImageRef]) -> tuple[dict[str, list
     return side, rows
 
 
+def crop_framings(cat: Catalog, images: list[ImageRef]) -> dict[str, str]:
+    """image hash -> the framing the crops stage cut it out as (its own or an ancestor's); "" for the rest."""
+    chains = cat.ancestors(sorted({r.hash for r in images}))
+    cut = cat.crop_framings(sorted({h for chain in chains.values() for h in chain}))
+    return {h: next((cut[a] for a in chain if a in cut), "") for h, chain in chains.items()}
+
+
 @task(name="caption-sources", cache_policy=NO_CACHE)
-def caption_sources(images: list[ImageRef], workdir: str) -> PruneInput:
+def caption_sources(images: list[ImageRef], workdir: str, portraits: list[str] | None = None) -> PruneInput:
     """The prune stage's input: the images plus a digest of their caption sources (read fresh each run)."""
     with Catalog.open(RunInfo("", workdir).catalog) as cat:
         side, rows = gather_sources(cat, images)
-    payload = {h: [side[h], [(r["tag"], r["category"], r["origin"], r["confidence"]) for r in rows[h]]] for h in side}
-    return PruneInput(sorted(images), digest(payload))
+        framings = crop_framings(cat, images)
+    payload = {h: [side[h], [(r["tag"], r["category"], r["origin"], r["confidence"]) for r in rows[h]]]
+               + ([framings[h]] if framings[h] else []) for h in side}
+    return PruneInput(sorted(images), digest(payload), tuple(sorted(portraits or ())))
 
 
 @task(name="prune")
@@ -95,12 +107,15 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
         return StageResult(images=images, n_in=len(images), payload=TrainSet([], []))
     with Catalog.open(run.catalog) as cat:
         side, rows = gather_sources(cat, images)
+        framings = crop_framings(cat, images)
         counts = cat.tag_post_counts(None)
-    pictures = {r.name: craft.Picture(r.name, r.hash, r.mask, tuple(side[r.hash]), tuple(rows[r.hash])) for r in images}
+    pictures = {r.name: craft.Picture(r.name, r.hash, r.mask, tuple(side[r.hash]), tuple(rows[r.hash]),
+                                      framings[r.hash]) for r in images}
+    forced = {n: cfg["misc_concept"] for n in inputs.portraits} if "misc_concept" in cfg else {}
     try:
         built = craft.build_trainset(concepts, pictures, caption_settings(cfg["captions"]), repeat_settings(cfg), counts,
                                      holdout_settings(cfg.get("validation", {})),
-                                     [edits_craft.Edit.from_key(e) for e in cfg.get("edits", [])])
+                                     [edits_craft.Edit.from_key(e) for e in cfg.get("edits", [])], forced)
     except craft.CaptionError as exc:
         if exc.names:  # the message shows the first few
             write_full(run, f"{len(exc.names)} pictures at fault", exc.names)

@@ -107,6 +107,7 @@ def taste_slider(inputs: BakeOutput, params_json: str, workdir: str, run_id: str
     data = json.loads(params_json)
     tagger: judging.TaggerSpec | None = _tagger(data.pop("tagger", None))
     slider = SliderParams.model_validate(data.pop("slider"))
+    data.pop("faces", None)  # the face judge (evaluate_params_json) tastes picture LoRAs, not sliders
     params = EvaluateParams.model_validate(data)
     run = RunInfo(run_id, workdir, workers)
     files = _files(inputs, params.last_epochs, run)

@@ -60,7 +60,8 @@ def test_captions_from_sidecars_grabber_and_tagger(tmp_path: Path):
                           '\n[captions]\nmerge = "first"\n')  # user sidecars first, the tagger where none
     work = tmp_path / "work"
     first = bake(recipe)
-    assert status(work, first) == {s: "ran" for s in ("ingest", "convert", "dedupe", "alpha", "trim", "upscale", "masks", "buckets", "autotag", "prune")}
+    assert status(work, first) == {s: "ran" for s in ("ingest", "convert", "dedupe", "alpha", "trim", "upscale", "crops", "masks", "buckets", "autotag",
+                                             "prune")}
     with Catalog.open(work, read_only=True) as cat:
         tagged = cat.rows("SELECT tag, category, confidence FROM tags WHERE origin = 'tagger' ORDER BY tag")
         assert {r["tag"] for r in tagged} >= {"red_theme", "simple_background", "general"}

@@ -156,7 +156,8 @@ def test_from_and_only_force_the_right_stages(tmp_path: Path):
     work = tmp_path / "work"
     bake(recipe)
     assert status(work, bake(recipe, from_stage="convert")) == every("cached", "ran")
-    assert status(work, bake(recipe, from_stage="upscale")) == every("cached", "cached", upscale="ran", masks="ran", buckets="ran")
+    assert status(work, bake(recipe, from_stage="upscale")) == every("cached", "cached", upscale="ran", crops="ran", masks="ran",
+                                                                     buckets="ran")
     assert status(work, bake(recipe, only_stage="convert")) == {"ingest": "cached", "convert": "ran"}
 
 

@@ -63,7 +63,8 @@ def test_prepare_chain_on_generated_images(tmp_path: Path):
     run_id = bake(recipe)
     st = stages(work, run_id)
     assert {k: v["status"] for k, v in st.items()} == {
-        "ingest": "ran", "convert": "ran", "dedupe": "ran", "alpha": "ran", "trim": "ran", "upscale": "ran", "masks": "ran", "buckets": "ran"
+        "ingest": "ran", "convert": "ran", "dedupe": "ran", "alpha": "ran", "trim": "ran", "upscale": "ran", "crops": "ran",
+        "masks": "ran", "buckets": "ran"
     }
 
     with Catalog.open(work, read_only=True) as cat:

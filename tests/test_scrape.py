@@ -20,7 +20,7 @@ FAST = {"requests_per_second": 50, "downloads_per_second": None, "backoff_s": 0.
 
 
 # The per-image stages a booru-only recipe without concepts runs after scrape.
-PER_IMAGE = ("ingest", "convert", "dedupe", "alpha", "trim", "upscale", "masks", "buckets")
+PER_IMAGE = ("ingest", "convert", "dedupe", "alpha", "trim", "upscale", "crops", "masks", "buckets")
 
 def recipe(tmp: Path, sources: list[dict], **scrape_params):
     return parse_recipe({"project": {"workdir": "work"}, "sources": sources, "scrape": {**FAST, **scrape_params}}, tmp)

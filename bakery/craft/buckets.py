@@ -103,9 +103,38 @@ def fit_to_bucket(image: "Image.Image", choice: BucketChoice) -> "Image.Image":
     kohya shrinks with OpenCV's INTER_AREA (Pillow: BOX, an area average) and
     enlarges with Lanczos.
     """
+    return fit_to_box(image, choice, choice.crop_box)
+
+
+def _keep_span(start: float, end: float, length: int, window: int, centre: int) -> int:
+    """Where a window of `window` px starts along a side of `length` px: `centre` moved as little as
+    possible so that [start, end] lies inside it; a span longer than the window is centred on."""
+    if end - start > window:
+        first = round((start + end) / 2 - window / 2)
+    elif start < centre:
+        first = math.floor(start)
+    elif end > centre + window:
+        first = math.ceil(end) - window
+    else:
+        first = centre
+    return min(max(first, 0), max(length - window, 0))
+
+
+def keep_crop_box(choice: BucketChoice, keep: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+    """kohya's centre crop shifted minimally so that `keep` (x0, y0, x1, y1 as fractions of the picture)
+    stays inside it; a keep box larger than the crop is centred on. Same size as the centre crop."""
+    (rw, rh) = choice.resized
+    left, top, right, bottom = choice.crop_box
+    x = _keep_span(keep[0] * rw, keep[2] * rw, rw, right - left, left)
+    y = _keep_span(keep[1] * rh, keep[3] * rh, rh, bottom - top, top)
+    return x, y, x + right - left, y + bottom - top
+
+
+def fit_to_box(image: "Image.Image", choice: BucketChoice, box: tuple[int, int, int, int]) -> "Image.Image":
+    """Like fit_to_bucket, with the crop at `box` (e.g. keep_crop_box's) instead of kohya's centre."""
     from PIL import Image
 
     if image.size != choice.resized:
         shrinking = image.width > choice.resized[0] and image.height > choice.resized[1]
         image = image.resize(choice.resized, Image.Resampling.BOX if shrinking else Image.Resampling.LANCZOS)
-    return image.crop(choice.crop_box) if image.size != choice.bucket else image
+    return image.crop(box) if image.size != (box[2] - box[0], box[3] - box[1]) else image

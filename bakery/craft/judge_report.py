@@ -15,7 +15,25 @@ Cell = tuple[int, float]
 def sections(j: Judged, evals: Sequence[EpochEval]) -> list[str]:
     return (_effect_html(j, evals) + _tag_html("Identity", j, j.identity, IDENTITY_TEXT)
             + _tag_html("Concept bleed", j, j.bleed, BLEED_TEXT) + _tag_html("Flexibility", j, j.flexibility, FLEX_TEXT)
-            + _ranking_html(j))
+            + _ranking_html(j) + _faces_html(j))
+
+
+FACES_TEXT = ("Share of each cell's renders in which the face detector finds a face, and the mean distance (RGB, "
+              "0-441) of the hair colour above it from the training set's median hair colour")
+
+
+def _faces_html(j: Judged) -> list[str]:
+    f = j.faces
+    out = ["<h2>Faces</h2>"]
+    if not f.share:
+        return out + [f'<p class="flag">{_e(f.note)}</p>']
+    ref = "none found" if f.reference_hair is None else "rgb" + str(tuple(f.reference_hair))
+    out.append(f"<p>{_e(FACES_TEXT)} ({_e(ref)}). Detector <code>{_e(f.detector)}</code>."
+               + (f" {_e(f.note)}." if f.note else "") + "</p><h3>share of renders with a face</h3>")
+    out += _cell_table(f.share)
+    if f.hair_distance:
+        out += ["<h3>hair colour distance to the training set</h3>", *_cell_table(f.hair_distance)]
+    return out
 
 
 IDENTITY_TEXT = ("Recall of each trigger's identity tags (the tags its group absorbed in pruning) among the tagger's "

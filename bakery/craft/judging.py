@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bakery.craft import evaluate as craft
+from bakery.craft import face_judge as F
 from bakery.craft import judges as J
 from bakery.craft import ranking as R
 from bakery.craft import xyz
@@ -45,6 +46,8 @@ class JudgeSetup:
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # group -> its triggers
     absorbed: dict[str, list[str]] | None = None  # group -> identity tags; None: prune recorded none
     shown: dict[str, set[str]] = field(default_factory=dict)  # character trigger -> tags its training set shows
+    faces: F.FaceSpec | None = None  # the face detector ([crops]); None: the face judge is skipped
+    face_training: list[np.ndarray] = field(default_factory=list)  # training images for the reference hair colour
 
 
 @dataclass
@@ -60,6 +63,7 @@ class Judged:
     flex_prompts: list[str]
     effect_min_ratio: float
     renders: dict[str, int]  # judge -> images it rendered
+    faces: F.FaceScores = field(default_factory=F.FaceScores)  # share of renders with a face, hair colour
 
     def by_cell(self) -> dict[str, dict[tuple[int, float], float]]:
         return {j: J.mean_by_cell(s) for j, s in
@@ -74,7 +78,7 @@ class Judged:
                      for subj, cells in s.scores.items() for (e, w), v in cells.items()]
         rows += [{"epoch": r["epoch"], "weight": r["weight"], "judge": "rank_score", "subject": "", "score": r["score"]}
                  for r in self.ranking.rows]
-        return rows
+        return rows + self.faces.rows()
 
 
 def setup(tagger: TaggerSpec | None, captions: Sequence[tuple[str, str]], triggers: Sequence[str],
@@ -146,7 +150,9 @@ def judge(taster: xyz.Taster, grid: Mapping[xyz.CellKey, np.ndarray], flex_image
     empty = J.TagScores()
     out = Judged(None, SKIPPED, empty, empty, empty, spread, R.Ranking(), [], [], params.effect_min_ratio,
                  {"effect": seed_renders, "flexibility": 0, "identity": 0, "bleed": 0})
+    out.faces = judge_faces(setup, grid)
     if setup.tagger is None:
+        out.flags = F.flags(out.faces)
         return out
     out.flex_prompts = flexibility_prompts(setup, triggers, params)
     out.renders["flexibility"] = len(flex_images)
@@ -161,8 +167,18 @@ def judge(taster: xyz.Taster, grid: Mapping[xyz.CellKey, np.ndarray], flex_image
         out.bleed = J.bleed(grid_tags, prompts, setup.groups, setup.absorbed)
     out.flexibility = J.flexibility({k[1:]: v for k, v in tags.items() if k[0] == "f"}, out.flex_prompts, triggers)
     out.ranking = R.rank(evals, out.by_cell(), params.rank_tolerance)
-    out.flags = judge_flags(out, evals, params.tag_margin)
+    out.flags = judge_flags(out, evals, params.tag_margin) + F.flags(out.faces)
     return out
+
+
+def judge_faces(setup: JudgeSetup, grid: Mapping[xyz.CellKey, np.ndarray]) -> F.FaceScores:
+    """The face judge over the grid's renders (no extra renders), or its skip note without a detector."""
+    if setup.faces is None:
+        return F.FaceScores()
+    model = setup.faces.load()
+    reference = F.reference_hair(model, setup.face_training)
+    return F.score({k: F.face_and_hair(model, img) for k, img in grid.items()}, reference,
+                   setup.faces.key or setup.faces.kind)
 
 
 def judge_flags(j: Judged, evals: Sequence[craft.EpochEval], margin: float) -> list[str]:

@@ -290,12 +290,14 @@ def split_copy_rule(c: ConceptSpec, o: OutfitSpec) -> GroupRule:
     return GroupRule(**{**base.__dict__, "folder": f"{o.name}_unpruned", "target_steps": o.target_steps})
 
 
-def layout(concepts: Sequence[ConceptSpec], names: Iterable[str]) -> tuple[list[GroupRule], dict[str, list[str]], list[str]]:
+def layout(concepts: Sequence[ConceptSpec], names: Iterable[str], forced: Mapping[str, str] | None = None
+           ) -> tuple[list[GroupRule], dict[str, list[str]], list[str]]:
     """Assign images to groups: the first concept whose paths match, then its first matching outfit.
 
     Returns the group rules (recipe order), folder -> image names, and the names no concept took.
     With `duplicate_split`, a concept with exactly one outfit puts each outfit image in both the
     outfit folder (pruned, outfit trigger) and `<outfit>_unpruned` (character trigger only).
+    `forced`: image name -> the concept it goes to whatever its path (and that concept's matching outfit).
     """
     rules: list[GroupRule] = []
     members: dict[str, list[str]] = {}
@@ -309,7 +311,8 @@ def layout(concepts: Sequence[ConceptSpec], names: Iterable[str]) -> tuple[list[
         members[r.folder] = []
     unassigned = []
     for name in sorted(names):
-        concept = next((c for c in concepts if path_matches(name, c.paths)), None)
+        concept = next((c for c in concepts if c.name == (forced or {}).get(name)), None) or next(
+            (c for c in concepts if path_matches(name, c.paths)), None)
         if concept is None:
             unassigned.append(name)
             continue

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from bakery.craft import edits as edits_craft
+from bakery.craft import framing as framing_craft
 from bakery.craft import holdout as holdout_craft
 from bakery.craft import prune as prune_craft
 from bakery.craft import repeats as repeats_craft
@@ -42,6 +43,7 @@ class Picture:
     mask: str = ""
     sidecars: tuple[str, ...] = ()  # raw caption files of it and the originals it came from
     tag_rows: tuple[dict, ...] = ()  # booru / tagger tags (tag, category, origin, confidence)
+    framing: str = ""  # a crop of another picture (portrait, upper_body): its caption says this framing
 
 
 @dataclass(frozen=True)
@@ -80,17 +82,19 @@ def build_trainset(concepts: Sequence[prune_craft.ConceptSpec], pictures: Mappin
                    captions: CaptionSettings, repeats: RepeatSettings,
                    post_counts: Mapping[str, int],
                    holdout: holdout_craft.HoldOutSettings | None = None,
-                   edits: Sequence[edits_craft.Edit] = ()) -> TrainSetBuild:
+                   edits: Sequence[edits_craft.Edit] = (),
+                   forced: Mapping[str, str] | None = None) -> TrainSetBuild:
     """Pictures by name -> the training set kohya (and our bake) trains on, and its validation pictures.
 
     `holdout`: how the validation loss's pictures are chosen (None: no validation loss). Held-out
     pictures are captioned like the others but left out of the repeats and of `images`.
-    `edits`: the review studio's edits (bakery/craft/edits.py): excludes, moves and tag edits.
+    `edits`: the review studio's edits (bakery/craft/edits.py): excludes, moves and tag edits. `forced`:
+    picture name -> the concept it goes to whatever its path (portraits to misc, rules.md §8).
     """
     warnings = prune_craft.check_layout(concepts)
     if any("duplicate_split" in w for w in warnings):
         raise CaptionError("; ".join(w for w in warnings if "duplicate_split" in w))
-    rules, members, unassigned = prune_craft.layout(concepts, pictures)
+    rules, members, unassigned = prune_craft.layout(concepts, pictures, forced)
     edited = edits_craft.plan_prune(edits, {n: p.hash for n, p in pictures.items()}, [r.folder for r in rules])
     members, unassigned = edits_craft.apply_layout(members, unassigned, edited)
     cleaned, characters, added = clean_captions(rules, members, pictures, captions, edited.tag_edits)
@@ -142,6 +146,8 @@ def clean_captions(rules: Sequence[prune_craft.GroupRule], members: Mapping[str,
         raw = tags_craft.source_tags(list(pic.sidecars), list(pic.tag_rows), captions.sources, captions.merge,
                                      captions.keep_namespaces)
         cleaned[name] = tags_craft.clean_tags(raw, captions.clean)
+        if pic.framing:  # a crop: its own framing instead of its parent's (bakery/craft/framing.py)
+            cleaned[name] = framing_craft.crop_tags(cleaned[name], pic.framing)
         characters |= tags_craft.character_tags(list(pic.sidecars), list(pic.tag_rows))
     cleaned, added = edits_craft.apply_tags(cleaned, members, tag_edits)
     missing = [f"{rule.folder}/{name}" for rule in rules for name in members[rule.folder]

@@ -1,0 +1,121 @@
+"""A tiny detector in the deepghs ONNX YOLO format whose boxes the caller sets by drawing.
+
+Input `images` float32 [1, 3, S, S] (RGB / 255), output `output0` [1, 4 + 1, 3] (centre x, centre
+y, width, height in input pixels, then the class score), `names` and `imgsz` metadata: what
+imgutils' yolo helpers read. The graph finds the box around the pixels of one marker colour (pure
+red for a face, say): box 0 is that box (score 0.9 when the colour is present, else 0), box 1 the
+same box moved by one pixel with a lower score (non-maximum suppression must drop it), box 2 a
+fixed box under any sensible confidence threshold. Tests draw the marker where the detection is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+RED = (255, 0, 0)
+GREEN = (0, 255, 0)
+BLUE = (0, 0, 255)
+
+
+def _const(helper, name: str, value: np.ndarray):
+    from onnx import numpy_helper
+
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value.astype(np.float32), name))
+
+
+def build_marker_detector(path: Path, label: str = "face", colour: tuple[int, int, int] = RED, size: int = 256,
+                          score: float = 0.9, end_to_end: bool = False) -> Path:
+    """Write the detector to `path` (an .onnx file) and return it. `end_to_end`: the [1, boxes, 6] output."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    grid = np.arange(size, dtype=np.float32) + 0.5
+    xs, ys = np.meshgrid(grid, grid)
+    c = np.array(colour, dtype=np.float32).reshape(1, 3, 1, 1) / 255.0
+    nodes = [
+        _const(helper, "colour", c), _const(helper, "xs", xs[None]), _const(helper, "ys", ys[None]),
+        _const(helper, "size", np.array(float(size))), _const(helper, "tol", np.array(0.2)),
+        _const(helper, "half", np.array(0.5)), _const(helper, "score", np.array(score)),
+        helper.make_node("Sub", ["images", "colour"], ["diff"]),
+        helper.make_node("Abs", ["diff"], ["adiff"]),
+        helper.make_node("ReduceMax", ["adiff"], ["far"], axes=[1], keepdims=0),
+        helper.make_node("Less", ["far", "tol"], ["hit"]),
+        helper.make_node("Cast", ["hit"], ["m"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMax", ["m"], ["found"], keepdims=0),
+    ]
+    for axis, grid_name in (("x", "xs"), ("y", "ys")):
+        nodes += [
+            helper.make_node("Mul", ["m", grid_name], [f"{axis}_on"]),
+            helper.make_node("ReduceMax", [f"{axis}_on"], [f"{axis}1c"], keepdims=0),
+            helper.make_node("Sub", ["size", grid_name], [f"{axis}_rev"]),
+            helper.make_node("Mul", ["m", f"{axis}_rev"], [f"{axis}_rev_on"]),
+            helper.make_node("ReduceMax", [f"{axis}_rev_on"], [f"{axis}0r"], keepdims=0),
+            helper.make_node("Sub", ["size", f"{axis}0r"], [f"{axis}0c"]),
+            helper.make_node("Sub", [f"{axis}0c", "half"], [f"{axis}0"]),
+            helper.make_node("Add", [f"{axis}1c", "half"], [f"{axis}1"]),
+        ]
+    nodes += [helper.make_node("Mul", ["found", "score"], ["s0"])]
+    if end_to_end:
+        nodes += _end_to_end(helper)
+    else:
+        nodes += _yolo_rows(helper)
+    out_shape = [1, 3, 6] if end_to_end else [1, 5, 3]
+    graph = helper.make_graph(
+        nodes, "marker_detector",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, out_shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in (("names", repr({0: label})), ("imgsz", f"[{size}, {size}]"), ("task", "detect")):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def _yolo_rows(helper) -> list:
+    """[1, 5, 3]: rows cx, cy, w, h, score; columns the marker box, its shifted copy, a faint fixed box."""
+    nodes = [
+        _const(helper, "two", np.array(2.0)),
+        helper.make_node("Add", ["x0", "x1"], ["xsum"]), helper.make_node("Div", ["xsum", "two"], ["cx"]),
+        helper.make_node("Add", ["y0", "y1"], ["ysum"]), helper.make_node("Div", ["ysum", "two"], ["cy"]),
+        helper.make_node("Sub", ["x1", "x0"], ["w"]), helper.make_node("Sub", ["y1", "y0"], ["h"]),
+        helper.make_node("Add", ["cx", "half"], ["cx2"]), helper.make_node("Add", ["cy", "half"], ["cy2"]),
+        helper.make_node("Mul", ["s0", "half"], ["s1"]),
+        _const(helper, "faint", np.array([[10.0], [10.0], [8.0], [8.0], [0.05]])),
+    ]
+    for name, parts in (("col0", ["cx", "cy", "w", "h", "s0"]), ("col1", ["cx2", "cy2", "w", "h", "s1"])):
+        for i, p in enumerate(parts):
+            nodes.append(helper.make_node("Unsqueeze", [p, "ax0"], [f"{name}_{i}"]))
+        nodes.append(helper.make_node("Concat", [f"{name}_{i}" for i in range(5)], [f"{name}_flat"], axis=0))
+        nodes.append(helper.make_node("Unsqueeze", [f"{name}_flat", "ax1"], [name]))
+    nodes = [_const_int(helper, "ax0", [0]), _const_int(helper, "ax1", [1]), *nodes]
+    nodes += [helper.make_node("Concat", ["col0", "col1", "faint"], ["table"], axis=1),
+              helper.make_node("Unsqueeze", ["table", "ax0"], ["output0"])]
+    return nodes
+
+
+def _end_to_end(helper) -> list:
+    """[1, 3, 6]: rows x0, y0, x1, y1, score, class (YOLOv10-style end-to-end export)."""
+    nodes = [_const_int(helper, "ax0", [0]), _const(helper, "cls", np.array(0.0)),
+             helper.make_node("Mul", ["s0", "half"], ["s1"]),
+             _const(helper, "faint", np.array([[5.0, 5.0, 15.0, 15.0, 0.05, 0.0]]))]
+    for name, parts in (("row0", ["x0", "y0", "x1", "y1", "s0", "cls"]), ("row1", ["x0", "y0", "x1", "y1", "s1", "cls"])):
+        for i, p in enumerate(parts):
+            nodes.append(helper.make_node("Unsqueeze", [p, "ax0"], [f"{name}_{i}"]))
+        nodes.append(helper.make_node("Concat", [f"{name}_{i}" for i in range(6)], [f"{name}_flat"], axis=0))
+        nodes.append(helper.make_node("Unsqueeze", [f"{name}_flat", "ax0"], [name]))
+    nodes += [helper.make_node("Concat", ["row0", "row1", "faint"], ["table"], axis=0),
+              helper.make_node("Unsqueeze", ["table", "ax0"], ["output0"])]
+    return nodes
+
+
+def _const_int(helper, name: str, value: list[int]):
+    from onnx import numpy_helper
+
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(value, dtype=np.int64), name))
