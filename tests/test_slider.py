@@ -54,12 +54,21 @@ def test_save_steps_every_n_and_the_last():
     assert S.save_steps(10, 4) == [4, 8, 10] and S.save_steps(4, 2) == [2, 4] and S.save_steps(3, 50) == [3]
 
 
-def _slide(work: Path, fail_at: int | None = None, **kw):
+def _use_global_generators(n: int = 97) -> None:
+    """Draw from torch's, numpy's and Python's global generators, as other work in the process would."""
+    import random
+
+    torch.rand(n), np.random.rand(n), random.random()
+
+
+def _slide(work: Path, fail_at: int | None = None, draw: bool = False, **kw):
     train = TrainParams(base_model="tiny", seed=3)
     slider = SliderParams(**SLIDER, **{**SMALL, **kw}, anchors=["1girl"])
     spec = S.SliderSpec("skirt", slider.positive_prompt, slider.negative_prompt, "skirt", ("1girl",))
 
     def on_step(info):
+        if draw:  # between steps: a step that drew from a global generator would see other draws
+            _use_global_generators(info.step)
         if info.step == fail_at:
             raise KeyboardInterrupt("killed")
 
@@ -82,6 +91,21 @@ def test_a_killed_slide_resumes_from_its_last_save_and_ends_with_the_same_file(t
         ("skirt", "long_skirt", "microskirt, lowleg_skirt")
     assert json.loads(meta["ss_slider_anchors"]) == ["1girl"] and "slider: target skirt" in meta["ss_training_comment"]
     assert whole.losses[0][2] > 0  # at step 1 the LoRA is zero: the loss is the (positive - negative) gap
+
+
+def test_a_slide_takes_no_global_draws_and_resumes_bitwise_from_a_later_save(tmp_path):
+    """Every draw of a step comes from (seed, step): the global generators, used between steps, change nothing,
+    and a slide killed after its second save (step 4 of 6) ends with the same files as one never killed."""
+    whole = _slide(tmp_path / "a", steps=6)
+    drawn = _slide(tmp_path / "d", steps=6, draw=True)
+    with pytest.raises(KeyboardInterrupt):
+        _slide(tmp_path / "b", fail_at=5, steps=6, draw=True)
+    _use_global_generators(1000)
+    resumed = _slide(tmp_path / "b", steps=6, draw=True)
+    assert resumed.resumed_from_epoch == 4 and whole.losses == drawn.losses and whole.losses[4:] == resumed.losses
+    for step in (2, 4, 6):
+        assert Path(whole.files[step]).read_bytes() == Path(drawn.files[step]).read_bytes(), step
+        assert Path(whole.files[step]).read_bytes() == Path(resumed.files[step]).read_bytes(), step
 
 
 def test_an_sdxl_slider_is_saved_in_kohya_sgm_names_and_loaded_by_diffusers(tmp_path):
@@ -259,11 +283,15 @@ def test_a_slide_killed_by_sigkill_resumes_when_the_flow_is_rerun(tmp_path, pref
     assert not list((work / "bakes").glob("*/t-000008.safetensors"))
 
     bake_lora(str(tmp_path / "a" / "recipe.toml"), to_stage="slide")
-    bake_lora(str(tmp_path / "b" / "recipe.toml"), to_stage="slide")  # the same slide, never killed
+    # The same slide, never killed, after other draws from the global generators (as in a long test session).
+    _use_global_generators(1000)
+    bake_lora(str(tmp_path / "b" / "recipe.toml"), to_stage="slide")
     with Catalog.open(work / "catalog.duckdb", read_only=True) as cat:
         log = cat.rows("SELECT step, created_at FROM bake_log ORDER BY step")
     assert [r["step"] for r in log] == list(range(1, 9))
     assert all(r["created_at"].timestamp() < killed_at for r in log[:2])  # steps 1-2 were not trained again
-    resumed = sorted((work / "bakes").glob("t-*/t-000008.safetensors"))
-    whole = sorted((tmp_path / "b" / "work" / "bakes").glob("t-*/t-000008.safetensors"))
-    assert resumed[0].read_bytes() == whole[0].read_bytes()
+    for step in (2, 4, 6, 8):  # the first save that differs says where the two slides parted
+        resumed = list((work / "bakes").glob(f"t-*/t-{step:06d}.safetensors"))
+        whole = list((tmp_path / "b" / "work" / "bakes").glob(f"t-*/t-{step:06d}.safetensors"))
+        assert len(resumed) == len(whole) == 1, (resumed, whole)
+        assert resumed[0].read_bytes() == whole[0].read_bytes(), f"step {step}"
