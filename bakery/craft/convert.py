@@ -35,7 +35,9 @@ class ConvertedFrame:
     facts: dict[str, Any] | None = None  # what `facts(frame)` found while the pixels were decoded
 
 
-_PIXEL_BLOCK = 1 << 20  # bytes of packed pixels hashed at a time
+# Bytes of packed pixels hashed at a time: Pillow's own block size. 1 MiB blocks were no quicker
+# and raised a worker's peak RSS from 144 to 190 MB over 300 pictures (malloc keeps them).
+_PIXEL_BLOCK = 1 << 16
 
 
 def pixel_hash(im: Image.Image) -> str:
