@@ -102,7 +102,9 @@ def prefect_api(log_dir: Path) -> Iterator[str]:
             drain_client_workers()
         return
     with _temporary_server(log_dir / "prefect-server.log") as api_url:
-        with temporary_settings({PREFECT_API_URL: api_url}):
+        # No flow-run heartbeats: they tell a long-lived server that a run crashed, but this
+        # server ends with the process. Each flow run's end waited up to 1 s for the thread.
+        with temporary_settings({PREFECT_API_URL: api_url, "flows.heartbeat_frequency": None}):
             try:
                 yield api_url
             finally:

@@ -137,3 +137,19 @@ def test_digest_cache_trusts_unchanged_files_and_rereads_changed_ones(tmp_path: 
     assert DigestCache(cache_file).digest(img).sha256 == hashlib.sha256(b"two").hexdigest()
     cache_file.write_text("{broken")
     assert DigestCache(cache_file).digest(img).sha256 == hashlib.sha256(b"two").hexdigest()
+
+
+def test_sources_replace_in_one_call_keeps_the_last_row_per_key(tmp_path: Path):
+    """add_sources writes all rows in one statement: an edited sidecar still replaces the old row,
+    and of two rows with one (image, location) key the last wins, as row by row."""
+    h = "4" * 64
+    row = {"image_hash": h, "location": "/data/a.png", "kind": "folder", "name": "a"}
+    with Catalog.open(tmp_path) as cat:
+        cat.add_images([{"hash": h, "md5": h[:32]}])
+        cat.add_sources([{**row, "sidecar": "old"}], "r1")
+        n = cat.add_sources([{**row, "sidecar": "first"}, {**row, "location": "/data/b.png", "sidecar": "b"},
+                             {**row, "sidecar": "second"}], "r2")
+        got = cat.rows("SELECT location, sidecar, run_id FROM sources ORDER BY location")
+    assert n == 3
+    assert [(r["location"], r["sidecar"], r["run_id"]) for r in got] == [
+        ("/data/a.png", "second", "r2"), ("/data/b.png", "b", "r2")]

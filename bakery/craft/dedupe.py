@@ -77,7 +77,7 @@ def perceptual_hash(image: "Image.Image") -> PerceptualHash:
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    rgb = image.convert("RGB")
+    rgb = image if image.mode == "RGB" else image.convert("RGB")  # RGB already: no copy (nothing changes it)
     # The hashes look at <= 32x32 pixels: a box-filtered copy of ~128-256 px gives
     # the same bits (within rounding) for a fraction of the work.
     factor = min(rgb.width, rgb.height) // 128
