@@ -46,10 +46,10 @@ def _kill_when(proc: subprocess.Popen, done: int, timeout: float = 400.0) -> boo
 def test_sigkill_during_convert_then_rerun_finishes_only_the_rest(tmp_path: Path, prefect_server: str):
     images = tmp_path / "images"
     images.mkdir()
-    for i in range(N_IMAGES):  # JPEGs: convert writes a new PNG for each (real per-image work)
+    for i in range(N_IMAGES):  # CMYK JPEGs: convert writes an RGB PNG for each (real per-image work)
         im = gradient(640, 480, seed=i)
         im.paste((i, 255 - i, 7), (8 * i % 600, 16, 8 * i % 600 + 32, 48))  # every file distinct
-        im.save(images / f"img{i:03d}.jpg", quality=90)
+        im.convert("CMYK").save(images / f"img{i:03d}.jpg", quality=90)
     originals = {p.name: digest_file(p).sha256 for p in images.iterdir()}
     recipe = write_recipe(tmp_path).read_text().replace("workers = 2", "workers = 1")
     (tmp_path / "recipe.toml").write_text(recipe + "\n[convert]\npng_compress_level = 9\n")
