@@ -32,8 +32,8 @@ from tasks.report import run_summary_markdown
 from tasks.runlog import run_log
 from tasks.scrape import SCRAPE, booru_specs
 from tasks.slide import SLIDE, SLIDER_TASTE, slide_params_json, slider_spec, slider_taste_params_json
-from tasks.stage import (REPLAYING, NotReplayed, RunInfo, begin_run, call, end_run, forget_run, run_logger, run_stage,
-                         skip_stage)
+from tasks.stage import (REPLAYING, NotReplayed, RunInfo, begin_run, call, end_run, forget_run, replaying, run_logger,
+                         run_stage, skip_stage)
 from tasks.sweep import heartbeat, record_variant
 from tasks.trigger_check import TRIGGER_CHECK, check_triggers
 from tasks.trim import TRIM
@@ -281,12 +281,12 @@ def bake_lora(
             else:
                 bake_pictures(recipe_path, recipe, run, plan, variant, sweep_id)
     except BaseException as exc:
-        if REPLAYING.get() and isinstance(exc, Exception) and not isinstance(exc, NotReplayed):
+        if replaying() and isinstance(exc, Exception) and not isinstance(exc, NotReplayed):
             raise NotReplayed(run.run_id, f"{type(exc).__name__}: {exc}") from exc
         end_run(run, "failed", f"{type(exc).__name__}: {exc}")
         raise
     end_run(run, "completed")
-    if not REPLAYING.get():
+    if not replaying():
         create_markdown_artifact(run_summary_markdown(run), key="bake-summary", description="Stages of this run")
     return run.run_id
 

@@ -39,6 +39,12 @@ RESULTS_DIR = "results"
 REPLAYING: ContextVar[bool] = ContextVar("bakery_replaying", default=False)
 
 
+def replaying() -> bool:
+    """Whether a run is being replayed. Flow functions read REPLAYING through this: Dask pickles a flow's function
+    by value with the globals it names (prefect_dask sends the flow run's context), and a ContextVar cannot be pickled."""
+    return REPLAYING.get()
+
+
 class NotReplayed(Exception):
     """A replayed run met a stage that has to run (or anything else): the run goes through Prefect instead."""
 
