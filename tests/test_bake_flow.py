@@ -103,14 +103,24 @@ def test_bake_stage_runs_logs_loss_and_is_cached(tmp_path):
     assert bake_stage(work, run2)["status"] == "cached" and out2 == out
 
 
-def kill_at_first_state(code: str, work: Path) -> None:
-    """Run `code` in a child Python (this Prefect server) and SIGKILL it once a training state is saved in `work`."""
+def child_env() -> dict[str, str]:
+    """The environment of a child Python: this repository, this process's torch threads, this Prefect server."""
     import torch
     from prefect.settings import PREFECT_API_URL
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads()),
-           "PREFECT_API_URL": PREFECT_API_URL.value()}
-    child = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT,
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads()),
+            "PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
+def run_child(code: str) -> None:
+    """Run `code` in a fresh child Python (as kill_at_first_state does), failing with its output if it fails."""
+    done = subprocess.run([sys.executable, "-c", code], env=child_env(), cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def kill_at_first_state(code: str, work: Path) -> None:
+    """Run `code` in a child Python (this Prefect server) and SIGKILL it once a training state is saved in `work`."""
+    child = subprocess.Popen([sys.executable, "-c", code], env=child_env(), cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     try:

@@ -267,25 +267,30 @@ KILL_RECIPE = FLOW_RECIPE.replace("steps = 4\nsave_every_n_steps = 2", "steps = 
 
 
 def test_a_slide_killed_by_sigkill_resumes_when_the_flow_is_rerun(tmp_path, prefect_server):
+    """Every slide here runs in a fresh child Python, so the three compare like with like: this long-lived test
+    process has loaded and run other code (other models, LyCORIS, judges), and one slide computed here and one in a
+    child may part in the last bits from the first step, a difference of processes and not of the resume."""
     import time
 
-    from flows.bake import bake_lora
-    from tests.test_bake_flow import kill_at_first_state
+    from tests.test_bake_flow import kill_at_first_state, run_child
 
     for name in ("a", "b"):
         (tmp_path / name / "images").mkdir(parents=True)
         write_recipe(tmp_path / name, KILL_RECIPE.replace('[autotag]\nmodel = "wd14"\n', ""))
     work = tmp_path / "a" / "work"
+
+    def rerun(name: str) -> str:
+        recipe = str(tmp_path / name / "recipe.toml")
+        return f"from flows.bake import bake_lora; bake_lora({recipe!r}, to_stage='slide')"
+
     # step 2 saved, the next steps running
-    kill_at_first_state(f"from flows.bake import bake_lora; "
-                        f"bake_lora({str(tmp_path / 'a' / 'recipe.toml')!r}, to_stage='slide')", work)
+    kill_at_first_state(rerun("a"), work)
     killed_at = time.time()
     assert not list((work / "bakes").glob("*/t-000008.safetensors"))
 
-    bake_lora(str(tmp_path / "a" / "recipe.toml"), to_stage="slide")
+    run_child(rerun("a"))
     # The same slide, never killed, after other draws from the global generators (as in a long test session).
-    _use_global_generators(1000)
-    bake_lora(str(tmp_path / "b" / "recipe.toml"), to_stage="slide")
+    run_child(f"from tests.test_slider import _use_global_generators; _use_global_generators(1000); {rerun('b')}")
     with Catalog.open(work / "catalog.duckdb", read_only=True) as cat:
         log = cat.rows("SELECT step, created_at FROM bake_log ORDER BY step")
     assert [r["step"] for r in log] == list(range(1, 9))
