@@ -224,6 +224,16 @@ def test_crop_fractions_follow_kohyas_centre_crop():
     assert views.crop_fractions((512, 512), (512, 512), (512, 512)) == (0.0, 0.0, 1.0, 1.0)
 
 
+def test_keep_box_is_drawn_where_it_lies_on_the_picture_shown():
+    choice = select_bucket(1920, 1080, bucket_resolutions(512))  # 683x384 -> 640x384
+    keep = (0.0, 0.2, 0.05, 0.4)  # at the left edge: the crop moves left to keep it
+    assert views.keep_fractions((1920, 1080), choice.bucket, choice.resized, keep) == keep  # the picture as it was
+    x0, y0, x1, y1 = views.keep_fractions(choice.bucket, choice.bucket, choice.resized, keep)  # buckets pre-cropped it
+    assert (x0, y0, y1) == (0.0, pytest.approx(0.2), pytest.approx(0.4)) and x1 == pytest.approx(0.05 * 683 / 640)
+    centred = views.keep_fractions(choice.bucket, choice.bucket, choice.resized, (0.45, 0.4, 0.55, 0.6))
+    assert centred[0] == pytest.approx((0.45 * 683 - 21) / 640)  # no shift needed: kohya's centre crop
+
+
 def test_paging_filters_and_links():
     many = [views.Card(f"p{i:04d}", f"p{i:04d}", "a" if i % 2 else "b", 3, "0" * 64, None, "t, x", ["t"], ["x"])
             for i in range(2000)]

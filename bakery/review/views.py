@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
-from bakery.craft.buckets import BucketChoice
+from bakery.craft.buckets import BucketChoice, keep_crop_box
 from bakery.craft.tags import normalize_tag
 
 PER_PAGE = 60
@@ -98,6 +98,24 @@ def crop_fractions(size: Sequence[int], bucket: Sequence[int], resized: Sequence
     return left / rw, top / rh, right / rw, bottom / rh
 
 
+def keep_fractions(size: Sequence[int], bucket: Sequence[int], resized: Sequence[int],
+                   keep: Sequence[float]) -> tuple[float, float, float, float]:
+    """A keep box (fractions of the picture before bucketing) on the picture shown. When buckets wrote the picture
+    already cropped to its bucket (the crop shifted to keep the box), the box is moved into that crop's coordinates."""
+    if tuple(size) != tuple(bucket):
+        return tuple(keep)
+    rw, rh = resized
+    left, top, right, bottom = keep_crop_box(BucketChoice((bucket[0], bucket[1]), (rw, rh)), tuple(keep))
+    w, h = right - left, bottom - top
+    # a keep box larger than the crop reaches past it: draw the part inside
+    return (_clip01((keep[0] * rw - left) / w), _clip01((keep[1] * rh - top) / h),
+            _clip01((keep[2] * rw - left) / w), _clip01((keep[3] * rh - top) / h))
+
+
+def _clip01(v: float) -> float:
+    return min(max(v, 0.0), 1.0)
+
+
 def card_flags(card: Card, post_counts: Mapping[str, int], rare_below: int, max_bytes: int,
                downscale: float | None, mask_qa: Mapping[str, object] | None) -> dict[str, str]:
     """The guide's warnings about one picture (rules.md §5, §6, §9)."""
@@ -127,7 +145,8 @@ def build_card(row: Mapping, name: str, triggers: Sequence[str], size: tuple[int
     if entry and size:
         card.bucket = tuple(entry["kohya_bucket"])
         card.crop = crop_fractions(size, entry["kohya_bucket"], entry["kohya_resized"])
-        card.keep = tuple(entry["keep_box"]) if entry.get("keep_box") else None
+        card.keep = (keep_fractions(size, entry["kohya_bucket"], entry["kohya_resized"], entry["keep_box"])
+                     if entry.get("keep_box") else None)
     card.flags = card_flags(card, post_counts, rare_below, max_bytes, entry.get("downscale"), mask_qa)
     if held:
         card.flags["held_out"] = "held out for the validation loss: never trained on"
