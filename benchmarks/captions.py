@@ -60,7 +60,7 @@ def bench_craft(n: int) -> dict[str, float]:
 def bench_catalog(n: int) -> dict[str, float]:
     from bakery.manifest import ImageRef
     from storage import Catalog
-    from tasks.prune import _gather
+    from bakery.caption_sources import gather_sources
 
     with tempfile.TemporaryDirectory() as tmp, Catalog.open(Path(tmp)) as cat:
         rng = random.Random(2)
@@ -73,7 +73,7 @@ def bench_catalog(n: int) -> dict[str, float]:
         cat.replace_tags("booru", origs, [{"image_hash": o, "tag": t, "category": "general", "confidence": None}
                                           for o in origs for t in rng.sample(VOCAB, 20)])
         t0 = time.perf_counter()
-        side, rows = _gather(cat, [ImageRef(f"img{i}", c) for i, c in enumerate(conv)])
+        side, rows = gather_sources(cat, [ImageRef(f"img{i}", c) for i, c in enumerate(conv)])
         dt = time.perf_counter() - t0
         assert len(side) == n and all(rows[c] for c in conv)
     return {"n": n, "gather_s": dt, "images_per_s": n / dt}

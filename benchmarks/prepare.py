@@ -141,8 +141,9 @@ def near_search(n: int = 100_000, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     ph = rng.integers(0, 2**64, n, dtype=np.uint64)
     dh = rng.integers(0, 2**64, n, dtype=np.uint64)
-    idx = rng.choice(n, 2000, replace=False)
-    for a, b in zip(idx[:1000], idx[1000:]):
+    pairs = min(1000, n // 2)  # planted near-duplicate pairs
+    idx = rng.choice(n, 2 * pairs, replace=False)
+    for a, b in zip(idx[:pairs], idx[pairs:]):
         for arr, k in ((ph, 8), (dh, 12)):
             v = int(arr[a])
             for bit in rng.choice(64, int(rng.integers(0, k + 1)), replace=False):
@@ -204,7 +205,8 @@ def run_one(n: int, seed: int, workers: int, keep: bool) -> dict:
     log = bench / "measure.log"
     with open(log, "wb") as fh:
         proc = subprocess.run([sys.executable, __file__, "--measure-child", str(recipe), "--child-out", str(out)],
-                              stdout=fh, stderr=subprocess.STDOUT)
+                              stdout=fh, stderr=subprocess.STDOUT,
+                              env={**os.environ, "BAKERY_BENCH_PREFECT_HOME": str(bench / "prefect")})  # gone with bench
     if proc.returncode != 0 or not out.exists():
         raise SystemExit(f"measurement failed (exit {proc.returncode}); see {log}")
     r = json.loads(out.read_text())

@@ -20,6 +20,7 @@ import argparse
 import json
 import platform
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -144,10 +145,14 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="build the work dir here (kept) instead of a temp dir")
     args = ap.parse_args()
     base = args.keep or Path(tempfile.mkdtemp(prefix="bakery-review-bench-"))
-    t0 = time.perf_counter()
-    recipe = build(base, args.n, args.size)
-    print(f"work dir with {args.n} pictures: {time.perf_counter() - t0:.1f} s ({base})")
-    serve_and_time(recipe, args.n)
+    try:
+        t0 = time.perf_counter()
+        recipe = build(base, args.n, args.size)
+        print(f"work dir with {args.n} pictures: {time.perf_counter() - t0:.1f} s ({base})")
+        serve_and_time(recipe, args.n)
+    finally:
+        if not args.keep:  # a 2,000-picture work dir is large
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def serve_and_time(recipe: Path, n: int) -> None:

@@ -9,6 +9,7 @@ stages come back `Cached` and only bake and evaluate work.
   once, so as many bake in parallel as there are workers. The workers must reach the work dir (a shared
   folder). A run whose heartbeat stops for `sweep.lost_after_s` has lost its worker: it is marked Crashed and
   the variant is submitted again; the bake resumes from the state it saved after its last finished epoch.
+  Variants left waiting while none runs for `sweep.no_worker_after_s` have no worker: they are cancelled.
 A variant that fails does not stop the others; the report says what happened to each.
 """
 
@@ -20,7 +21,7 @@ import uuid
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from bakery.craft.sweep import COMPLETED, FAILED, LOST, Liveness, VariantOutcome
+from bakery.craft.sweep import COMPLETED, FAILED, LOST, Liveness, VariantOutcome, WorkerWait
 from bakery.recipe import Recipe
 from bakery.stages import Plan
 from tasks.stage import RunInfo
@@ -81,6 +82,8 @@ class _Pool:
         self.outcomes = {o.name: o for o in outcomes}
         self.current: dict[str, object] = {}  # variant -> its flow run id, while it has one in flight
         self.live: dict[str, Liveness] = {}
+        self.waiting: set[str] = set()  # in flight but not running yet (scheduled or pending)
+        self.wait = WorkerWait(recipe.sweep.no_worker_after_s)
 
     def submit(self, name: str) -> None:
         from prefect.deployments import run_deployment
@@ -92,6 +95,7 @@ class _Pool:
             timeout=0, idempotency_key=f"{self.sweep_id}-{name}-{o.attempts}", flow_run_name=f"{name}-{o.attempts}")
         self.current[name] = flow_run.id
         self.live[name] = Liveness(self.recipe.sweep.lost_after_s)
+        self.waiting.add(name)
         get_run_logger().info("sweep: variant %s, attempt %d: flow run %s on %s", name, o.attempts, flow_run.id,
                               self.recipe.sweep.deployment)
 
@@ -111,6 +115,7 @@ class _Pool:
         o, flow_run_id = self.outcomes[name], self.current[name]
         state = client.read_flow_run(flow_run_id).state
         line = f"attempt {o.attempts} (flow run {flow_run_id})"
+        self.waiting.discard(name)
         if state.is_completed():
             o.status = COMPLETED
             o.history.append(f"{line}: completed")
@@ -123,11 +128,29 @@ class _Pool:
             del self.current[name]
         elif not state.is_running():  # scheduled or pending: waiting for a worker
             self.live[name].restart(time.monotonic())
+            self.waiting.add(name)
         elif self.live[name].lost(read_beat(self.recipe.workdir, self.sweep_id, name), time.monotonic()):
             why = f"worker lost: no heartbeat for {self.recipe.sweep.lost_after_s:g} s"
             client.set_flow_run_state(flow_run_id, Crashed(message=why), force=True)
             get_run_logger().warning("sweep: variant %s, %s: %s", name, line, why)
             self.again_or(name, LOST, f"{line}: {why}")
+
+
+    def give_up_waiting(self, client) -> None:
+        """No worker for the waiting variants: cancel their flow runs (a worker started later must not take
+        them) and say what to start."""
+        from prefect.states import Cancelled
+
+        for name in sorted(self.waiting):
+            o, flow_run_id = self.outcomes[name], self.current.pop(name)
+            pool = client.read_flow_run(flow_run_id).work_pool_name or "its work pool"
+            why = (f"no worker took it in {self.recipe.sweep.no_worker_after_s:g} s while no variant ran: start one "
+                   f"(prefect worker start --pool {pool}) and run again")
+            client.set_flow_run_state(flow_run_id, Cancelled(message=why), force=True)
+            o.status, o.message = FAILED, why
+            o.history.append(f"attempt {o.attempts} (flow run {flow_run_id}): {why}")
+            get_run_logger().warning("sweep: variant %s: %s", name, why)
+        self.waiting.clear()
 
 
 def on_pool(recipe: Recipe, params: dict, outcomes: list[VariantOutcome]) -> None:
@@ -140,4 +163,7 @@ def on_pool(recipe: Recipe, params: dict, outcomes: list[VariantOutcome]) -> Non
         while pool.current:
             for name in list(pool.current):
                 pool.check(client, name)
+            running = len(pool.current) - len(pool.waiting)
+            if pool.wait.stuck(len(pool.waiting), running, time.monotonic()):
+                pool.give_up_waiting(client)
             time.sleep(POLL_S)

@@ -17,6 +17,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from bakery.caption_sources import caption_settings, crop_framings, gather_sources
 from bakery.craft import edits as edits_craft
 from bakery.craft import holdout as holdout_craft
 from bakery.craft import prune as prune_craft
@@ -25,7 +26,7 @@ from bakery.craft import tags as tags_craft
 from bakery.craft import trainset as craft
 from bakery.manifest import ImageRef, StageResult, TrainImage, TrainSet, digest
 from bakery.kohya_export import concept_spec
-from bakery.recipe import CaptionParams, Concept, Recipe, RepeatsParams, ValidationParams
+from bakery.recipe import Concept, Recipe, RepeatsParams, ValidationParams
 from storage import Catalog
 from tasks import caching
 from tasks.runlog import write_full
@@ -59,29 +60,8 @@ def prune_params_json(recipe: Recipe, edits: list[edits_craft.Edit] = ()) -> str
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def gather_sources(cat: Catalog, images: list[ImageRef]) -> tuple[dict[str, list[str]], dict[str, list[dict]]]:
-    """Sidecars and tag rows of each image, found on it and on the originals it came from."""
-    chains = cat.ancestors(sorted({r.hash for r in images}))
-    everyone = sorted({h for chain in chains.values() for h in chain})
-    sidecars = cat.sidecars_for(everyone)
-    rows_by: dict[str, list[dict]] = {}
-    for row in cat.tags_for(everyone):
-        rows_by.setdefault(row["image_hash"], []).append(row)
-    side, rows = {}, {}
-    for h, chain in chains.items():
-        side[h] = [text for a in chain for text in sidecars.get(a, [])]
-        tagger = next((rows_by[a] for a in chain if any(r["origin"] == "tagger" for r in rows_by.get(a, []))), [])
-        rows[h] = [r for a in chain for r in rows_by.get(a, []) if r["origin"] != "tagger"] + [
-            r for r in tagger if r["origin"] == "tagger"
-        ]
-    return side, rows
 
 
-def crop_framings(cat: Catalog, images: list[ImageRef]) -> dict[str, str]:
-    """image hash -> the framing the crops stage cut it out as (its own or an ancestor's); "" for the rest."""
-    chains = cat.ancestors(sorted({r.hash for r in images}))
-    cut = cat.crop_framings(sorted({h for chain in chains.values() for h in chain}))
-    return {h: next((cut[a] for a in chain if a in cut), "") for h, chain in chains.items()}
 
 
 @task(name="caption-sources", cache_policy=NO_CACHE)
@@ -126,16 +106,6 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
                        n_processed=len(built.captions), payload=built.trainset)
 
 
-def caption_settings(data: dict) -> craft.CaptionSettings:
-    cap = CaptionParams.model_validate(data)
-    clean = tags_craft.CleanRules(
-        delete=tuple(cap.delete), synonyms=dict(cap.synonyms), split={k: tuple(v) for k, v in cap.split.items()},
-        redundancy=cap.redundancy, keep_generic=tuple(cap.keep_generic), implies={k: tuple(v) for k, v in cap.implies.items()},
-    )
-    return craft.CaptionSettings(
-        clean, tuple(cap.sources), cap.merge, tuple(cap.keep_namespaces), cap.tag_style, cap.keep_tokens_separator,
-        cap.warn_caption_bytes, cap.rare_tag_posts, tuple(cap.prefix_tags),
-    )
 
 
 def holdout_settings(data: dict) -> holdout_craft.HoldOutSettings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -9,6 +10,7 @@ from pathlib import Path
 
 # Before anything imports prefect: a private home, no analytics (they try DNS).
 _HOME = Path(tempfile.mkdtemp(prefix="bakery-test-prefect-"))
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)  # sessions without the server fixture leaked it
 os.environ["PREFECT_HOME"] = str(_HOME)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)

@@ -216,6 +216,29 @@ def test_split_caption_and_pruned_tags():
     assert views.pruned_tags(["red_dress", "smile", "Long Hair"], ["smile"], ["chara"]) == ["red_dress", "Long Hair"]
 
 
+def test_tags_an_edit_removed_are_not_called_pruned():
+    from datetime import datetime, timezone
+
+    from bakery.craft.edits import Edit
+
+    def card(name: str, h: str, kept: list[str]) -> views.Card:
+        return views.Card(name, name.replace("/", "_"), "red", 2, h * 64, None, "", ["chara_red"], kept)
+
+    a, b, other = card("red/a", "a", ["smile", "hat"]), card("red/b", "b", ["solo"]), card("red/c", "c", ["smile"])
+    sources = {"a" * 64: ["red_dress", "smile", "frown"], "b" * 64: ["red_dress", "smile", "solo"],
+               "c" * 64: ["red_dress", "smile"]}
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    edits = [Edit(1, "remove_tags", "red/a", {"tags": ["frown"]}, "", now),
+             Edit(2, "add_tags", "red/a", {"tags": ["hat"]}, "", now),
+             Edit(3, "replace_tag", "red", {"old": "smile", "new": ""}, "", now)]  # bulk: every red picture
+    views.fill_dropped([a, b, other], [a, b], sources, edits)
+    assert a.removed == ["frown"] and a.pruned == ["red_dress"]  # smile still in a's caption (before the re-run)
+    assert b.removed == ["smile"] and b.pruned == ["red_dress"]
+    assert other.removed == other.pruned == []  # not shown: left as it was
+    views.fill_dropped([a, b, other], [a], sources, [])  # undone: frown was pruned after all
+    assert a.removed == [] and a.pruned == ["red_dress", "frown"]
+
+
 def test_crop_fractions_follow_kohyas_centre_crop():
     resos = bucket_resolutions(512)
     choice = select_bucket(1920, 1080, resos)  # 683x384 -> 640x384: 21 px off each side

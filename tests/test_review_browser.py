@@ -113,6 +113,10 @@ def test_review_edits_in_a_browser_change_the_next_run_exactly(tmp_path: Path, b
         browser.get(served.url + "/runs")  # the tag statistics' diff between the two runs
         diff = browser.find_element(By.ID, "tag-diff").text
         assert "sun_hat (1)" in diff and "white_background" in diff
+        browser.get(served.url + "/dataset?folder=red_dress")  # the removed tag: the edit's, not pruning's
+        caption = card(browser, untag).find_element(By.CSS_SELECTOR, ".caption")
+        assert [s.text for s in caption.find_elements(By.CSS_SELECTOR, "s.removed")] == ["white_background"]
+        assert "white_background" not in [s.text for s in caption.find_elements(By.CSS_SELECTOR, "s.pruned")]
     after = exported(recipe, tmp_path / "after")
 
     flat = lambda name: name.replace("/", "_")  # noqa: E731 - the picture's file name in its kohya folder

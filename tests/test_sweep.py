@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bakery.craft.sweep import Liveness, VariantOutcome, cells_from_scores, rank_variants, sweep_html
+from bakery.craft.sweep import Liveness, VariantOutcome, WorkerWait, cells_from_scores, rank_variants, sweep_html
 from bakery.recipe import RecipeError, parse_recipe
 from storage import Catalog
 from tests.conftest import write_recipe
@@ -106,6 +106,15 @@ def test_liveness_counts_from_the_last_change_of_the_heartbeat():
     live.restart(20.0)
     assert not live.lost("1 1", 21.0) and not live.lost("1 1", 30.0) and not live.lost("1 2", 31.0)
     assert not live.lost("1 2", 41.0) and live.lost("1 2", 41.5)
+
+
+def test_waiting_variants_give_up_only_when_none_runs_for_the_whole_wait():
+    wait = WorkerWait(give_up_after_s=10)
+    assert not wait.stuck(waiting=2, running=0, now=0.0) and not wait.stuck(2, 0, 10.0)
+    assert not wait.stuck(1, 1, 30.0)  # one bakes, the other waits its turn: the clock starts again
+    assert not wait.stuck(1, 0, 31.0) and not wait.stuck(1, 0, 41.0) and wait.stuck(1, 0, 41.5)
+    assert not wait.stuck(0, 0, 100.0)  # nothing waits
+    assert not WorkerWait(None).stuck(3, 0, 10**9)  # None: as long as it takes
 
 
 def _scores(rank: dict, identity: dict) -> list[dict]:

@@ -39,9 +39,14 @@ def _deploy(api_url: str, recipe: Path, log: Path) -> None:
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.workers.process import ProcessWorker
 
+    from prefect.exceptions import ObjectAlreadyExists
+
     with get_client(sync_client=True) as client:
-        client.create_work_pool(WorkPoolCreate(name=POOL, type="process",
-                                               base_job_template=ProcessWorker.get_default_base_job_template()))
+        try:  # the other test of this module may have made it
+            client.create_work_pool(WorkPoolCreate(name=POOL, type="process",
+                                                   base_job_template=ProcessWorker.get_default_base_job_template()))
+        except ObjectAlreadyExists:
+            pass
     done = subprocess.run(
         [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml",
          "--name", "sweep-variant"],
@@ -168,3 +173,32 @@ def test_a_sweep_on_two_workers_survives_a_worker_killed_mid_bake(prefect_server
     assert gone[0].state.is_crashed() and "worker lost" in gone[0].state.message
     report = next(work.glob(f"sweeps/{run_id}-*/report.html")).read_text()
     assert "Ranking across variants" in report and "worker lost" in report
+
+
+@pytest.mark.timeout(600)
+def test_variants_that_no_worker_takes_are_cancelled_and_reported(prefect_server: str, tmp_path: Path):
+    """No worker on the pool: the sweep gives up after `no_worker_after_s` instead of waiting for ever."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.bake import bake_lora
+
+    no_worker = '[sweep]\ndeployment = "bake-lora/sweep-variant"\nno_worker_after_s = 3.0\n' + TWO_VARIANTS
+    recipe = make_sweep_project(tmp_path / "chara", no_worker, epochs=1)
+    _deploy(prefect_server, recipe, tmp_path / "deploy.log")
+    state = bake_lora(str(recipe), return_state=True)
+    assert state.is_failed() and "every variant of the sweep failed" in state.message, state.message
+    work = tmp_path / "chara" / "work"
+    with Catalog.open(work, read_only=True) as cat:
+        run_id = cat.last_run()["run_id"]
+        rows = cat.sweep_variants(run_id)
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"failed"}, rows
+    why = f"no worker took it in 3 s while no variant ran: start one (prefect worker start --pool {POOL})"
+    assert all(why in r["message"] and r["attempts"] == 1 for r in rows), rows
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+            any_=[r["history"][0].split("flow run ")[1].split(")")[0] for r in rows])))
+    assert len(runs) == 2 and all(r.state.is_cancelled() for r in runs)  # a worker started later takes none
+    assert not list(work.glob("bakes/*/*.safetensors"))
+    report = next(work.glob(f"sweeps/{run_id}-*/report.html")).read_text()
+    assert "no worker took it" in report

@@ -62,6 +62,23 @@ class Liveness:
         self._beat, self._since = None, now
 
 
+@dataclass
+class WorkerWait:
+    """Variants waiting for a worker while none of the sweep's runs, for `give_up_after_s` (our own clock): the
+    pool has no worker for them, and waiting longer would never end. While one runs, the others wait their turn."""
+
+    give_up_after_s: float | None
+    _since: float | None = None
+
+    def stuck(self, waiting: int, running: int, now: float) -> bool:
+        if not waiting or running or self.give_up_after_s is None:
+            self._since = None
+            return False
+        if self._since is None:
+            self._since = now
+        return now - self._since > self.give_up_after_s
+
+
 def cells_from_scores(scores: Sequence[Mapping]) -> list[dict]:
     """An evaluation's ranked cells (its `rank_score` rows) with each judge's mean over subjects."""
     sums: dict[tuple[str, int, float], list[float]] = {}

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import duckdb
 
+from bakery.caption_sources import caption_settings, gather_sources
 from bakery.craft import tags as tags_craft
 from bakery.manifest import ImageRef
 from bakery.recipe import Recipe
 from bakery.review import views
 from storage import Catalog
 from storage.catalog import INTERACTIVE_WAIT_S
-from tasks.prune import caption_settings, gather_sources  # read captions as the prune stage reads them
 
 CATALOG_LOCK = threading.RLock()
 

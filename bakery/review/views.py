@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
+from bakery.craft import edits as edits_craft
 from bakery.craft.buckets import BucketChoice, keep_crop_box
 from bakery.craft.tags import normalize_tag
 
@@ -50,6 +51,7 @@ class Card:
     upscale: float | None = None
     flags: dict[str, str] = field(default_factory=dict)  # flag -> what it says
     pruned: list[str] = field(default_factory=list)  # filled for the cards of a page
+    removed: list[str] = field(default_factory=list)  # source tags an edit took out (not pruned), likewise
 
     @property
     def kohya_folder(self) -> str:
@@ -83,10 +85,40 @@ def split_caption(caption: str, triggers: Iterable[str]) -> tuple[list[str], lis
     return parts[:head], parts[head:]
 
 
-def pruned_tags(source_tags: Sequence[str], kept: Sequence[str], triggers: Sequence[str]) -> list[str]:
-    """The picture's cleaned source tags that its caption no longer carries (absorbed by a trigger)."""
-    present = {normalize_tag(t) for t in list(kept) + list(triggers)}
+def pruned_tags(source_tags: Sequence[str], kept: Sequence[str], triggers: Sequence[str],
+                removed: Sequence[str] = ()) -> list[str]:
+    """The picture's cleaned source tags that its caption no longer carries (absorbed by a trigger), less those
+    an edit `removed`."""
+    present = {normalize_tag(t) for t in [*kept, *triggers, *removed]}
     return [t for t in dict.fromkeys(source_tags) if normalize_tag(t) not in present]
+
+
+def edited_sources(cards: Sequence[Card], shown: Sequence[Card], sources: Mapping[str, list[str]],
+                   edits: Sequence[edits_craft.Edit]) -> dict[str, list[str]]:
+    """The shown cards' source tags (card name -> tags) after the tag edits, applied as the prune stage applies
+    them (`cards`: the whole set, which a folder's bulk replace names)."""
+    members: dict[str, list[str]] = {}
+    for c in cards:
+        members.setdefault(c.folder, []).append(c.name)
+    plan = edits_craft.plan_prune(edits, {c.name: c.hash for c in cards}, members)
+    edited, _ = edits_craft.apply_tags({c.name: sources.get(c.hash, []) for c in shown}, members, plan.tag_edits)
+    return edited
+
+
+def removed_tags(source_tags: Sequence[str], edited: Sequence[str], kept: Sequence[str]) -> list[str]:
+    """The source tags the picture's edits took out, that its caption no longer carries."""
+    present = {normalize_tag(t) for t in [*edited, *kept]}
+    return [t for t in dict.fromkeys(source_tags) if normalize_tag(t) not in present]
+
+
+def fill_dropped(cards: Sequence[Card], shown: Sequence[Card], sources: Mapping[str, list[str]],
+                 edits: Sequence[edits_craft.Edit]) -> None:
+    """Each shown card's pruned tags and the tags its edits removed (set on the cards)."""
+    edited = edited_sources(cards, shown, sources, edits)
+    for c in shown:
+        source = sources.get(c.hash, [])
+        c.removed = removed_tags(source, edited.get(c.name, source), c.tags)
+        c.pruned = pruned_tags(source, c.tags, c.triggers, c.removed)
 
 
 def crop_fractions(size: Sequence[int], bucket: Sequence[int], resized: Sequence[int]) -> tuple[float, float, float, float]:
