@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import fnmatch
 import hashlib
-import html
 import io
 import json
 import re
