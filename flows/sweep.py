@@ -135,15 +135,18 @@ class _Pool:
             get_run_logger().warning("sweep: variant %s, %s: %s", name, line, why)
             self.again_or(name, LOST, f"{line}: {why}")
 
-
     def give_up_waiting(self, client) -> None:
         """No worker for the waiting variants: cancel their flow runs (a worker started later must not take
-        them) and say what to start."""
+        them) and say what to start. One a worker took meanwhile is left to run."""
         from prefect.states import Cancelled
 
         for name in sorted(self.waiting):
-            o, flow_run_id = self.outcomes[name], self.current.pop(name)
-            pool = client.read_flow_run(flow_run_id).work_pool_name or "its work pool"
+            o, flow_run_id = self.outcomes[name], self.current[name]
+            flow_run = client.read_flow_run(flow_run_id)
+            if flow_run.state.is_running() or flow_run.state.is_final():
+                continue  # the next check sees it
+            del self.current[name]
+            pool = flow_run.work_pool_name or "its work pool"
             why = (f"no worker took it in {self.recipe.sweep.no_worker_after_s:g} s while no variant ran: start one "
                    f"(prefect worker start --pool {pool}) and run again")
             client.set_flow_run_state(flow_run_id, Cancelled(message=why), force=True)
