@@ -749,8 +749,9 @@ class SweepParams(_Section):
     lost_after_s: Annotated[float, Field(gt=0)] = 120.0
     attempts: Annotated[int, Field(gt=0, le=10)] = 3  # flow runs one variant may take
     # Variants wait for a worker while none of the sweep's runs: this long, and the pool has no worker for them
-    # (none started, or all gone): they are cancelled and reported. None: wait as long as it takes.
-    no_worker_after_s: Annotated[float, Field(gt=0)] | None = 600.0
+    # (none started, or all gone): they are cancelled and reported. Long enough for a cloud GPU node to start;
+    # 0: wait as long as it takes.
+    no_worker_after_s: Annotated[float, Field(ge=0)] = 1800.0
     # Where the results are also copied, through fsspec ("s3://bucket/loras" with s3fs installed,
     # "file:///mnt/nas/loras"): each variant's LoRA files and report and the sweep report, under
     # <url>/<project name>/<sweep id>/. The work dir itself stays a folder. None: nowhere else.

@@ -114,7 +114,7 @@ def test_waiting_variants_give_up_only_when_none_runs_for_the_whole_wait():
     assert not wait.stuck(1, 1, 30.0)  # one bakes, the other waits its turn: the clock starts again
     assert not wait.stuck(1, 0, 31.0) and not wait.stuck(1, 0, 41.0) and wait.stuck(1, 0, 41.5)
     assert not wait.stuck(0, 0, 100.0)  # nothing waits
-    assert not WorkerWait(None).stuck(3, 0, 10**9)  # None: as long as it takes
+    assert not WorkerWait(0).stuck(3, 0, 0.0) and not WorkerWait(0).stuck(3, 0, 10**9)  # 0: as long as it takes
 
 
 def _scores(rank: dict, identity: dict) -> list[dict]:

@@ -67,11 +67,11 @@ class WorkerWait:
     """Variants waiting for a worker while none of the sweep's runs, for `give_up_after_s` (our own clock): the
     pool has no worker for them, and waiting longer would never end. While one runs, the others wait their turn."""
 
-    give_up_after_s: float | None
+    give_up_after_s: float  # 0: never
     _since: float | None = None
 
     def stuck(self, waiting: int, running: int, now: float) -> bool:
-        if not waiting or running or self.give_up_after_s is None:
+        if not waiting or running or not self.give_up_after_s:
             self._since = None
             return False
         if self._since is None:
