@@ -117,6 +117,25 @@ def test_waiting_variants_give_up_only_when_none_runs_for_the_whole_wait():
     assert not WorkerWait(0).stuck(3, 0, 0.0) and not WorkerWait(0).stuck(3, 0, 10**9)  # 0: as long as it takes
 
 
+def test_publish_goes_through_fsspec_to_a_store_that_is_no_folder(tmp_path):
+    """fsspec's in-memory store stands where s3:// would: nothing here may assume a local path."""
+    import fsspec
+
+    from tasks.sweep import publish
+
+    report, lora, own = tmp_path / "report.html", tmp_path / "t-a-000001.safetensors", tmp_path / "a.html"
+    for path, text in ((report, "sweep"), (lora, "lora bytes"), (own, "variant report")):
+        path.write_text(text)
+    done = VariantOutcome("a", {}, status="completed", files=[str(lora)], report_path=str(own))
+    failed = VariantOutcome("b", {}, status="failed", files=[str(lora)])
+    sent = publish("memory://loras", "proj", "s1", report, [done, failed])
+    assert sent == ["/loras/proj/s1/report.html", "/loras/proj/s1/a/t-a-000001.safetensors", "/loras/proj/s1/a/a.html"]
+    fs = fsspec.filesystem("memory")
+    assert fs.cat("/loras/proj/s1/a/t-a-000001.safetensors") == b"lora bytes"
+    assert not fs.exists("/loras/proj/s1/b")  # only completed variants are published
+    fs.rm("/loras", recursive=True)
+
+
 def _scores(rank: dict, identity: dict) -> list[dict]:
     rows = [{"epoch": e, "weight": w, "judge": "rank_score", "subject": "", "score": s} for (e, w), s in rank.items()]
     rows += [{"epoch": e, "weight": w, "judge": "identity", "subject": subj, "score": s}
