@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from bakery.craft import kohya_lora, lycoris_net
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet, digest
 from bakery.recipe import BucketParams, TrainParams, ValidationParams
 from storage import Catalog
+from storage.locks import exclusive
 from tasks import caching
 from tasks.progress import UPDATE_EVERY_S, _in_prefect_run
 from tasks.stage import RunInfo, Stage
@@ -111,6 +113,11 @@ class BakeProgress:
             self._bar.close()
 
 
+def waiting(logger, stage: str, folder: Path, holder: str) -> None:
+    logger.warning("%s: %s is writing %s already (the same variant, or the same recipe run twice): waiting for it, "
+                   "then resuming from what it saved", stage, holder, folder)
+
+
 @task(name="bake")
 def bake(inputs: TrainSet, params_json: str, workdir: str, run_id: str, workers: int | None) -> StageResult:
     data = json.loads(params_json)
@@ -124,14 +131,15 @@ def bake(inputs: TrainSet, params_json: str, workdir: str, run_id: str, workers:
     store = run.store
     logger = get_run_logger()
     try:
-        result = craft.bake(
-            inputs, params, image_path=store.path, workdir=Path(workdir), out_dir=folder, state_dir=folder / "state",
-            name=name, bake_key=key,
-            data=craft.DataConfig(buckets.resolution, buckets.min_side, buckets.max_side, buckets.step,
-                                  params.batch_size),
-            on_step=progress.step, on_epoch=lambda epoch, path: progress.flush(),
-            on_validation=progress.validation, validation_steps=data.get("validation_timesteps", 4),
-        )
+        with exclusive(folder / "state", partial(waiting, logger, "bake", folder)):
+            result = craft.bake(
+                inputs, params, image_path=store.path, workdir=Path(workdir), out_dir=folder,
+                state_dir=folder / "state", name=name, bake_key=key,
+                data=craft.DataConfig(buckets.resolution, buckets.min_side, buckets.max_side, buckets.step,
+                                      params.batch_size),
+                on_step=progress.step, on_epoch=lambda epoch, path: progress.flush(),
+                on_validation=progress.validation, validation_steps=data.get("validation_timesteps", 4),
+            )
     finally:
         progress.close()
     if result.resumed_from_epoch:

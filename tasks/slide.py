@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -21,8 +22,9 @@ from bakery.craft import slider_taste as taste_craft
 from bakery.manifest import BakeOutput, StageResult, digest
 from bakery.recipe import EvaluateParams, Recipe, SliderParams, TrainParams, stage_params_json
 from storage import Catalog
+from storage.locks import exclusive
 from tasks import caching
-from tasks.bake import BAKES_DIR, BakeProgress, bake_key
+from tasks.bake import BAKES_DIR, BakeProgress, bake_key, waiting
 from tasks.evaluate import EVALUATE_DIR, _tagger, evaluate_params_json
 from tasks.progress import StageProgress, _in_prefect_run
 from tasks.runlog import listed
@@ -63,12 +65,14 @@ def slide(inputs: craft.SliderSpec, params_json: str, workdir: str, run_id: str,
     key = bake_key(inputs, params_json, SLIDE.code_version, train.base_model)  # type: ignore[arg-type]
     folder = Path(workdir) / BAKES_DIR / f"{name}-{key[:12]}"
     progress = BakeProgress(run.catalog, key, slider.steps, stage="slide")
+    logger = get_run_logger()
     try:
-        result = craft.slide(inputs, train, slider, workdir=Path(workdir), out_dir=folder, state_dir=folder / "state",
-                             name=name, slide_key=key, on_step=progress.step, on_save=lambda step, path: progress.flush())
+        with exclusive(folder / "state", partial(waiting, logger, "slide", folder)):
+            result = craft.slide(inputs, train, slider, workdir=Path(workdir), out_dir=folder,
+                                 state_dir=folder / "state", name=name, slide_key=key, on_step=progress.step,
+                                 on_save=lambda step, path: progress.flush())
     finally:
         progress.close()
-    logger = get_run_logger()
     if result.resumed_from_epoch:
         logger.info("slide: resumed from the state saved after step %d", result.resumed_from_epoch)
     logger.info("slide: %d steps at %d px, %d files in %s", result.steps, result.extra["resolution"],
