@@ -317,6 +317,10 @@ class CropsParams(_Section):
     halfbody_model: Path | None = None
     confidence: Annotated[float, Field(gt=0, lt=1)] = 0.25
     iou: Annotated[float, Field(gt=0, le=1)] = 0.7
+    # The longest side the detectors see, the picture's aspect kept (imgutils' allow_dynamic, sides rounded up to
+    # 32). Unset: stretched to the model's own size (imgutils' default). Smaller runs faster on a CPU and misses
+    # more small faces; it needs a model exported with a dynamic input (a fixed one is refused).
+    detector_size: Annotated[int, Field(ge=32)] | None = None
     # A full-body picture whose face is shorter than this after bucketing gets portrait / upper-body crops.
     min_face_px: Annotated[int, Field(ge=1)] = 64
     # Crops with a shorter side than this (in the picture's pixels) are not made.

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Benchmark the crops stage (framing, face crops) against the decode-only loop.
 
-    .venv/bin/python benchmarks/crops.py [--n 1000] [--size 640] [--model FACE.onnx] [--json out.json]
+    .venv/bin/python benchmarks/crops.py [--n 1000] [--size 640] [--model FACE.onnx] [--detector-size 416]
+                                         [--json out.json]
 
 1. Draws N pictures (seeded, 512-1,200 px per side, PNG): a grey figure on a grainy gradient with a red
    face marker, a third of them full-body with a small face (so crops are cut).
@@ -13,7 +14,9 @@
 The detector is `--model` (a deepghs ONNX YOLO face detector) or, by default, the tests' marker
 detector built at `--size` (640 = the deepghs models' input): it has the real input/output format
 but almost no arithmetic, so the figure measures our stage around the model, not a real model's
-inference (a YOLOv8n at 640 px costs tens of ms per picture on a CPU core).
+inference. benchmarks/yolov8n_face.py builds a YOLOv8n face detector with random weights (ultralytics'
+architecture, deepghs' format) that costs what a real one costs; with `--dynamic` it takes any input size,
+for `--detector-size`.
 
 Target: crops stage <= 3x the decode-only loop.
 """
@@ -43,6 +46,7 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--size", type=int, default=640, help="input side of the built marker detector")
     ap.add_argument("--model", type=Path, help="a real deepghs face detector .onnx instead")
+    ap.add_argument("--detector-size", type=int, help="[crops] detector_size (a dynamic-input model)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--json", type=Path)
     return ap.parse_args()
@@ -125,7 +129,8 @@ def main() -> int:
         base = Path(tmp)
         paths = draw(base / "images", args.n, args.seed)
         model = args.model or build_marker_detector(base / "face.onnx", size=args.size)
-        recipe = Recipe.model_validate({"crops": {"face_model": str(model), "min_crop_side": 64}})
+        recipe = Recipe.model_validate({"crops": {"face_model": str(model), "min_crop_side": 64,
+                                                  "detector_size": args.detector_size}})
         cfg = json.loads(crops_params_json(recipe))
         decode_s = min(baseline_decode(paths) for _ in range(2))
         run, refs = stage_inputs(paths, base / "work")
@@ -139,6 +144,7 @@ def main() -> int:
     out = {
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.processor() or 'cpu'}",
         "n": args.n, "detector": str(args.model) if args.model else f"marker detector {args.size} px",
+        "detector_size": args.detector_size,
         "decode_only_s": round(decode_s, 2), "crops_stage_s": round(first_s, 2), "rerun_s": round(again_s, 2),
         "ratio": round(first_s / decode_s, 2), "model_inference_s": round(model_s, 2),
         "ratio_without_model": round((first_s - model_s) / decode_s, 2), "crops_cut": len(plans), "pictures_out": len(result.images),

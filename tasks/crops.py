@@ -95,8 +95,10 @@ def load_detectors(cfg: dict) -> list[tuple[str, Any]]:
         sha = cfg["sha256"].get(role)
         if sha is None:
             raise detect.DetectorError(f"crops.{role}_model = {path}: no such file (a deepghs YOLO detector .onnx)")
-        model = detect.YoloDetector(Path(path), f"crops.{role}_model", params.confidence, params.iou)
-        found.append((f"{role}:{sha[:16]}:{params.confidence}:{params.iou}", model))
+        model = detect.YoloDetector(Path(path), f"crops.{role}_model", params.confidence, params.iou,
+                                    max_side=params.detector_size)
+        size = f":{params.detector_size}" if params.detector_size else ""  # other sizes, other detections
+        found.append((f"{role}:{sha[:16]}:{params.confidence}:{params.iou}{size}", model))
     if cfg.get("animeface"):
         found.append(("animeface:2", detect.AnimeFaceDetector()))
     return found

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from bakery.craft import framing
 from bakery.craft.buckets import BucketChoice, bucket_resolutions, fit_to_bucket, fit_to_box, keep_crop_box, select_bucket
-from bakery.craft.detect import AnimeFaceDetector, Detection, DetectorError, YoloDetector, decode
+from bakery.craft.detect import AnimeFaceDetector, Detection, DetectorError, YoloDetector, aspect_size, decode
 from bakery.testmodels.tiny_detector import RED, build_marker_detector
 from bakery.testmodels.tiny_wd14 import write_tiny_wd14
 
@@ -49,6 +49,25 @@ def test_onnx_detector_finds_the_box_the_test_drew(tmp_path: Path, end_to_end: b
     assert found.label == "face" and found.score == pytest.approx(0.9)
     assert found.box == pytest.approx((200, 96, 264, 160), abs=4)
     assert model.detect(Image.new("RGB", (300, 200), "white")) == []
+
+
+def test_detector_size_keeps_the_aspect_as_imgutils_allow_dynamic_does():
+    assert aspect_size((1000, 500), 640) == (640, 320)
+    assert aspect_size((1200, 800), 416) == (416, 288)  # 277.3 rounded up to 32
+    assert aspect_size((300, 200), 640) == (320, 224)  # never enlarged, only aligned
+
+
+def test_a_dynamic_input_detector_sees_the_picture_at_detector_size(tmp_path: Path):
+    model = YoloDetector(build_marker_detector(tmp_path / "dyn.onnx", dynamic=True), "crops.face_model", max_side=128)
+    im = Image.new("RGB", (400, 200), "white")
+    ImageDraw.Draw(im).rectangle([100, 40, 159, 79], fill=RED)
+    data, size, input_size = model.prepare(im)
+    assert data.shape == (1, 3, 64, 128) and size == (400, 200) and input_size == (128, 64)
+    (found,) = model.infer((data, size, input_size))
+    assert found.box == pytest.approx((100, 40, 160, 80), abs=4)  # back in the picture's pixels
+    fixed = build_marker_detector(tmp_path / "fixed.onnx")
+    with pytest.raises(DetectorError, match=r"^crops.face_model = .*fixed at 256x256.*detector_size"):
+        YoloDetector(fixed, "crops.face_model", max_side=128)
 
 
 def test_missing_or_wrong_detector_files_fail_naming_the_key(tmp_path: Path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,8 @@ def _labels(meta: dict[str, str], key: str, path: Path) -> list[str]:
 class YoloDetector:
     """One deepghs-format ONNX YOLO detector; `key` is the recipe key that named it (for error messages)."""
 
-    def __init__(self, path: Path, key: str, conf: float = 0.25, iou_threshold: float = 0.7, threads: int | None = None):
+    def __init__(self, path: Path, key: str, conf: float = 0.25, iou_threshold: float = 0.7, threads: int | None = None,
+                 max_side: int | None = None):
         import onnxruntime as ort
 
         from bakery.craft.wd14 import default_providers
@@ -124,6 +126,10 @@ class YoloDetector:
         if len(inp.shape) != 4 or inp.shape[1] != 3:
             raise DetectorError(f"{key} = {path}: input {inp.name} has shape {inp.shape}, expected [1, 3, H, W]")
         self.input_name, self.input_size = inp.name, self._input_size(inp.shape, path)
+        self.max_side = max_side
+        if max_side and isinstance(inp.shape[2], int) and isinstance(inp.shape[3], int):
+            raise DetectorError(f"{key} = {path}: its input is fixed at {inp.shape[3]}x{inp.shape[2]}, so "
+                                "crops.detector_size cannot apply: unset it, or export the model with a dynamic input")
 
     def _input_size(self, shape: list, path: Path) -> tuple[int, int]:
         """(width, height) the picture is stretched to: `imgsz` metadata ([h, w]) or the input's fixed shape."""
@@ -135,26 +141,36 @@ class YoloDetector:
             return shape[3], shape[2]
         return 640, 640
 
-    def prepare(self, image: "Image.Image") -> tuple[np.ndarray, tuple[int, int]]:
-        """The model's input for a picture (its size kept to scale the boxes back): may run in another thread."""
+    def prepare(self, image: "Image.Image") -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        """The model's input for a picture, with the picture's size and the input's (to scale the boxes back):
+        may run in another thread."""
         rgb = image if image.mode == "RGB" else image.convert("RGB")
-        chw = np.ascontiguousarray(_stretch(rgb, self.input_size).transpose(2, 0, 1))
+        size = aspect_size(image.size, self.max_side) if self.max_side else self.input_size
+        chw = np.ascontiguousarray(_stretch(rgb, size).transpose(2, 0, 1))
         data = chw.astype(np.float32)
         data *= 1 / 255.0
-        return data[None], image.size
+        return data[None], image.size, size
 
     def detect(self, image: "Image.Image") -> list[Detection]:
         return self.infer(self.prepare(image))
 
-    def infer(self, prepared: tuple[np.ndarray, tuple[int, int]]) -> list[Detection]:
-        data, size = prepared
+    def infer(self, prepared: tuple[np.ndarray, tuple[int, int], tuple[int, int]]) -> list[Detection]:
+        data, size, input_size = prepared
         (output,) = self.session.run(None, {self.input_name: data})[:1]
         if output.ndim != 3 or output.shape[0] != 1:
             raise DetectorError(f"{self.key}: output shape {list(output.shape)}, expected [1, 4 + classes, boxes]")
         try:
-            return decode(output[0], self.labels, self.input_size, size, self.conf, self.iou_threshold)
+            return decode(output[0], self.labels, input_size, size, self.conf, self.iou_threshold)
         except DetectorError as exc:
             raise DetectorError(f"{self.key}: {exc}") from None
+
+
+def aspect_size(size: tuple[int, int], max_side: int, align: int = 32) -> tuple[int, int]:
+    """(width, height) a dynamic-input model sees: the picture's aspect kept, its longer side at most `max_side`,
+    each side rounded up to `align` (imgutils' `_image_preprocess` with allow_dynamic)."""
+    w, h = size
+    r = min(1.0, max_side / max(w, h))
+    return int(math.ceil(w * r / align) * align), int(math.ceil(h * r / align) * align)
 
 
 def _stretch(image: "Image.Image", size: tuple[int, int]) -> np.ndarray:

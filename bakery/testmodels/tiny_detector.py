@@ -26,18 +26,17 @@ def _const(helper, name: str, value: np.ndarray):
 
 
 def build_marker_detector(path: Path, label: str = "face", colour: tuple[int, int, int] = RED, size: int = 256,
-                          score: float = 0.9, end_to_end: bool = False) -> Path:
-    """Write the detector to `path` (an .onnx file) and return it. `end_to_end`: the [1, boxes, 6] output."""
+                          score: float = 0.9, end_to_end: bool = False, dynamic: bool = False) -> Path:
+    """Write the detector to `path` (an .onnx file) and return it. `end_to_end`: the [1, boxes, 6] output;
+    `dynamic`: an input of any height and width (`size` is then only its `imgsz` metadata)."""
     import onnx
     from onnx import TensorProto, helper
 
-    grid = np.arange(size, dtype=np.float32) + 0.5
-    xs, ys = np.meshgrid(grid, grid)
     c = np.array(colour, dtype=np.float32).reshape(1, 3, 1, 1) / 255.0
     nodes = [
-        _const(helper, "colour", c), _const(helper, "xs", xs[None]), _const(helper, "ys", ys[None]),
-        _const(helper, "size", np.array(float(size))), _const(helper, "tol", np.array(0.2)),
+        _const(helper, "colour", c), _const(helper, "tol", np.array(0.2)),
         _const(helper, "half", np.array(0.5)), _const(helper, "score", np.array(score)),
+        *(_dynamic_grid(helper) if dynamic else _fixed_grid(helper, size)),
         helper.make_node("Sub", ["images", "colour"], ["diff"]),
         helper.make_node("Abs", ["diff"], ["adiff"]),
         helper.make_node("ReduceMax", ["adiff"], ["far"], axes=[1], keepdims=0),
@@ -49,10 +48,10 @@ def build_marker_detector(path: Path, label: str = "face", colour: tuple[int, in
         nodes += [
             helper.make_node("Mul", ["m", grid_name], [f"{axis}_on"]),
             helper.make_node("ReduceMax", [f"{axis}_on"], [f"{axis}1c"], keepdims=0),
-            helper.make_node("Sub", ["size", grid_name], [f"{axis}_rev"]),
+            helper.make_node("Sub", [f"{axis}size", grid_name], [f"{axis}_rev"]),
             helper.make_node("Mul", ["m", f"{axis}_rev"], [f"{axis}_rev_on"]),
             helper.make_node("ReduceMax", [f"{axis}_rev_on"], [f"{axis}0r"], keepdims=0),
-            helper.make_node("Sub", ["size", f"{axis}0r"], [f"{axis}0c"]),
+            helper.make_node("Sub", [f"{axis}size", f"{axis}0r"], [f"{axis}0c"]),
             helper.make_node("Sub", [f"{axis}0c", "half"], [f"{axis}0"]),
             helper.make_node("Add", [f"{axis}1c", "half"], [f"{axis}1"]),
         ]
@@ -64,7 +63,8 @@ def build_marker_detector(path: Path, label: str = "face", colour: tuple[int, in
     out_shape = [1, 3, 6] if end_to_end else [1, 5, 3]
     graph = helper.make_graph(
         nodes, "marker_detector",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                       [1, 3, "height", "width"] if dynamic else [1, 3, size, size])],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, out_shape)],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -76,6 +76,33 @@ def build_marker_detector(path: Path, label: str = "face", colour: tuple[int, in
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def _fixed_grid(helper, size: int) -> list:
+    """xs, ys: each pixel's centre, [1, S, S]; xsize, ysize: S."""
+    grid = np.arange(size, dtype=np.float32) + 0.5
+    xs, ys = np.meshgrid(grid, grid)
+    return [_const(helper, "xs", xs[None]), _const(helper, "ys", ys[None]),
+            _const(helper, "xsize", np.array(float(size))), _const(helper, "ysize", np.array(float(size)))]
+
+
+def _dynamic_grid(helper) -> list:
+    """The same from the input's own shape: xs [1, 1, W], ys [1, H, 1] (broadcast), xsize W, ysize H."""
+    from onnx import TensorProto
+
+    nodes = [helper.make_node("Shape", ["images"], ["shape"]), _const(helper, "one", np.array(1.0)),
+             _const_int(helper, "at_x", [0, 1]), _const_int(helper, "at_y", [0, 2])]
+    for axis, dim, at in (("x", 3, "at_x"), ("y", 2, "at_y")):
+        nodes += [
+            _const_int(helper, f"{axis}dim", [dim]),
+            helper.make_node("Gather", ["shape", f"{axis}dim"], [f"{axis}n1"]),
+            helper.make_node("Squeeze", [f"{axis}n1"], [f"{axis}n"]),
+            helper.make_node("Cast", [f"{axis}n"], [f"{axis}size"], to=TensorProto.FLOAT),
+            helper.make_node("Add", [f"{axis}size", "half"], [f"{axis}end"]),
+            helper.make_node("Range", ["half", f"{axis}end", "one"], [f"{axis}line"]),
+            helper.make_node("Unsqueeze", [f"{axis}line", at], [f"{axis}s"]),
+        ]
+    return nodes
 
 
 def _yolo_rows(helper) -> list:
