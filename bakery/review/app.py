@@ -89,7 +89,7 @@ def _pages(app: FastAPI) -> None:
         in_folder = views.filter_cards(ds.cards, views.Filters(folder=f.folder))
         shown = views.paginate(views.filter_cards(ds.cards, f), f.page)
         sources = data.source_tags(st.workdir, st.recipe, [c.hash for c in shown.items])
-        views.fill_dropped(ds.cards, shown.items, sources, edit_forms.active(st.workdir))
+        views.fill_dropped(ds.cards, shown.items, sources, data.active_edits(st.workdir))
         return page(request, "dataset.html", run_id=ds.run_id, f=f, shown=shown, total=len(ds.cards),
                     folders=views.folder_counts(ds.cards), flags=views.flag_counts(in_folder),
                     tags=views.tag_counts(in_folder), titles=views.FLAG_TITLES)
@@ -104,7 +104,7 @@ def _pages(app: FastAPI) -> None:
         if not cards:
             raise StudioError(404, f"picture {sha256[:12]} is not in the last training set")
         sources = data.source_tags(st.workdir, st.recipe, [sha256])
-        views.fill_dropped(everything, cards, sources, edit_forms.active(st.workdir))
+        views.fill_dropped(everything, cards, sources, data.active_edits(st.workdir))
         chain = data.provenance(st.workdir, sha256)
         folders = [f for c in st.recipe.concepts for f in [c.name, *(o.name for o in c.outfits)]]
         edits = edit_forms.naming(st.workdir, cards[0].name, sha256)

@@ -69,7 +69,7 @@ class Dataset:
     cards: list[views.Card]
 
 
-_CACHE: dict = {}  # what was read at one state of the catalog and reports: {"stamp", "dataset", "sources"}
+_CACHE: dict = {}  # what was read at one state of the catalog and reports: {"stamp", "dataset", "sources", "edits"}
 
 
 def _stamp(workdir: Path) -> tuple:
@@ -88,7 +88,7 @@ def _cached(workdir: Path) -> dict:
     stamp = (str(workdir), _stamp(workdir))
     if _CACHE.get("stamp") != stamp:
         _CACHE.clear()
-        _CACHE.update(stamp=stamp, dataset=None, sources={})
+        _CACHE.update(stamp=stamp, dataset=None, sources={}, edits=None)
     return _CACHE
 
 
@@ -127,6 +127,20 @@ def _read_dataset(workdir: Path, recipe: Recipe) -> Dataset:
                                       upscaled.get(name), qa.get(r["image_hash"]), counts, caps.rare_tag_posts,
                                       caps.warn_caption_bytes, held=is_held))
     return Dataset(runs[0], sorted(cards, key=lambda c: (c.folder, c.name)))
+
+
+def active_edits(workdir: Path) -> list:
+    """The edits the next run applies (a page's removed tags are theirs), read once per state of the catalog."""
+    from bakery.edits import EditError, active_edits as read_edits
+
+    with CATALOG_LOCK:
+        cache = _cached(workdir)
+        if cache["edits"] is None:
+            try:
+                cache["edits"] = read_edits(workdir)
+            except EditError as exc:  # only "catalog: ... in use by a running bake" comes from a read
+                raise CatalogBusy(str(exc)) from None
+        return cache["edits"]
 
 
 def source_tags(workdir: Path, recipe: Recipe, hashes: Sequence[str]) -> dict[str, list[str]]:

@@ -85,11 +85,6 @@ def listed(workdir: Path) -> list:
     return _call(api().list_edits, workdir, True)
 
 
-def active(workdir: Path) -> list:
-    """The edits the next run applies (a page's removed tags are theirs)."""
-    return _call(api().active_edits, workdir)
-
-
 def transfer(workdir: Path, recipe_path: Path, action: str) -> int:
     path = api().edits_file(recipe_path)
     if action == "import" and not path.is_file():
