@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bakery.craft.names import collisions
+from bakery.craft.gather.names import collisions
 from bakery.manifest import StageResult
 from bakery.report import name_list
 

@@ -6,8 +6,8 @@ become the craft's CaptionSettings.
 
 from __future__ import annotations
 
-from bakery.craft import tags as tags_craft
-from bakery.craft import trainset as craft
+from bakery.craft.caption import tags as tags_craft
+from bakery.craft.caption import trainset as craft
 from bakery.manifest import ImageRef
 from bakery.recipe import CaptionParams
 from storage import Catalog

@@ -371,7 +371,7 @@ def tags(
     top: int = typer.Option(25, help="Tags shown per group."),
 ) -> None:
     """Tag frequency per group before/after pruning, the change since the previous run, and the overlap."""
-    from bakery.craft import tagstats
+    from bakery.craft.caption import tagstats
     from storage import Catalog
 
     cfg = _load(recipe)

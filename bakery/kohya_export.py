@@ -7,8 +7,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from bakery.craft import kohya, prediction
-from bakery.craft import prune as prune_craft
+from bakery.craft.bake import kohya_dataset as kohya
+from bakery.craft.bake.bases import prediction
+from bakery.craft.caption import prune as prune_craft
 from bakery.manifest import TrainImage
 from bakery.recipe import Concept, Recipe
 from storage import STORE_DIR, Catalog, ContentStore

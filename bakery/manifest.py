@@ -83,7 +83,7 @@ class TrainSet:
     # Captions hold the keep-tokens separator "|||" after their triggers.
     keep_tokens_separator: bool = False
     warnings: list[str] = field(default_factory=list)  # caption/repeat checks from the guide
-    # The validation loss's pictures (bakery/craft/holdout.py): held out of `images` (never trained on),
+    # The validation loss's pictures (bakery/craft/caption/holdout.py): held out of `images` (never trained on),
     # or, when `validation_held_out` is False, training pictures also in `images`. [] = no validation loss.
     validation: list[TrainImage] = field(default_factory=list)
     validation_held_out: bool = True

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from bakery.craft.tags import DEFAULT_DELETE, DEFAULT_SYNONYMS
+from bakery.craft.caption.tags import DEFAULT_DELETE, DEFAULT_SYNONYMS
 from bakery.families import apply_family
 
 # Pillow's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS).
@@ -374,7 +374,7 @@ TRAIN_PROFILES: dict[str, dict[str, Any]] = {
 NETWORK_DEFAULTS: dict[str, dict[str, Any]] = {"dylora": {"network_dim": 64, "network_alpha": 32.0},
                                                "diag-oft": {"network_dim": 2}}
 IA3_LR = (5e-3, 1e-2)  # rules.md §12: IA3's learning rate with AdamW (Prodigy: 1)
-DYLORA_UNIT = 4  # rules.md §12 (bakery/craft/lycoris_net.py trains in units of this many ranks)
+DYLORA_UNIT = 4  # rules.md §12 (bakery/craft/bake/networks/lycoris_net.py trains in units of this many ranks)
 
 
 def _check_lycoris_network(t: Any) -> None:
@@ -537,7 +537,7 @@ class EvaluateParams(_Section):
     # "LoRA does nothing" (with one seed, one more base render per prompt measures that change).
     effect_min_ratio: Annotated[float, Field(ge=0)] = 0.2
     # Flexibility (needs [autotag] model): prompts asking the character for what the training set does not
-    # show; "{trigger}" = each character trigger. None: one of bakery/craft/judges.py FLEX_DEFAULTS each; [] = off.
+    # show; "{trigger}" = each character trigger. None: one of bakery/craft/taste/judges/tags.py FLEX_DEFAULTS each; [] = off.
     flexibility_prompts: list[str] | None = None
     # Tag judges: a rise of bleed, or a drop of flexibility, over weight 0 bigger than this is flagged.
     tag_margin: Annotated[float, Field(gt=0, le=1)] = 0.25

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from bakery.craft.ingest import walk_folder
+from bakery.craft.gather.ingest import walk_folder
 
 
 def folders_fingerprint(folders: list[tuple[Path, bool]]) -> tuple[str, int]:

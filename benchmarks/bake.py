@@ -94,7 +94,7 @@ def one_cpu(cached: bool, steps: int, vae: str = "tiny") -> dict:  # noqa: C901
     SD1.5's VAE shape (random weights), so encoding costs what it does in a real bake."""
     import torch
 
-    from bakery.craft import bake as B
+    from bakery.craft.bake import loop as B
     from bakery.recipe import TrainParams
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
@@ -158,7 +158,7 @@ def _sd15_shape_pipeline(folder: Path):
 def one_cuda(steps: int) -> dict:
     import torch
 
-    from bakery.craft import bake as B
+    from bakery.craft.bake import loop as B
     from bakery.recipe import TrainParams
 
     work, store, ts, batch, epochs = _bench_set("bench-bake-cuda-", 512, steps)

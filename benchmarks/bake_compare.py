@@ -253,7 +253,7 @@ def total_steps(steps: int, warmup: int) -> int:
 def ours(model: str, tiny: bool, variant: str, steps: int, warmup: int, root: Path) -> dict:
     import torch
 
-    from bakery.craft import bake as B
+    from bakery.craft.bake import loop as B
     from bakery.recipe import TrainParams
 
     clock = StepClock()

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from PIL import Image  # noqa: E402
 
-from bakery.craft import prune as P  # noqa: E402
-from bakery.craft import tags as T  # noqa: E402
+from bakery.craft.caption import prune as P  # noqa: E402
+from bakery.craft.caption import tags as T  # noqa: E402
 
 VOCAB = (
     ["1girl", "solo", "smile", "open_mouth", "closed_mouth", "looking_at_viewer", "simple_background",
@@ -58,9 +58,9 @@ def bench_craft(n: int) -> dict[str, float]:
 
 
 def bench_catalog(n: int) -> dict[str, float]:
+    from bakery.caption_sources import gather_sources
     from bakery.manifest import ImageRef
     from storage import Catalog
-    from bakery.caption_sources import gather_sources
 
     with tempfile.TemporaryDirectory() as tmp, Catalog.open(Path(tmp)) as cat:
         rng = random.Random(2)
@@ -80,7 +80,7 @@ def bench_catalog(n: int) -> dict[str, float]:
 
 
 def bench_tagger(m: int) -> dict[str, float]:
-    from bakery.craft import wd14
+    from bakery.craft.caption import wd14
     from tests.wd14_model import write_tiny_wd14
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,7 +7,7 @@
 1. Draws N pictures (seeded, 512-1,200 px per side, PNG): a grey figure on a grainy gradient with a red
    face marker, a third of them full-body with a small face (so crops are cut).
 2. Baseline: one process opens and fully decodes every picture once.
-3. The stage's work (`tasks.crops.frame_pictures`: read each picture from the content store, run the
+3. The stage's work (`tasks.prepare.crops.frame_pictures`: read each picture from the content store, run the
    face detector, classify, plan and cut the crops, record detections and framings in the catalog) on
    a fresh work dir, timed; then again on the same work dir (detections come from the catalog).
 
@@ -104,7 +104,7 @@ class _Timed:
 
     @classmethod
     def wrap(cls) -> None:
-        from bakery.craft.detect import YoloDetector
+        from bakery.craft.prepare.detect import YoloDetector
 
         infer = YoloDetector.infer
 
@@ -123,7 +123,7 @@ def main() -> int:
     _Timed.wrap()
     from bakery.recipe import Recipe
     from bakery.testmodels.tiny_detector import build_marker_detector
-    from tasks.crops import crops_params_json, frame_pictures
+    from tasks.prepare.crops import crops_params_json, frame_pictures
 
     with tempfile.TemporaryDirectory(prefix="bakery-bench-crops-") as tmp:
         base = Path(tmp)

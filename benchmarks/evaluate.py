@@ -49,12 +49,12 @@ def _args() -> argparse.Namespace:
 
 def _measure(args: argparse.Namespace, root: Path) -> dict:
     """The grid alone (base load, render, LoRA swaps), then the whole stage, on the tiny model."""
-    from bakery.craft import xyz
+    from bakery.craft.taste import xyz
     from bakery.manifest import BakeOutput
     from bakery.recipe import EvaluateParams
     from bakery.testmodels.tiny_sd15 import build_tiny_sd15
-    from tasks.evaluate import EVALUATE, evaluate_bake
     from tasks.stage import RunInfo
+    from tasks.taste.evaluate import EVALUATE, evaluate_bake
     from tests.lora_files import write_kohya_lora
 
     trigger = "bakery_girl"
@@ -73,7 +73,7 @@ def _measure(args: argparse.Namespace, root: Path) -> dict:
     bake = BakeOutput("b", str(model), "sd15", files, "bench", [trigger], 2)
     judged = {}
     if args.judges:  # twice: the first pays one-off costs (onnxruntime's import, the first session)
-        from bakery.craft.judging import TaggerSpec
+        from bakery.craft.taste.judges.panel import TaggerSpec
         from bakery.testmodels.tiny_wd14 import write_tiny_wd14
 
         tagger = TaggerSpec(str(write_tiny_wd14(root / "wd14")))

@@ -62,7 +62,7 @@ def _model_times(args: argparse.Namespace, ckpt: Path) -> tuple[str, float, list
     """(device, load seconds, seconds per image) of the mask model on generated pictures."""
     import torch
 
-    from bakery.craft.masks import MaskModel
+    from bakery.craft.prepare.masks import MaskModel
     from tests.images import gradient
 
     cfg = Path.home() / ".cache" / "bakery-test" / "tb-home"
@@ -86,7 +86,7 @@ def _qa_rates() -> tuple[float, float]:
     """Histograms of 512 px masks per second, QA verdicts per second."""
     import numpy as np
 
-    from bakery.craft.masks import MaskQA, histogram, qa_reason
+    from bakery.craft.prepare.masks import MaskQA, histogram, qa_reason
 
     rng = np.random.default_rng(0)
     masks = [rng.integers(0, 256, (512, 512), dtype=np.uint8) for _ in range(8)]

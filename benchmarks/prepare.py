@@ -135,7 +135,7 @@ def baseline_decode(folder: Path) -> float:
 def near_search(n: int = 100_000, seed: int = 0) -> dict:
     import numpy as np
 
-    from bakery.craft.dedupe import Candidate, near_duplicates, near_pairs
+    from bakery.craft.prepare.dedupe import Candidate, near_duplicates, near_pairs
     from bakery.manifest import ImageRef
 
     rng = np.random.default_rng(seed)

@@ -82,7 +82,7 @@ def _picture(i: int, rng: random.Random, store, side: int) -> dict:
 
 def build(base: Path, n: int, side: int) -> Path:
     """The recipe of a synthetic work dir with `n` pictures in the last training set."""
-    from bakery.craft.bucket_report import bucket_report
+    from bakery.craft.prepare.bucket_report import bucket_report
     from storage import Catalog, ContentStore
     from storage.catalog import now
 
@@ -156,9 +156,9 @@ def main() -> None:
 
 
 def serve_and_time(recipe: Path, n: int) -> None:
-    from storage import Catalog
     from bakery.review import create_app
     from bakery.review.thumbs import make_thumbnails
+    from storage import Catalog
     from tests.review_work import Served
 
     work = recipe.parent / "work"

@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bakery.recipe import parse_recipe, stage_params_json  # noqa: E402
-from tasks.scrape import booru_specs, scrape  # noqa: E402
+from tasks.gather.scrape import booru_specs, scrape  # noqa: E402
 from tests.booru_server import FakeBooru, make_posts  # noqa: E402
 
 

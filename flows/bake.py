@@ -14,30 +14,41 @@ from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet
 from bakery.recipe import Recipe, load_recipe, stage_params_json
 from bakery.stages import Plan, plan_run
 from storage import Catalog
-from tasks.alpha import ALPHA
-from tasks.autotag import AUTOTAG, autotag_params_json
-from tasks.bake import BAKE, bake_params_json
-from tasks.buckets import BUCKETS, buckets_params_json
-from tasks.convert import CONVERT
-from tasks.crops import CROPS, CropsOutput, crops_params_json, no_detector_note
-from tasks.dedupe import DEDUPE
+from tasks.bake.bake import BAKE, bake_params_json
+from tasks.bake.regularisation import REGULARISATION, record_trainset, reg_params_json
+from tasks.caption.autotag import AUTOTAG, autotag_params_json
+from tasks.caption.prune import PRUNE, caption_sources, prune_params_json
 from tasks.edits import load_edits
-from tasks.evaluate import EVALUATE, evaluate_params_json
-from tasks.ingest import INGEST, FolderSpec, Listing, scan_sources
-from tasks.masks import MASKS, masks_params
+from tasks.gather.convert import CONVERT
+from tasks.gather.ingest import INGEST, FolderSpec, Listing, scan_sources
+from tasks.gather.scrape import SCRAPE, booru_specs
 from tasks.pool import Runner, use_runner
-from tasks.prune import PRUNE, caption_sources, prune_params_json
-from tasks.regularisation import REGULARISATION, record_trainset, reg_params_json
+from tasks.prepare.alpha import ALPHA
+from tasks.prepare.buckets import BUCKETS, buckets_params_json
+from tasks.prepare.crops import CROPS, CropsOutput, crops_params_json, no_detector_note
+from tasks.prepare.dedupe import DEDUPE
+from tasks.prepare.masks import MASKS, masks_params
+from tasks.prepare.trim import TRIM
+from tasks.prepare.upscale import UPSCALE, upscale_params_json
 from tasks.report import run_summary_markdown
 from tasks.runlog import run_log
-from tasks.scrape import SCRAPE, booru_specs
-from tasks.slide import SLIDE, SLIDER_TASTE, slide_params_json, slider_spec, slider_taste_params_json
-from tasks.stage import (REPLAYING, NotReplayed, RunInfo, begin_run, call, end_run, forget_run, replaying, run_logger,
-                         run_stage, skip_stage)
+from tasks.slider.slide import SLIDE, SLIDER_TASTE, slide_params_json, slider_spec, slider_taste_params_json
+from tasks.stage import (
+    REPLAYING,
+    NotReplayed,
+    RunInfo,
+    begin_run,
+    call,
+    end_run,
+    forget_run,
+    replaying,
+    run_logger,
+    run_stage,
+    skip_stage,
+)
 from tasks.sweep import heartbeat, record_variant
-from tasks.trigger_check import TRIGGER_CHECK, check_triggers
-from tasks.trim import TRIM
-from tasks.upscale import UPSCALE, upscale_params_json
+from tasks.taste.evaluate import EVALUATE, evaluate_params_json
+from tasks.taste.trigger_check import TRIGGER_CHECK, check_triggers
 
 # Stages built so far, in chain order. A stage not built is absent, not a no-op.
 GATHER = (INGEST, CONVERT, DEDUPE)

@@ -268,7 +268,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (
         9,
         """
-        -- bakery/craft/trim.py edge_spread: trim leaves a picture whose spread is past its fuzz
+        -- bakery/craft/prepare/trim.py edge_spread: trim leaves a picture whose spread is past its fuzz
         -- alone without decoding it. NULL: not known (hashed before this column, or transparent).
         ALTER TABLE perceptual_hashes ADD COLUMN edge_spread DOUBLE;
         """,
@@ -330,7 +330,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (
         14,
         """
-        -- The tag judges and the ranking of an evaluation (bakery/craft/judging.py), one row per score.
+        -- The tag judges and the ranking of an evaluation (bakery/craft/taste/judges/panel.py), one row per score.
         CREATE TABLE evaluation_scores (
             eval_key VARCHAR NOT NULL,
             epoch INTEGER NOT NULL,
@@ -380,7 +380,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (
         16,
         """
-        -- What the crops stage's detectors found (bakery/craft/detect.py), per picture content and detector.
+        -- What the crops stage's detectors found (bakery/craft/prepare/detect.py), per picture content and detector.
         CREATE TABLE detections (
             image_hash VARCHAR NOT NULL,
             detector VARCHAR NOT NULL,     -- role + the model file's sha256 (or 'animeface') + thresholds
@@ -678,7 +678,7 @@ class Catalog:
         return {h: (p, d, c) for h, p, d, c in rows}
 
     def edge_spreads(self, hashes: Sequence[str]) -> dict[str, float]:
-        """Known edge spreads (bakery/craft/trim.py) of these images."""
+        """Known edge spreads (bakery/craft/prepare/trim.py) of these images."""
         if not hashes:
             return {}
         rows = self.con.execute(

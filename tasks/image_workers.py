@@ -14,10 +14,10 @@ from typing import Any
 
 from PIL import Image
 
-from bakery.craft import trim as trim_craft
-from bakery.craft.convert import convert_image, kept_as_is, pixel_hash
-from bakery.craft.dedupe import perceptual_hash
-from bakery.craft.ingest import Limits, SkipImage, SourceFile, inspect_image
+from bakery.craft.gather.convert import convert_image, kept_as_is, pixel_hash
+from bakery.craft.gather.ingest import Limits, SkipImage, SourceFile, inspect_image
+from bakery.craft.prepare import trim as trim_craft
+from bakery.craft.prepare.dedupe import perceptual_hash
 from bakery.manifest import ImageRef, Skip
 from storage import ContentStore, Digest
 

@@ -26,7 +26,7 @@ from prefect.context import FlowRunContext, TaskRunContext
 
 import bakery.manifest
 from bakery.account import Account, account
-from bakery.craft.names import Wanted, unique_names
+from bakery.craft.gather.names import Wanted, unique_names
 from bakery.manifest import ImageRef, Skip, StageResult, picture_subjects
 from storage import STORE_DIR, Catalog, ContentStore
 from tasks.caching import code_version, stage_cache_key_fn

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bakery.craft import wd14
+from bakery.craft.caption import wd14
 from tests.wd14_model import write_tiny_wd14
 
 

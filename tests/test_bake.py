@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bakery.craft import bake as B
-from bakery.craft import kohya_lora as K
+from bakery.craft.bake import loop as B
+from bakery.craft.bake.networks import kohya_lora as K
 from bakery.manifest import TrainImage, TrainSet
 from bakery.recipe import RecipeError, TrainParams, parse_recipe
 from storage import ContentStore

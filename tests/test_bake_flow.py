@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from prefect import flow
 
-from bakery.craft import kohya_lora as K
+from bakery.craft.bake.networks import kohya_lora as K
 from bakery.manifest import BakeOutput, TrainImage, TrainSet
 from bakery.recipe import load_recipe
 from storage import Catalog

@@ -2,7 +2,7 @@
 
 from PIL import Image
 
-from bakery.craft.buckets import bucket_resolutions, downscale_factor, fit_to_bucket, select_bucket
+from bakery.craft.prepare.buckets import bucket_resolutions, downscale_factor, fit_to_bucket, select_bucket
 
 
 def test_17_buckets_at_512():
@@ -48,7 +48,7 @@ def test_fit_to_bucket_crops_centre():
 
 
 def test_aspect_range_is_what_the_sides_allow():
-    from bakery.craft.bucket_report import aspect_range
+    from bakery.craft.prepare.bucket_report import aspect_range
 
     assert aspect_range(bucket_resolutions(512)) == (0.25, 4.0)  # 256x1024 .. 1024x256
     lo, hi = aspect_range(bucket_resolutions(512, 384, 768, 64))  # 384x640 .. 640x384
@@ -56,7 +56,7 @@ def test_aspect_range_is_what_the_sides_allow():
 
 
 def test_a_15_to_1_panorama_loses_three_quarters_to_the_centre_crop():
-    from bakery.craft.bucket_report import crop_share
+    from bakery.craft.prepare.bucket_report import crop_share
 
     choice = select_bucket(2100, 140, bucket_resolutions(512))
     assert choice.bucket == (1024, 256) and choice.resized == (3840, 256)  # heights matched, then cropped

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bakery.craft import prune as P
-from bakery.craft import repeats as R
-from bakery.craft import tags as T
+from bakery.craft.caption import prune as P
+from bakery.craft.caption import repeats as R
+from bakery.craft.caption import tags as T
 
 # The guide's own example (§10, "Um exemplo de poda", original-pt.md lines 472-476), one image of CharaA in
 # Outfit1. The Portuguese copy translates the tag names; these are the Danbooru tags they stand for, in its order:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bakery.craft.convert import convert_image, pixel_hash
-from bakery.craft.ingest import Limits, SkipImage, inspect_image, read_sidecar, source_name, walk_folder
+from bakery.craft.gather.convert import convert_image, pixel_hash
+from bakery.craft.gather.ingest import Limits, SkipImage, inspect_image, read_sidecar, source_name, walk_folder
 from bakery.recipe import DEFAULT_MAX_PIXELS, IngestParams
 from tests.images import BAD, GOOD, gradient, png_with_size
 

@@ -87,7 +87,7 @@ def test_skip_lists_are_capped_and_say_where_the_rest_is():
 
 @pytest.mark.usefixtures("prefect_server")
 def test_loha_and_lokr_bakes_are_evaluated(tmp_path: Path):
-    """diffusers cannot load LoHa/LoKr files: evaluate applies them itself (bakery/craft/lycoris.py)."""
+    """diffusers cannot load LoHa/LoKr files: evaluate applies them itself (bakery/craft/bake/networks/lycoris.py)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
@@ -152,8 +152,8 @@ def test_a_huge_error_is_one_line_on_the_terminal_and_whole_in_the_run_log(tmp_p
 def test_missing_lora_files_are_counted_with_the_whole_list_in_the_run_log(tmp_path: Path):
     from bakery.manifest import BakeOutput
     from bakery.recipe import EvaluateParams
-    from tasks.evaluate import EVALUATE, evaluate_bake
     from tasks.stage import RunInfo
+    from tasks.taste.evaluate import EVALUATE, evaluate_bake
 
     files = {e: str(tmp_path / "bakes" / f"cake-{e:06d}.safetensors") for e in range(1, 13)}
     bake = BakeOutput(name="cake", base_model="tiny", architecture="sd15", files=files, bake_key="k", triggers=["x"])

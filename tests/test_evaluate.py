@@ -159,8 +159,8 @@ def test_evaluate_in_a_prefect_run(baked, tmp_path):
 
 
 def test_evaluate_without_training_set_uses_metadata_and_says_likeness_not_measured(baked):
-    from tasks.evaluate import EVALUATE, evaluate_bake
     from tasks.stage import RunInfo
+    from tasks.taste.evaluate import EVALUATE, evaluate_bake
 
     bake, _, work, _ = baked
     only_zero = BakeOutput(**{**bake.__dict__, "files": {1: bake.files[1]}, "bake_key": "nothing-logged"})
@@ -200,8 +200,8 @@ def _screenshot_shows_images(report: Path, tmp_path: Path) -> None:
 
 
 def test_tasting_is_one_craft_call_with_no_prefect_and_no_catalog(baked):
-    """bakery/craft/tasting.py taste: the loss log and training images handed in, a recommendation out."""
-    from bakery.craft import tasting
+    """bakery/craft/taste/tasting.py taste: the loss log and training images handed in, a recommendation out."""
+    from bakery.craft.taste import tasting
 
     bake, train, _, _ = baked
     # At one step this random LoRA's change is a small share of the change between seeds: the ratio rule

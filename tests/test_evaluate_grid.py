@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bakery.craft import evaluate as ev
-from bakery.craft import xyz
+from bakery.craft.taste import evaluate as ev
+from bakery.craft.taste import xyz
 from tests.lora_files import write_kohya_lora
 
 WORDS = ["bakery_girl, red_dress, smile, solo, blue_eyes"]

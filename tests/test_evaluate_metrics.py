@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bakery.craft import evaluate as ev
+from bakery.craft.taste import evaluate as ev
 
 
 def smooth(seed: int = 0, size: int = 64) -> np.ndarray:

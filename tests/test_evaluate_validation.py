@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bakery.craft import evaluate as craft
+from bakery.craft.taste import evaluate as craft
 from bakery.recipe import EvaluateParams
 from storage import Catalog
 from tests.test_evaluate import _run, baked  # noqa: F401  (the module fixture: tiny model, three LoRA files)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from bakery.craft import face_judge as F
-from bakery.craft import judge_report, judging
+from bakery.craft.taste.judges import face as F
+from bakery.craft.taste.judges import panel as judging
+from bakery.craft.taste.reports import judges as judge_report
 from bakery.testmodels.tiny_detector import RED, build_marker_detector
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bakery.craft import tasting
+from bakery.craft.taste import tasting
 from bakery.families import FAMILIES, PONY_SCORE_TAGS
 from bakery.manifest import BakeOutput, TrainImage, TrainSet
 from bakery.recipe import EvaluateParams, RecipeError, parse_recipe

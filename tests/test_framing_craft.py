@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from bakery.craft import framing
-from bakery.craft.buckets import BucketChoice, bucket_resolutions, fit_to_bucket, fit_to_box, keep_crop_box, select_bucket
-from bakery.craft.detect import AnimeFaceDetector, Detection, DetectorError, YoloDetector, aspect_size, decode
+from bakery.craft.prepare import framing
+from bakery.craft.prepare.buckets import (
+    BucketChoice,
+    bucket_resolutions,
+    fit_to_box,
+    fit_to_bucket,
+    keep_crop_box,
+    select_bucket,
+)
+from bakery.craft.prepare.detect import AnimeFaceDetector, Detection, DetectorError, YoloDetector, aspect_size, decode
 from bakery.testmodels.tiny_detector import RED, build_marker_detector
 from bakery.testmodels.tiny_wd14 import write_tiny_wd14
 

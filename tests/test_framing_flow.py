@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from bakery.cli import app
-from bakery.craft.buckets import bucket_resolutions, fit_to_bucket, select_bucket
+from bakery.craft.prepare.buckets import bucket_resolutions, fit_to_bucket, select_bucket
 from bakery.testmodels.tiny_detector import RED, build_marker_detector
 from storage import Catalog
 from tests import sd_scripts_schema

@@ -1,11 +1,11 @@
-"""Which pictures the validation loss uses (bakery/craft/holdout.py), and the training set built around them. No Prefect."""
+"""Which pictures the validation loss uses (bakery/craft/caption/holdout.py), and the training set built around them. No Prefect."""
 
 from __future__ import annotations
 
-from bakery.craft import holdout as H
-from bakery.craft import prune as prune_craft
-from bakery.craft.tags import CleanRules
-from bakery.craft.trainset import CaptionSettings, Picture, RepeatSettings, build_trainset
+from bakery.craft.caption import holdout as H
+from bakery.craft.caption import prune as prune_craft
+from bakery.craft.caption.tags import CleanRules
+from bakery.craft.caption.trainset import CaptionSettings, Picture, RepeatSettings, build_trainset
 
 DEFAULTS = H.HoldOutSettings()
 CHARA = prune_craft.ConceptSpec(name="CharaA", trigger="CharaA", paths=("a/**",), style="fluid", target_steps=300)

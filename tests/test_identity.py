@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from bakery.account import account
 from bakery.cli import app
-from bakery.craft.names import Wanted, collisions, unique_names
+from bakery.craft.gather.names import Wanted, collisions, unique_names
 from bakery.manifest import ImageRef, Skip, StageResult
 from storage import Catalog
 from tests.conftest import write_recipe

@@ -3,13 +3,13 @@ over renders whose colours we set, so identity, bleed, flexibility and the ranki
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
-from bakery.craft import evaluate as ev
-from bakery.craft import judges as J
-from bakery.craft import judging, ranking
+from bakery.craft.taste import evaluate as ev
+from bakery.craft.taste import ranking
+from bakery.craft.taste.judges import panel as judging
+from bakery.craft.taste.judges import tags as J
 from tests.wd14_model import write_tiny_wd14
 
 # Extra tags on the mean B, G, R (0-255) of the picture: logit = w . (B, G, R) + bias.

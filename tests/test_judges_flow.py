@@ -109,8 +109,8 @@ def test_judges_in_a_prefect_run(setup):
 
 
 def test_without_a_tagger_the_tag_judges_are_skipped(setup):
-    from tasks.evaluate import EVALUATE, evaluate_bake
     from tasks.stage import RunInfo
+    from tasks.taste.evaluate import EVALUATE, evaluate_bake
 
     bake, train, work, _ = setup
     one = BakeOutput(**{**bake.__dict__, "files": {2: bake.files[2]}})

@@ -11,7 +11,8 @@ import pytest
 import voluptuous
 from PIL import Image
 
-from bakery.craft import kohya, tagstats
+from bakery.craft.bake import kohya_dataset as kohya
+from bakery.craft.caption import tagstats
 from bakery.manifest import TrainImage
 from storage import ContentStore
 from tests import sd_scripts_schema

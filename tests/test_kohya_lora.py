@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from bakery.craft import kohya_lora as K
+from bakery.craft.bake.networks import kohya_lora as K
 
 TRIGGER = "bakery_girl"
 

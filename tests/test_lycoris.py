@@ -1,4 +1,4 @@
-"""LoHa and LoKr files applied by our own code (bakery/craft/lycoris.py) reproduce the trained peft network.
+"""LoHa and LoKr files applied by our own code (bakery/craft/bake/networks/lycoris.py) reproduce the trained peft network.
 
 The check is the one test_kohya_lora does for LoRA/LoCon through diffusers: a peft network with
 non-identity weights, written as the bake writes it (fp16 kohya/LyCORIS file), applied at weight 1
@@ -12,11 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from bakery.craft import kohya_lora as K
-from bakery.craft import lycoris
-from bakery.craft.xyz import Taster
+from bakery.craft.bake.networks import kohya_lora as K
+from bakery.craft.bake.networks import lycoris
+from bakery.craft.taste.xyz import Taster
 from tests.test_kohya_lora import _kohya_tensors, _metadata, _trained, tiny  # noqa: F401  (tiny: a fixture)
-
 
 # -- ΔW from the factors, against peft's own get_delta_weight ------------------------------------------
 

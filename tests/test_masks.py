@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from bakery.craft.masks import (
+from bakery.craft.prepare.masks import (
     DISABLED_MESSAGE,
     MaskModel,
     MaskQA,
@@ -18,9 +18,9 @@ from bakery.craft.masks import (
     histogram,
     qa_reason,
 )
-from bakery.testmodels.inspyrenet import build_random_inspyrenet_ckpt
 from bakery.manifest import ImageRef
 from bakery.recipe import RecipeError, parse_recipe, stage_params_json
+from bakery.testmodels.inspyrenet import build_random_inspyrenet_ckpt
 from storage import Catalog, ContentStore
 from tests.conftest import write_recipe
 from tests.images import gradient
@@ -146,7 +146,7 @@ def inspyrenet_ckpt(tmp_path_factory: pytest.TempPathFactory):
 
 
 def stage_params(base: Path, **masks) -> str:
-    from tasks.masks import masks_params
+    from tasks.prepare.masks import masks_params
 
     return stage_params_json(masks_params(parse_recipe({"masks": masks}, base)))
 
@@ -166,7 +166,7 @@ def run_masks(refs: list[ImageRef], params_json: str, work: Path, run_id: str):
     """The masks stage alone, in a flow run of its own (as the bake flow runs it)."""
     from prefect import flow
 
-    from tasks.masks import MASKS
+    from tasks.prepare.masks import MASKS
     from tasks.stage import RunInfo, run_stage
 
     @flow(name="masks-only", validate_parameters=False)
@@ -279,8 +279,8 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path: Path, inspyrenet_c
 
 
 def test_the_stage_makes_only_missing_masks_keeps_them_in_batches_and_judges_all():
-    """bakery/craft/masks.py mask_pictures, with no Prefect: a mask made from each picture's own pixels."""
-    from bakery.craft.masks import Mask, MaskQA, histogram, mask_pictures
+    """bakery/craft/prepare/masks.py mask_pictures, with no Prefect: a mask made from each picture's own pixels."""
+    from bakery.craft.prepare.masks import Mask, MaskQA, histogram, mask_pictures
 
     def subject(seed: int) -> np.ndarray:  # a bright disc on black: an accepted mask
         m = Image.new("L", (64, 64), 0)

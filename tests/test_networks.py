@@ -1,4 +1,4 @@
-"""IA3, DyLoRA and Diag-OFT (rules.md §12): trained with LyCORIS's modules (bakery/craft/lycoris_net.py),
+"""IA3, DyLoRA and Diag-OFT (rules.md §12): trained with LyCORIS's modules (bakery/craft/bake/networks/lycoris_net.py),
 written in LyCORIS's key format under kohya's module names, applied by evaluate as the readers apply them.
 
 The readers' key names (checked on their code): A1111's built-in networks read IA3 as `{name}.weight` +
@@ -17,10 +17,10 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from bakery.craft import kohya_lora as K
-from bakery.craft import lycoris, lycoris_net
-from bakery.craft import repeats as R
-from bakery.craft.xyz import Taster
+from bakery.craft.bake.networks import kohya_lora as K
+from bakery.craft.bake.networks import lycoris, lycoris_net
+from bakery.craft.caption import repeats as R
+from bakery.craft.taste.xyz import Taster
 from bakery.recipe import TrainParams
 from storage import ContentStore
 from tests.test_bake import make_trainset, params, run
@@ -204,7 +204,7 @@ def test_bake_trains_and_writes_the_network(work, network_type):
 
 
 def test_resumed_lycoris_state_takes_the_same_next_step(work, tmp_path):
-    from bakery.craft import bake as B
+    from bakery.craft.bake import loop as B
     from tests.test_bake import DATA
 
     store = ContentStore(work / "store")
@@ -243,7 +243,7 @@ def test_recipe_defaults_and_checks_are_the_guides():
             TrainParams(**bad)
     assert R.multiplier(ia3=True) == 0.5 and R.multiplier(sdxl=True, ia3=True) == 0.25  # IA3: half the steps
     from bakery.recipe import RepeatsParams
-    from tasks.prune import repeat_settings
+    from tasks.caption.prune import repeat_settings
 
     def mult(**train):
         return repeat_settings({"repeats": RepeatsParams().model_dump(),

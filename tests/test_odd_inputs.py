@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bakery.craft.convert import convert_image
-from bakery.craft.ingest import Limits, SkipImage, inspect_image, list_folder, shown
+from bakery.craft.gather.convert import convert_image
+from bakery.craft.gather.ingest import Limits, SkipImage, inspect_image, list_folder, shown
 from bakery.recipe import DEFAULT_MAX_PIXELS, IngestParams
 from storage import Catalog, ContentStore
 from tests.conftest import write_recipe

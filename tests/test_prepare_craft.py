@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from bakery.craft import alpha, trim, upscale
-from bakery.craft.bucket_report import bucket_report, merge_plan, report_markdown
-from bakery.craft.dedupe import Candidate, near_duplicates, near_pairs, perceptual_hash
+from bakery.craft.prepare import alpha, trim, upscale
+from bakery.craft.prepare.bucket_report import bucket_report, merge_plan, report_markdown
+from bakery.craft.prepare.dedupe import Candidate, near_duplicates, near_pairs, perceptual_hash
 from bakery.manifest import ImageRef
 from tests.prepare_images import crop_margin, jpeg, padded, rgba_sprite, scene
 

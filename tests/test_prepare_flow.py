@@ -187,7 +187,7 @@ def test_trim_leaves_a_picture_alone_from_its_known_edge_spread_without_decoding
     import dataclasses
     import io
 
-    import tasks.prepare_workers as prep
+    import tasks.prepare.workers as prep
     from bakery.manifest import ImageRef, Skip
 
     store = ContentStore(tmp_path / "store")

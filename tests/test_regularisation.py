@@ -18,10 +18,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from bakery.cli import app
-from bakery.craft import kohya_lora as K
-from bakery.craft import regularisation as craft
-from bakery.craft import xyz
-from bakery.craft.bake import load_base
+from bakery.craft.bake import regularisation as craft
+from bakery.craft.bake.loop import load_base
+from bakery.craft.bake.networks import kohya_lora as K
+from bakery.craft.taste import xyz
 from bakery.manifest import TrainImage, TrainSet
 from storage import STORE_DIR, Catalog, ContentStore
 from tests import sd_scripts_schema

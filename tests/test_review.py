@@ -15,7 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from bakery.craft.buckets import bucket_resolutions, select_bucket
+from bakery.craft.prepare.buckets import bucket_resolutions, select_bucket
 from bakery.review import create_app, views
 from tests.review_work import Served, demo_work, free_port, run_recipe
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from bakery.craft import booru as craft
-from bakery.craft.booru_http import BooruClient, ClientSettings, RateLimiter, retry_after_s
+from bakery.craft.gather import booru as craft
+from bakery.craft.gather.booru_http import BooruClient, ClientSettings, RateLimiter, retry_after_s
 from bakery.recipe import RecipeError, parse_recipe, stage_params_json
 from storage import Catalog, ContentStore
-from tasks.scrape import ScrapeError, booru_specs, scrape
+from tasks.gather.scrape import ScrapeError, booru_specs, scrape
 from tests.booru_server import BROWSER_UA, FakeBooru, Fault, is_browser_ua, make_post, make_posts, special_posts
 
 FAST = {"requests_per_second": 50, "downloads_per_second": None, "backoff_s": 0.01, "max_backoff_s": 5}

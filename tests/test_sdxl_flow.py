@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bakery.craft import kohya_lora as K
+from bakery.craft.bake.networks import kohya_lora as K
 from bakery.families import PONY_SCORE_TAGS
 from bakery.recipe import load_recipe
 from storage import Catalog

@@ -1,6 +1,6 @@
 """A local single-file checkpoint in the original (LDM) layout loads with no network (HF_HUB_OFFLINE=1),
 SD1.5 and SDXL: tiny checkpoints written in that layout (bakery/testmodels/ldm.py), configs from a local
-folder (bakery/craft/single_file.py); the shipped SD1.5/SDXL configs build the real architectures and CLIP's
+folder (bakery/craft/bake/bases/single_file.py); the shipped SD1.5/SDXL configs build the real architectures and CLIP's
 real tokenizer offline."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bakery.craft import single_file as S
+from bakery.craft.bake.bases import single_file as S
 from bakery.testmodels.ldm import ldm_state_dict, write_single_file
 from bakery.testmodels.tiny_sd15 import build_tiny_sd15, write_clip_tokenizer
 
@@ -62,7 +62,7 @@ def _configs_of(folder: Path, dest: Path) -> Path:
 def test_tiny_ldm_checkpoint_loads_offline_with_local_configs(tmp_path, architecture):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    from bakery.craft import checkpoint
+    from bakery.craft.bake.bases import checkpoint
 
     cls = StableDiffusionXLPipeline if architecture == "sdxl" else StableDiffusionPipeline
     folder = (tiny_sdxl if architecture == "sdxl" else lambda f: build_tiny_sd15(f, words=["bakery_girl"]))(tmp_path / "m")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from bakery.craft import kohya_lora as K
-from bakery.craft import slide as S
-from bakery.craft import slider_taste as T
+from bakery.craft.bake.networks import kohya_lora as K
+from bakery.craft.slider import slide as S
+from bakery.craft.slider import taste as T
 from bakery.recipe import RecipeError, SliderParams, TrainParams, load_recipe, parse_recipe
 from storage import Catalog
 from tests.conftest import write_recipe
@@ -164,7 +164,7 @@ def test_no_pick_when_strength_zero_is_not_the_base_model():
 
 
 def test_the_grid_names_rows_steps_and_columns_strengths():
-    from bakery.craft import xyz
+    from bakery.craft.taste import xyz
 
     images = {(s, w, 0, 1): _img(100) for s in (2, 4) for w in (-2.0, 0.0, 2.0)}
     layout = xyz.make_grid(images, [2, 4], [-2.0, 0.0, 2.0], 0, "skirt", [1], row_label="step", col_label="strength")

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from bakery.craft import prune as prune_craft
-from bakery.craft.tags import CleanRules
-from bakery.craft.trainset import (CaptionError, CaptionSettings, Picture, RepeatSettings, build_trainset,
-                                   file_names)
+from bakery.craft.caption import prune as prune_craft
+from bakery.craft.caption.tags import CleanRules
+from bakery.craft.caption.trainset import (
+    CaptionError,
+    CaptionSettings,
+    Picture,
+    RepeatSettings,
+    build_trainset,
+    file_names,
+)
 
 CHARA = prune_craft.ConceptSpec(
     name="CharaA", trigger="CharaA", paths=("a/**",), style="semi_static", target_steps=300,

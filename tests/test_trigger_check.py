@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bakery.craft import trigger_check as craft
-from bakery.craft import wd14
+from bakery.craft.caption import wd14
+from bakery.craft.taste import trigger_check as craft
 from storage import Catalog
 from tests.conftest import write_recipe
 from tests.wd14_model import write_tiny_wd14
@@ -66,7 +66,7 @@ def _contaminated_model(folder: Path, work: Path) -> Path:
     """The tiny SD1.5 with the trigger's tokens pulling every render to one tint (see the module docstring)."""
     import torch
 
-    from bakery.craft.bake import load_base
+    from bakery.craft.bake.loop import load_base
 
     if (folder / "model_index.json").exists():
         return folder
@@ -189,8 +189,8 @@ def test_embedding_alone_judges_and_records_similarities(tmp_path: Path):
 def test_evaluation_report_section_reads_the_latest_verdicts(tmp_path: Path):
     import time
 
-    from bakery.craft import eval_report
-    from bakery.craft.evaluate import LossChoice, Recommendation
+    from bakery.craft.taste.evaluate import LossChoice, Recommendation
+    from bakery.craft.taste.reports import evaluation as eval_report
 
     row = {"is_control": False, "tag_shares": "{}", "similarity": None, "control_similarity": None}
     with Catalog.open(tmp_path / "catalog.duckdb") as cat:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bakery.craft import bake as B
-from bakery.craft import kohya_lora as K
+from bakery.craft.bake import loop as B
+from bakery.craft.bake.networks import kohya_lora as K
 from bakery.manifest import TrainImage, TrainSet
 from storage import Catalog, ContentStore
 from tests.conftest import write_recipe

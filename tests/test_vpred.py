@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from bakery.craft import bake as B
-from bakery.craft import kohya_lora as K
-from bakery.craft import prediction as P
-from bakery.craft import xyz
+from bakery.craft.bake import loop as B
+from bakery.craft.bake.bases import prediction as P
+from bakery.craft.bake.networks import kohya_lora as K
+from bakery.craft.taste import xyz
 from bakery.recipe import EvaluateParams
 from bakery.testmodels.tiny_vpred import build_tiny_vpred, write_markers
 from storage import ContentStore
@@ -161,7 +161,7 @@ def test_sampler_matches_the_model(vpred_model, sampler):
 
 def test_tasting_samples_as_the_lora_was_trained(baked, vpred_model):
     """The LoRA's metadata decides the sampler even when the base is loaded without it (an epsilon config)."""
-    from bakery.craft import tasting
+    from bakery.craft.taste import tasting
     from bakery.manifest import BakeOutput, TrainSet
 
     folder = vpred_model.parent / "tiny-vpred-copy"
@@ -216,7 +216,7 @@ def test_noobai_vpred_family_on_the_tiny_sdxl_bakes_and_renders_v(work):
 def test_export_kohya_says_v_prediction_from_the_recipe_or_the_checkpoint(tmp_path):
     import tomllib
 
-    from bakery.craft import kohya
+    from bakery.craft.bake import kohya_dataset as kohya
     from bakery.kohya_export import settings
     from bakery.recipe import parse_recipe
 

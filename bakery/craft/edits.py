@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from bakery.craft import tags as tags_craft
+from bakery.craft.caption import tags as tags_craft
 
 KINDS = ("exclude", "include", "add_tags", "remove_tags", "replace_tag", "move", "keep_duplicate", "crop")
 # The stage each kind concerns: its cache key holds exactly these edits.
@@ -170,7 +170,7 @@ def check_known(kind: str, target: str, payload: dict, known: Known) -> None:
 
 # -- applying -------------------------------------------------------------------------------
 def flat_name(name: str) -> str:
-    """A picture's file name in the kohya folders (bakery/craft/trainset.py file_names, before collisions)."""
+    """A picture's file name in the kohya folders (bakery/craft/caption/trainset.py file_names, before collisions)."""
     return name.replace("/", "_")
 
 

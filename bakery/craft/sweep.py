@@ -1,6 +1,6 @@
 """Sweeps: what became of each variant, when its worker counts as lost, and one ranking of (variant, epoch, weight).
 
-Each variant is judged by its own evaluation (the same judges as a single bake: bakery/craft/judging.py); its
+Each variant is judged by its own evaluation (the same judges as a single bake: bakery/craft/taste/judges/panel.py); its
 `rank_score` cells (ranking.cell_score: mean(identity, flexibility) - bleed, usable cells only) are ranked
 here across variants. Cells within `tolerance` of the best are tied: when the tie spans several variants, the
 data cannot decide between them, and the report says so.
@@ -13,8 +13,8 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from bakery.craft.eval_report import CSS
-from bakery.craft.ranking import JUDGES, judges_text
+from bakery.craft.taste.ranking import JUDGES, judges_text
+from bakery.craft.taste.reports.evaluation import CSS
 
 COMPLETED, FAILED, LOST = "completed", "failed", "lost"
 

@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-from bakery.craft import tagstats
+from bakery.craft.caption import tagstats
 from bakery.recipe import Recipe, load_recipe
 from bakery.review import data, edit_forms, files, thumbs, views
 from bakery.review.views import StudioError

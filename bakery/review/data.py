@@ -18,7 +18,7 @@ from pathlib import Path
 import duckdb
 
 from bakery.caption_sources import caption_settings, gather_sources
-from bakery.craft import tags as tags_craft
+from bakery.craft.caption import tags as tags_craft
 from bakery.manifest import ImageRef
 from bakery.recipe import Recipe
 from bakery.review import views
@@ -131,7 +131,8 @@ def _read_dataset(workdir: Path, recipe: Recipe) -> Dataset:
 
 def active_edits(workdir: Path) -> list:
     """The edits the next run applies (a page's removed tags are theirs), read once per state of the catalog."""
-    from bakery.edits import EditError, active_edits as read_edits
+    from bakery.edits import EditError
+    from bakery.edits import active_edits as read_edits
 
     with CATALOG_LOCK:
         cache = _cached(workdir)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 from bakery.craft import edits as edits_craft
-from bakery.craft.buckets import BucketChoice, keep_crop_box
-from bakery.craft.tags import normalize_tag
+from bakery.craft.caption.tags import normalize_tag
+from bakery.craft.prepare.buckets import BucketChoice, keep_crop_box
 
 PER_PAGE = 60
 FLAGS = ("rare", "long", "small", "mask", "held_out")

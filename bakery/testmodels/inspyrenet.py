@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from bakery.craft.masks import _quiet_import
+from bakery.craft.prepare.masks import _quiet_import
 
 
 def build_random_inspyrenet_ckpt(path: Path | str, seed: int = 0) -> Path:

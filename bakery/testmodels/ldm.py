@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from bakery.craft.kohya_lora import sgm_unet_path
+from bakery.craft.bake.networks.kohya_lora import sgm_unet_path
 
 _UNET_TOP = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",

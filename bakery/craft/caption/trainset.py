@@ -1,0 +1,245 @@
+"""The training set: how every caption is built and every folder's repeats chosen (rules.md §8-§10).
+
+One call, `build_trainset`, composes the craft in the guide's order: sort pictures into
+groups (concepts, outfits) -> gather and clean each picture's tags -> prune each group into
+its triggers and build the captions -> balance the folders' repeats -> the guide's caption
+checks. Pure: no Prefect, no catalog; the prune task reads the catalog and writes the result.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from bakery.craft import edits as edits_craft
+from bakery.craft.caption import holdout as holdout_craft
+from bakery.craft.caption import prune as prune_craft
+from bakery.craft.caption import repeats as repeats_craft
+from bakery.craft.caption import tags as tags_craft
+from bakery.craft.prepare import framing as framing_craft
+from bakery.manifest import Skip, TrainImage, TrainSet
+from bakery.report import name_list
+
+MAX_LISTED = 10  # picture names shown in an error message
+
+
+class CaptionError(RuntimeError):
+    """The training set cannot be built as the recipe asks (kohya would train it wrong).
+
+    `names`: every picture at fault, when the message lists only the first ones (the task logs them all)."""
+
+    def __init__(self, message: str, names: Sequence[str] = ()):
+        super().__init__(message)
+        self.names = list(names)
+
+
+@dataclass(frozen=True)
+class Picture:
+    """What prune knows of one prepared picture."""
+
+    name: str
+    hash: str
+    mask: str = ""
+    sidecars: tuple[str, ...] = ()  # raw caption files of it and the originals it came from
+    tag_rows: tuple[dict, ...] = ()  # booru / tagger tags (tag, category, origin, confidence)
+    framing: str = ""  # a crop of another picture (portrait, upper_body): its caption says this framing
+
+
+@dataclass(frozen=True)
+class CaptionSettings:
+    clean: tags_craft.CleanRules
+    sources: tuple[str, ...] = ("user", "booru", "tagger")
+    merge: str = "union"
+    keep_namespaces: tuple[str, ...] = ("general", "character", "copyright")
+    tag_style: str = "underscore"
+    keep_tokens_separator: bool = False
+    warn_caption_bytes: int = 1024
+    rare_tag_posts: int = 500
+    prefix_tags: tuple[str, ...] = ()  # written first in every caption, before the triggers (Pony's score tags)
+
+
+@dataclass(frozen=True)
+class RepeatSettings:
+    epochs: int
+    optimizer: str
+    multiplier: float = 1.0
+    main_concept: str | None = None
+
+
+@dataclass
+class TrainSetBuild:
+    trainset: TrainSet
+    trained: list[str]  # names of the pictures in the set (a picture in two folders once)
+    skips: list[Skip]
+    stats: list[dict]  # tag counts per group before and after pruning (catalog `tag_stats`)
+    plan: repeats_craft.RepeatsPlan
+    captions: dict[tuple[str, str], str] = field(default_factory=dict)  # (folder, picture) -> caption
+    holdout: holdout_craft.HoldOut = field(default_factory=lambda: holdout_craft.HoldOut({}, True))
+
+
+def build_trainset(concepts: Sequence[prune_craft.ConceptSpec], pictures: Mapping[str, Picture],
+                   captions: CaptionSettings, repeats: RepeatSettings,
+                   post_counts: Mapping[str, int],
+                   holdout: holdout_craft.HoldOutSettings | None = None,
+                   edits: Sequence[edits_craft.Edit] = (),
+                   forced: Mapping[str, str] | None = None) -> TrainSetBuild:
+    """Pictures by name -> the training set kohya (and our bake) trains on, and its validation pictures.
+
+    `holdout`: how the validation loss's pictures are chosen (None: no validation loss). Held-out
+    pictures are captioned like the others but left out of the repeats and of `images`.
+    `edits`: the review studio's edits (bakery/craft/edits.py): excludes, moves and tag edits. `forced`:
+    picture name -> the concept it goes to whatever its path (portraits to misc, rules.md §8).
+    """
+    warnings = prune_craft.check_layout(concepts)
+    if any("duplicate_split" in w for w in warnings):
+        raise CaptionError("; ".join(w for w in warnings if "duplicate_split" in w))
+    rules, members, unassigned = prune_craft.layout(concepts, pictures, forced)
+    edited = edits_craft.plan_prune(edits, {n: p.hash for n, p in pictures.items()}, [r.folder for r in rules])
+    members, unassigned = edits_craft.apply_layout(members, unassigned, edited)
+    cleaned, characters, added = clean_captions(rules, members, pictures, captions, edited.tag_edits)
+    texts, stats, pruned_warnings = prune_groups(rules, members, cleaned, characters, captions, added)
+    warnings += edited.warnings + pruned_warnings
+    held = holdout_craft.choose({r.folder: sorted(members[r.folder]) for r in rules},
+                                {n: p.hash for n, p in pictures.items()}, holdout or holdout_craft.HoldOutSettings(False))
+    gone = held.names if held.held_out else set()
+    plan = plan_folder_repeats(concepts, rules, {f: [n for n in ns if n not in gone] for f, ns in members.items()},
+                               repeats)
+    warnings += plan.warnings
+    warnings += caption_checks(texts, cleaned, post_counts, captions)
+    images, validation = split_validation(texts, pictures, plan.repeats(), held)
+    trainset = TrainSet(
+        images, caption_triggers(rules, members),
+        unet_only=any(r.style == "style_no_tags" and members[r.folder] for r in rules),
+        keep_tokens_separator=captions.keep_tokens_separator, warnings=warnings,
+        validation=validation, validation_held_out=held.held_out,
+    )
+    skips = [Skip(n, "no concept's paths match this image") for n in unassigned]
+    skips += [Skip(n, edits_craft.exclusion_reason(e)) for n, e in sorted(edited.excluded.items())]
+    return TrainSetBuild(trainset, sorted({n for _, n in texts}), skips, stats, plan, texts, held)
+
+
+def split_validation(texts: Mapping[tuple[str, str], str], pictures: Mapping[str, Picture],
+                     n_repeats: Mapping[str, int], held: holdout_craft.HoldOut) -> tuple[list[TrainImage], list[TrainImage]]:
+    """(training images, validation images): a held-out picture leaves every folder it is in and trains 0 times."""
+    files = file_names(sorted({n for _, n in texts}))
+    chosen = {(f, files[n]) for f, names in held.chosen.items() for n in names}
+    gone = {files[n] for n in held.names} if held.held_out else set()
+    everything = assemble(texts, pictures, {f: n_repeats.get(f, 0) for f, _ in texts})
+    validation = [replace(t, repeats=0) if held.held_out else t for t in everything if (t.folder, t.name) in chosen]
+    return [t for t in everything if t.name not in gone], validation
+
+
+def clean_captions(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, list[str]],
+                   pictures: Mapping[str, Picture], captions: CaptionSettings,
+                   tag_edits: Sequence[tuple[edits_craft.Edit, str]] = ()
+                   ) -> tuple[dict[str, list[str]], set[str], dict[str, list[str]]]:
+    """Each grouped picture's tags from its sources, cleaned, then edited; the tags sources mark as characters;
+    the tags the edits added (kept by the prune).
+
+    A picture with no tag at all in a group that needs tags fails: kohya would caption it with the folder name.
+    """
+    cleaned: dict[str, list[str]] = {}
+    characters: set[str] = set()
+    for name in sorted({n for rule in rules for n in members[rule.folder]}):
+        pic = pictures[name]
+        raw = tags_craft.source_tags(list(pic.sidecars), list(pic.tag_rows), captions.sources, captions.merge,
+                                     captions.keep_namespaces)
+        cleaned[name] = tags_craft.clean_tags(raw, captions.clean)
+        if pic.framing:  # a crop: its own framing instead of its parent's (bakery/craft/prepare/framing.py)
+            cleaned[name] = framing_craft.crop_tags(cleaned[name], pic.framing)
+        characters |= tags_craft.character_tags(list(pic.sidecars), list(pic.tag_rows))
+    cleaned, added = edits_craft.apply_tags(cleaned, members, tag_edits)
+    missing = [f"{rule.folder}/{name}" for rule in rules for name in members[rule.folder]
+               if not cleaned[name] and prune_craft.needs_tags(rule)]
+    if missing:
+        raise CaptionError(
+            f"{len(missing)} images have no caption (no tags from user sidecars, booru tags or the tagger): "
+            f"{name_list(missing, MAX_LISTED)}. "
+            "kohya would caption them with the folder name; add .txt sidecars, set autotag.model, or remove them",
+            missing,
+        )
+    return cleaned, characters, added
+
+
+def prune_groups(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, list[str]],
+                 cleaned: Mapping[str, list[str]], characters: set[str], captions: CaptionSettings,
+                 added: Mapping[str, list[str]] | None = None) -> tuple[dict[tuple[str, str], str], list[dict], list[str]]:
+    """Each group pruned into its triggers: the captions, tag counts before/after, and the guide's warnings.
+
+    `added`: per picture, tags an edit gave it: never pruned."""
+    stats, texts, warnings = [], {}, []
+    for rule in rules:
+        group = {n: cleaned[n] for n in members[rule.folder]}
+        if not group:
+            continue
+        result = prune_craft.prune_group(rule, group, characters)
+        warnings += result.warnings
+        before = Counter(t for tags in group.values() for t in tags)
+        after: Counter[str] = Counter()
+        for n, kept in result.captions.items():
+            kept = edits_craft.keep_added(kept, (added or {}).get(n, []))
+            text = prune_craft.build_caption(rule, kept, captions.tag_style, captions.keep_tokens_separator)
+            texts[(rule.folder, n)] = ", ".join(p for p in (*captions.prefix_tags, text) if p)
+            head, body = prune_craft.caption_parts(rule, kept)
+            after.update(dict.fromkeys(head + body, 1))
+        stats += [{"concept": rule.folder, "phase": "before_prune", "tag": t, "count": c} for t, c in before.items()]
+        stats += [{"concept": rule.folder, "phase": "after_prune", "tag": t, "count": c} for t, c in after.items()]
+    return texts, stats, warnings
+
+
+def plan_folder_repeats(concepts: Sequence[prune_craft.ConceptSpec], rules: Sequence[prune_craft.GroupRule],
+                        members: Mapping[str, list[str]], repeats: RepeatSettings) -> repeats_craft.RepeatsPlan:
+    """Repeats per folder: about the same steps per epoch for each concept (rules.md §8)."""
+    outfit_names = {o.name for c in concepts for o in c.outfits}
+    return repeats_craft.plan_repeats(
+        [repeats_craft.FolderIn(r.folder, r.concept, len(members[r.folder]), r.target_steps, r.folder in outfit_names)
+         for r in rules],
+        epochs=repeats.epochs, optimizer=repeats.optimizer, mult=repeats.multiplier, main_concept=repeats.main_concept,
+    )
+
+
+def caption_checks(texts: Mapping[tuple[str, str], str], cleaned: Mapping[str, list[str]],
+                   post_counts: Mapping[str, int], captions: CaptionSettings) -> list[str]:
+    """The guide's caption checks: a caption over 1 KB (a tagger gone wrong), rare tags (rules.md §9)."""
+    warnings, rare = [], set()
+    for (folder, n), text in texts.items():
+        flags = tags_craft.flag_caption(text, cleaned[n], dict(post_counts), captions.warn_caption_bytes,
+                                        captions.rare_tag_posts)
+        if flags.too_long:
+            warnings.append(f"{folder}/{n}: caption is {len(text.encode())} bytes (> {captions.warn_caption_bytes}): "
+                            "a tagger gone wrong?")
+        rare.update(flags.rare)
+    if rare:
+        warnings.append(f"rare tags (< {captions.rare_tag_posts} posts, weakly known by the model): "
+                        f"{name_list(sorted(rare), MAX_LISTED, 'tag')}")
+    return warnings
+
+
+def file_names(names: Sequence[str]) -> dict[str, str]:
+    """Flat, unique file names for kohya folders (`chara/img001` -> `chara_img001`)."""
+    out, used = {}, set()
+    for name in names:
+        flat = name.replace("/", "_")
+        candidate, k = flat, 1
+        while candidate in used:
+            k += 1
+            candidate = f"{flat}_{k}"
+        used.add(candidate)
+        out[name] = candidate
+    return out
+
+
+def assemble(texts: Mapping[tuple[str, str], str], pictures: Mapping[str, Picture],
+             n_repeats: Mapping[str, int]) -> list[TrainImage]:
+    files = file_names(sorted({n for _, n in texts}))
+    return sorted(
+        TrainImage(folder=folder, name=files[n], image_hash=pictures[n].hash, caption=text,
+                   repeats=n_repeats[folder], mask_hash=pictures[n].mask)
+        for (folder, n), text in texts.items()
+    )
+
+
+def caption_triggers(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, list[str]]) -> list[str]:
+    """Every trigger word of the groups that have pictures, in order, once."""
+    return list(dict.fromkeys(t for r in rules if members[r.folder] for t in prune_craft.caption_parts(r, [])[0]))

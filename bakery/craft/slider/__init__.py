@@ -1,0 +1,1 @@
+"""Sliders (LECO): a LoRA trained from prompts alone, and its tasting."""

@@ -1,0 +1,1 @@
+"""Reports: the evaluation's HTML report and its judge sections."""

@@ -1,0 +1,1 @@
+"""Bake tasks: regularisation, bake."""

@@ -1,0 +1,170 @@
+"""Bake: train the LoRA on the prune stage's TrainSet; kohya files every epoch, resumable.
+
+The task is cached like every stage (inputs + parameters + code). Its training
+state lives in `work/bakes/<name>-<bake key>/state/`, keyed by the same
+identity plus the base model file, so re-running the flow after a crash or a
+kill resumes from the last finished epoch without any flag.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from tqdm import tqdm
+
+from bakery.craft.bake import loop as craft
+from bakery.craft.bake.networks import kohya_lora, lycoris_net
+from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet, digest
+from bakery.recipe import BucketParams, TrainParams, ValidationParams
+from storage import Catalog
+from storage.locks import exclusive
+from tasks import caching
+from tasks.progress import UPDATE_EVERY_S, _in_prefect_run
+from tasks.stage import RunInfo, Stage
+
+BAKES_DIR = "bakes"
+
+
+def bake_params_json(train: TrainParams, buckets: BucketParams, name: str,
+                     validation: ValidationParams | None = None) -> str:
+    """The bake stage's parameters: the train section, the bucket settings, the output name, validation timesteps."""
+    from bakery.recipe import stage_params_json
+
+    return stage_params_json({"train": train.model_dump(mode="json"), "buckets": buckets.model_dump(mode="json"),
+                              "name": train.output_name or name,
+                              "validation_timesteps": (validation or ValidationParams()).timesteps})
+
+
+def model_fingerprint(base_model: str | None) -> str:
+    """What identifies the base model beyond its name: a local file's size and mtime."""
+    if not base_model:
+        return ""
+    path = Path(base_model).expanduser()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*.safetensors")) if path.is_dir() else []
+    return json.dumps([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+
+
+def bake_key(trainset: TrainSet, params_json: str, code: str, base_model: str | None) -> str:
+    return digest({"trainset": trainset, "params": params_json, "code": code,
+                   "model": model_fingerprint(base_model)})[:16]
+
+
+class BakeProgress:
+    """Terminal bar + Prefect progress artifact (steps, epoch, loss, it/s, ETA) + loss rows for the catalog."""
+
+    def __init__(self, catalog: Path, key: str, epochs: int, stage: str = "bake"):
+        """`stage`: "slide" for a slider, whose "epochs" are its steps (the bar shows no epoch then)."""
+        self.catalog, self.key, self.epochs, self.stage = catalog, key, epochs, stage
+        self.rows: list[dict[str, Any]] = []
+        self._bar: tqdm | None = None
+        self._artifact = None
+        self._last = 0.0
+        self._first_step: tuple[int, float] | None = None
+
+    def step(self, info: craft.StepInfo) -> None:
+        if self._bar is None:
+            self._bar = tqdm(total=info.total, initial=info.step - 1, desc=self.stage, unit="step", file=sys.stderr,
+                             leave=False)
+            if _in_prefect_run():
+                self._artifact = create_progress_artifact(progress=0.0, key=f"{self.stage}-progress",
+                                                          description=f"{self.stage}: starting")
+        if self._first_step is None:
+            self._first_step = (info.step - 1, time.monotonic())
+        self.rows.append({"bake_key": self.key, "step": info.step, "epoch": info.epoch, "loss": info.loss,
+                          "lr": info.lr})
+        self._bar.update(1)
+        epoch = {"epoch": f"{info.epoch}/{self.epochs}"} if self.stage == "bake" else {}
+        self._bar.set_postfix(**epoch, loss=f"{info.loss:.4f}")
+        now = time.monotonic()
+        if self._artifact and (now - self._last >= UPDATE_EVERY_S or info.step == info.total):
+            self._last = now
+            done = info.step - self._first_step[0]
+            rate = done / max(now - self._first_step[1], 1e-9)
+            eta = (info.total - info.step) / rate if rate else 0.0
+            update_progress_artifact(
+                self._artifact, progress=100.0 * info.step / info.total,
+                description=(f"{self.stage}: step {info.step}/{info.total}, "
+                             + (f"epoch {info.epoch}/{self.epochs}, " if self.stage == "bake" else "")
+                             + f"loss {info.loss:.4f}, {rate:.2f} it/s, ETA {eta:.0f} s"),
+            )
+
+    def validation(self, v: craft.ValidationLoss) -> None:
+        """The validation loss of one epoch, into the catalog at once (before the epoch's state is saved)."""
+        with Catalog.open(self.catalog) as cat:
+            cat.add_validation_loss([{"bake_key": self.key, "epoch": v.epoch, "loss": v.loss, "held_out": v.held_out,
+                                      "n_pictures": v.n_pictures}])
+
+    def flush(self) -> None:
+        if self.rows:
+            with Catalog.open(self.catalog) as cat:
+                cat.add_bake_log(self.rows)
+            self.rows = []
+
+    def close(self) -> None:
+        self.flush()
+        if self._bar is not None:
+            self._bar.close()
+
+
+def waiting(logger, stage: str, folder: Path, holder: str) -> None:
+    logger.warning("%s: %s is writing %s already (the same variant, or the same recipe run twice): waiting for it, "
+                   "then resuming from what it saved", stage, holder, folder)
+
+
+@task(name="bake")
+def bake(inputs: TrainSet, params_json: str, workdir: str, run_id: str, workers: int | None) -> StageResult:
+    data = json.loads(params_json)
+    params = TrainParams.model_validate(data["train"])
+    buckets = BucketParams.model_validate(data["buckets"])
+    name = data["name"]
+    run = RunInfo(run_id, workdir, workers)
+    key = bake_key(inputs, params_json, BAKE.code_version, params.base_model)
+    folder = Path(workdir) / BAKES_DIR / f"{name}-{key[:12]}"
+    progress = BakeProgress(run.catalog, key, params.epochs)
+    store = run.store
+    logger = get_run_logger()
+    try:
+        with exclusive(folder / "state", partial(waiting, logger, "bake", folder)):
+            result = craft.bake(
+                inputs, params, image_path=store.path, workdir=Path(workdir), out_dir=folder,
+                state_dir=folder / "state", name=name, bake_key=key,
+                data=craft.DataConfig(buckets.resolution, buckets.min_side, buckets.max_side, buckets.step,
+                                      params.batch_size),
+                on_step=progress.step, on_epoch=lambda epoch, path: progress.flush(),
+                on_validation=progress.validation, validation_steps=data.get("validation_timesteps", 4),
+            )
+    finally:
+        progress.close()
+    if result.resumed_from_epoch:
+        logger.info("bake: resumed from the state saved after epoch %d", result.resumed_from_epoch)
+    with Catalog.open(run.catalog, read_only=True) as cat:
+        log = cat.bake_log(key)
+        validation = {r["epoch"]: r["loss"] for r in cat.validation_loss(key)}
+    per_epoch: dict[int, list[float]] = {}
+    for row in log:
+        per_epoch.setdefault(row["epoch"], []).append(row["loss"])
+    if _in_prefect_run():
+        create_table_artifact(
+            [{"epoch": e, "mean loss": round(sum(v) / len(v), 6), "validation loss": validation.get(e),
+              "file": Path(result.files.get(e, "")).name}
+             for e, v in sorted(per_epoch.items())],
+            key="bake-loss", description=f"{name}: mean loss per epoch",
+        )
+    logger.info("bake: %d steps, %d epoch files in %s", result.steps, len(result.files), folder)
+    output = BakeOutput(
+        name=name, base_model=result.extra["base_source"], architecture=result.extra.get("architecture", "sd15"), files=result.files,
+        bake_key=key, triggers=list(inputs.triggers), clip_skip=params.clip_skip,
+    )
+    # Held-out validation pictures go on too: not trained on, but validated on (the picture account follows them).
+    images = [ImageRef(t.subject, t.image_hash, t.mask_hash) for t in inputs.images + inputs.held_out()]
+    return StageResult(images=images, n_in=len(images), n_processed=len(images), payload=output)
+
+
+BAKE = Stage("bake", bake, caching.code_version(craft, kohya_lora, lycoris_net, sys.modules[__name__]))

@@ -1,0 +1,101 @@
+"""Autotag: WD14 tagger tags for every prepared image, kept in the catalog with their confidence.
+
+Incremental like the per-image stages: an image already tagged with the same
+models, thresholds and code is not run again (a passthrough derivation records
+it). With no `autotag.model`, the stage hands its images on untouched and the
+captions come from booru tags and sidecars (tasks/caption/prune.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from PIL import Image
+from prefect import get_run_logger, task
+
+from bakery.craft.caption import wd14 as craft
+from bakery.manifest import ImageRef, StageResult
+from bakery.recipe import AutotagParams, Recipe
+from storage import Catalog
+from tasks import caching
+from tasks.progress import StageProgress
+from tasks.stage import RunInfo, Stage, params_hash
+
+CHUNK = 64  # images decoded and written to the catalog at a time
+
+
+def autotag_params_json(recipe: Recipe) -> str:
+    """The stage's parameters plus the identity of local model files (a replaced model re-tags)."""
+    params = recipe.autotag
+    ids = []
+    for model in (params.model, params.second_model):
+        if model is None:
+            continue
+        path = Path(model).expanduser()
+        if not path.is_absolute() and recipe.resolve(path).is_dir():
+            path = recipe.resolve(path)
+        ids.append(craft.model_fingerprint(path) if (path / craft.MODEL_FILE).is_file() else model)
+    data = {"autotag": params.model_dump(mode="json"), "model_ids": ids, "base_dir": str(recipe.resolve(Path(".")))}
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def model_path(model: str, base_dir: str) -> Path:
+    path = Path(model).expanduser()
+    if not path.is_absolute() and (Path(base_dir) / path).is_dir():
+        return craft.resolve_model(str(Path(base_dir) / path))
+    return craft.resolve_model(model)
+
+
+@task(name="autotag")
+def autotag(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, workers: int | None) -> StageResult:
+    cfg = json.loads(params_json)
+    params = AutotagParams.model_validate(cfg["autotag"])
+    run = RunInfo(run_id, workdir, workers)
+    images = sorted(inputs)
+    if not params.model:
+        return StageResult(images=images, n_in=len(inputs))
+
+    p_hash = params_hash(params_json)
+    unique = sorted({r.hash: r for r in images}.values(), key=lambda r: r.hash)
+    with Catalog.open(run.catalog) as cat:
+        memo = cat.find_derivations("autotag", p_hash, AUTOTAG.code_version, [r.hash for r in unique])
+    todo = [r for r in unique if r.hash not in memo]
+    notes: list[str] = []  # the picture goes on untagged
+    if todo:
+        taggers = [craft.WD14Tagger(model_path(m, cfg["base_dir"])) for m in (params.model, params.second_model) if m]
+        logger = get_run_logger()
+        logger.info("autotag: %d images with %s on %s", len(todo), [t.folder.name for t in taggers], taggers[0].providers)
+        th = craft.Thresholds(params.general_threshold, params.character_threshold, params.keep_rating)
+        store = run.store
+        with StageProgress("autotag", len(todo)) as progress:
+            for start in range(0, len(todo), CHUNK):
+                chunk, pics = [], []
+                for ref in todo[start : start + CHUNK]:
+                    try:
+                        with Image.open(store.path(ref.hash)) as im:
+                            im.load()
+                            pics.append(im.copy())
+                        chunk.append(ref)
+                    except Exception as exc:  # a store object that does not decode: report, go on
+                        notes.append(f"{ref.name}: not tagged, cannot read it: {type(exc).__name__}: {exc}")
+                per_model = [t.predict(pics, params.batch_size) for t in taggers]
+                rows, derivations = [], []
+                for i, ref in enumerate(chunk):
+                    merged = craft.merge(*[craft.select(probs[i], t.tags, th) for t, probs in zip(taggers, per_model)])
+                    rows += [{"image_hash": ref.hash, "tag": p.tag, "category": p.category, "confidence": p.confidence}
+                             for p in merged]
+                    derivations.append({"input_hash": ref.hash, "output_hash": ref.hash, "output_suffix": "",
+                                        "stage": "autotag", "params": params_json, "params_hash": p_hash,
+                                        "code_version": AUTOTAG.code_version})
+                with Catalog.open(run.catalog) as cat:
+                    # Tags of other settings are replaced: their derivation records must go too.
+                    cat.forget_derivations("autotag", [r.hash for r in chunk], p_hash)
+                    cat.replace_tags("tagger", [r.hash for r in chunk], rows)
+                    cat.add_derivations(derivations, run_id)
+                progress.advance(len(chunk))
+    return StageResult(images=images, n_in=len(inputs), n_processed=len(todo), warnings=notes)
+
+
+AUTOTAG = Stage("autotag", autotag, caching.code_version(craft, sys.modules[__name__]))

@@ -1,0 +1,172 @@
+"""Prune: captions from their sources, cleaned, triggered and pruned per group; repeats per folder.
+
+The stage hands the bake stage a TrainSet (bakery/manifest.py). Its cache key
+holds the image hashes, the recipe's caption/concept/repeat settings and a
+digest of the caption sources (tags and sidecars in the catalog), so editing a
+sidecar or re-tagging re-runs it. Tag statistics before and after pruning and
+the run's training set are written to the catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from bakery.caption_sources import caption_settings, crop_framings, gather_sources
+from bakery.craft import edits as edits_craft
+from bakery.craft.caption import holdout as holdout_craft
+from bakery.craft.caption import prune as prune_craft
+from bakery.craft.caption import repeats as repeats_craft
+from bakery.craft.caption import tags as tags_craft
+from bakery.craft.caption import trainset as craft
+from bakery.kohya_export import concept_spec
+from bakery.manifest import ImageRef, StageResult, TrainImage, TrainSet, digest
+from bakery.recipe import Concept, Recipe, RepeatsParams, ValidationParams
+from storage import Catalog
+from tasks import caching
+from tasks.runlog import write_full
+from tasks.stage import RunInfo, Stage
+
+
+@dataclass(frozen=True)
+class PruneInput:
+    images: list[ImageRef]
+    sources_digest: str  # tags and sidecars of these images and their originals
+    portraits: tuple[str, ...] = ()  # pictures framed as portraits, for the misc concept ([crops] portraits_to_misc)
+
+    def subjects(self) -> list[str]:
+        return [r.name for r in self.images]
+
+
+def prune_params_json(recipe: Recipe, edits: list[edits_craft.Edit] = ()) -> str:
+    """The stage's parameters; with the review studio's edits it applies (only when there are some, so a
+    recipe without edits keeps its cache key)."""
+    data = {
+        "concepts": [c.model_dump(mode="json") for c in recipe.concepts],
+        "captions": recipe.captions.model_dump(mode="json"),
+        "repeats": recipe.repeats.model_dump(mode="json"),
+        "train": {k: getattr(recipe.train, k) for k in ("epochs", "optimizer", "min_snr_gamma", "ip_noise_gamma")},
+        "validation": recipe.validation.model_dump(mode="json"),
+    }
+    if recipe.crops.portraits_to_misc:
+        data["misc_concept"] = recipe.crops.misc_concept
+    if concerned := edits_craft.concerning(edits, "prune"):
+        data["edits"] = [e.key() for e in concerned]
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+
+
+
+
+@task(name="caption-sources", cache_policy=NO_CACHE)
+def caption_sources(images: list[ImageRef], workdir: str, portraits: list[str] | None = None) -> PruneInput:
+    """The prune stage's input: the images plus a digest of their caption sources (read fresh each run)."""
+    with Catalog.open(RunInfo("", workdir).catalog) as cat:
+        side, rows = gather_sources(cat, images)
+        framings = crop_framings(cat, images)
+    payload = {h: [side[h], [(r["tag"], r["category"], r["origin"], r["confidence"]) for r in rows[h]]]
+               + ([framings[h]] if framings[h] else []) for h in side}
+    return PruneInput(sorted(images), digest(payload), tuple(sorted(portraits or ())))
+
+
+@task(name="prune")
+def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, workers: int | None) -> StageResult:
+    """Read the pictures' caption sources -> craft.build_trainset -> write tag stats, the set, artifacts."""
+    cfg = json.loads(params_json)
+    run = RunInfo(run_id, workdir, workers)
+    images = sorted(inputs.images)
+    concepts = [concept_spec(Concept.model_validate(c)) for c in cfg["concepts"]]
+    if not concepts:
+        get_run_logger().info("prune: the recipe has no [[concepts]]: no training set")
+        return StageResult(images=images, n_in=len(images), payload=TrainSet([], []))
+    with Catalog.open(run.catalog) as cat:
+        side, rows = gather_sources(cat, images)
+        framings = crop_framings(cat, images)
+        counts = cat.tag_post_counts(None)
+    pictures = {r.name: craft.Picture(r.name, r.hash, r.mask, tuple(side[r.hash]), tuple(rows[r.hash]),
+                                      framings[r.hash]) for r in images}
+    forced = {n: cfg["misc_concept"] for n in inputs.portraits} if "misc_concept" in cfg else {}
+    try:
+        built = craft.build_trainset(concepts, pictures, caption_settings(cfg["captions"]), repeat_settings(cfg), counts,
+                                     holdout_settings(cfg.get("validation", {})),
+                                     [edits_craft.Edit.from_key(e) for e in cfg.get("edits", [])], forced)
+    except craft.CaptionError as exc:
+        if exc.names:  # the message shows the first few
+            write_full(run, f"{len(exc.names)} pictures at fault", exc.names)
+        raise
+    _write(run, built)
+    by_name = {r.name: r for r in images}
+    return StageResult(images=[by_name[n] for n in built.trained], skips=built.skips, n_in=len(images),
+                       n_processed=len(built.captions), payload=built.trainset)
+
+
+
+
+def holdout_settings(data: dict) -> holdout_craft.HoldOutSettings:
+    v = ValidationParams.model_validate(data)
+    return holdout_craft.HoldOutSettings(v.enabled, v.per_group, v.min_group, v.max_share)
+
+
+def repeat_settings(cfg: dict) -> craft.RepeatSettings:
+    rep, train = RepeatsParams.model_validate(cfg["repeats"]), cfg["train"]
+    mult = repeats_craft.multiplier(
+        rep.sdxl, rep.snr_multiplier and (train["min_snr_gamma"] > 0 or train["ip_noise_gamma"] > 0), rep.old_anime,
+        ia3=train.get("network_type") == "ia3",
+    )
+    return craft.RepeatSettings(train["epochs"], train["optimizer"], mult, rep.main_concept)
+
+
+def _write(run: RunInfo, built: craft.TrainSetBuild) -> None:
+    """The set and its tag counts into the catalog; the repeats and warnings in the log and as artifacts."""
+    plan, train_images = built.plan, built.trainset.images
+    with Catalog.open(run.catalog) as cat:
+        cat.add_tag_stats(run.run_id, built.stats)
+        cat.add_train_captions(run.run_id, train_caption_rows(train_images))
+        cat.add_validation_pictures(run.run_id, [
+            {"folder": t.folder, "name": t.name, "image_hash": t.image_hash, "caption": t.caption,
+             "held_out": built.trainset.validation_held_out} for t in built.trainset.validation
+        ])
+    logger = get_run_logger()
+    logger.info(
+        "prune: %s; steps per epoch per concept %s; %d steps over %d epochs (before batch size)",
+        ", ".join(f"{f.repeats}_{f.folder} ({f.images} img, {f.steps_per_epoch}/epoch)" for f in plan.folders),
+        plan.per_concept, plan.total_steps, plan.epochs,
+    )
+    if built.holdout.chosen:
+        logger.info("prune: %s", holdout_craft.note(built.holdout))
+    for w in built.trainset.warnings:
+        logger.warning("prune: %s", w)
+    create_table_artifact(table=plan.table(), key="repeats", description=(
+        f"Repeats per folder (multiplier {plan.multiplier:.3g}); total {plan.total_steps} steps over "
+        f"{plan.epochs} epochs before batch size" + ("".join(f"\n- {w}" for w in plan.warnings))))
+    create_table_artifact(table=stats_table(built.stats), key="tag-stats",
+                          description="Tag counts per group, before and after pruning")
+
+
+def train_caption_rows(images: list[TrainImage]) -> list[dict]:
+    """The `train_captions` rows of a training set."""
+    return [{"folder": t.folder, "name": t.name, "image_hash": t.image_hash, "caption": t.caption,
+             "repeats": t.repeats, "mask_hash": t.mask_hash, "is_reg": t.is_reg} for t in images]
+
+
+def stats_table(stats: list[dict], top: int = 30) -> list[dict]:
+    """Top tags per group with their count before and after pruning (for the Prefect artifact)."""
+    by: dict[str, dict[str, list[int]]] = {}
+    for s in stats:
+        cell = by.setdefault(s["concept"], {}).setdefault(s["tag"], [0, 0])
+        cell[0 if s["phase"] == "before_prune" else 1] = s["count"]
+    out = []
+    for group, tags in by.items():
+        for tag, (b, a) in sorted(tags.items(), key=lambda kv: (-max(kv[1]), kv[0]))[:top]:
+            out.append({"group": group, "tag": tag, "before": b, "after": a, "pruned": a == 0 and b > 0})
+    return out
+
+
+PRUNE = Stage("prune", prune, caching.code_version(craft, edits_craft, holdout_craft, prune_craft, repeats_craft, tags_craft,
+                                                   sys.modules[__name__]))

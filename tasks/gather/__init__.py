@@ -1,0 +1,1 @@
+"""Gather tasks: scrape, ingest, convert."""

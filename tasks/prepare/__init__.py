@@ -1,0 +1,1 @@
+"""Prepare tasks: dedupe, alpha, trim, upscale, crops, masks, buckets, and their per-image workers."""

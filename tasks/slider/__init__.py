@@ -1,0 +1,1 @@
+"""Slider tasks: slide and the slider taste."""

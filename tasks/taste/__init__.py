@@ -1,0 +1,1 @@
+"""Taste tasks: trigger_check (before the bake), evaluate (after it)."""
