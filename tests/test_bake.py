@@ -292,7 +292,7 @@ def test_save_state_then_resume_state_takes_the_same_next_step(work, tmp_path):
         step += 1
         B.training_step(a, batch, step)
     epoch_file = B.save_epoch(a, tmp_path / "chara-000001.safetensors", name="chara", epoch=1, step=step,
-                              bake_key="rt")
+                              session_id="rt")
     state = tmp_path / B.STATE_FILE
     B.save_state(state, a, bake_key="rt", epoch=1, step=step, files={1: epoch_file, 0: str(tmp_path / "gone")})
     first_of_epoch_2 = B.epoch_batches(a.samples, DATA.batch_size, p.seed, 2)[0]

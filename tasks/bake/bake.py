@@ -56,6 +56,11 @@ def bake_key(trainset: TrainSet, params_json: str, code: str, base_model: str | 
                    "model": model_fingerprint(base_model)})[:16]
 
 
+def session_id(trainset: TrainSet, params_json: str, base_model: str | None) -> str:
+    """The files' `ss_session_id`: the bake key without the code, so a refactor leaves the LoRA files byte-identical."""
+    return digest({"trainset": trainset, "params": params_json, "model": model_fingerprint(base_model)})[:16]
+
+
 class BakeProgress:
     """Terminal bar + Prefect progress artifact (steps, epoch, loss, it/s, ETA) + loss rows for the catalog."""
 
@@ -135,6 +140,7 @@ def bake(inputs: TrainSet, params_json: str, workdir: str, run_id: str, workers:
             result = craft.bake(
                 inputs, params, image_path=store.path, workdir=Path(workdir), out_dir=folder,
                 state_dir=folder / "state", name=name, bake_key=key,
+                session_id=session_id(inputs, params_json, params.base_model),
                 data=craft.DataConfig(buckets.resolution, buckets.min_side, buckets.max_side, buckets.step,
                                       params.batch_size),
                 on_step=progress.step, on_epoch=lambda epoch, path: progress.flush(),

@@ -932,7 +932,7 @@ def dataset_summary(samples: list[Sample]) -> dict[str, Any]:
     }
 
 
-def epoch_metadata(t: Training, *, name: str, epoch: int, step: int, bake_key: str) -> dict[str, str]:
+def epoch_metadata(t: Training, *, name: str, epoch: int, step: int, session_id: str) -> dict[str, str]:
     """The `ss_*` and `modelspec.*` metadata of the file saved after `epoch`."""
     p, prec = t.params, t.prec
     base_lr, unet_lr, te_lr = learning_rates(p)
@@ -951,13 +951,13 @@ def epoch_metadata(t: Training, *, name: str, epoch: int, step: int, bake_key: s
                "ss_loss_type": p.loss_type, "ss_keep_tokens": str(p.keep_tokens),
                "ss_flip_aug": str(p.flip_aug), "ss_cache_latents": str(p.cache_latents),
                "ss_mixed_precision": "no" if prec.autocast is None else str(prec.autocast).split(".")[-1],
-               "ss_max_train_steps": str(t.total), "ss_session_id": bake_key[:16],
+               "ss_max_train_steps": str(t.total), "ss_session_id": session_id[:16],
                "ss_reg_dataset_dirs": json.dumps(ds["reg_dirs"]), "ss_prior_loss_weight": str(p.prior_loss_weight),
                **P.metadata(t.base.prediction)},
     )
 
 
-def save_epoch(t: Training, path: Path, *, name: str, epoch: int, step: int, bake_key: str) -> str:
+def save_epoch(t: Training, path: Path, *, name: str, epoch: int, step: int, session_id: str) -> str:
     """The network as it stands after `epoch`, written as a kohya LoRA file; returns its path."""
     from peft import get_peft_model_state_dict
 
@@ -967,7 +967,7 @@ def save_epoch(t: Training, path: Path, *, name: str, epoch: int, step: int, bak
             tensors.update(LN.file_tensors(model))
         else:
             tensors.update(K.peft_to_kohya(get_peft_model_state_dict(model), prefix, targets, t.spec))
-    meta = epoch_metadata(t, name=name, epoch=epoch, step=step, bake_key=bake_key)
+    meta = epoch_metadata(t, name=name, epoch=epoch, step=step, session_id=session_id)
     K.save_kohya(path, tensors, meta, t.params.save_precision)
     return str(path)
 
@@ -1039,13 +1039,16 @@ def bake(
     name: str,
     data: DataConfig,
     bake_key: str = "",
+    session_id: str = "",
     base: Base | None = None,
     on_step: Callable[[StepInfo], None] | None = None,
     on_epoch: Callable[[int, str | None], None] | None = None,
     on_validation: Callable[[ValidationLoss], None] | None = None,
     validation_steps: int = 4,
 ) -> BakeResult:
-    """Train; resume from `state_dir` when it holds this bake's state. Returns the epoch files.
+    """Train; resume from `state_dir` when it holds this bake's state (`bake_key`). Returns the epoch files.
+
+    `session_id` goes into the files' metadata (the bake key when empty).
 
     With validation pictures in the TrainSet, the validation loss after each epoch (at `validation_steps`
     fixed timesteps per picture) goes to `on_validation` and into the result."""
@@ -1073,7 +1076,8 @@ def bake(
         saved = None
         if epoch % params.save_every_n_epochs == 0 or epoch == params.epochs:
             path = out_dir / f"{name}-{epoch:06d}.safetensors"
-            files[epoch] = saved = save_epoch(t, path, name=name, epoch=epoch, step=step, bake_key=bake_key)
+            files[epoch] = saved = save_epoch(t, path, name=name, epoch=epoch, step=step,
+                                               session_id=session_id or bake_key)
         if on_epoch:  # before the state: what the caller records for this epoch is never lost on a kill
             on_epoch(epoch, saved)
         save_state(state_file, t, bake_key=bake_key, epoch=epoch, step=step, files=files)
