@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from bakery.craft.taste import tasting
-from bakery.families import FAMILIES, PONY_SCORE_TAGS
 from bakery.manifest import BakeOutput, TrainImage, TrainSet
 from bakery.recipe import EvaluateParams, RecipeError, parse_recipe
+from bakery.recipe.families import FAMILIES, PONY_SCORE_TAGS
 
 
 def recipe(train: dict, **sections):

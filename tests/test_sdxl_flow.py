@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from bakery.craft.bake.networks import kohya_lora as K
-from bakery.families import PONY_SCORE_TAGS
 from bakery.recipe import load_recipe
+from bakery.recipe.families import PONY_SCORE_TAGS
 from storage import Catalog
 from tests.conftest import write_recipe
 from tests.tiny_sdxl import build_tiny_sdxl
