@@ -355,15 +355,17 @@ def watch(
 
 @app.command("recipe-doc")
 def recipe_doc(
-    write: Path = typer.Option(None, "--write", help="Rewrite the reference block in this file (README.md)."),
+    write: Path = typer.Option(None, "--write", help="Write the page to this file (docs/recipe.md)."),
 ) -> None:
-    """Print the recipe reference generated from the recipe model (or update README.md's copy)."""
-    from bakery.recipe_doc import reference_markdown, update_readme
+    """Print the recipe reference page generated from the recipe model (or write it to docs/recipe.md)."""
+    from bakery.recipe_doc import reference_page, write_page
 
     if write is None:
-        typer.echo(reference_markdown())
+        typer.echo(reference_page(), nl=False)
     else:
-        typer.echo(f"{write}: {'updated' if update_readme(write) else 'already up to date'}")
+        typer.echo(f"{write}: {'updated' if write_page(write) else 'already up to date'}")
+
+
 @app.command()
 def tags(
     recipe: Path = typer.Argument(..., help="Recipe TOML file."),

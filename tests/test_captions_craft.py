@@ -303,7 +303,7 @@ def test_readme_layout_example_parses(tmp_path):
 
     from bakery.recipe import parse_recipe
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "stages.md").read_text()
     block = re.search(r"### Multi-concept layouts.*?```toml\n(.*?)```", readme, re.S).group(1)
     recipe = parse_recipe(tomllib.loads(block), tmp_path)
     assert [c.name for c in recipe.concepts] == ["CharaA", "CharaB", "CharaAPLUSCharaB", "misc"]

@@ -1,15 +1,17 @@
-"""The README's recipe reference is generated from the model and must match it."""
+"""The recipe reference page (docs/recipe.md) is generated from the model and must match it."""
 
 from pathlib import Path
 
 from bakery.recipe import Recipe
-from bakery.recipe_doc import readme_block, reference_markdown
+from bakery.recipe_doc import PAGE, reference_markdown, reference_page
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_readme_reference_is_current():
-    assert readme_block(README) == reference_markdown(), "run `bakery recipe-doc --write README.md`"
+def test_recipe_page_is_current():
+    assert (ROOT / PAGE).read_text(encoding="utf-8") == reference_page(), (
+        "docs/recipe.md is stale: run `bakery recipe-doc --write docs/recipe.md` (or `bakery recipe-doc > docs/recipe.md`)"
+    )
 
 
 def test_reference_lists_every_key_with_its_default():
