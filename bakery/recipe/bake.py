@@ -45,7 +45,7 @@ def _check_lycoris_network(t: Any) -> None:
 class TrainParams(_Section):
     # A named profile fills the fields the recipe leaves out (see TRAIN_PROFILES).
     profile: Literal["none", "sd15_8gb", "sdxl_12gb", "large_gpu"] = "none"
-    # The base model's family fills the keys the recipe leaves out, in every section (bakery/families.py):
+    # The base model's family fills the keys the recipe leaves out, in every section (bakery/recipe/families.py):
     # sdxl, pony, illustrious, noobai: SDXL at 1024, clip skip 2, x1/2 steps, UNet only with Prodigy;
     # pony adds its score tags to captions and evaluation prompts; noobai_vpred adds v-prediction + zero terminal SNR.
     family: Literal["none", "sdxl", "pony", "illustrious", "noobai", "noobai_vpred"] = "none"
