@@ -301,7 +301,7 @@ def test_save_state_then_resume_state_takes_the_same_next_step(work, tmp_path):
         step += 1
         SP.training_step(a, batch, step)
     epoch_file = ST.save_epoch(a, tmp_path / "chara-000001.safetensors", name="chara", epoch=1, step=step,
-                              session_id="rt")
+                               session_id="rt")
     state = tmp_path / ST.STATE_FILE
     ST.save_state(state, a, bake_key="rt", epoch=1, step=step, files={1: epoch_file, 0: str(tmp_path / "gone")})
     first_of_epoch_2 = D.epoch_batches(a.samples, DATA.batch_size, p.seed, 2)[0]

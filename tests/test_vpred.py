@@ -113,7 +113,7 @@ def test_validation_loss_is_measured_against_the_velocity(work, vpred_model):
     """The loss the bake computes equals the UNet's error against sqrt(a)*noise - sqrt(1-a)*x0, written out here."""
     store = ContentStore(work / "store")
     t = TR.prepare_training(make_trainset(store), params(epochs=1, base_model=str(vpred_model), masked_loss=False),
-                           image_path=store.path, workdir=work, data=DATA)
+                            image_path=store.path, workdir=work, data=DATA)
     assert t.base.prediction == P.Prediction(True, True, "scheduler config")
     assert t.noise_sched.config.prediction_type == "v_prediction" and float(t.noise_sched.alphas_cumprod[-1]) == 0
     s = t.samples[0]
@@ -134,7 +134,7 @@ def test_validation_loss_is_measured_against_the_velocity(work, vpred_model):
 def test_recipe_key_turns_v_prediction_on_for_a_model_that_does_not_say(work):
     store = ContentStore(work / "store")
     t = TR.prepare_training(make_trainset(store), params(epochs=1, v_parameterization=True), image_path=store.path,
-                           workdir=work, data=DATA)
+                            workdir=work, data=DATA)
     assert t.base.prediction == P.Prediction(True, False, "recipe")
     assert t.noise_sched.config.prediction_type == "v_prediction" and float(t.noise_sched.alphas_cumprod[-1]) > 0
 

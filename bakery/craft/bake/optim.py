@@ -1,4 +1,4 @@
-"""The bake's optimization: loss functions (l2, Huber, min-SNR weighting), noise shapes, optimizers, schedules, the step.
+"""The bake's optimization: losses (l2, Huber, min-SNR weighting), noise shapes, optimizers, schedules, the step.
 
 Architecture-free: the weighting reads the noise schedule's `alphas_cumprod` (SNR per timestep), whatever
 family built the schedule.
@@ -131,7 +131,7 @@ def make_scheduler(optimizer: Any, name: str, *, warmup: int, total: int, restar
 
 
 def learning_rates(params: Any) -> tuple[float, float, float]:
-    """(base, UNet, text encoder) learning rates: the two parts default to the base rate."""
+    """(base, denoiser (`unet_lr`), text encoder) learning rates: the two parts default to the base rate."""
     base_lr = params.effective_learning_rate
     return base_lr, params.unet_lr or base_lr, params.text_encoder_lr or base_lr
 

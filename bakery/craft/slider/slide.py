@@ -13,8 +13,9 @@ The objective is the Concept Sliders one, as ostris/ai-toolkit's TrainSliderProc
 4. Anchors (optional): at +-1 the LoRA's prediction for an anchor prompt is pulled to the base model's.
 
 Pure: no Prefect. It reuses the bake's parts (bakery/craft/bake/): base loading and the base's family (text
-encoding, predicting), precision, the peft network, optimizer and schedule, the kohya file and the resumable state. Every random draw
-of step s comes from (seed, s), so a slide resumed from the state of a save takes the same draws.
+encoding, predicting), precision, the peft network, optimizer and schedule, the kohya file and the resumable
+state. Every random draw of step s comes from (seed, s), so a slide resumed from the state of a save takes the
+same draws.
 """
 
 from __future__ import annotations
@@ -271,6 +272,6 @@ def slide(
                 on_save(step, files[step])
             save_state(state_file, t, bake_key=slide_key, epoch=step, step=step, files=files)
     return BakeResult(files=dict(sorted(files.items())), losses=losses, resumed_from_epoch=start, steps=slider.steps,
-                        seconds=time.monotonic() - started,
-                        extra={"device": t.prec.device, "architecture": t.base.architecture,
-                               "base_source": t.base.source, "resolution": t.resolution})
+                      seconds=time.monotonic() - started,
+                      extra={"device": t.prec.device, "architecture": t.base.architecture,
+                             "base_source": t.base.source, "resolution": t.resolution})

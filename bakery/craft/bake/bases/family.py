@@ -5,14 +5,26 @@ on the base model's shape goes through its family (`BaseFamily`), found by its a
 `family_for`. A family here is an architecture (`train.architecture`: SD1.5, SDXL), not a line of
 checkpoints of one architecture (bakery/families.py: pony, illustrious, noobai).
 
-What a new family provides: a module under bakery/craft/bake/bases/ whose `FAMILY` object has every
-member of `BaseFamily` below, named in `FAMILIES`, plus
+What a new family (a DiT, say) provides: a module under bakery/craft/bake/bases/ with one object, `FAMILY`,
+named in `FAMILIES` below, that has every member of `BaseFamily`:
 
-- its kohya metadata (`ss_base_model_version`, `modelspec.architecture`) in networks/kohya_lora.py's
-  ARCHITECTURES;
-- what its files are: a kind in bases/checkpoint.py's `kind_of` (single files; no refusal for it) and its
-  diffusers pipeline class name (`pipeline`, for folders), so `load_base` recognises and no longer refuses it;
-- optionally a tiny random-weight model for tests (`tiny`; `train.base_model = "tiny"` is SD1.5's).
+- `name`, `resolution`, `pipeline`: its architecture name, native side, diffusers pipeline class;
+- loading: `load` (a single file offline, a diffusers folder, a hub id), `use_vae` (train.vae);
+- its parts: `denoiser`, `text_encoders` (what the network may train), `vae`;
+- the noisy input and its target: `use_prediction` (sets `Base.prediction`), `noise_schedule` (a
+  `NoiseSchedule`: timesteps are indices 0 .. num_train_timesteps - 1 into `alphas_cumprod`, which min-SNR
+  and the Huber snr schedule read; a denoiser that takes sigmas converts them in `predict`), `timesteps`
+  (drawn from the step's generator), `target`, `encode` (pixels -> latents);
+- text and predicting: `text_encoder` (captions -> an opaque conditioning), `predict` (the prediction in the
+  latents' layout, (N, C, H, W): the loss, masks and validation work on it);
+- the network: `network_parts` (kohya prefixes: the denoiser's is `lora_unet`), `targets` (the modules a
+  LoRA wraps and their kohya names);
+- rendering: `prompt_kwargs` (taste/xyz.py's renders, regularisation, the trigger check);
+
+and, outside the family's module: its kohya metadata (`ss_base_model_version`, `modelspec.architecture`) in
+networks/kohya_lora.py's ARCHITECTURES; its single files recognised by bases/checkpoint.py (`kind_of` gives
+its name, `refusal`/`folder_refusal` let it through); its name in the recipe's `train.architecture`.
+Optionally a tiny random-weight model for tests (`tiny`: `train.base_model = "tiny"` is SD1.5's).
 
 `load_base` picks the family (the recipe's `train.architecture`, or what the file or folder is), refuses
 what no family trains, and asks the family for the pipeline and the VAE.
@@ -73,8 +85,8 @@ class BaseFamily(Protocol):
         """The autoencoder between pixels and latents."""
 
     # -- the noisy input and its target --
-    def use_prediction(self, base: Base, v_parameterization: bool | None, zero_terminal_snr: bool | None,
-                       ) -> P.Prediction:
+    def use_prediction(self, base: Base, v_parameterization: bool | None,
+                       zero_terminal_snr: bool | None) -> P.Prediction:
         """What the base predicts (read from it, the recipe's keys on top); the pipeline's sampler takes it on."""
 
     def noise_schedule(self, base: Base) -> NoiseSchedule:

@@ -110,7 +110,8 @@ class SDUNet:
                        zero_terminal_snr: bool | None) -> P.Prediction:
         """Read from the checkpoint (marker keys, metadata) or the scheduler config, the recipe's keys on top."""
         path = Path(base.source).expanduser()
-        found = (P.read_checkpoint(path) if path.is_file() else None) or P.from_scheduler_config(base.pipe.scheduler.config)
+        found = ((P.read_checkpoint(path) if path.is_file() else None)
+                 or P.from_scheduler_config(base.pipe.scheduler.config))
         try:
             pred = P.resolve(found, v_parameterization, zero_terminal_snr)
         except P.PredictionError as exc:
