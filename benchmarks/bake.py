@@ -94,7 +94,9 @@ def one_cpu(cached: bool, steps: int, vae: str = "tiny") -> dict:  # noqa: C901
     SD1.5's VAE shape (random weights), so encoding costs what it does in a real bake."""
     import torch
 
+    from bakery.craft.bake import data as D
     from bakery.craft.bake import loop as B
+    from bakery.craft.bake.bases import family as F
     from bakery.recipe import TrainParams
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
@@ -103,7 +105,7 @@ def one_cpu(cached: bool, steps: int, vae: str = "tiny") -> dict:  # noqa: C901
                          batch_size=batch, network_dim=8, network_alpha=4, cache_latents=cached,
                          save_every_n_epochs=epochs)
     stamps: list[tuple[int, int, float]] = []
-    base = B.load_base("tiny", work, words=ts.triggers)
+    base = F.load_base("tiny", work, words=ts.triggers)
     if vae == "sd15":
         torch.manual_seed(0)
         base.pipe.vae = _sd15_vae()
@@ -115,7 +117,7 @@ def one_cpu(cached: bool, steps: int, vae: str = "tiny") -> dict:  # noqa: C901
             base.pipe.vae.encode(pixels)
     encode_ms = (time.perf_counter() - t0) / 5 * 1000
     res = B.bake(ts, params, image_path=store.path, workdir=work, out_dir=work / "out", state_dir=work / "state",
-                 name="bench", data=B.DataConfig(64, 64, 64, 64, batch), bake_key="bench", base=base,
+                 name="bench", data=D.DataConfig(64, 64, 64, 64, batch), bake_key="bench", base=base,
                  on_step=lambda i: stamps.append((i.step, i.epoch, time.perf_counter())))
     first_warm, warm = _warm_steps(stamps)
     # The median step time: the build machine is shared, and a mean is at the mercy of other jobs.
@@ -158,7 +160,10 @@ def _sd15_shape_pipeline(folder: Path):
 def one_cuda(steps: int) -> dict:
     import torch
 
+    from bakery.craft.bake import data as D
     from bakery.craft.bake import loop as B
+    from bakery.craft.bake import precision as PR
+    from bakery.craft.bake.bases import family as F
     from bakery.recipe import TrainParams
 
     work, store, ts, batch, epochs = _bench_set("bench-bake-cuda-", 512, steps)
@@ -173,10 +178,10 @@ def one_cuda(steps: int) -> dict:
 
     torch.cuda.reset_peak_memory_stats()
     B.bake(ts, params, image_path=store.path, workdir=work, out_dir=work / "out", state_dir=work / "state",
-           name="bench", data=B.DataConfig(512, 256, 1024, 64, batch), bake_key="bench",
-           base=B.Base(pipe, "sd15", "sd15-shape"), on_step=on_step)
+           name="bench", data=D.DataConfig(512, 256, 1024, 64, batch), bake_key="bench",
+           base=F.Base(pipe, "sd15", "sd15-shape"), on_step=on_step)
     first_warm, warm = _warm_steps(stamps)
-    prec = B.choose_precision("auto", "auto", None)
+    prec = PR.choose_precision("auto", "auto", None)
     return {
         "device": torch.cuda.get_device_name(0),
         "precision": str(prec.weight_dtype),

@@ -253,7 +253,9 @@ def total_steps(steps: int, warmup: int) -> int:
 def ours(model: str, tiny: bool, variant: str, steps: int, warmup: int, root: Path) -> dict:
     import torch
 
+    from bakery.craft.bake import data as D
     from bakery.craft.bake import loop as B
+    from bakery.craft.bake.bases import family as F
     from bakery.recipe import TrainParams
 
     clock = StepClock()
@@ -269,14 +271,14 @@ def ours(model: str, tiny: bool, variant: str, steps: int, warmup: int, root: Pa
                          mixed_precision="bf16" if cuda else "no", gradient_checkpointing=cuda and variant != "no-gc",
                          train_text_encoder=variant != "unet-only", shuffle_caption=variant != "unet-only",
                          save_every_n_epochs=epochs, seed=s.seed)
-    base = B.load_base(str(folder), work, words=ts.triggers)
+    base = F.load_base(str(folder), work, words=ts.triggers)
     if variant == "channels_last":
         base.pipe.unet.to(memory_format=torch.channels_last)
     if variant == "compile":
         base.pipe.unet.compile()  # traced at the first step, after the LoRA is attached
     with sdpa_context(variant):
         B.bake(ts, params, image_path=store.path, workdir=work, out_dir=work / "out", state_dir=work / "state",
-               name="bench", data=B.DataConfig(s.resolution, s.resolution, s.resolution, 64, s.batch),
+               name="bench", data=D.DataConfig(s.resolution, s.resolution, s.resolution, 64, s.batch),
                bake_key="bench", base=base)
     return {**clock.summary(warmup), "side": "ours", "epochs": epochs}
 

@@ -15,7 +15,16 @@ import pytest
 import torch
 from PIL import Image
 
+from bakery.craft.bake import BakeError
+from bakery.craft.bake import data as D
 from bakery.craft.bake import loop as B
+from bakery.craft.bake import optim as O
+from bakery.craft.bake import precision as PR
+from bakery.craft.bake import state as ST
+from bakery.craft.bake import step as SP
+from bakery.craft.bake import training as TR
+from bakery.craft.bake.bases import family as F
+from bakery.craft.bake.bases import sd_unet as SD
 from bakery.craft.bake.networks import kohya_lora as K
 from bakery.manifest import TrainImage, TrainSet
 from bakery.recipe import RecipeError, TrainParams, parse_recipe
@@ -24,7 +33,7 @@ from tests.images import gradient
 
 TRIGGER = "bakery_girl"
 CAPTION = f"{TRIGGER}, red_dress, smile, standing, outdoors"
-DATA = B.DataConfig(resolution=96, min_side=64, max_side=128, step=32, batch_size=2)
+DATA = D.DataConfig(resolution=96, min_side=64, max_side=128, step=32, batch_size=2)
 SIZES = [(96, 96), (64, 128), (128, 64), (96, 96)]
 
 
@@ -74,48 +83,48 @@ def work(tmp_path_factory) -> Path:
 
 def test_caption_shuffle_keeps_the_head():
     rng = random.Random(0)
-    outs = {B.process_caption("trig, a, b, c, d", rng, keep_tokens=1) for _ in range(30)}
+    outs = {D.process_caption("trig, a, b, c, d", rng, keep_tokens=1) for _ in range(30)}
     assert len(outs) > 3 and all(o.startswith("trig, ") for o in outs)
     assert all(sorted(o.split(", ")) == ["a", "b", "c", "d", "trig"] for o in outs)
     # `|||` marks the head instead of keep_tokens.
-    outs = {B.process_caption("trig, outfit ||| a, b, c", rng, keep_tokens=0) for _ in range(30)}
+    outs = {D.process_caption("trig, outfit ||| a, b, c", rng, keep_tokens=0) for _ in range(30)}
     assert all(o.startswith("trig, outfit, ") for o in outs) and len(outs) > 2
-    assert B.process_caption("trig, a", rng, caption_dropout_rate=1.0) == ""
-    assert B.process_caption("trig, a, b", rng, tag_dropout_rate=1.0) == "trig"
+    assert D.process_caption("trig, a", rng, caption_dropout_rate=1.0) == ""
+    assert D.process_caption("trig, a, b", rng, tag_dropout_rate=1.0) == "trig"
     # Token warmup: from 2 tags at step 0 to all of them at step 10.
     warm = dict(keep_tokens=1, shuffle=False, token_warmup_min=2, token_warmup_step=10)
-    assert B.process_caption("trig, a, b, c, d", rng, step=0, **warm) == "trig, a"
-    assert B.process_caption("trig, a, b, c, d", rng, step=10, **warm) == "trig, a, b, c, d"
+    assert D.process_caption("trig, a, b, c, d", rng, step=0, **warm) == "trig, a"
+    assert D.process_caption("trig, a, b, c, d", rng, step=10, **warm) == "trig, a, b, c, d"
 
 
 def test_batches_come_from_one_bucket_with_repeats(tmp_path):
     store = ContentStore(tmp_path / "store")
     ts = make_trainset(store, repeats=3)
-    samples = B.plan_samples(ts, store.path, DATA)
+    samples = D.plan_samples(ts, store.path, DATA)
     assert sorted({s.bucket for s in samples}) == [(64, 128), (96, 96), (128, 64)]
-    batches = B.epoch_batches(samples, 2, seed=1, epoch=1)
+    batches = D.epoch_batches(samples, 2, seed=1, epoch=1)
     assert all(len({s.bucket for s in b}) == 1 for b in batches)
     assert sum(len(b) for b in batches) == 4 * 3  # every image `repeats` times
-    assert B.epoch_batches(samples, 2, 1, 1) == batches and B.epoch_batches(samples, 2, 1, 2) != batches
+    assert D.epoch_batches(samples, 2, 1, 1) == batches and D.epoch_batches(samples, 2, 1, 2) != batches
 
 
 def test_loss_functions_and_weights():
     pred, target = torch.zeros(2, 1, 2, 2), torch.full((2, 1, 2, 2), 3.0)
     c = torch.tensor([0.1, 1.0])
-    assert torch.allclose(B.conditional_loss(pred, target, "l2", c), torch.full_like(pred, 9.0))
-    hub = B.conditional_loss(pred, target, "huber", c)
+    assert torch.allclose(O.conditional_loss(pred, target, "l2", c), torch.full_like(pred, 9.0))
+    hub = O.conditional_loss(pred, target, "huber", c)
     assert torch.allclose(hub[1], torch.full((1, 2, 2), 2 * 1.0 * ((9 + 1) ** 0.5 - 1)))
-    sl1 = B.conditional_loss(pred, target, "smooth_l1", c)
+    sl1 = O.conditional_loss(pred, target, "smooth_l1", c)
     assert torch.allclose(sl1[0], torch.full((1, 2, 2), 2 * ((9 + 0.01) ** 0.5 - 0.1)))
     from diffusers import DDPMScheduler
 
     ac = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod
     t = torch.tensor([10, 999])
-    w = B.min_snr_weight(t, ac, 5.0)
+    w = O.min_snr_weight(t, ac, 5.0)
     assert w[0] < 1.0 and w[1] == 1.0  # low noise (high SNR) is down-weighted, high noise is not
-    snr_c = B.huber_c("snr", 0.1, t, ac, 1000)
+    snr_c = O.huber_c("snr", 0.1, t, ac, 1000)
     assert snr_c[0] > snr_c[1] >= 0.1
-    assert torch.allclose(B.huber_c("exponential", 0.1, torch.tensor([0, 1000]), ac, 1000), torch.tensor([1.0, 0.1]))
+    assert torch.allclose(O.huber_c("exponential", 0.1, torch.tensor([0, 1000]), ac, 1000), torch.tensor([1.0, 0.1]))
 
 
 def test_recipe_profiles_and_bad_combinations(tmp_path):
@@ -124,7 +133,7 @@ def test_recipe_profiles_and_bad_combinations(tmp_path):
     assert r.train.effective_lr_scheduler == "cosine"
     assert parse_recipe({"train": {"optimizer": "adamw"}}, tmp_path).train.effective_lr_scheduler == "cosine_with_restarts"
     assert parse_recipe({"train": {"optimizer": "came"}}, tmp_path).train.effective_lr_scheduler == "rex"
-    rex = [B.rex_factor(s, 0, 10) for s in range(11)]
+    rex = [O.rex_factor(s, 0, 10) for s in range(11)]
     assert rex[0] == 1.0 and rex[10] == 0.0 and all(a > b for a, b in zip(rex, rex[1:]))
     assert rex[5] == pytest.approx(0.5 / 0.75)  # REX stays above linear decay mid-way
     for bad, msg in [({"network_type": "lokr", "network_dim": 64}, "network_dim must be <= 32"),
@@ -138,22 +147,22 @@ def test_recipe_profiles_and_bad_combinations(tmp_path):
 
 
 def test_missing_model_and_cpu_only_options_fail_clearly(tmp_path):
-    with pytest.raises(B.BakeError, match="train.base_model is not set"):
-        B.load_base(None, tmp_path)
-    with pytest.raises(B.BakeError, match="no such file"):
-        B.load_base(str(tmp_path / "nope.safetensors"), tmp_path)
+    with pytest.raises(BakeError, match="train.base_model is not set"):
+        F.load_base(None, tmp_path)
+    with pytest.raises(BakeError, match="no such file"):
+        F.load_base(str(tmp_path / "nope.safetensors"), tmp_path)
     (tmp_path / "broken.safetensors").write_bytes(b"not a checkpoint")
-    with pytest.raises(B.BakeError, match="cannot load train.base_model .*broken.safetensors"):
-        B.load_base(str(tmp_path / "broken.safetensors"), tmp_path)
-    with pytest.raises(B.BakeError, match="adamw8bit' needs CUDA"):
-        B.make_optimizer("adamw8bit", [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-4}],
+    with pytest.raises(BakeError, match="cannot load train.base_model .*broken.safetensors"):
+        F.load_base(str(tmp_path / "broken.safetensors"), tmp_path)
+    with pytest.raises(BakeError, match="adamw8bit' needs CUDA"):
+        O.make_optimizer("adamw8bit", [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1e-4}],
                          weight_decay=0.0, d_coef=1.0, device="cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(B.BakeError, match="needs CUDA"):
-            B.choose_precision("cpu", "bf16", None)
-        assert B.choose_precision("auto", "auto", None).device == "cpu"
+        with pytest.raises(BakeError, match="needs CUDA"):
+            PR.choose_precision("cpu", "bf16", None)
+        assert PR.choose_precision("auto", "auto", None).device == "cpu"
     else:  # the CUDA defaults: mixed precision and gradient checkpointing on
-        prec = B.choose_precision("auto", "auto", None)
+        prec = PR.choose_precision("auto", "auto", None)
         assert prec.autocast is not None and prec.grad_checkpointing
 
 
@@ -165,7 +174,7 @@ def _render(pipe, clip_skip: int = 2):
     which transformers 5's CLIPTextModel no longer has)."""
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
-        enc = B.TextEncoder(pipe, "sd15", clip_skip, "cpu", cache=False)
+        enc = SD.TextEncoder(pipe, "sd15", clip_skip, "cpu", cache=False)
         pos, neg = enc([TRIGGER])[0], enc([""])[0]
         return pipe(prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=2, height=64, width=64,
                     output_type="np", generator=torch.Generator().manual_seed(1)).images
@@ -175,7 +184,7 @@ def test_bake_writes_kohya_files_that_reproduce_the_network(work):
     p = params()
     store = ContentStore(work / "store")
     ts = make_trainset(store)
-    base = B.load_base("tiny", work, words=ts.triggers)
+    base = F.load_base("tiny", work, words=ts.triggers)
     res = B.bake(ts, p, image_path=store.path, workdir=work, out_dir=work / "out" / "a", state_dir=work / "state" / "a",
                  name="chara", data=DATA, bake_key="a", base=base)
     assert res.steps == 8 and len(res.losses) == 8 and all(l[2] > 0 for l in res.losses)
@@ -250,7 +259,7 @@ def test_resume_after_kill_matches_uninterrupted_run(work):
     assert done.resumed_from_epoch == 3 and not done.losses and done.files == resumed.files
 
 
-def _network_weights(t: B.Training) -> dict[str, torch.Tensor]:
+def _network_weights(t: TR.Training) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
     return {f"{prefix}.{k}": v.detach().clone() for prefix, model, _t in t.network
@@ -259,7 +268,7 @@ def _network_weights(t: B.Training) -> dict[str, torch.Tensor]:
 
 def test_one_training_step_moves_the_network_and_not_the_base(work):
     store = ContentStore(work / "store")
-    t = B.prepare_training(make_trainset(store), params(), image_path=store.path, workdir=work, data=DATA)
+    t = TR.prepare_training(make_trainset(store), params(), image_path=store.path, workdir=work, data=DATA)
     models = [m for _p, m, _t in t.network]
     assert [p for p, _m, _t in t.network] == ["lora_unet", "lora_te"]
     frozen = {(i, n): p.detach().clone() for i, m in enumerate(models) for n, p in m.named_parameters()
@@ -267,7 +276,7 @@ def test_one_training_step_moves_the_network_and_not_the_base(work):
     before = _network_weights(t)
     assert frozen and before and all(not v.any() for k, v in before.items() if "lora_B" in k)  # up starts at 0
 
-    loss, lr = B.training_step(t, B.epoch_batches(t.samples, DATA.batch_size, 42, 1)[0], 1)
+    loss, lr = SP.training_step(t, D.epoch_batches(t.samples, DATA.batch_size, 42, 1)[0], 1)
     assert math.isfinite(loss) and loss > 0 and lr == 1e-3
     after = _network_weights(t)
     ups = [k for k in before if "lora_B" in k]
@@ -283,28 +292,28 @@ def test_save_state_then_resume_state_takes_the_same_next_step(work, tmp_path):
     store = ContentStore(work / "store")
     ts, p = make_trainset(store), params(epochs=2)
 
-    def fresh() -> B.Training:
-        return B.prepare_training(ts, p, image_path=store.path, workdir=work, data=DATA)
+    def fresh() -> TR.Training:
+        return TR.prepare_training(ts, p, image_path=store.path, workdir=work, data=DATA)
 
     a = fresh()
     step = 0
-    for batch in B.epoch_batches(a.samples, DATA.batch_size, p.seed, 1):
+    for batch in D.epoch_batches(a.samples, DATA.batch_size, p.seed, 1):
         step += 1
-        B.training_step(a, batch, step)
-    epoch_file = B.save_epoch(a, tmp_path / "chara-000001.safetensors", name="chara", epoch=1, step=step,
-                              session_id="rt")
-    state = tmp_path / B.STATE_FILE
-    B.save_state(state, a, bake_key="rt", epoch=1, step=step, files={1: epoch_file, 0: str(tmp_path / "gone")})
-    first_of_epoch_2 = B.epoch_batches(a.samples, DATA.batch_size, p.seed, 2)[0]
-    uninterrupted = B.training_step(a, first_of_epoch_2, step + 1)
+        SP.training_step(a, batch, step)
+    epoch_file = ST.save_epoch(a, tmp_path / "chara-000001.safetensors", name="chara", epoch=1, step=step,
+                               session_id="rt")
+    state = tmp_path / ST.STATE_FILE
+    ST.save_state(state, a, bake_key="rt", epoch=1, step=step, files={1: epoch_file, 0: str(tmp_path / "gone")})
+    first_of_epoch_2 = D.epoch_batches(a.samples, DATA.batch_size, p.seed, 2)[0]
+    uninterrupted = SP.training_step(a, first_of_epoch_2, step + 1)
 
     b = fresh()
-    assert B.resume_state(tmp_path / "none.pt", b, "rt") == (0, {})
-    assert B.resume_state(state, b, "another bake") == (0, {})  # not this bake's state: start afresh
+    assert ST.resume_state(tmp_path / "none.pt", b, "rt") == (0, {})
+    assert ST.resume_state(state, b, "another bake") == (0, {})  # not this bake's state: start afresh
     wa, wb = _network_weights(a), _network_weights(b)
     assert wa.keys() == wb.keys() and not all(torch.equal(wa[k], wb[k]) for k in wa)  # b is still untrained
-    assert B.resume_state(state, b, "rt") == (1, {1: epoch_file})  # files gone from disk are dropped
-    resumed = B.training_step(b, first_of_epoch_2, step + 1)
+    assert ST.resume_state(state, b, "rt") == (1, {1: epoch_file})  # files gone from disk are dropped
+    resumed = SP.training_step(b, first_of_epoch_2, step + 1)
     assert resumed == uninterrupted  # same loss and learning rate, to the bit
     wa, wb = _network_weights(a), _network_weights(b)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -378,7 +387,7 @@ def test_sdxl_bake_writes_te1_te2_and_loads_in_diffusers(work):
 
     folder = build_tiny_sdxl(work / "sdxl")
     store = ContentStore(work / "store")
-    base = B.load_base(str(folder), work)
+    base = F.load_base(str(folder), work)
     assert base.architecture == "sdxl"
     res = B.bake(make_trainset(store), params(epochs=1, base_model=str(folder)), image_path=store.path, workdir=work,
                  out_dir=work / "out" / "xl", state_dir=work / "state" / "xl", name="chara", data=DATA, bake_key="xl",
@@ -424,15 +433,15 @@ def test_gradient_checkpointing_trains_the_same_weights(work):
 
 
 def test_external_vae_and_text_embedding_cache(work):
-    base = B.load_base("tiny", work, words=[TRIGGER])
-    with_vae = B.load_base("tiny", work, vae=str(Path(base.source) / "vae"), words=[TRIGGER])
-    assert with_vae.pipe.vae is not base.pipe.vae and B.module_id(with_vae.pipe.vae) == B.module_id(base.pipe.vae)
-    with pytest.raises(B.BakeError, match="cannot load train.vae"):
-        B.load_base("tiny", work, vae=str(work / "no-vae"), words=[TRIGGER])
+    base = F.load_base("tiny", work, words=[TRIGGER])
+    with_vae = F.load_base("tiny", work, vae=str(Path(base.source) / "vae"), words=[TRIGGER])
+    assert with_vae.pipe.vae is not base.pipe.vae and D.module_id(with_vae.pipe.vae) == D.module_id(base.pipe.vae)
+    with pytest.raises(BakeError, match="cannot load train.vae"):
+        F.load_base("tiny", work, vae=str(work / "no-vae"), words=[TRIGGER])
     # Frozen text encoder: each distinct caption is encoded once.
-    enc = B.TextEncoder(base.pipe, "sd15", 2, "cpu", cache=True)
+    enc = SD.TextEncoder(base.pipe, "sd15", 2, "cpu", cache=True)
     first, _ = enc([TRIGGER, "red_dress", TRIGGER])
     assert sorted(enc.cache) == sorted([TRIGGER, "red_dress"]) and torch.equal(first[0], first[2])
     again, _ = enc([TRIGGER])
     assert torch.equal(again[0], first[0]) and len(enc.cache) == 2
-    assert B.TextEncoder(base.pipe, "sd15", 2, "cpu", cache=False).cache is None
+    assert SD.TextEncoder(base.pipe, "sd15", 2, "cpu", cache=False).cache is None

@@ -204,26 +204,29 @@ def test_bake_trains_and_writes_the_network(work, network_type):
 
 
 def test_resumed_lycoris_state_takes_the_same_next_step(work, tmp_path):
-    from bakery.craft.bake import loop as B
+    from bakery.craft.bake import data as D
+    from bakery.craft.bake import state as ST
+    from bakery.craft.bake import step as SP
+    from bakery.craft.bake import training as TR
     from tests.test_bake import DATA
 
     store = ContentStore(work / "store")
     ts, p = make_trainset(store), params(epochs=2, network_type="dylora", network_dim=8, network_alpha=4)
 
     def fresh():
-        return B.prepare_training(ts, p, image_path=store.path, workdir=work, data=DATA)
+        return TR.prepare_training(ts, p, image_path=store.path, workdir=work, data=DATA)
 
     a = fresh()
-    batches = B.epoch_batches(a.samples, DATA.batch_size, p.seed, 1)
+    batches = D.epoch_batches(a.samples, DATA.batch_size, p.seed, 1)
     for step, batch in enumerate(batches, 1):
-        B.training_step(a, batch, step)
-    state = tmp_path / B.STATE_FILE
-    B.save_state(state, a, bake_key="rt", epoch=1, step=len(batches), files={})
-    nxt = B.epoch_batches(a.samples, DATA.batch_size, p.seed, 2)[0]
-    want = B.training_step(a, nxt, len(batches) + 1)
+        SP.training_step(a, batch, step)
+    state = tmp_path / ST.STATE_FILE
+    ST.save_state(state, a, bake_key="rt", epoch=1, step=len(batches), files={})
+    nxt = D.epoch_batches(a.samples, DATA.batch_size, p.seed, 2)[0]
+    want = SP.training_step(a, nxt, len(batches) + 1)
     b = fresh()
-    assert B.resume_state(state, b, "rt")[0] == 1
-    assert B.training_step(b, nxt, len(batches) + 1) == pytest.approx(want, abs=1e-6)
+    assert ST.resume_state(state, b, "rt")[0] == 1
+    assert SP.training_step(b, nxt, len(batches) + 1) == pytest.approx(want, abs=1e-6)
 
 
 # -- the recipe: the guide's numbers ------------------------------------------------------------------

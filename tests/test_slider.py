@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from bakery.craft.bake import BakeError
 from bakery.craft.bake.networks import kohya_lora as K
 from bakery.craft.slider import slide as S
 from bakery.craft.slider import taste as T
@@ -36,9 +37,9 @@ def test_slider_recipe_has_the_guides_numbers_and_refuses_fp16(tmp_path):
 
 def test_precision_is_fp32_on_cpu_and_never_fp16():
     assert S.slider_precision("cpu", "auto").weight_dtype == torch.float32
-    with pytest.raises(S.B.BakeError, match="bf16' needs CUDA"):
+    with pytest.raises(BakeError, match="bf16' needs CUDA"):
         S.slider_precision("cpu", "bf16")
-    with pytest.raises(S.B.BakeError, match="fp16"):
+    with pytest.raises(BakeError, match="fp16"):
         S.slider_precision("cpu", "fp16")
 
 

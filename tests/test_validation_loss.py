@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bakery.craft.bake import loop as B
+from bakery.craft.bake import data as D
+from bakery.craft.bake import training as TR
+from bakery.craft.bake import validation as V
 from bakery.craft.bake.networks import kohya_lora as K
 from bakery.manifest import TrainImage, TrainSet
 from storage import Catalog, ContentStore
@@ -44,10 +46,10 @@ def test_validation_loss_is_deterministic_on_held_out_pictures_and_leaves_traini
     assert [v.loss for v in a.validation] == [v.loss for v in b.validation]  # two bakes: the same losses, to the bit
     assert a.validation[0].loss != a.validation[1].loss  # the network moved between epochs
     # The held-out picture is in no training batch.
-    t = B.prepare_training(validated, params(), image_path=store.path, workdir=work, data=DATA)
+    t = TR.prepare_training(validated, params(), image_path=store.path, workdir=work, data=DATA)
     held = validated.validation[0].image_hash
     assert [s.image.image_hash for s in t.validation] == [held]
-    assert all(s.image.image_hash != held for e in (1, 2) for batch in B.epoch_batches(t.samples, 2, 42, e)
+    assert all(s.image.image_hash != held for e in (1, 2) for batch in D.epoch_batches(t.samples, 2, 42, e)
                for s in batch)
     # The same bake without validation: the same steps, losses and weights (validation draws nothing from training).
     c = run(work, params(), plain, key="vc")
@@ -75,8 +77,8 @@ def test_a_resumed_bake_computes_the_same_validation_losses(work):
 
 
 def test_validation_timesteps_spread_over_the_schedule():
-    assert B.validation_timesteps(4, 1000) == [125, 375, 625, 875]
-    assert B.validation_timesteps(1, 1000) == [500]
+    assert V.validation_timesteps(4, 1000) == [125, 375, 625, 875]
+    assert V.validation_timesteps(1, 1000) == [500]
 
 
 # -- a real run: prune holds a picture out, bake validates on it, evaluate reports it ------------------------

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 import torch
 
+from bakery.craft.bake import BakeError
+from bakery.craft.bake import data as D
 from bakery.craft.bake import loop as B
+from bakery.craft.bake import optim as O
+from bakery.craft.bake import step as SP
+from bakery.craft.bake import training as TR
+from bakery.craft.bake import validation as V
+from bakery.craft.bake.bases import family as F
 from bakery.craft.bake.bases import prediction as P
 from bakery.craft.bake.networks import kohya_lora as K
 from bakery.craft.taste import xyz
@@ -78,7 +85,7 @@ def test_velocity_target_and_the_rescaled_schedule():
     assert torch.allclose(v[2], -x0[2], atol=1e-5)  # at SNR 0 the velocity is minus the picture
     assert P.target(sched, x0, noise, t, P.Prediction()) is noise
     # min-SNR for v: min(SNR, gamma) / (SNR + 1), 0 at SNR 0 (no division by zero)
-    w = B.min_snr_weight(t, sched.alphas_cumprod, 5.0, v_prediction=True)
+    w = O.min_snr_weight(t, sched.alphas_cumprod, 5.0, v_prediction=True)
     snr = a.flatten() / (1 - a.flatten())
     assert torch.allclose(w, torch.clamp(snr, max=5.0) / (snr + 1)) and float(w[2]) == 0.0
 
@@ -105,20 +112,20 @@ def test_epsilon_bake_writes_epsilon(work):
 def test_validation_loss_is_measured_against_the_velocity(work, vpred_model):
     """The loss the bake computes equals the UNet's error against sqrt(a)*noise - sqrt(1-a)*x0, written out here."""
     store = ContentStore(work / "store")
-    t = B.prepare_training(make_trainset(store), params(epochs=1, base_model=str(vpred_model), masked_loss=False),
-                           image_path=store.path, workdir=work, data=DATA)
+    t = TR.prepare_training(make_trainset(store), params(epochs=1, base_model=str(vpred_model), masked_loss=False),
+                            image_path=store.path, workdir=work, data=DATA)
     assert t.base.prediction == P.Prediction(True, True, "scheduler config")
     assert t.noise_sched.config.prediction_type == "v_prediction" and float(t.noise_sched.alphas_cumprod[-1]) == 0
     s = t.samples[0]
     with torch.no_grad():
-        got = B.validation_picture_loss(t, s, 4)
+        got = V.validation_picture_loss(t, s, 4)
         lat = t.validation_latents[f"{s.image.image_hash}:{s.bucket}"].repeat(4, 1, 1, 1)
-        noise = torch.randn(lat.shape, generator=B.seeded(t.params.seed, 0, f"validation:{s.image.image_hash}"))
-        steps = torch.tensor(B.validation_timesteps(4, 1000))
+        noise = torch.randn(lat.shape, generator=SP.seeded(t.params.seed, 0, f"validation:{s.image.image_hash}"))
+        steps = torch.tensor(V.validation_timesteps(4, 1000))
         a = t.noise_sched.alphas_cumprod[steps].view(-1, 1, 1, 1)
         noisy = a.sqrt() * lat + (1 - a).sqrt() * noise
-        caption = ", ".join(sum(B.split_caption(s.image.caption, t.params.keep_tokens), []))
-        pred = B.predict_noise(t, [s] * 4, [caption] * 4, noisy, steps).float()
+        caption = ", ".join(sum(D.split_caption(s.image.caption, t.params.keep_tokens), []))
+        pred = SP.predict_noise(t, [s] * 4, [caption] * 4, noisy, steps).float()
         velocity = a.sqrt() * noise - (1 - a).sqrt() * lat
     assert got == pytest.approx(float(((pred - velocity) ** 2).mean()), rel=1e-4)
     assert got != pytest.approx(float(((pred - noise) ** 2).mean()), rel=1e-2)
@@ -126,8 +133,8 @@ def test_validation_loss_is_measured_against_the_velocity(work, vpred_model):
 
 def test_recipe_key_turns_v_prediction_on_for_a_model_that_does_not_say(work):
     store = ContentStore(work / "store")
-    t = B.prepare_training(make_trainset(store), params(epochs=1, v_parameterization=True), image_path=store.path,
-                           workdir=work, data=DATA)
+    t = TR.prepare_training(make_trainset(store), params(epochs=1, v_parameterization=True), image_path=store.path,
+                            workdir=work, data=DATA)
     assert t.base.prediction == P.Prediction(True, False, "recipe")
     assert t.noise_sched.config.prediction_type == "v_prediction" and float(t.noise_sched.alphas_cumprod[-1]) > 0
 
@@ -140,11 +147,11 @@ def test_single_file_marker_keys_are_read_by_use_prediction(work, vpred_model, t
 
     pipe = StableDiffusionPipeline.from_pretrained(build_tiny_sd15(work / "tiny-eps"), safety_checker=None,
                                                    requires_safety_checker=False)
-    base = B.Base(pipe, "sd15", str(write_markers(tmp_path / "noob.safetensors")))
-    assert B.use_prediction(base) == P.Prediction(True, True, "checkpoint keys")
+    base = F.Base(pipe, "sd15", str(write_markers(tmp_path / "noob.safetensors")))
+    assert F.use_prediction(base) == P.Prediction(True, True, "checkpoint keys")
     assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.scheduler.config.rescale_betas_zero_snr
-    with pytest.raises(B.BakeError, match="train.v_parameterization"):
-        B.use_prediction(B.Base(pipe, "sd15", "elsewhere"), v_parameterization=False)
+    with pytest.raises(BakeError, match="train.v_parameterization"):
+        F.use_prediction(F.Base(pipe, "sd15", "elsewhere"), v_parameterization=False)
 
 
 # --- evaluation --------------------------------------------------------------------------------

@@ -19,7 +19,11 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from tqdm import tqdm
 
+from bakery.craft.bake import data as data_craft
 from bakery.craft.bake import loop as craft
+from bakery.craft.bake import optim, precision, state, step, training
+from bakery.craft.bake import validation as validation_craft
+from bakery.craft.bake.bases import family
 from bakery.craft.bake.networks import kohya_lora, lycoris_net
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet, digest
 from bakery.recipe import BucketParams, TrainParams, ValidationParams
@@ -100,7 +104,7 @@ class BakeProgress:
                              + f"loss {info.loss:.4f}, {rate:.2f} it/s, ETA {eta:.0f} s"),
             )
 
-    def validation(self, v: craft.ValidationLoss) -> None:
+    def validation(self, v: validation_craft.ValidationLoss) -> None:
         """The validation loss of one epoch, into the catalog at once (before the epoch's state is saved)."""
         with Catalog.open(self.catalog) as cat:
             cat.add_validation_loss([{"bake_key": self.key, "epoch": v.epoch, "loss": v.loss, "held_out": v.held_out,
@@ -141,7 +145,7 @@ def bake(inputs: TrainSet, params_json: str, workdir: str, run_id: str, workers:
                 inputs, params, image_path=store.path, workdir=Path(workdir), out_dir=folder,
                 state_dir=folder / "state", name=name, bake_key=key,
                 session_id=session_id(inputs, params_json, params.base_model),
-                data=craft.DataConfig(buckets.resolution, buckets.min_side, buckets.max_side, buckets.step,
+                data=data_craft.DataConfig(buckets.resolution, buckets.min_side, buckets.max_side, buckets.step,
                                       params.batch_size),
                 on_step=progress.step, on_epoch=lambda epoch, path: progress.flush(),
                 on_validation=progress.validation, validation_steps=data.get("validation_timesteps", 4),
@@ -173,4 +177,6 @@ def bake(inputs: TrainSet, params_json: str, workdir: str, run_id: str, workers:
     return StageResult(images=images, n_in=len(images), n_processed=len(images), payload=output)
 
 
-BAKE = Stage("bake", bake, caching.code_version(craft, kohya_lora, lycoris_net, sys.modules[__name__]))
+BAKE = Stage("bake", bake, caching.code_version(craft, training, step, validation_craft, state, data_craft, optim,
+                                                 precision, *family.modules(), kohya_lora, lycoris_net,
+                                                 sys.modules[__name__]))

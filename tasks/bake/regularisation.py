@@ -23,7 +23,8 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from bakery.craft.bake import regularisation as craft
-from bakery.craft.bake.loop import TINY, load_base, use_prediction
+from bakery.craft.bake.bases import family
+from bakery.craft.bake.bases.family import TINY, load_base, use_prediction
 from bakery.craft.taste import xyz
 from bakery.manifest import ImageRef, StageResult, TrainSet
 from bakery.recipe import Recipe, stage_params_json
@@ -147,4 +148,5 @@ def record_trainset(run: RunInfo, trainset: TrainSet) -> None:
         cat.add_train_captions(run.run_id, train_caption_rows(trainset.images))
 
 
-REGULARISATION = Stage("regularisation", regularisation, caching.code_version(craft, xyz, sys.modules[__name__]))
+REGULARISATION = Stage("regularisation", regularisation,
+                       caching.code_version(craft, xyz, *family.modules(), sys.modules[__name__]))

@@ -16,6 +16,8 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from bakery.craft.bake import loop as bake_craft
+from bakery.craft.bake import optim, precision, state, step, training
+from bakery.craft.bake.bases import family
 from bakery.craft.bake.networks import kohya_lora
 from bakery.craft.slider import slide as craft
 from bakery.craft.slider import taste as taste_craft
@@ -141,6 +143,7 @@ def taste_slider(inputs: BakeOutput, params_json: str, workdir: str, run_id: str
     return StageResult(images=[], n_in=len(files), n_processed=t.timings.cells, payload=str(report))
 
 
-SLIDE = Stage("slide", slide, caching.code_version(craft, bake_craft, kohya_lora, sys.modules[__name__]))
+SLIDE = Stage("slide", slide, caching.code_version(craft, bake_craft, training, step, state, optim, precision,
+                                                   *family.modules(), kohya_lora, sys.modules[__name__]))
 SLIDER_TASTE = Stage("evaluate", taste_slider,
-                     caching.code_version(taste_craft, xyz, judging, sys.modules[__name__]))
+                     caching.code_version(taste_craft, xyz, *family.modules(), judging, sys.modules[__name__]))

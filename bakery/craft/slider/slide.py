@@ -12,25 +12,31 @@ The objective is the Concept Sliders one, as ostris/ai-toolkit's TrainSliderProc
    ai-toolkit's four prompt pairs (erase/enhance x multiplier +-1) reduce to these two.
 4. Anchors (optional): at +-1 the LoRA's prediction for an anchor prompt is pulled to the base model's.
 
-Pure: no Prefect. It reuses the bake's parts (bakery/craft/bake/loop.py): base loading, precision, the peft
-network, optimizer and schedule, text encoding, the kohya file and the resumable state. Every random draw
-of step s comes from (seed, s), so a slide resumed from the state of a save takes the same draws.
+Pure: no Prefect. It reuses the bake's parts (bakery/craft/bake/): base loading and the base's family (text
+encoding, predicting), precision, the peft network, optimizer and schedule, the kohya file and the resumable
+state. Every random draw of step s comes from (seed, s), so a slide resumed from the state of a save takes the
+same draws.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakery.craft.bake import loop as B
+from bakery.craft.bake import BakeError
+from bakery.craft.bake.bases.family import Base, load_base
+from bakery.craft.bake.loop import BakeResult, StepInfo
 from bakery.craft.bake.networks import kohya_lora as K
+from bakery.craft.bake.optim import build_optimizer, make_scheduler, optimizer_step
+from bakery.craft.bake.precision import Precision, autocast, choose_precision
+from bakery.craft.bake.state import STATE_FILE, resume_state, save_state
+from bakery.craft.bake.step import seeded
+from bakery.craft.bake.training import attach_network, freeze_base, set_train_mode
 
 CFG_FOR_XT = 3.0  # ai-toolkit and LECO denoise x_t with guidance 3
-RESOLUTIONS = {"sd15": 512, "sdxl": 1024}
 
 
 @dataclass(frozen=True)
@@ -47,18 +53,18 @@ class SliderSpec:
         return list(dict.fromkeys([self.target, self.neutral, self.positive, self.negative, "", *self.anchors]))
 
 
-def slider_precision(device: str, mixed_precision: str, gradient_checkpointing: bool | None = None) -> B.Precision:
+def slider_precision(device: str, mixed_precision: str, gradient_checkpointing: bool | None = None) -> Precision:
     """bf16 where the GPU supports it, else fp32; never fp16 (NaN losses, the guide)."""
     import torch
 
     if mixed_precision == "fp16":
-        raise B.BakeError("slider.mixed_precision fp16 gives NaN losses: use 'auto', 'bf16' or 'no'")
+        raise BakeError("slider.mixed_precision fp16 gives NaN losses: use 'auto', 'bf16' or 'no'")
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if mixed_precision == "auto":
         mixed_precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
     if mixed_precision == "bf16" and not cuda:
-        raise B.BakeError("slider.mixed_precision 'bf16' needs CUDA; on CPU use 'auto' or 'no'")
-    return B.choose_precision(device, mixed_precision, gradient_checkpointing)
+        raise BakeError("slider.mixed_precision 'bf16' needs CUDA; on CPU use 'auto' or 'no'")
+    return choose_precision(device, mixed_precision, gradient_checkpointing)
 
 
 def slider_train_params(train: Any, slider: Any) -> Any:
@@ -78,21 +84,20 @@ class Slide:
     params: Any  # TrainParams from slider_train_params
     slider: Any  # SliderParams
     spec: SliderSpec
-    prec: B.Precision
-    base: B.Base
+    prec: Precision
+    base: Base
     net_spec: K.NetworkSpec
     network: list[tuple[str, Any, K.Targets]]
     trainable: list[Any]
     optimizer: Any
     scheduler: Any
     scaler: Any
-    text: B.TextEncoder
+    text: Callable[[list[str]], Any]  # prompts -> conditioning (the family's text encoder, caching)
     resolution: int
-    embeds: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # prompt -> (hidden, pooled), encoded once
     layers: list[Any] = field(default_factory=list)  # the network's peft LoRA layers (their scale is the strength)
 
 
-def prepare_slide(spec: SliderSpec, train: Any, slider: Any, *, workdir: Path, base: B.Base | None = None) -> Slide:
+def prepare_slide(spec: SliderSpec, train: Any, slider: Any, *, workdir: Path, base: Base | None = None) -> Slide:
     """Base model frozen, the UNet's LoRA attached, optimizer and schedule, every prompt encoded once."""
     import torch
     from peft.tuners.lora import LoraLayer
@@ -102,18 +107,18 @@ def prepare_slide(spec: SliderSpec, train: Any, slider: Any, *, workdir: Path, b
     torch.manual_seed(params.seed)
     if base is None:
         words = [w.strip() for p in spec.prompts() for w in p.split(",") if w.strip()]
-        base = B.load_base(params.base_model, workdir, vae=params.vae, architecture=params.architecture, words=words)
-    B.freeze_base(base, prec)
+        base = load_base(params.base_model, workdir, vae=params.vae, architecture=params.architecture, words=words)
+    freeze_base(base, prec)
     net_spec = K.NetworkSpec("lora", params.network_dim, params.network_alpha, params.conv_dim, params.conv_alpha)
-    network = B.attach_network(base, params, net_spec)
-    B.set_train_mode(base, params, prec)
-    optimizer, trainable = B.build_optimizer(params, network, prec.device)
-    scheduler = B.make_scheduler(optimizer, "constant", warmup=0, total=slider.steps, restarts=0)
-    text = B.TextEncoder(base.pipe, base.architecture, params.clip_skip, prec.device, cache=True)
+    network = attach_network(base, params, net_spec)
+    set_train_mode(base, params, prec)
+    optimizer, trainable = build_optimizer(params, network, prec.device)
+    scheduler = make_scheduler(optimizer, "constant", warmup=0, total=slider.steps, restarts=0)
+    text = base.family.text_encoder(base, params.clip_skip, prec.device, cache=True)
     t = Slide(params, slider, spec, prec, base, net_spec, network, trainable, optimizer, scheduler, None, text,
-              slider.resolution or RESOLUTIONS[base.architecture])
-    for prompt in spec.prompts():
-        t.embeds[prompt] = text([prompt])
+              slider.resolution or base.family.resolution)
+    for prompt in spec.prompts():  # each encoded alone, once: the steps read them from the cache
+        text([prompt])
     t.layers = [m for _p, model, _t in network for m in model.modules() if isinstance(m, LoraLayer)]
     return t
 
@@ -126,20 +131,11 @@ def set_strength(t: Slide, strength: float) -> None:
 
 
 def unet_eps(t: Slide, latents: Any, timestep: Any, prompts: list[str]) -> Any:
-    """The UNet's noise prediction of `latents` (one row per prompt) at `timestep`, in fp32."""
-    import torch
-
-    prec = t.prec
-    hidden = torch.cat([t.embeds[p][0] for p in prompts])
-    autocast = torch.autocast("cuda", dtype=prec.autocast) if prec.autocast is not None else contextlib.nullcontext()
-    kwargs: dict[str, Any] = {}
-    if t.base.architecture == "sdxl":  # size conditioning: original size, crop, target size
-        r = t.resolution
-        kwargs["added_cond_kwargs"] = {"text_embeds": torch.cat([t.embeds[p][1] for p in prompts]),
-                                       "time_ids": torch.tensor([[r, r, 0, 0, r, r]] * len(prompts), device=prec.device,
-                                                                dtype=hidden.dtype)}
-    with autocast:
-        out = t.base.pipe.unet(latents.to(prec.weight_dtype), timestep, hidden.to(prec.weight_dtype), **kwargs).sample
+    """The base's noise prediction of `latents` (one row per prompt) at `timestep`, in fp32."""
+    r = t.resolution
+    cond = t.text(prompts)
+    with autocast(t.prec):
+        out = t.base.family.predict(t.base, t.prec, latents, timestep, cond, [(r, r)] * len(prompts))
     return out.float()
 
 
@@ -152,7 +148,7 @@ def noised_state(t: Slide, gen: Any) -> tuple[Any, Any]:
     sched = DDIMScheduler.from_config(t.base.pipe.scheduler.config)
     sched.set_timesteps(n, device=t.prec.device)
     k = int(torch.randint(1, n, (1,), generator=gen))
-    channels = t.base.pipe.unet.config.in_channels
+    channels = t.base.family.denoiser(t.base.pipe).config.in_channels
     side = t.resolution // 8
     latents = torch.randn((1, channels, side, side), generator=gen).to(t.prec.device) * sched.init_noise_sigma
     set_strength(t, 0.0)
@@ -198,15 +194,15 @@ def slide_step(t: Slide, step: int) -> tuple[float, float]:
 
     import torch
 
-    gen = B.seeded(t.params.seed, step, "slide")
+    gen = seeded(t.params.seed, step, "slide")
     latents, timestep = noised_state(t, gen)
     anchors = t.spec.anchors
     anchor = anchors[int(torch.randint(0, len(anchors), (1,), generator=gen))] if anchors else None
     loss = slide_loss(t, latents, timestep, anchor)
-    lr = B.optimizer_step(t, loss)
+    lr = optimizer_step(t, loss)
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise B.BakeError(f"slider loss is {value} at step {step}: lower slider.learning_rate")
+        raise BakeError(f"slider loss is {value} at step {step}: lower slider.learning_rate")
     return value, lr
 
 
@@ -251,15 +247,15 @@ def save_steps(total: int, every: int) -> list[int]:
 
 def slide(
     spec: SliderSpec, train: Any, slider: Any, *, workdir: Path, out_dir: Path, state_dir: Path, name: str,
-    slide_key: str = "", base: B.Base | None = None, on_step: Callable[[B.StepInfo], None] | None = None,
+    slide_key: str = "", base: Base | None = None, on_step: Callable[[StepInfo], None] | None = None,
     on_save: Callable[[int, str], None] | None = None,
-) -> B.BakeResult:
+) -> BakeResult:
     """Train the slider; resume from `state_dir` when it holds this slide's state. Returns the saved files by step."""
     started = time.monotonic()
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     t = prepare_slide(spec, train, slider, workdir=Path(workdir), base=base)
-    state_file = state_dir / B.STATE_FILE
-    start, files = B.resume_state(state_file, t, slide_key)
+    state_file = state_dir / STATE_FILE
+    start, files = resume_state(state_file, t, slide_key)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
     saves = set(save_steps(slider.steps, slider.save_every_n_steps))
@@ -268,14 +264,14 @@ def slide(
         loss, lr = slide_step(t, step)
         losses.append((step, step, loss, lr))
         if on_step:
-            on_step(B.StepInfo(step, slider.steps, step, loss, lr, time.monotonic() - started))
+            on_step(StepInfo(step, slider.steps, step, loss, lr, time.monotonic() - started))
         if step in saves:
             path = out_dir / f"{name}-{step:06d}.safetensors"
             files[step] = save_slider(t, path, name=name, step=step, slide_key=slide_key)
             if on_save:  # before the state: what the caller records for this save is never lost on a kill
                 on_save(step, files[step])
-            B.save_state(state_file, t, bake_key=slide_key, epoch=step, step=step, files=files)
-    return B.BakeResult(files=dict(sorted(files.items())), losses=losses, resumed_from_epoch=start, steps=slider.steps,
-                        seconds=time.monotonic() - started,
-                        extra={"device": t.prec.device, "architecture": t.base.architecture,
-                               "base_source": t.base.source, "resolution": t.resolution})
+            save_state(state_file, t, bake_key=slide_key, epoch=step, step=step, files=files)
+    return BakeResult(files=dict(sorted(files.items())), losses=losses, resumed_from_epoch=start, steps=slider.steps,
+                      seconds=time.monotonic() - started,
+                      extra={"device": t.prec.device, "architecture": t.base.architecture,
+                             "base_source": t.base.source, "resolution": t.resolution})

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from bakery.craft.bake.bases import prediction as P
-from bakery.craft.bake.bases import single_file
+from bakery.craft.bake.bases.family import family_for
 from bakery.craft.bake.networks import lycoris
 
 SAMPLERS = ("euler_a", "euler", "dpmpp_2m", "dpmpp_2m_karras", "ddim")
@@ -66,27 +66,23 @@ def _scheduler(name: str, config: Mapping) -> object:
 
 
 def load_pipeline(base_model: str, architecture: str, device: str = "auto") -> tuple[object, str]:
-    """The base pipeline from a diffusers folder, a single .safetensors/.ckpt file or a hub id."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    cls = {"sd15": StableDiffusionPipeline, "sdxl": StableDiffusionXLPipeline}.get(architecture)
-    if cls is None:
-        raise ModelError(f"unknown architecture {architecture!r}: expected 'sd15' or 'sdxl'")
+    """The base pipeline from a diffusers folder, a single .safetensors/.ckpt file or a hub id (its family loads it)."""
+    try:
+        family = family_for(architecture)
+    except ValueError as exc:
+        raise ModelError(str(exc)) from exc
     _, dtype = pick_device(device)
     path = Path(base_model)
-    kwargs = {"dtype": dtype}
-    if architecture == "sd15":
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
         if path.is_dir():
-            pipe = cls.from_pretrained(str(path), **kwargs)
+            pipe = family.load(path, "folder", dtype=dtype)
         elif path.is_file():
-            pipe = single_file.load_single_file(cls, path, single_file.config_for(path, architecture), **kwargs)
+            pipe = family.load(path, "file", dtype=dtype)
         elif path.suffix in (".safetensors", ".ckpt") or path.is_absolute() or base_model.startswith("."):
             raise ModelError(f"base model {base_model!r} does not exist: pass train.base_model as a diffusers "
                              "folder, a .safetensors checkpoint or a hub id")
         else:
-            pipe = cls.from_pretrained(base_model, **kwargs)
+            pipe = family.load(base_model, "hub", dtype=dtype)
     except ModelError:
         raise
     except Exception as exc:
@@ -134,15 +130,13 @@ class Taster:
         the sampler is built to match (diffusers' recipe: prediction type, rescaled betas, trailing timesteps)."""
         self.architecture, self.clip_skip = architecture, clip_skip
         self.pipe, self.device = load_pipeline(base_model, architecture, device) if pipe is None else _placed(pipe, device)
+        self.family = family_for(architecture)
         self.prediction = prediction or P.from_scheduler_config(self.pipe.scheduler.config)
         config = {**self.pipe.scheduler.config, **P.sampling_overrides(self.prediction)}
         self.pipe.scheduler = _scheduler(sampler, config)
         self.adapter: str | None = None
         self.merged: lycoris.MergedNetwork | None = None  # a LoHa/LoKr file, applied by our own code
         self.timings = Timings()
-
-    def _text_encoders(self) -> list:
-        return [te for te in (self.pipe.text_encoder, getattr(self.pipe, "text_encoder_2", None)) if te is not None]
 
     # -- LoRA ---------------------------------------------------------------------------
     def load_lora(self, path: str | Path, name: str) -> None:
@@ -153,7 +147,8 @@ class Taster:
         try:
             tensors = _lycoris_tensors(path)
             if tensors is not None:
-                modules = lycoris.kohya_modules({"unet": self.pipe.unet, "te": self._text_encoders()}, self.architecture)
+                modules = lycoris.kohya_modules({"unet": self.family.denoiser(self.pipe),
+                                                 "te": self.family.text_encoders(self.pipe)}, self.architecture)
                 self.merged = lycoris.MergedNetwork(tensors, modules)
             else:
                 self.pipe.load_lora_weights(str(path), adapter_name=name)
@@ -184,21 +179,6 @@ class Taster:
             self.timings.load_s += time.perf_counter() - t
 
     # -- rendering ----------------------------------------------------------------------
-    def _embed(self, texts: list[str]) -> "object":
-        """SD1.5 prompt embeddings with A1111's clip skip (n = take the n-th last layer, then the final norm)."""
-        import torch
-
-        tok, te = self.pipe.tokenizer, self.pipe.text_encoder
-        ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
-        with torch.no_grad():
-            out = te(ids.to(self.device), output_hidden_states=True)
-            if self.clip_skip <= 1:
-                emb = out[0]
-            else:
-                norm = getattr(te, "text_model", te).final_layer_norm  # transformers 5 flattened CLIPTextModel
-                emb = norm(out.hidden_states[-self.clip_skip])
-        return emb.to(self.pipe.unet.dtype)
-
     def render(self, prompts: Sequence[str], negative: str, seeds: Sequence[int], steps: int, cfg: float,
                width: int, height: int) -> list[np.ndarray]:
         """One image per (prompt, seed), prompt-major; uint8 H x W x 3."""
@@ -218,11 +198,8 @@ class Taster:
                       generator=gens, output_type="np")
             if self.prediction.zero_snr:
                 kw["guidance_rescale"] = P.GUIDANCE_RESCALE
-            if self.architecture == "sd15":
-                kw.update(prompt_embeds=self._embed([p for p, _ in chunk]),
-                          negative_prompt_embeds=self._embed([negative] * len(chunk)))
-            else:  # SDXL's pipeline already takes the penultimate layer (clip skip 2)
-                kw.update(prompt=[p for p, _ in chunk], negative_prompt=[negative] * len(chunk))
+            kw.update(self.family.prompt_kwargs(self.pipe, [p for p, _ in chunk], [negative] * len(chunk),
+                                                self.clip_skip, self.device))
             with torch.no_grad():
                 images = self.pipe(**kw).images
             out += [(np.clip(np.nan_to_num(im), 0, 1) * 255).round().astype(np.uint8) for im in images]

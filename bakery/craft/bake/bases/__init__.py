@@ -1,1 +1,1 @@
-"""Base models: what a checkpoint is, how it loads offline, what it predicts."""
+"""Base models behind the bake's seam (family.py; SD1.5, SDXL): loading, checkpoint kinds, prediction types."""

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"  # bakery/configs
 MERGES = 48894  # CLIP's: 49408 tokens = 512 byte symbols + 48894 merges + 2 specials
 TOKENIZERS = {"sd15": ("tokenizer",), "sdxl": ("tokenizer", "tokenizer_2")}
 

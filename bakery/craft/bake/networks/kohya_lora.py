@@ -37,6 +37,8 @@ UNET_ATTENTION_CLASSES = ("Transformer2DModel",)
 UNET_CONV_CLASSES = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 TE_CLASSES = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
 
+UNET_PREFIX = "lora_unet"  # kohya's prefix for the denoiser's modules (SD's UNet; Flux's transformer too)
+
 ARCHITECTURES = {
     "sd15": {"base_model_version": "sd_v1", "modelspec": "stable-diffusion-v1/lora"},
     "sdxl": {"base_model_version": "sdxl_base_v1-0", "modelspec": "stable-diffusion-xl-v1-base/lora"},
@@ -274,10 +276,6 @@ def module_key(prefix: str, module_path: str, targets: Targets | None = None) ->
     if prefix.startswith("lora_te") and not module_path.startswith("text_model."):
         module_path = "text_model." + module_path
     return f"{prefix}_{module_path.replace('.', '_')}"
-
-
-def te_prefixes(architecture: str) -> list[str]:
-    return ["lora_te1", "lora_te2"] if architecture == "sdxl" else ["lora_te"]
 
 
 # --- metadata ------------------------------------------------------------------------

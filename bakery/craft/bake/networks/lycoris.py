@@ -134,17 +134,18 @@ def delta_weight(factors: Mapping[str, "torch.Tensor"], shape: Iterable[int],
 
 
 def kohya_modules(models: Mapping[str, Any], architecture: str) -> dict[str, Any]:
-    """`{kohya module name: torch module}` for the UNet and text encoders of a pipeline, named as the
-    bake names them (kohya_lora: every layer a LoRA/LoCon/LoHa/LoKr may cover, SDXL's UNet in sgm layout).
+    """`{kohya module name: torch module}` for the denoiser and text encoders of a pipeline, named as the
+    bake names them (the family's targets: every layer a LoRA/LoCon/LoHa/LoKr may cover, SDXL's UNet in sgm layout).
 
-    `models`: `{"unet": unet, "te": [text encoder(s)]}`.
+    `models`: `{"unet": denoiser, "te": [text encoder(s)]}`.
     """
+    from bakery.craft.bake.bases.family import family_for
+
+    family = family_for(architecture)
     spec = K.NetworkSpec("loha")  # covers the convs too: the widest choice of layers
     out: dict[str, Any] = {}
-    parts = [("lora_unet", models["unet"], "unet")]
-    parts += [(p, te, "te") for p, te in zip(K.te_prefixes(architecture), models["te"])]
-    for prefix, model, kind in parts:
-        targets = K.find_targets(model, kind, spec, sgm=architecture == "sdxl" and kind == "unet")
+    for prefix, model, kind in family.network_parts(models["unet"], models["te"]):
+        targets = family.targets(model, kind, spec)
         for path in targets.all:
             out[K.module_key(prefix, path, targets)] = model.get_submodule(path)
     return out

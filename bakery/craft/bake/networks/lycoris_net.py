@@ -45,7 +45,11 @@ def is_lycoris_type(network_type: str) -> bool:
 
 def find_targets(model: Any, kind: str, spec: K.NetworkSpec, sgm: bool = False) -> K.Targets:
     """The layers the network wraps: LoRA's (linear and 1x1 convs); IA3 only LyCORIS's ia3 preset layers."""
-    targets = K.find_targets(model, kind, spec, sgm=sgm)
+    return narrow_targets(K.find_targets(model, kind, spec, sgm=sgm), kind, spec)
+
+
+def narrow_targets(targets: K.Targets, kind: str, spec: K.NetworkSpec) -> K.Targets:
+    """LoRA's layers as the network takes them: all of them; IA3 only LyCORIS's ia3 preset layers."""
     if spec.network_type != "ia3":
         return targets
     names = IA3_LAYERS[kind]
