@@ -3,7 +3,7 @@
 The bake's loop, data, loss, optimizer, saving and resuming know no architecture: everything that depends
 on the base model's shape goes through its family (`BaseFamily`), found by its architecture name with
 `family_for`. A family here is an architecture (`train.architecture`: SD1.5, SDXL), not a line of
-checkpoints of one architecture (bakery/families.py: pony, illustrious, noobai).
+checkpoints of one architecture (bakery/recipe/families.py: pony, illustrious, noobai).
 
 What a new family (a DiT, say) provides: a module under bakery/craft/bake/bases/ with one object, `FAMILY`,
 named in `FAMILIES` below, that has every member of `BaseFamily`:
