@@ -13,6 +13,7 @@ from bakery.craft.edits import Edit, crop_boxes, keep_list, resolve_boxes
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet
 from bakery.recipe import Recipe, load_recipe, stage_params_json
 from bakery.stages import Plan, plan_run
+from flows.sweep import sweep
 from storage import Catalog
 from tasks.bake.bake import BAKE, bake_params_json
 from tasks.bake.regularisation import REGULARISATION, record_trainset, reg_params_json
@@ -240,11 +241,9 @@ def bake_pictures(recipe_path: str, recipe: Recipe, run: RunInfo, plan: Plan, va
     if trainset is None or not trainset.images:
         return
     if recipe.variants:
-        from flows.sweep import sweep
-
         shared_stages(recipe, run, trainset, plan)  # made once here, Cached in every variant's run
         if BAKE.name in plan.stages:
-            sweep(recipe, recipe_path, run, plan)
+            sweep(recipe, recipe_path, run, plan, bake_lora)
         return
     baked, tasted = bake_and_taste(recipe, run, trainset, plan)
     if variant and sweep_id:  # what this variant produced, for the sweep that asked for it

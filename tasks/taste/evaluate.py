@@ -32,6 +32,7 @@ from bakery.craft.taste.judges import likeness as likeness_craft
 from bakery.craft.taste.judges import panel as judging
 from bakery.craft.taste.judges import tags as judges
 from bakery.craft.taste.reports import evaluation as report_craft
+from bakery.craft.taste.reports import html as report_html
 from bakery.craft.taste.reports import judges as judge_report  # noqa: F401 (code version)
 from bakery.manifest import BakeOutput, StageResult, TrainSet, digest
 from bakery.recipe import EvaluateParams, Recipe
@@ -252,5 +253,5 @@ def _tagger(cfg: dict | None) -> judging.TaggerSpec | None:
 EVALUATE = Stage(
     "evaluate", evaluate,
     caching.code_version(craft, tasting, xyz, lycoris, likeness_craft, report_craft, judges, judging, ranking,
-                         judge_report, face_judge, sys.modules[__name__]),
+                         judge_report, report_html, face_judge, sys.modules[__name__]),
 )
