@@ -6,7 +6,8 @@ output depends on besides its input pictures: its recipe section, paths resolved
 hash or fingerprint of every model file it names. The strings are cache keys (and the bake's key, and so the LoRA
 files' ss_session_id): a change to one re-runs its stage, so a refactor must leave them byte-identical.
 
-No Prefect and no task in here: flows/bake.py builds every stage's parameters with it, the tasks read them back.
+No Prefect and no task in here: the flows' wiring builds every stage's parameters with it (and the trigger
+check's wiring in tasks/taste/trigger_check.py), the tasks read them back.
 """
 
 from __future__ import annotations
