@@ -101,7 +101,7 @@ def test_a_run_parses_its_recipe_once(tmp_path: Path, monkeypatch: pytest.Monkey
     parses: list[dict] = []
     validate = Recipe.model_validate
 
-    def counted(data, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+    def counted(data, *args, **kwargs):
         parses.append(data)
         return validate(data, *args, **kwargs)
 
