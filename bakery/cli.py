@@ -121,9 +121,13 @@ def _print_run(recipe: Recipe, run_id: str | None = None) -> None:
 def execute(
     recipe_path: Path, from_stage: str | None = None, only_stage: str | None = None, to_stage: str | None = None
 ) -> str:
-    """Run a recipe through the flow (shared by `run` and `demo`); returns the run id."""
+    """Run a recipe through the flow (shared by `run` and `demo`); returns the run id.
+
+    The recipe is parsed here, once: the flow (which takes its path, as a deployment's run does) is handed the
+    parsed one (flows/recipes.py)."""
     from bakery.stages import plan_run
     from flows.bake import BUILT, bake_lora, replay_cached
+    from flows.recipes import recipe_given
     from flows.runtime import configured_api, prefect_api
     from tasks.runlog import short_console
 
@@ -133,16 +137,18 @@ def execute(
     except PlanError as exc:
         fail(str(exc), code=2)
     _quiet_prefect_defaults()
-    # Every stage cached and no server configured: no temporary server to start (it is most of the time).
-    if not configured_api() and (run_id := replay_cached(str(recipe_path.resolve()), from_stage, only_stage, to_stage)):
-        typer.echo("every stage cached: recorded in the catalog without a Prefect run (no server configured)")
-        _print_run(recipe, run_id)
-        return run_id
-    with prefect_api(recipe.workdir / "logs"), short_console():
-        try:
-            run_id = bake_lora(str(recipe_path.resolve()), from_stage, only_stage, to_stage)
-        except Exception as exc:  # one line here; the run's log file holds the details
-            fail(f"run failed: {_failure(recipe, recipe_path, exc)}")
+    path = str(recipe_path.resolve())
+    with recipe_given(path, recipe):
+        # Every stage cached and no server configured: no temporary server to start (it is most of the time).
+        if not configured_api() and (run_id := replay_cached(path, from_stage, only_stage, to_stage)):
+            typer.echo("every stage cached: recorded in the catalog without a Prefect run (no server configured)")
+            _print_run(recipe, run_id)
+            return run_id
+        with prefect_api(recipe.workdir / "logs"), short_console():
+            try:
+                run_id = bake_lora(path, from_stage, only_stage, to_stage)
+            except Exception as exc:  # one line here; the run's log file holds the details
+                fail(f"run failed: {_failure(recipe, recipe_path, exc)}")
     _print_run(recipe, run_id)
     return run_id
 

@@ -122,8 +122,9 @@ def main() -> int:
     args = _args()
     _Timed.wrap()
     from bakery.recipe import Recipe
+    from bakery.stage_params import crops_params_json
     from bakery.testmodels.tiny_detector import build_marker_detector
-    from tasks.prepare.crops import crops_params_json, frame_pictures
+    from tasks.prepare.crops import frame_pictures
 
     with tempfile.TemporaryDirectory(prefix="bakery-bench-crops-") as tmp:
         base = Path(tmp)

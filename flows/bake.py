@@ -11,28 +11,44 @@ from prefect.artifacts import create_markdown_artifact
 
 from bakery.craft.edits import Edit, crop_boxes, keep_list, resolve_boxes
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet
-from bakery.recipe import Recipe, load_recipe, stage_params_json
+from bakery.recipe import Recipe
+from bakery.stage_params import (
+    autotag_params_json,
+    bake_params_json,
+    buckets_params_json,
+    crops_params_json,
+    evaluate_params_json,
+    gather_params,
+    prepare_params,
+    prune_params_json,
+    regularisation_params_json,
+    scrape_params_json,
+    slide_params_json,
+    slider_taste_params_json,
+)
 from bakery.stages import Plan, plan_run
+from flows.recipes import recipe_given, run_recipe
+from flows.sweep import sweep
 from storage import Catalog
-from tasks.bake.bake import BAKE, bake_params_json
-from tasks.bake.regularisation import REGULARISATION, record_trainset, reg_params_json
-from tasks.caption.autotag import AUTOTAG, autotag_params_json
-from tasks.caption.prune import PRUNE, caption_sources, prune_params_json
+from tasks.bake.bake import BAKE
+from tasks.bake.regularisation import REGULARISATION, record_trainset
+from tasks.caption.autotag import AUTOTAG
+from tasks.caption.prune import PRUNE, caption_sources
 from tasks.edits import load_edits
 from tasks.gather.convert import CONVERT
 from tasks.gather.ingest import INGEST, FolderSpec, Listing, scan_sources
 from tasks.gather.scrape import SCRAPE, booru_specs
 from tasks.pool import Runner, use_runner
 from tasks.prepare.alpha import ALPHA
-from tasks.prepare.buckets import BUCKETS, buckets_params_json
-from tasks.prepare.crops import CROPS, CropsOutput, crops_params_json, no_detector_note
+from tasks.prepare.buckets import BUCKETS
+from tasks.prepare.crops import CROPS, CropsOutput, no_detector_note
 from tasks.prepare.dedupe import DEDUPE
-from tasks.prepare.masks import MASKS, masks_params
+from tasks.prepare.masks import MASKS
 from tasks.prepare.trim import TRIM
-from tasks.prepare.upscale import UPSCALE, upscale_params_json
+from tasks.prepare.upscale import UPSCALE
 from tasks.report import run_summary_markdown
 from tasks.runlog import run_log
-from tasks.slider.slide import SLIDE, SLIDER_TASTE, slide_params_json, slider_spec, slider_taste_params_json
+from tasks.slider.slide import SLIDE, SLIDER_TASTE, slider_spec
 from tasks.stage import (
     REPLAYING,
     NotReplayed,
@@ -47,7 +63,7 @@ from tasks.stage import (
     skip_stage,
 )
 from tasks.sweep import heartbeat, record_variant
-from tasks.taste.evaluate import EVALUATE, evaluate_params_json
+from tasks.taste.evaluate import EVALUATE
 from tasks.taste.trigger_check import TRIGGER_CHECK, check_triggers
 
 # Stages built so far, in chain order. A stage not built is absent, not a no-op.
@@ -82,37 +98,21 @@ def gather(recipe_path: str, run: RunInfo, stages: list[str], refresh: list[str]
     """Sources to a clean set of originals: scan (+ scrape) -> ingest -> convert -> dedupe.
 
     `keep`: near-duplicates the keep_duplicate edits keep (added to the recipe's `[dedupe] keep`)."""
-    recipe = load_recipe(recipe_path)
-    dedupe = recipe.dedupe.model_copy(update={"keep": [*recipe.dedupe.keep, *keep]}) if keep else recipe.dedupe
-    params = {"ingest": recipe.ingest, "convert": recipe.convert, "dedupe": dedupe}
+    recipe = run_recipe(recipe_path)  # the bake flow's, handed in
+    params = gather_params(recipe, keep or ())
     inputs: object = call(scan_sources, _folders(recipe), str(recipe.workdir / "cache" / "source-digests.json"))
     boorus = booru_specs(recipe)
     if boorus and SCRAPE.name in stages:  # scrape first: its downloads join the folder listing
         again = SCRAPE.name in refresh or recipe.scrape.recheck  # the site may have new posts
-        scrape_params = recipe.scrape
-        if scrape_params.export_dir:
-            scrape_params = scrape_params.model_copy(update={"export_dir": recipe.resolve(scrape_params.export_dir)})
-        scraped = run_stage(SCRAPE, boorus, stage_params_json(scrape_params), run, again)
+        scraped = run_stage(SCRAPE, boorus, scrape_params_json(recipe), run, again)
         inputs = Listing(files=[*inputs.files, *scraped.payload], skips=inputs.skips)
     images: list[ImageRef] = []
     for stage in GATHER:
         if stage.name not in stages:
             break
-        result = run_stage(stage, inputs, stage_params_json(params[stage.name]), run, stage.name in refresh)
+        result = run_stage(stage, inputs, params[stage.name], run, stage.name in refresh)
         inputs = images = result.images
     return images
-
-
-def prepare_params(recipe: Recipe, edits: list[Edit] = ()) -> dict[str, str]:
-    """Each prepare stage's parameters as canonical JSON (what its cache key sees); buckets' holds the crop edits."""
-    model = recipe.resolve(recipe.upscale.model) if recipe.upscale.model else None
-    return {
-        "alpha": stage_params_json(recipe.alpha),
-        "trim": stage_params_json(recipe.trim),
-        "upscale": upscale_params_json(recipe.upscale, recipe.buckets.resolution, model),
-        "masks": stage_params_json(masks_params(recipe)),
-        "buckets": buckets_params_json(recipe.buckets, crop_boxes(edits)),
-    }
 
 
 def prepare(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[str], refresh: list[str],
@@ -134,7 +134,7 @@ def prepare(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[s
         if stage is BUCKETS:
             faces = framed.keep_boxes if framed is not None and recipe.crops.keep_faces else {}
             edited = resolve_boxes(crop_boxes(edits), {r.name: r.hash for r in images})  # by picture name: these win
-            params[stage.name] = buckets_params_json(recipe.buckets, {**faces, **edited})
+            params[stage.name] = buckets_params_json(recipe, {**faces, **edited})
         images = run_stage(stage, images, params[stage.name], run, stage.name in refresh).images
     return images, framed
 
@@ -172,7 +172,7 @@ def regularise(recipe: Recipe, run: RunInfo, trainset: TrainSet, refresh: bool =
     if recipe.train.base_model is None:
         skip_stage(run, REGULARISATION.name, "no base model to draw with: set [train] base_model", len(trainset.images))
         return trainset
-    params = reg_params_json(recipe)
+    params = regularisation_params_json(recipe)
     result = run_stage(REGULARISATION, trainset, params, run, refresh)
     if not all(run.store.has(t.image_hash) for t in result.payload.images):  # deleted from the store since
         result = run_stage(REGULARISATION, trainset, params, run, True)
@@ -182,7 +182,7 @@ def regularise(recipe: Recipe, run: RunInfo, trainset: TrainSet, refresh: bool =
 
 def run_bake(recipe: Recipe, run: RunInfo, trainset: TrainSet, refresh: bool = False) -> BakeOutput:
     """The bake stage on the prune stage's TrainSet (wired after prune; resumes a killed bake by itself)."""
-    params = bake_params_json(recipe.train, recipe.buckets, recipe.project.name, recipe.validation)
+    params = bake_params_json(recipe)
     result = run_stage(BAKE, trainset, params, run, refresh)
     return result.payload
 
@@ -240,11 +240,9 @@ def bake_pictures(recipe_path: str, recipe: Recipe, run: RunInfo, plan: Plan, va
     if trainset is None or not trainset.images:
         return
     if recipe.variants:
-        from flows.sweep import sweep
-
         shared_stages(recipe, run, trainset, plan)  # made once here, Cached in every variant's run
         if BAKE.name in plan.stages:
-            sweep(recipe, recipe_path, run, plan)
+            sweep(recipe, recipe_path, run, plan, bake_lora)
         return
     baked, tasted = bake_and_taste(recipe, run, trainset, plan)
     if variant and sweep_id:  # what this variant produced, for the sweep that asked for it
@@ -276,12 +274,19 @@ def bake_lora(
 ) -> str:
     """Run a recipe. Returns the run id (its record is in the work dir's catalog).
 
+    The recipe is parsed once per run: the one handed in for this path (`bakery run` parsed it), else the file
+    parsed here; either way handed on to the run's subflows (gather, a sweep's variants): flows/recipes.py.
     `variant`: bake one of the recipe's [[variants]] (a sweep runs one flow run per variant; `sweep_id` names
     the sweep, and the run keeps a heartbeat in its folder while it works)."""
-    recipe = load_recipe(recipe_path)
-    if variant:
-        recipe = recipe.for_variant(variant)
+    parsed = run_recipe(recipe_path)
+    recipe = parsed.for_variant(variant) if variant else parsed
     plan = plan_run(BUILT, from_stage, only_stage, to_stage)
+    with recipe_given(recipe_path, parsed):
+        return run_plan(recipe_path, recipe, plan, variant, sweep_id)
+
+
+def run_plan(recipe_path: str, recipe: Recipe, plan: Plan, variant: str | None, sweep_id: str | None) -> str:
+    """The bake flow's run, recorded in the catalog from its start to its end, with every stage of the plan."""
     run = begin_run(recipe.workdir, str(Path(recipe_path).resolve()), recipe.digest(),
                     recipe.model_dump_json(), recipe.runtime.workers)
     alive = heartbeat(run.workdir, sweep_id, variant, recipe.sweep.heartbeat_s) if variant and sweep_id else nullcontext()
@@ -313,10 +318,11 @@ def replay_cached(recipe_path: str, from_stage: str | None = None, only_stage: s
     """
     token = REPLAYING.set(True)
     try:
-        recipe = load_recipe(recipe_path)
+        recipe = run_recipe(recipe_path)
         catalog = RunInfo("", str(recipe.workdir)).catalog
         if catalog.is_file() and not recipe.variants:  # else a first run, or a sweep (a flow run per variant)
-            with Catalog.held(catalog):  # one connection for the run, not one per stage
+            # One catalog connection for the run, not one per stage; the recipe parsed once, here or by the caller.
+            with Catalog.held(catalog), recipe_given(recipe_path, recipe):
                 return bake_lora.fn(recipe_path, from_stage, only_stage, to_stage)
     except NotReplayed as exc:
         forget_run(catalog.parent, exc.run_id)

@@ -4,7 +4,8 @@ The preparation and captions are shared: the sweep's own run makes them (and the
 trigger check) once; each variant is then its own run of the bake flow (`bake_lora(variant=...)`), where those
 stages come back `Cached` and only bake and evaluate work.
 
-- No `sweep.deployment`: the variants run one after another here, as subflows.
+- No `sweep.deployment`: the variants run one after another here, as subflows of the bake flow (which hands
+  itself in: this module sits below flows/bake.py).
 - With one: each variant is a flow run of that deployment on a work pool (run_deployment), all submitted at
   once, so as many bake in parallel as there are workers. The workers must reach the work dir (a shared
   folder). A run whose heartbeat stops for `sweep.lost_after_s` has lost its worker: it is marked Crashed and
@@ -18,7 +19,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from prefect import get_run_logger
+from prefect import Flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from bakery.craft.sweep import COMPLETED, FAILED, LOST, Liveness, VariantOutcome, WorkerWait
@@ -37,8 +38,10 @@ def variant_plan(plan: Plan) -> dict[str, str | None]:
     return {"from_stage": again, "to_stage": None if "evaluate" in plan.stages else "bake"}
 
 
-def sweep(recipe: Recipe, recipe_path: str, run: RunInfo, plan: Plan) -> list[VariantOutcome]:
-    """Bake and judge every variant (here or on the pool), then write the sweep report. Fails only when all do."""
+def sweep(recipe: Recipe, recipe_path: str, run: RunInfo, plan: Plan, bake_flow: Flow) -> list[VariantOutcome]:
+    """Bake and judge every variant (here or on the pool), then write the sweep report. Fails only when all do.
+
+    `bake_flow`: the bake flow (flows/bake.py `bake_lora`), which bakes a variant here."""
     sweep_id = f"{run.run_id}-{uuid.uuid4().hex[:6]}"
     outcomes = [VariantOutcome(v.name, v.overrides) for v in recipe.variants]
     params = {"recipe_path": recipe_path, "sweep_id": sweep_id, **variant_plan(plan)}
@@ -46,7 +49,7 @@ def sweep(recipe: Recipe, recipe_path: str, run: RunInfo, plan: Plan) -> list[Va
         on_pool(recipe, params, outcomes)
     else:
         for outcome in outcomes:
-            one_here(params, outcome)
+            one_here(bake_flow, params, outcome)
     path, summary = write_report(run.workdir, sweep_id, run.run_id, recipe.project.name, outcomes,
                                  recipe.evaluate.rank_tolerance)
     if recipe.sweep.publish_url:
@@ -59,12 +62,10 @@ def sweep(recipe: Recipe, recipe_path: str, run: RunInfo, plan: Plan) -> list[Va
     return outcomes
 
 
-def one_here(params: dict, outcome: VariantOutcome) -> None:
+def one_here(bake_flow: Flow, params: dict, outcome: VariantOutcome) -> None:
     """One variant as a subflow of this run (`params`: the bake flow's, but the variant)."""
-    from flows.bake import bake_lora
-
     outcome.attempts = 1
-    state = bake_lora.with_options(flow_run_name=f"variant-{outcome.name}")(
+    state = bake_flow.with_options(flow_run_name=f"variant-{outcome.name}")(
         **params, variant=outcome.name, return_state=True)
     if state.is_completed():
         outcome.status = COMPLETED

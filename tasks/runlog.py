@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from bakery.report import SHORT, name_list, short_error
 
 if TYPE_CHECKING:
-    from tasks.stage import RunInfo
+    from tasks.runinfo import RunInfo
 
 LOGS_DIR = "logs"
 REPLAY_LOGGER = "bakery.replay"  # a run replayed from the stage cache, without Prefect (tasks/stage.py)

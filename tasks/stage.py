@@ -28,9 +28,10 @@ import bakery.manifest
 from bakery.account import Account, account
 from bakery.craft.gather.names import Wanted, unique_names
 from bakery.manifest import ImageRef, Skip, StageResult, picture_subjects
-from storage import STORE_DIR, Catalog, ContentStore
+from storage import STORE_DIR, Catalog
 from tasks.caching import code_version, stage_cache_key_fn
 from tasks.pool import map_images
+from tasks.runinfo import RunInfo  # every task names it from here too
 from tasks.runlog import REPLAY_LOGGER, brief, write_skips
 
 RESULTS_DIR = "results"
@@ -65,23 +66,6 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
     logger = logging.getLogger(REPLAY_LOGGER)
     logger.setLevel(logging.INFO)
     return logger
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """What every stage of one run needs to know besides its own inputs."""
-
-    run_id: str
-    workdir: str
-    workers: int | None = None
-
-    @property
-    def catalog(self) -> Path:
-        return Path(self.workdir) / "catalog.duckdb"
-
-    @property
-    def store(self) -> ContentStore:
-        return ContentStore(Path(self.workdir) / STORE_DIR)
 
 
 @dataclass(frozen=True)

@@ -85,3 +85,32 @@ def test_cli_run_without_a_server_is_clean(tmp_path: Path):
         assert proc.returncode == 0, out
         assert "Traceback" not in out and "ERROR" not in out and "Error flushing" not in out
     assert "cached" in proc.stdout
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_run_parses_its_recipe_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`bakery run` reads and validates the recipe once, whether the run goes through Prefect or is replayed from
+    the cache: the flow and its gather subflow take the Recipe the command parsed (flows/recipes.py). The real
+    parse runs; the test only counts it."""
+    from bakery.recipe import Recipe
+
+    (tmp_path / "images").mkdir()
+    for k in range(2):
+        gradient(40, 30, seed=k).save(tmp_path / "images" / f"{k}.png")
+    recipe = write_recipe(tmp_path)
+    parses: list[dict] = []
+    validate = Recipe.model_validate
+
+    def counted(data, *args, **kwargs):
+        parses.append(data)
+        return validate(data, *args, **kwargs)
+
+    monkeypatch.setattr(Recipe, "model_validate", counted)
+    first = runner.invoke(app, ["run", str(recipe)])
+    assert first.exit_code == 0, first.output
+    assert "ingest" in first.output and len(parses) == 1
+
+    monkeypatch.setattr("flows.runtime.configured_api", lambda: None)  # as with no server: the cached run is replayed
+    again = runner.invoke(app, ["run", str(recipe)])
+    assert again.exit_code == 0, again.output
+    assert "every stage cached" in again.output and len(parses) == 2

@@ -146,7 +146,7 @@ def inspyrenet_ckpt(tmp_path_factory: pytest.TempPathFactory):
 
 
 def stage_params(base: Path, **masks) -> str:
-    from tasks.prepare.masks import masks_params
+    from bakery.stage_params import masks_params
 
     return stage_params_json(masks_params(parse_recipe({"masks": masks}, base)))
 

@@ -26,7 +26,8 @@ from bakery.craft.bake import validation as validation_craft
 from bakery.craft.bake.bases import family
 from bakery.craft.bake.networks import kohya_lora, lycoris_net
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet, digest
-from bakery.recipe import BucketParams, TrainParams, ValidationParams
+from bakery.recipe import BucketParams, TrainParams
+from bakery.stage_params import model_fingerprint
 from storage import Catalog
 from storage.locks import exclusive
 from tasks import caching
@@ -34,25 +35,6 @@ from tasks.progress import UPDATE_EVERY_S, _in_prefect_run
 from tasks.stage import RunInfo, Stage
 
 BAKES_DIR = "bakes"
-
-
-def bake_params_json(train: TrainParams, buckets: BucketParams, name: str,
-                     validation: ValidationParams | None = None) -> str:
-    """The bake stage's parameters: the train section, the bucket settings, the output name, validation timesteps."""
-    from bakery.recipe import stage_params_json
-
-    return stage_params_json({"train": train.model_dump(mode="json"), "buckets": buckets.model_dump(mode="json"),
-                              "name": train.output_name or name,
-                              "validation_timesteps": (validation or ValidationParams()).timesteps})
-
-
-def model_fingerprint(base_model: str | None) -> str:
-    """What identifies the base model beyond its name: a local file's size and mtime."""
-    if not base_model:
-        return ""
-    path = Path(base_model).expanduser()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*.safetensors")) if path.is_dir() else []
-    return json.dumps([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
 
 
 def bake_key(trainset: TrainSet, params_json: str, code: str, base_model: str | None) -> str:

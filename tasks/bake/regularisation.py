@@ -27,27 +27,12 @@ from bakery.craft.bake.bases import family
 from bakery.craft.bake.bases.family import TINY, load_base, use_prediction
 from bakery.craft.taste import xyz
 from bakery.manifest import ImageRef, StageResult, TrainSet
-from bakery.recipe import Recipe, stage_params_json
+from bakery.recipe import stage_params_json
 from storage import Catalog, digest_bytes
 from tasks import caching
-from tasks.bake.bake import model_fingerprint
 from tasks.caption.prune import train_caption_rows
 from tasks.progress import StageProgress
 from tasks.stage import RunInfo, Stage, params_hash
-
-
-def reg_params_json(recipe: Recipe) -> str:
-    """The stage's parameters: how to draw, where the sizes come from, and which model draws."""
-    reg, train, b = recipe.regularisation, recipe.train, recipe.buckets
-    return stage_params_json({
-        "render": reg.model_dump(mode="json", exclude={"enabled", "size"}), "size": reg.size or b.resolution,
-        "buckets": {"min_side": b.min_side, "max_side": b.max_side, "step": b.step},
-        "model": {"base_model": train.base_model, "fingerprint": model_fingerprint(train.base_model),
-                  "vae": train.vae, "vae_fingerprint": model_fingerprint(train.vae),
-                  "architecture": train.architecture, "v_parameterization": train.v_parameterization,
-                  "zero_terminal_snr": train.zero_terminal_snr},
-        "clip_skip": train.clip_skip, "seed": train.seed,
-    })
 
 
 def reg_settings(cfg: dict[str, Any]) -> craft.RegSettings:

@@ -17,28 +17,13 @@ from prefect import get_run_logger, task
 
 from bakery.craft.caption import wd14 as craft
 from bakery.manifest import ImageRef, StageResult
-from bakery.recipe import AutotagParams, Recipe
+from bakery.recipe import AutotagParams
 from storage import Catalog
 from tasks import caching
 from tasks.progress import StageProgress
 from tasks.stage import RunInfo, Stage, params_hash
 
 CHUNK = 64  # images decoded and written to the catalog at a time
-
-
-def autotag_params_json(recipe: Recipe) -> str:
-    """The stage's parameters plus the identity of local model files (a replaced model re-tags)."""
-    params = recipe.autotag
-    ids = []
-    for model in (params.model, params.second_model):
-        if model is None:
-            continue
-        path = Path(model).expanduser()
-        if not path.is_absolute() and recipe.resolve(path).is_dir():
-            path = recipe.resolve(path)
-        ids.append(craft.model_fingerprint(path) if (path / craft.MODEL_FILE).is_file() else model)
-    data = {"autotag": params.model_dump(mode="json"), "model_ids": ids, "base_dir": str(recipe.resolve(Path(".")))}
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 def model_path(model: str, base_dir: str) -> Path:

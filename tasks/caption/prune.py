@@ -26,7 +26,7 @@ from bakery.craft.caption import tags as tags_craft
 from bakery.craft.caption import trainset as craft
 from bakery.kohya_export import concept_spec
 from bakery.manifest import ImageRef, StageResult, TrainImage, TrainSet, digest
-from bakery.recipe import Concept, Recipe, RepeatsParams, ValidationParams
+from bakery.recipe import Concept, RepeatsParams, ValidationParams
 from storage import Catalog
 from tasks import caching
 from tasks.runlog import write_full
@@ -41,27 +41,6 @@ class PruneInput:
 
     def subjects(self) -> list[str]:
         return [r.name for r in self.images]
-
-
-def prune_params_json(recipe: Recipe, edits: list[edits_craft.Edit] = ()) -> str:
-    """The stage's parameters; with the review studio's edits it applies (only when there are some, so a
-    recipe without edits keeps its cache key)."""
-    data = {
-        "concepts": [c.model_dump(mode="json") for c in recipe.concepts],
-        "captions": recipe.captions.model_dump(mode="json"),
-        "repeats": recipe.repeats.model_dump(mode="json"),
-        "train": {k: getattr(recipe.train, k) for k in ("epochs", "optimizer", "min_snr_gamma", "ip_noise_gamma")},
-        "validation": recipe.validation.model_dump(mode="json"),
-    }
-    if recipe.crops.portraits_to_misc:
-        data["misc_concept"] = recipe.crops.misc_concept
-    if concerned := edits_craft.concerning(edits, "prune"):
-        data["edits"] = [e.key() for e in concerned]
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))
-
-
-
-
 
 
 @task(name="caption-sources", cache_policy=NO_CACHE)

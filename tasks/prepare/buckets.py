@@ -23,15 +23,6 @@ REPORT = "reports/buckets.md"
 ASSIGNMENT = "reports/buckets.json"
 
 
-def buckets_params_json(params: BucketParams, keep_boxes: dict[str, list[float]] | None = None) -> str:
-    """The stage's parameters; `keep_boxes` (picture -> [x0, y0, x1, y1] fractions of the picture: detected faces,
-    the crop edits) joins them only when there are some, so that a recipe without keeps keeps its key."""
-    data = params.model_dump(mode="json")
-    if keep_boxes:
-        data["keep_boxes"] = {n: [float(v) for v in box] for n, box in keep_boxes.items()}
-    return stage_params_json(data)
-
-
 @task(name="buckets")
 def buckets(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, workers: int | None) -> StageResult:
     data = json.loads(params_json)

@@ -27,12 +27,11 @@ from bakery.manifest import ImageRef, StageResult
 from bakery.recipe import CropsParams, Recipe
 from bakery.report import FRAMING_LISTING as LISTING
 from bakery.report import FRAMING_REPORT as REPORT
-from storage import Catalog, digest_file
+from bakery.stage_params import DETECTOR_ROLES
+from storage import Catalog
 from tasks import caching
 from tasks.progress import StageProgress
 from tasks.stage import RunInfo, Stage, name_outputs, params_hash
-
-ROLES = ("face", "head", "person", "halfbody")
 
 
 @dataclass
@@ -42,39 +41,6 @@ class CropsOutput:
     framings: dict[str, str]  # picture name -> portrait | upper_body | cowboy_shot | full_body | none
     keep_boxes: dict[str, list[float]]  # picture name -> its face as fractions (x0, y0, x1, y1) of the picture
     detector: str
-
-
-def detector_files(params: CropsParams, recipe: Recipe | None = None) -> dict[str, str]:
-    """role -> model file (resolved against the recipe) of every ONNX detector the recipe names."""
-    files = {}
-    for role in ROLES:
-        path = getattr(params, f"{role}_model")
-        if path is not None:
-            files[role] = str(recipe.resolve(path) if recipe else path)
-    return files
-
-
-def uses_animeface(params: CropsParams) -> bool:
-    """No face or head model named: AnimeFace finds faces, when it is installed."""
-    return params.face_model is None and params.head_model is None and detect.animeface_available()
-
-
-def crops_params_json(recipe: Recipe) -> str | None:
-    """The stage's parameters: its section with resolved paths, each detector file's content hash, the
-    buckets' geometry and the concepts' paths (the balance is per concept). None: nothing to detect with."""
-    params = recipe.crops
-    files = detector_files(params, recipe)
-    if not params.enabled or not (files.keys() & {"face", "head"} or uses_animeface(params)):
-        return None
-    section = params.model_dump(mode="json") | {f"{r}_model": p for r, p in files.items()}
-    data = {
-        "crops": section, "animeface": uses_animeface(params),
-        "sha256": {r: digest_file(Path(p)).sha256 if Path(p).is_file() else None for r, p in files.items()},
-        "buckets": recipe.buckets.model_dump(mode="json", include={"resolution", "min_side", "max_side", "step",
-                                                                    "no_upscale"}),
-        "concepts": {c.name: list(c.paths) for c in recipe.concepts},
-    }
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 def no_detector_note(recipe: Recipe) -> str:
@@ -88,7 +54,7 @@ def load_detectors(cfg: dict) -> list[tuple[str, Any]]:
     """(detector key, detector) for every configured detector; a bad file fails naming its key."""
     params = CropsParams.model_validate(cfg["crops"])
     found: list[tuple[str, Any]] = []
-    for role in ROLES:
+    for role in DETECTOR_ROLES:
         path = getattr(params, f"{role}_model")
         if path is None:
             continue

@@ -17,7 +17,6 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -26,33 +25,14 @@ from prefect.artifacts import create_markdown_artifact
 
 from bakery.craft.prepare import masks as craft
 from bakery.manifest import ImageRef, StageResult
-from bakery.recipe import MaskParams, Recipe, stage_params_json
+from bakery.recipe import MaskParams, stage_params_json
 from storage import Catalog
-from storage.digests import DigestCache
 from tasks import caching
 from tasks.progress import StageProgress
 from tasks.stage import RunInfo, Stage, params_hash
 
 FLUSH_EVERY = 32  # catalog writes per this many new masks: a crash keeps what was done
 CONFIG_DIR = "cache/transparent-background"  # in the work dir: the library's config.yaml
-
-
-def masks_params(recipe: Recipe) -> dict[str, Any]:
-    """The stage's parameters: the recipe section, its checkpoint made absolute and hashed.
-
-    The checkpoint's sha256 is part of the cache key (a file replaced at the same path
-    makes new masks); its path is not (moving the file changes nothing).
-    """
-    params = recipe.masks
-    sha = None
-    if params.checkpoint is not None:
-        path = recipe.resolve(params.checkpoint)
-        params = params.model_copy(update={"checkpoint": path})
-        if path.is_file():  # remembered by path, size, mtime and inode: a checkpoint is read once, not every run
-            digests = DigestCache(recipe.workdir / "cache" / "model-digests.json")
-            sha = digests.digest(path).sha256
-            digests.save()
-    return {"masks": params.model_dump(mode="json"), "checkpoint_sha256": sha}
 
 
 def model_params_json(params: MaskParams, checkpoint_sha256: str) -> str:

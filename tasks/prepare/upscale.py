@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from PIL import Image
 from prefect import get_run_logger, task
@@ -18,19 +17,9 @@ from bakery.craft.prepare.dedupe import matches_keep
 from bakery.manifest import ImageRef, Skip, StageResult
 from bakery.recipe import UpscaleParams
 from bakery.report import UPSCALE_LISTING, UPSCALE_REPORT
-from storage import Catalog, digest_file
+from storage import Catalog
 from tasks import caching
 from tasks.stage import RunInfo, Stage, derive_per_image
-
-
-def upscale_params_json(params: UpscaleParams, resolution: int, model_path: Path | None) -> str:
-    """The stage's parameters: its section, the training resolution and the model file's content hash."""
-    data: dict[str, Any] = {"upscale": params.model_dump(mode="json"), "resolution": resolution}
-    if params.backend == "spandrel" and model_path is not None:
-        data["upscale"]["model"] = str(model_path)
-        data["model_sha256"] = digest_file(model_path).sha256 if model_path.is_file() else None
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))
-
 
 # Which pictures are upscaled, not how: left out of the per-image derivations so that keeping one more
 # small picture upscales that one and reuses the rest.

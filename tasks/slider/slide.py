@@ -24,7 +24,7 @@ from bakery.craft.slider import taste as taste_craft
 from bakery.craft.taste import xyz
 from bakery.craft.taste.judges import panel as judging
 from bakery.manifest import BakeOutput, StageResult, digest
-from bakery.recipe import EvaluateParams, Recipe, SliderParams, TrainParams, stage_params_json
+from bakery.recipe import EvaluateParams, Recipe, SliderParams, TrainParams
 from storage import Catalog
 from storage.locks import exclusive
 from tasks import caching
@@ -32,32 +32,13 @@ from tasks.bake.bake import BAKES_DIR, BakeProgress, bake_key, waiting
 from tasks.progress import StageProgress, _in_prefect_run
 from tasks.runlog import listed
 from tasks.stage import RunInfo, Stage
-from tasks.taste.evaluate import EVALUATE_DIR, _tagger, evaluate_params_json
-
-# What the slide reads from [train]; the rest of the section is the bake's.
-TRAIN_KEYS = ("base_model", "vae", "architecture", "clip_skip", "seed", "device", "max_grad_norm", "weight_decay",
-              "gradient_checkpointing")
-TASTE_KEYS = {"strengths", "prompts", "still_ratio", "tag_margin"}  # the taste's, not the slide's
+from tasks.taste.evaluate import EVALUATE_DIR, _tagger
 
 
 def slider_spec(recipe: Recipe) -> craft.SliderSpec:
     s = recipe.slider
     neutral = s.target if s.neutral is None else s.neutral
     return craft.SliderSpec(s.target, s.positive_prompt, s.negative_prompt, neutral, tuple(s.anchors))
-
-
-def slide_params_json(recipe: Recipe) -> str:
-    """The slide stage's parameters: [slider] (less the taste's keys), the [train] keys it reads, the name."""
-    train = recipe.train.model_dump(mode="json")
-    return stage_params_json({"train": {k: train[k] for k in TRAIN_KEYS},
-                              "slider": recipe.slider.model_dump(mode="json", exclude=TASTE_KEYS),
-                              "name": recipe.train.output_name or recipe.project.name})
-
-
-def slider_taste_params_json(recipe: Recipe) -> str:
-    """The taste's parameters: [evaluate] with the [autotag] tagger (as evaluate's), and [slider]."""
-    return json.dumps({**json.loads(evaluate_params_json(recipe)), "slider": recipe.slider.model_dump(mode="json")},
-                      sort_keys=True, separators=(",", ":"))
 
 
 @task(name="slide")

@@ -25,7 +25,6 @@ from prefect import get_run_logger, task
 from bakery.craft.bake.bases import family
 from bakery.craft.bake.networks import lycoris
 from bakery.craft.caption import wd14
-from bakery.craft.prepare import detect
 from bakery.craft.taste import evaluate as craft
 from bakery.craft.taste import ranking, tasting, xyz
 from bakery.craft.taste.judges import face as face_judge
@@ -33,10 +32,11 @@ from bakery.craft.taste.judges import likeness as likeness_craft
 from bakery.craft.taste.judges import panel as judging
 from bakery.craft.taste.judges import tags as judges
 from bakery.craft.taste.reports import evaluation as report_craft
+from bakery.craft.taste.reports import html as report_html
 from bakery.craft.taste.reports import judges as judge_report  # noqa: F401 (code version)
 from bakery.manifest import BakeOutput, StageResult, TrainSet, digest
-from bakery.recipe import EvaluateParams, Recipe
-from storage import Catalog, digest_file
+from bakery.recipe import EvaluateParams
+from storage import Catalog
 from tasks import caching
 from tasks.progress import StageProgress, _in_prefect_run
 from tasks.runlog import listed
@@ -83,33 +83,6 @@ def _train_buckets(train: TrainSet, run: RunInfo) -> list[tuple[tuple[int, int],
     counts = Counter((sizes[im.image_hash]["width"], sizes[im.image_hash]["height"])
                      for im in train.images if im.image_hash in sizes and not im.is_reg)
     return sorted(counts.items())
-
-
-def evaluate_params_json(recipe: Recipe) -> str:
-    """The stage's parameters: `[evaluate]` plus the `[autotag]` tagger the judges use (its files' identity)."""
-    data = recipe.evaluate.model_dump(mode="json")
-    model, tagger = recipe.autotag.model, None
-    if model:
-        path = recipe.resolve(Path(model).expanduser())
-        local = path.is_dir()
-        tagger = {"model": str(path) if local else model, "general": recipe.autotag.general_threshold,
-                  "character": recipe.autotag.character_threshold,
-                  "id": wd14.model_fingerprint(path) if local and (path / wd14.MODEL_FILE).is_file() else model}
-    faces = face_spec_json(recipe)
-    return json.dumps({**data, "tagger": tagger, **({"faces": faces} if faces else {})}, sort_keys=True,
-                      separators=(",", ":"))
-
-
-def face_spec_json(recipe: Recipe) -> dict | None:
-    """The face judge's detector: `[crops] face_model` (else `head_model`) with its content hash, else AnimeFace."""
-    c = recipe.crops
-    for role in ("face", "head"):
-        path = getattr(c, f"{role}_model")
-        if path is not None:
-            path = recipe.resolve(path)
-            return {"kind": "onnx", "path": str(path), "key": f"crops.{role}_model", "confidence": c.confidence,
-                    "iou": c.iou, "sha256": digest_file(path).sha256 if path.is_file() else None}
-    return {"kind": "animeface"} if detect.animeface_available() else None
 
 
 def _prune_record(train: TrainSet, run: RunInfo) -> list[dict] | None:
@@ -253,5 +226,5 @@ def _tagger(cfg: dict | None) -> judging.TaggerSpec | None:
 EVALUATE = Stage(
     "evaluate", evaluate,
     caching.code_version(craft, tasting, xyz, *family.modules(), lycoris, likeness_craft, report_craft, judges,
-                         judging, ranking, judge_report, face_judge, sys.modules[__name__]),
+                         judging, ranking, judge_report, report_html, face_judge, sys.modules[__name__]),
 )

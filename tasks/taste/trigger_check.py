@@ -28,39 +28,16 @@ from bakery.craft.taste import trigger_check as craft
 from bakery.craft.taste import xyz
 from bakery.manifest import StageResult, digest
 from bakery.recipe import AutotagParams, Recipe, TriggerCheckParams
+from bakery.stage_params import trigger_check_params_json
 from storage import Catalog
 from tasks import caching
-from tasks.bake.bake import model_fingerprint
-from tasks.caption.autotag import autotag_params_json, model_path
+from tasks.caption.autotag import model_path
 from tasks.progress import _in_prefect_run
 from tasks.stage import RunInfo, Stage, run_logger, run_stage, skip_stage
 
 
 class ContaminatedTrigger(RuntimeError):
     """A contaminated trigger with `trigger_check.error_on_contaminated = true`."""
-
-
-def _likeness_path(recipe: Recipe) -> str | None:
-    model = recipe.evaluate.likeness_model
-    if model is None:
-        return None
-    local = recipe.resolve(Path(model).expanduser())
-    return str(local) if local.exists() else model
-
-
-def trigger_check_params_json(recipe: Recipe) -> str:
-    """Parameters + what identifies the base model, the tagger and the embedding model (a replaced file re-checks)."""
-    t, likeness = recipe.train, _likeness_path(recipe)
-    data = {
-        "check": recipe.trigger_check.model_dump(mode="json"),
-        "base": {"model": t.base_model, "id": model_fingerprint(t.base_model), "vae": t.vae,
-                 "architecture": t.architecture, "clip_skip": t.clip_skip,
-                 "v_parameterization": t.v_parameterization, "zero_terminal_snr": t.zero_terminal_snr},
-        "tagger": json.loads(autotag_params_json(recipe)) if recipe.autotag.model else None,
-        "embedding": {"model": likeness, "id": model_fingerprint(likeness)} if likeness else None,
-        "device": recipe.evaluate.device,
-    }
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 def skip_note(recipe: Recipe, triggers: list[str]) -> str | None:

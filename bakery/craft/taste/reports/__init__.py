@@ -1,1 +1,1 @@
-"""Reports: the evaluation's HTML report and its judge sections."""
+"""Reports: the evaluation's HTML report, its judge sections, and the HTML pieces both are made of."""

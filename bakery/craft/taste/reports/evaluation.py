@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bakery.craft.taste.evaluate import EpochEval, LossChoice, Recommendation, ValidationCurve
+from bakery.craft.taste.reports import judges as judge_report  # effect vs seeds, Identity, bleed, Flexibility, Ranking
+from bakery.craft.taste.reports.html import data_uri, esc, fig_png
 
 SS_VALUE_MAX = 400  # characters of one ss_* value shown (ss_tag_frequency can be huge)
 
@@ -39,19 +38,6 @@ class ReportData:
     judges: object | None = None  # bakery/craft/taste/judges/panel.py Judged: Identity, Concept bleed, Flexibility, Ranking
 
 
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-def _fig_png(fig) -> bytes:  # noqa: ANN001
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def loss_plot(means: Mapping[int, float], chosen: int | None, title: str = "Loss per epoch",
               rule: str = "loss rule", ylabel: str = "mean loss") -> bytes | None:
     if not means:
@@ -72,7 +58,7 @@ def loss_plot(means: Mapping[int, float], chosen: int | None, title: str = "Loss
     ax.set_xticks(xs)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    return _fig_png(fig)
+    return fig_png(fig)
 
 
 def bucket_plot(buckets: Sequence[tuple[tuple[int, int], int]]) -> bytes | None:
@@ -89,7 +75,7 @@ def bucket_plot(buckets: Sequence[tuple[tuple[int, int], int]]) -> bytes | None:
     ax.set_ylabel("images")
     ax.set_title("Buckets")
     plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
-    return _fig_png(fig)
+    return fig_png(fig)
 
 
 def parse_bucket_info(meta: Mapping[str, str]) -> list[tuple[tuple[int, int], int]]:
@@ -114,10 +100,6 @@ def parse_tag_frequency(meta: Mapping[str, str]) -> dict[str, dict[str, int]]:
         return {str(k): {str(t): int(n) for t, n in v.items()} for k, v in data.items()}
     except (ValueError, AttributeError, TypeError):
         return {}
-
-
-def _e(x: object) -> str:
-    return html.escape(str(x))
 
 
 def _fmt(x: float | None, spec: str = ".3g") -> str:
@@ -154,10 +136,10 @@ def render_html(d: ReportData) -> str:
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>Evaluation of {_e(d.name)}</title><style>{CSS}</style></head><body>",
-        f"<h1>Evaluation of <code>{_e(d.name)}</code></h1>",
-        f"<p>Base model <code>{_e(d.base_model)}</code> ({_e(d.architecture)}). Triggers: "
-        + ", ".join(f"<code>{_e(t)}</code>" for t in d.triggers) + "</p>",
+        f"<title>Evaluation of {esc(d.name)}</title><style>{CSS}</style></head><body>",
+        f"<h1>Evaluation of <code>{esc(d.name)}</code></h1>",
+        f"<p>Base model <code>{esc(d.base_model)}</code> ({esc(d.architecture)}). Triggers: "
+        + ", ".join(f"<code>{esc(t)}</code>" for t in d.triggers) + "</p>",
     ]
     for section in (_recommendation_html, _epochs_html, _judges_html, _grids_html, _metrics_html, _loss_html,
                     _validation_html, _dataset_html, _metadata_html, _settings_html, _trigger_check_html):
@@ -173,11 +155,11 @@ def _recommendation_html(d: ReportData) -> list[str]:
         out.append('<p class="flag"><b>No epoch to recommend.</b></p>')
     else:
         out.append(f"<p><b>Epoch {rec.epoch}</b> at weight <b>{rec.weight_min:g}&ndash;{rec.weight_max:g}</b>"
-                   + (f": <code>{_e(d.recommended_file)}</code>" if d.recommended_file else "") + "</p>")
-    out.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in rec.reasons) + "</ul></div>")
+                   + (f": <code>{esc(d.recommended_file)}</code>" if d.recommended_file else "") + "</p>")
+    out.append("<ul>" + "".join(f"<li>{esc(r)}</li>" for r in rec.reasons) + "</ul></div>")
     out.append("<h2>Flags</h2>")
     if rec.flags:
-        out.append("<ul>" + "".join(f'<li class="flag">{_e(f)}</li>' for f in rec.flags) + "</ul>")
+        out.append("<ul>" + "".join(f'<li class="flag">{esc(f)}</li>' for f in rec.flags) + "</ul>")
     else:
         out.append('<p class="ok">No epoch does nothing, none fries at weight &le; 0.5.</p>')
     return out
@@ -186,7 +168,7 @@ def _recommendation_html(d: ReportData) -> list[str]:
 def _epochs_html(d: ReportData) -> list[str]:
     out = ["<h2>Epochs</h2><table><tr><th>epoch</th><th>mean loss</th><th>effect (w0 vs w1, /255)</th>"
            "<th>does nothing</th><th>fries at weight</th><th>over-trained</th>"
-           f"<th>likeness at w1 ({_e(d.likeness_method or 'not measured')})</th></tr>"]
+           f"<th>likeness at w1 ({esc(d.likeness_method or 'not measured')})</th></tr>"]
     for e in d.evals:
         out.append(
             f"<tr><td>{e.epoch}</td><td>{_fmt(d.loss_means.get(e.epoch), '.4g')}</td><td>{e.effect:.3g}</td>"
@@ -194,23 +176,19 @@ def _epochs_html(d: ReportData) -> list[str]:
             f"<td>{'yes' if e.over_trained else 'no'}</td><td>{_fmt(e.likeness_by_weight.get(1.0))}</td></tr>"
         )
     out.append("</table>")
-    out.append(f"<p>Likeness: {_e(d.likeness_note)}</p>")
+    out.append(f"<p>Likeness: {esc(d.likeness_note)}</p>")
     return out
 
 
 def _judges_html(d: ReportData) -> list[str]:
-    from bakery.craft.taste.reports import (
-        judges as judge_report,  # its sections: effect vs seeds, Identity, Concept bleed, Flexibility, Ranking
-    )
-
     return judge_report.sections(d.judges, d.evals) if d.judges is not None else []
 
 
 def _grids_html(d: ReportData) -> list[str]:
     out = ["<h2>Grids</h2><p>Rows: epochs; columns: LoRA weights; seeds side by side.</p>"]
     for i, (prompt, png) in enumerate(d.grids, start=1):
-        out.append(f"<h3>Prompt {i}: <code>{_e(prompt)}</code></h3>"
-                   f'<img class="grid" alt="grid {i}: {_e(prompt)}" src="{data_uri(png)}">')
+        out.append(f"<h3>Prompt {i}: <code>{esc(prompt)}</code></h3>"
+                   f'<img class="grid" alt="grid {i}: {esc(prompt)}" src="{data_uri(png)}">')
     return out
 
 
@@ -218,9 +196,9 @@ def _metrics_html(d: ReportData) -> list[str]:
     out = ["<h2>Metrics per epoch and weight</h2><table><tr>"]
     rows = metrics_rows(d.evals, d.loss_means)
     cols = list(rows[0]) if rows else []
-    out.append("".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr>")
+    out.append("".join(f"<th>{esc(c)}</th>" for c in cols) + "</tr>")
     for r in rows:
-        out.append("<tr>" + "".join(f"<td>{_fmt(r[c], 'g') if isinstance(r[c], float) or r[c] is None else _e(r[c])}</td>"
+        out.append("<tr>" + "".join(f"<td>{_fmt(r[c], 'g') if isinstance(r[c], float) or r[c] is None else esc(r[c])}</td>"
                                     for c in cols) + "</tr>")
     out.append("</table>")
     return out
@@ -230,7 +208,7 @@ def _loss_html(d: ReportData) -> list[str]:
     plot = loss_plot(d.loss_means, d.loss_choice.epoch)
     return ["<h2>Loss</h2>",
             f'<img alt="loss curve" src="{data_uri(plot)}">' if plot else "<p>No loss log for this bake.</p>",
-            f"<p>{_e(d.loss_choice.reason)}</p>"]
+            f"<p>{esc(d.loss_choice.reason)}</p>"]
 
 
 def _validation_html(d: ReportData) -> list[str]:
@@ -242,11 +220,11 @@ def _validation_html(d: ReportData) -> list[str]:
     what = (f"{v.n_pictures} held-out picture(s), never trained on" if v.held_out else
             f"{v.n_pictures} training picture(s), not held out: the set was too small to hold any out")
     plot = loss_plot(v.losses, v.epoch, "Validation loss per epoch", "validation minimum", "validation loss")
-    out.append(f"<p>Denoising loss with fixed noise and timesteps (the same every epoch) on {_e(what)}.</p>")
+    out.append(f"<p>Denoising loss with fixed noise and timesteps (the same every epoch) on {esc(what)}.</p>")
     out.append(f'<img alt="validation loss curve" src="{data_uri(plot)}">' if plot else "")
     out.append("<table><tr><th>epoch</th><th>validation loss</th></tr>"
                + "".join(f"<tr><td>{e}</td><td>{l:.5g}</td></tr>" for e, l in sorted(v.losses.items())) + "</table>")
-    return out + [f"<p>{_e(v.reason)}</p>"]
+    return out + [f"<p>{esc(v.reason)}</p>"]
 
 
 def _dataset_html(d: ReportData) -> list[str]:
@@ -254,13 +232,13 @@ def _dataset_html(d: ReportData) -> list[str]:
     if d.tag_stats:
         for group, counts in d.tag_stats.items():
             top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:25]
-            out.append(f"<h3>Tags of <code>{_e(group)}</code></h3><table><tr><th class='l'>tag</th><th>count</th></tr>"
-                       + "".join(f"<tr><td class='l'>{_e(t)}</td><td>{n}</td></tr>" for t, n in top) + "</table>")
+            out.append(f"<h3>Tags of <code>{esc(group)}</code></h3><table><tr><th class='l'>tag</th><th>count</th></tr>"
+                       + "".join(f"<tr><td class='l'>{esc(t)}</td><td>{n}</td></tr>" for t, n in top) + "</table>")
     else:
         out.append("<p>No tag statistics recorded for this bake.</p>")
     bplot = bucket_plot(d.buckets)
     if bplot:
-        out.append(f"<h3>Buckets ({_e(d.buckets_source)})</h3><img alt='bucket histogram' src='{data_uri(bplot)}'>")
+        out.append(f"<h3>Buckets ({esc(d.buckets_source)})</h3><img alt='bucket histogram' src='{data_uri(bplot)}'>")
     else:
         out.append("<p>No bucket information recorded for this bake.</p>")
     return out
@@ -274,7 +252,7 @@ def _metadata_html(d: ReportData) -> list[str]:
     for k in sorted(d.metadata):
         v = d.metadata[k]
         v = v if len(v) <= SS_VALUE_MAX else v[:SS_VALUE_MAX] + f"... ({len(v)} characters)"
-        out.append(f"<tr><td class='l'><code>{_e(k)}</code></td><td class='l'>{_e(v)}</td></tr>")
+        out.append(f"<tr><td class='l'><code>{esc(k)}</code></td><td class='l'>{esc(v)}</td></tr>")
     out.append("</table>")
     return out
 
@@ -284,7 +262,7 @@ def _settings_html(d: ReportData) -> list[str]:
         return []
     out = ["<h2>Settings</h2><table>"]
     for k, v in {**d.settings, **{f"time: {k}": f"{v:.3g}" for k, v in d.timings.items()}}.items():
-        out.append(f"<tr><td class='l'>{_e(k)}</td><td class='l'>{_e(v)}</td></tr>")
+        out.append(f"<tr><td class='l'>{esc(k)}</td><td class='l'>{esc(v)}</td></tr>")
     out.append("</table>")
     return out
 
@@ -300,8 +278,8 @@ def _trigger_check_html(d: ReportData) -> list[str]:
     for r in d.trigger_check:
         cls = "ok" if r["verdict"] == "free" else "flag"
         drawn = ", ".join(json.loads(r["drawn_tags"] or "[]")) or "-"
-        out.append(f'<tr><td class="l"><code>{_e(r["trigger"])}</code></td><td class="l {cls}">{_e(r["verdict"])}</td>'
-                   f'<td class="l">{_e(drawn)}</td><td>{_fmt(r["similarity"], ".2f")}</td>'
+        out.append(f'<tr><td class="l"><code>{esc(r["trigger"])}</code></td><td class="l {cls}">{esc(r["verdict"])}</td>'
+                   f'<td class="l">{esc(drawn)}</td><td>{_fmt(r["similarity"], ".2f")}</td>'
                    f'<td>{_fmt(r["control_similarity"], ".2f")}</td></tr>')
     return out + ["</table>"]
 

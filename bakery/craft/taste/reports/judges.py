@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from bakery.craft.taste.evaluate import EpochEval
 from bakery.craft.taste.judges.panel import Judged
 from bakery.craft.taste.judges.tags import TagScores
-from bakery.craft.taste.reports.evaluation import _e, _fig_png, data_uri
+from bakery.craft.taste.reports.html import data_uri, esc, fig_png
 
 Cell = tuple[int, float]
 
@@ -26,10 +26,10 @@ def _faces_html(j: Judged) -> list[str]:
     f = j.faces
     out = ["<h2>Faces</h2>"]
     if not f.share:
-        return out + [f'<p class="flag">{_e(f.note)}</p>']
+        return out + [f'<p class="flag">{esc(f.note)}</p>']
     ref = "none found" if f.reference_hair is None else "rgb" + str(tuple(f.reference_hair))
-    out.append(f"<p>{_e(FACES_TEXT)} ({_e(ref)}). Detector <code>{_e(f.detector)}</code>."
-               + (f" {_e(f.note)}." if f.note else "") + "</p><h3>share of renders with a face</h3>")
+    out.append(f"<p>{esc(FACES_TEXT)} ({esc(ref)}). Detector <code>{esc(f.detector)}</code>."
+               + (f" {esc(f.note)}." if f.note else "") + "</p><h3>share of renders with a face</h3>")
     out += _cell_table(f.share)
     if f.hair_distance:
         out += ["<h3>hair colour distance to the training set</h3>", *_cell_table(f.hair_distance)]
@@ -61,17 +61,17 @@ def _effect_html(j: Judged, evals: Sequence[EpochEval]) -> list[str]:
 
 
 def _tag_html(title: str, j: Judged, s: TagScores, text: str) -> list[str]:
-    out = [f"<h2>{_e(title)}</h2>"]
+    out = [f"<h2>{esc(title)}</h2>"]
     if j.tagger is None:
-        return out + [f'<p class="flag">{_e(j.note)}</p>']
+        return out + [f'<p class="flag">{esc(j.note)}</p>']
     if not s.scores:
-        return out + [f"<p>Not measured: {_e(s.note)}.</p>"]
-    out.append(f"<p>{_e(text)} Tagger <code>{_e(j.tagger)}</code>.</p>")
+        return out + [f"<p>Not measured: {esc(s.note)}.</p>"]
+    out.append(f"<p>{esc(text)} Tagger <code>{esc(j.tagger)}</code>.</p>")
     plot = score_plot(title, s.scores)
     if plot:
-        out.append(f'<img alt="{_e(title)} against epoch and weight" src="{data_uri(plot)}">')
+        out.append(f'<img alt="{esc(title)} against epoch and weight" src="{data_uri(plot)}">')
     for subj, cells in s.scores.items():
-        out.append(f"<h3><code>{_e(subj)}</code>: {', '.join(f'<code>{_e(t)}</code>' for t in s.wanted[subj])}</h3>")
+        out.append(f"<h3><code>{esc(subj)}</code>: {', '.join(f'<code>{esc(t)}</code>' for t in s.wanted[subj])}</h3>")
         out += _cell_table(cells)
     return out
 
@@ -88,9 +88,9 @@ def _cell_table(cells: Mapping[Cell, float]) -> list[str]:
 def _ranking_html(j: Judged) -> list[str]:
     out = ["<h2>Ranking</h2>"]
     if not j.ranking.rows:
-        return out + [f"<p>{_e(r)}</p>" for r in j.ranking.reasons] + ([f"<p>{_e(j.note)}</p>"] if j.note else [])
+        return out + [f"<p>{esc(r)}</p>" for r in j.ranking.reasons] + ([f"<p>{esc(j.note)}</p>"] if j.note else [])
     out.append("<p>score = mean(identity, flexibility) &minus; bleed, over usable cells (the epoch changes the "
-               "picture, is not over-trained, the weight does not fry). " + " ".join(_e(r) for r in j.ranking.reasons)
+               "picture, is not over-trained, the weight does not fry). " + " ".join(esc(r) for r in j.ranking.reasons)
                + "</p><table><tr><th>rank</th><th>epoch</th><th>weight</th><th>score</th><th>identity</th>"
                "<th>flexibility</th><th>bleed</th></tr>")
     for i, r in enumerate(j.ranking.rows[:20], start=1):
@@ -119,4 +119,4 @@ def score_plot(title: str, scores: Mapping[str, Mapping[Cell, float]]) -> bytes 
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{title} (recall)")
     axes[0][-1].legend(fontsize=8)
-    return _fig_png(fig)
+    return fig_png(fig)
