@@ -96,7 +96,7 @@ def one_cpu(cached: bool, steps: int, vae: str = "tiny") -> dict:  # noqa: C901
 
     from bakery.craft.bake import data as D
     from bakery.craft.bake import loop as B
-    from bakery.craft.bake.bases import family as F
+    from bakery.craft.bake.bases import load as F
     from bakery.recipe import TrainParams
 
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
@@ -163,7 +163,7 @@ def one_cuda(steps: int) -> dict:
     from bakery.craft.bake import data as D
     from bakery.craft.bake import loop as B
     from bakery.craft.bake import precision as PR
-    from bakery.craft.bake.bases import family as F
+    from bakery.craft.bake.bases import load as F
     from bakery.recipe import TrainParams
 
     work, store, ts, batch, epochs = _bench_set("bench-bake-cuda-", 512, steps)
@@ -179,7 +179,7 @@ def one_cuda(steps: int) -> dict:
     torch.cuda.reset_peak_memory_stats()
     B.bake(ts, params, image_path=store.path, workdir=work, out_dir=work / "out", state_dir=work / "state",
            name="bench", data=D.DataConfig(512, 256, 1024, 64, batch), bake_key="bench",
-           base=F.Base(pipe, "sd15", "sd15-shape"), on_step=on_step)
+           base=F.Base(pipe, F.family_for("sd15"), "sd15-shape"), on_step=on_step)
     first_warm, warm = _warm_steps(stamps)
     prec = PR.choose_precision("auto", "auto", None)
     return {

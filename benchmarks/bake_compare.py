@@ -255,7 +255,7 @@ def ours(model: str, tiny: bool, variant: str, steps: int, warmup: int, root: Pa
 
     from bakery.craft.bake import data as D
     from bakery.craft.bake import loop as B
-    from bakery.craft.bake.bases import family as F
+    from bakery.craft.bake.bases import load as F
     from bakery.recipe import TrainParams
 
     clock = StepClock()

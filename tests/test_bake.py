@@ -23,7 +23,7 @@ from bakery.craft.bake import precision as PR
 from bakery.craft.bake import state as ST
 from bakery.craft.bake import step as SP
 from bakery.craft.bake import training as TR
-from bakery.craft.bake.bases import family as F
+from bakery.craft.bake.bases import load as F
 from bakery.craft.bake.bases import sd_unet as SD
 from bakery.craft.bake.networks import kohya_lora as K
 from bakery.manifest import TrainImage, TrainSet

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from bakery.craft.bake import BakeError
 from bakery.craft.bake.bases import checkpoint
-from bakery.craft.bake.bases.family import load_base
+from bakery.craft.bake.bases.load import load_base
 from tests.lora_files import write_kohya_lora
 from tests.test_kohya_lora import tiny  # noqa: F401  (a fixture)
 

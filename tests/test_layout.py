@@ -16,8 +16,8 @@ PACKAGES = ("bakery", "flows", "tasks", "storage")
 # Lowest first. A module imports modules of its own group and of the ranks below it. Groups that share a rank
 # sit side by side and import nothing of each other. `pkg.*` is the package and everything in it.
 LAYERS: tuple[dict[str, tuple[str, ...]], ...] = (
-    # The words every layer shares: what stages hand on, text for people, base-model families, the stage plan.
-    {"words": ("bakery", "bakery.manifest", "bakery.report", "bakery.families", "bakery.stages")},
+    # The words every layer shares: what stages hand on, text for people, the stage plan.
+    {"words": ("bakery", "bakery.manifest", "bakery.report", "bakery.stages")},
     # The craft (plain functions, no Prefect, no catalog) with the recipe, whose sections are its parameters
     # (the recipe takes the craft's defaults, the craft's signatures name the sections), the picture account
     # and the test models. Beside it, storage: the store and the catalog.

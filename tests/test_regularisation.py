@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from bakery.cli import app
 from bakery.craft.bake import regularisation as craft
-from bakery.craft.bake.bases.family import load_base
+from bakery.craft.bake.bases.load import load_base
 from bakery.craft.bake.networks import kohya_lora as K
 from bakery.craft.taste import xyz
 from bakery.manifest import TrainImage, TrainSet

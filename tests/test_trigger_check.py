@@ -66,7 +66,7 @@ def _contaminated_model(folder: Path, work: Path) -> Path:
     """The tiny SD1.5 with the trigger's tokens pulling every render to one tint (see the module docstring)."""
     import torch
 
-    from bakery.craft.bake.bases.family import load_base
+    from bakery.craft.bake.bases.load import load_base
 
     if (folder / "model_index.json").exists():
         return folder

@@ -19,7 +19,7 @@ from bakery.craft.bake import optim as O
 from bakery.craft.bake import step as SP
 from bakery.craft.bake import training as TR
 from bakery.craft.bake import validation as V
-from bakery.craft.bake.bases import family as F
+from bakery.craft.bake.bases import load as F
 from bakery.craft.bake.bases import prediction as P
 from bakery.craft.bake.networks import kohya_lora as K
 from bakery.craft.taste import xyz
@@ -147,11 +147,11 @@ def test_single_file_marker_keys_are_read_by_use_prediction(work, vpred_model, t
 
     pipe = StableDiffusionPipeline.from_pretrained(build_tiny_sd15(work / "tiny-eps"), safety_checker=None,
                                                    requires_safety_checker=False)
-    base = F.Base(pipe, "sd15", str(write_markers(tmp_path / "noob.safetensors")))
+    base = F.Base(pipe, F.family_for("sd15"), str(write_markers(tmp_path / "noob.safetensors")))
     assert F.use_prediction(base) == P.Prediction(True, True, "checkpoint keys")
     assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.scheduler.config.rescale_betas_zero_snr
     with pytest.raises(BakeError, match="train.v_parameterization"):
-        F.use_prediction(F.Base(pipe, "sd15", "elsewhere"), v_parameterization=False)
+        F.use_prediction(F.Base(pipe, F.family_for("sd15"), "elsewhere"), v_parameterization=False)
 
 
 # --- evaluation --------------------------------------------------------------------------------

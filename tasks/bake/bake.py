@@ -23,7 +23,7 @@ from bakery.craft.bake import data as data_craft
 from bakery.craft.bake import loop as craft
 from bakery.craft.bake import optim, precision, state, step, training
 from bakery.craft.bake import validation as validation_craft
-from bakery.craft.bake.bases import family
+from bakery.craft.bake.bases import load as bases
 from bakery.craft.bake.networks import kohya_lora, lycoris_net
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet, digest
 from bakery.recipe import BucketParams, TrainParams
@@ -160,5 +160,5 @@ def bake(inputs: TrainSet, params_json: str, workdir: str, run_id: str, workers:
 
 
 BAKE = Stage("bake", bake, caching.code_version(craft, training, step, validation_craft, state, data_craft, optim,
-                                                 precision, *family.modules(), kohya_lora, lycoris_net,
+                                                 precision, *bases.modules(), kohya_lora, lycoris_net,
                                                  sys.modules[__name__]))

@@ -23,8 +23,8 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from bakery.craft.bake import regularisation as craft
-from bakery.craft.bake.bases import family
-from bakery.craft.bake.bases.family import TINY, load_base, use_prediction
+from bakery.craft.bake.bases import load as bases
+from bakery.craft.bake.bases.load import TINY, load_base, use_prediction
 from bakery.craft.taste import xyz
 from bakery.manifest import ImageRef, StageResult, TrainSet
 from bakery.recipe import stage_params_json
@@ -134,4 +134,4 @@ def record_trainset(run: RunInfo, trainset: TrainSet) -> None:
 
 
 REGULARISATION = Stage("regularisation", regularisation,
-                       caching.code_version(craft, xyz, *family.modules(), sys.modules[__name__]))
+                       caching.code_version(craft, xyz, *bases.modules(), sys.modules[__name__]))

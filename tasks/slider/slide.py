@@ -17,7 +17,7 @@ from prefect import get_run_logger, task
 
 from bakery.craft.bake import loop as bake_craft
 from bakery.craft.bake import optim, precision, state, step, training
-from bakery.craft.bake.bases import family
+from bakery.craft.bake.bases import load as bases
 from bakery.craft.bake.networks import kohya_lora
 from bakery.craft.slider import slide as craft
 from bakery.craft.slider import taste as taste_craft
@@ -125,6 +125,6 @@ def taste_slider(inputs: BakeOutput, params_json: str, workdir: str, run_id: str
 
 
 SLIDE = Stage("slide", slide, caching.code_version(craft, bake_craft, training, step, state, optim, precision,
-                                                   *family.modules(), kohya_lora, sys.modules[__name__]))
+                                                   *bases.modules(), kohya_lora, sys.modules[__name__]))
 SLIDER_TASTE = Stage("evaluate", taste_slider,
-                     caching.code_version(taste_craft, xyz, *family.modules(), judging, sys.modules[__name__]))
+                     caching.code_version(taste_craft, xyz, *bases.modules(), judging, sys.modules[__name__]))

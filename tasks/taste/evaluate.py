@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from prefect import get_run_logger, task
 
-from bakery.craft.bake.bases import family
+from bakery.craft.bake.bases import load as bases
 from bakery.craft.bake.networks import lycoris
 from bakery.craft.caption import wd14
 from bakery.craft.taste import evaluate as craft
@@ -225,6 +225,6 @@ def _tagger(cfg: dict | None) -> judging.TaggerSpec | None:
 
 EVALUATE = Stage(
     "evaluate", evaluate,
-    caching.code_version(craft, tasting, xyz, *family.modules(), lycoris, likeness_craft, report_craft, judges,
+    caching.code_version(craft, tasting, xyz, *bases.modules(), lycoris, likeness_craft, report_craft, judges,
                          judging, ranking, judge_report, report_html, face_judge, sys.modules[__name__]),
 )

@@ -68,7 +68,7 @@ def check_triggers(recipe: Recipe, run: RunInfo, triggers: list[str], refresh: b
 
 def render_all(cfg: dict, prompts: list[str], triggers: list[str], workdir: str) -> list[np.ndarray]:
     """Every prompt x seed on the base model, no LoRA (prompt-major)."""
-    from bakery.craft.bake.bases.family import load_base, use_prediction
+    from bakery.craft.bake.bases.load import load_base, use_prediction
 
     p, b = TriggerCheckParams.model_validate(cfg["check"]), cfg["base"]
     base = load_base(b["model"], Path(workdir), vae=b["vae"], architecture=b["architecture"], words=triggers)

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from bakery.craft.bake import BakeError
-from bakery.craft.bake.bases.family import Base, NoiseSchedule, load_base, use_prediction
+from bakery.craft.bake.bases.family import Base, NoiseSchedule
+from bakery.craft.bake.bases.load import load_base, use_prediction
 from bakery.craft.bake.data import DataConfig, LatentCache, Sample, module_id, plan_samples, steps_per_epoch
 from bakery.craft.bake.networks import kohya_lora as K
 from bakery.craft.bake.networks import lycoris_net as LN

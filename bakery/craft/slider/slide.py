@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from bakery.craft.bake import BakeError
-from bakery.craft.bake.bases.family import Base, load_base
+from bakery.craft.bake.bases.family import Base
+from bakery.craft.bake.bases.load import load_base
 from bakery.craft.bake.loop import BakeResult, StepInfo
 from bakery.craft.bake.networks import kohya_lora as K
 from bakery.craft.bake.optim import build_optimizer, make_scheduler, optimizer_step

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from bakery.craft.bake.bases import prediction as P
-from bakery.craft.bake.bases.family import family_for
+from bakery.craft.bake.bases.load import family_for
 from bakery.craft.bake.networks import lycoris
 
 SAMPLERS = ("euler_a", "euler", "dpmpp_2m", "dpmpp_2m_karras", "ddim")

@@ -139,7 +139,7 @@ def kohya_modules(models: Mapping[str, Any], architecture: str) -> dict[str, Any
 
     `models`: `{"unet": denoiser, "te": [text encoder(s)]}`.
     """
-    from bakery.craft.bake.bases.family import family_for
+    from bakery.craft.bake.bases.load import family_for
 
     family = family_for(architecture)
     spec = K.NetworkSpec("loha")  # covers the convs too: the widest choice of layers
