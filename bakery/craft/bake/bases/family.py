@@ -6,7 +6,7 @@ on the base model's shape goes through its family (`BaseFamily`), found by its a
 checkpoints of one architecture (bakery/recipe/families.py: pony, illustrious, noobai).
 
 What a new family (a DiT, say) provides: a module under bakery/craft/bake/bases/ with one object, `FAMILY`,
-named in `FAMILIES` below, that has every member of `BaseFamily`:
+named in `FAMILIES` (bases/load.py), that has every member of `BaseFamily`:
 
 - `name`, `resolution`, `pipeline`: its architecture name, native side, diffusers pipeline class;
 - loading: `load` (a single file offline, a diffusers folder, a hub id), `use_vae` (train.vae);
