@@ -6,6 +6,7 @@ become the craft's CaptionSettings.
 
 from __future__ import annotations
 
+from bakery.craft.caption import screen as screen_craft
 from bakery.craft.caption import tags as tags_craft
 from bakery.craft.caption import trainset as craft
 from bakery.manifest import ImageRef
@@ -44,7 +45,11 @@ def caption_settings(data: dict) -> craft.CaptionSettings:
         delete=tuple(cap.delete), synonyms=dict(cap.synonyms), split={k: tuple(v) for k, v in cap.split.items()},
         redundancy=cap.redundancy, keep_generic=tuple(cap.keep_generic), implies={k: tuple(v) for k, v in cap.implies.items()},
     )
+    screening = screen_craft.ScreenSettings(
+        {k: getattr(cap, f"screen_{k}") for k in screen_craft.KINDS},
+        {k: tuple(tags_craft.normalize_tag(t) for t in v) for k, v in cap.screen_tags.items()}, cap.screen_crowd_people,
+    )
     return craft.CaptionSettings(
         clean, tuple(cap.sources), cap.merge, tuple(cap.keep_namespaces), cap.tag_style, cap.keep_tokens_separator,
-        cap.warn_caption_bytes, cap.rare_tag_posts, tuple(cap.prefix_tags),
+        cap.warn_caption_bytes, cap.rare_tag_posts, tuple(cap.prefix_tags), screening, cap.special_tags,
     )

@@ -18,11 +18,13 @@ from datetime import datetime
 
 from bakery.craft.caption import tags as tags_craft
 
-KINDS = ("exclude", "include", "add_tags", "remove_tags", "replace_tag", "move", "keep_duplicate", "crop")
+# keep: train a picture the prune stage's screening by tags (rules.md §3) would skip.
+KINDS = ("exclude", "include", "add_tags", "remove_tags", "replace_tag", "move", "keep_duplicate", "crop", "keep")
 # The stage each kind concerns: its cache key holds exactly these edits.
-STAGE_OF = {"keep_duplicate": "dedupe", "crop": "buckets", **{k: "prune" for k in KINDS[:6]}}
+STAGE_OF = {"keep_duplicate": "dedupe", "crop": "buckets", "keep": "prune", **{k: "prune" for k in KINDS[:6]}}
 PAYLOAD_KEYS = {"exclude": set(), "include": set(), "add_tags": {"tags"}, "remove_tags": {"tags"},
-                "replace_tag": {"old", "new"}, "move": {"folder"}, "keep_duplicate": set(), "crop": {"keep"}}
+                "replace_tag": {"old", "new"}, "move": {"folder"}, "keep_duplicate": set(), "crop": {"keep"},
+                "keep": set()}
 FOLDER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the recipe's names (concepts, outfits)
 KOHYA_DIR = re.compile(r"^\d+_(.+)$")
 MAX_TEXT = 300
@@ -225,6 +227,7 @@ class PruneEdits:
     """The prune stage's edits, resolved to the picture names it sees."""
 
     excluded: dict[str, Edit] = field(default_factory=dict)  # name -> the exclude edit that holds
+    kept: dict[str, Edit] = field(default_factory=dict)  # name -> the keep edit the screening yields to
     moves: dict[str, tuple[str, Edit]] = field(default_factory=dict)  # name -> (folder, edit)
     tag_edits: list[tuple[Edit, str]] = field(default_factory=list)  # (edit, picture name or folder), in order
     warnings: list[str] = field(default_factory=list)  # edits that name nothing here
@@ -248,6 +251,8 @@ def plan_prune(edits: Sequence[Edit], pictures: Mapping[str, str], folders: Iter
             plan.excluded[name] = e
         elif e.kind == "include":
             plan.excluded.pop(name, None)
+        elif e.kind == "keep":
+            plan.kept[name] = e
         elif e.kind == "move":
             folder = folder_key(e.payload["folder"], folders)
             if folder in folders:

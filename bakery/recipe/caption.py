@@ -9,6 +9,8 @@ from pydantic import Field, field_validator
 from bakery.craft.caption.tags import DEFAULT_DELETE, DEFAULT_SYNONYMS
 from bakery.recipe.base import NAME_PATTERN, _Section
 
+ScreenAction = Literal["skip", "flag", "off"]
+
 
 class Outfit(_Section):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -92,6 +94,25 @@ class CaptionParams(_Section):
     # Tags written first in every caption, before the triggers (kohya's caption_prefix), e.g. Pony's score tags;
     # train.keep_tokens must cover them and the trigger.
     prefix_tags: list[str] = []
+    # Content screening by tags (rules.md §3), per kind "skip" (a recorded skip with its reason) | "flag" (trained,
+    # flagged) | "off"; read from every tag source (sidecars, booru, tagger) whatever `sources` says. A `keep` edit
+    # trains a picture the screening skips. Chibi and crowds are never screened in a style concept.
+    screen_chibi: ScreenAction = "skip"  # chibi, super_deformed (the guide: filter out unless a style LoRA)
+    screen_watermark: ScreenAction = "skip"  # watermark, sample_watermark: marks over the art
+    # text_focus, comic, 4koma, speech_bubble, *_text, signature, artist_name, web_address, *_username: flagged, as
+    # text can often be cropped or painted out (the guide filters only "unremovable" text)
+    screen_text: ScreenAction = "flag"
+    screen_deformed: ScreenAction = "skip"  # bad_hands, bad_anatomy, extra_digits, fewer_digits, extra_arms...
+    # blurry: flagged, as Danbooru's tag says the picture is blurred, not that the face is (the guide: blurred faces)
+    screen_blurry: ScreenAction = "flag"
+    # crowd, or >= screen_crowd_people by the people-count tags (3girls, 1girl + 2boys...), in a one-character concept
+    screen_crowd: ScreenAction = "skip"
+    screen_crowd_people: Annotated[int, Field(ge=2)] = 3
+    # kind -> the tags that mark it, replacing the default list (bakery/craft/caption/screen.py KIND_TAGS)
+    screen_tags: dict[Literal["chibi", "watermark", "text", "deformed", "blurry", "crowd"], list[str]] = {}
+    # rules.md §10's special tags: shop photos (source kind shop_photo) lose solo/1girl and get mannequin, no_humans;
+    # a cut head gets head_out_of_frame; blurred others faceless_male/female; a heart in a bubble spoken_heart.
+    special_tags: bool = True
 
 
 class RepeatsParams(_Section):

@@ -115,6 +115,7 @@ def _read_dataset(workdir: Path, recipe: Recipe) -> Dataset:
         sizes = {h: (r["width"], r["height"]) for h, r in cat.image_rows(hashes).items()}
         qa = {r["image_hash"]: r for r in cat.latest_mask_qa()}
         counts = cat.tag_post_counts(None)
+        decided = views.decision_flags(cat.caption_decisions(runs[0]))
     buckets = read_report(workdir, "reports/buckets.json") or {}
     upscaled = {u["name"]: u["factor"] for u in (read_report(workdir, "reports/upscale.json") or {}).get("upscaled", [])}
     triggers, caps = triggers_of(recipe), recipe.captions
@@ -126,6 +127,7 @@ def _read_dataset(workdir: Path, recipe: Recipe) -> Dataset:
         cards.append(views.build_card(r, name, triggers, sizes.get(r["image_hash"]), buckets.get(name),
                                       upscaled.get(name), qa.get(r["image_hash"]), counts, caps.rare_tag_posts,
                                       caps.warn_caption_bytes, held=is_held))
+        cards[-1].flags.update(decided.get(r["image_hash"], {}))
     return Dataset(runs[0], sorted(cards, key=lambda c: (c.folder, c.name)))
 
 
@@ -180,15 +182,17 @@ def provenance(workdir: Path, sha256: str) -> dict:
 
 
 def load_decisions(workdir: Path) -> dict:
-    """The last run's skips, the near-duplicate groups with the copy kept, the masks QA rejected."""
+    """The last run's skips, the near-duplicate groups with the copy kept, the masks QA rejected, the screening's
+    and special tags' decisions (rules.md §3, §10)."""
     with reading(workdir) as cat:
         run = cat.last_run()
         skips = cat.skips_for(run["run_id"]) if run else []
+        screening = cat.caption_decisions()
         dupes = cat.near_duplicates()
         rejected = [r for r in cat.latest_mask_qa() if not r["accepted"]]
         names = cat.picture_names(sorted({h for d in dupes for h in (d["image_hash"], d["kept_hash"])}
                                          | {r["image_hash"] for r in rejected}))
-    return {"run": run, "skips": skips, "groups": views.duplicate_groups(dupes, names),
+    return {"run": run, "skips": skips, "groups": views.duplicate_groups(dupes, names), "screening": screening,
             "rejected": [{**r, "name": names.get(r["image_hash"], "")} for r in rejected]}
 
 

@@ -19,9 +19,9 @@ from bakery.craft.caption.tags import normalize_tag
 from bakery.craft.prepare.buckets import BucketChoice, keep_crop_box
 
 PER_PAGE = 60
-FLAGS = ("rare", "long", "small", "mask", "held_out")
+FLAGS = ("rare", "long", "small", "mask", "held_out", "screen", "special")
 FLAG_TITLES = {"rare": "rare tags", "long": "long caption", "small": "too small", "mask": "mask QA",
-               "held_out": "held out"}
+               "held_out": "held out", "screen": "screened (rules.md §3)", "special": "special tags (rules.md §10)"}
 HASH = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -164,6 +164,17 @@ def card_flags(card: Card, post_counts: Mapping[str, int], rare_below: int, max_
     if mask_qa is not None and not mask_qa.get("accepted"):
         flags["mask"] = f"mask rejected: {mask_qa.get('reason') or 'no mask'}"
     return flags
+
+
+def decision_flags(decisions: Iterable[Mapping]) -> dict[str, dict[str, str]]:
+    """image hash -> its `screen` flag (screened and flagged, or kept by a keep edit) and `special` flag (§10 tags)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for d in decisions:
+        flag = "screen" if d["rule"].startswith("screen:") else "special"
+        if flag == "screen" and d["action"] == "skip":
+            continue
+        out.setdefault(d["image_hash"], {}).setdefault(flag, []).append(d["reason"])
+    return {h: {f: "; ".join(texts) for f, texts in flags.items()} for h, flags in out.items()}
 
 
 def build_card(row: Mapping, name: str, triggers: Sequence[str], size: tuple[int, int] | None,

@@ -28,7 +28,10 @@ TAGS = [
 
 
 def write_tiny_wd14(folder: Path, size: int = 32, input_name: str = "input_1:0", batch: int | str = "N",
-                    extra_tags: list[tuple[str, int, tuple[float, float, float], float]] | None = None) -> Path:
+                    extra_tags: list[tuple[str, int, tuple[float, float, float], float]] | None = None,
+                    counts: dict[str, int] | None = None) -> Path:
+    """The model and its selected_tags.csv; `count` (Danbooru posts, the rare-tag check's) is 1000 + the tag's index
+    unless `counts` names the tag."""
     tags = TAGS + (extra_tags or [])
     folder.mkdir(parents=True, exist_ok=True)
     w = np.array([t[2] for t in tags], dtype=np.float32).T  # [3, K]
@@ -51,6 +54,6 @@ def write_tiny_wd14(folder: Path, size: int = 32, input_name: str = "input_1:0",
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(folder / "model.onnx"))
-    lines = ["tag_id,name,category,count"] + [f"{i},{n},{c},{1000 + i}" for i, (n, c, _, _) in enumerate(tags)]
+    lines = ["tag_id,name,category,count"] + [f"{i},{n},{c},{(counts or {}).get(n, 1000 + i)}" for i, (n, c, _, _) in enumerate(tags)]
     (folder / "selected_tags.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return folder

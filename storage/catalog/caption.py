@@ -1,4 +1,5 @@
-"""The catalog's caption tables: tags, booru post counts per tag, tag statistics and the training set (train captions)."""
+"""The catalog's caption tables: tags, post counts per tag (booru, tagger), tag statistics, the training set (train
+captions) and the prune stage's caption decisions (screening, special tags)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        20,
+        """
+        CREATE TABLE caption_decisions (   -- the prune stage's screening by tags (rules.md §3), special tags (§10)
+            run_id VARCHAR NOT NULL,
+            name VARCHAR NOT NULL,         -- the picture
+            image_hash VARCHAR NOT NULL,
+            rule VARCHAR NOT NULL,         -- screen:<kind> | special:<rule>
+            action VARCHAR NOT NULL,       -- skip | flag | keep (a keep edit overrode a skip) | add (tags changed)
+            tags VARCHAR[] NOT NULL,       -- the tags that decided it, or those added (-tag: taken out)
+            reason VARCHAR NOT NULL
+        );
+        """,
+    ),
 ]
 
 
@@ -87,11 +102,12 @@ class CaptionTables(CatalogCore):
         """Post counts of `tags` (None: of every tag known)."""
         if tags is not None and not tags:
             return {}
-        # counts given by hand (tag_counts) and those the scrape stage fetched (booru_tags): the largest wins
+        # counts given by hand (tag_counts) and those the scrape stage fetched (booru_tags): the largest wins; a
+        # tagger's counts (site 'tagger:...') only where neither knows the tag
         return dict(self.con.execute(
-            """SELECT tag, max(n) FROM (
-                   SELECT tag, posts AS n FROM tag_counts UNION ALL
-                   SELECT tag, post_count AS n FROM booru_tags WHERE post_count IS NOT NULL)
+            """SELECT tag, coalesce(max(n) FILTER (WHERE NOT tagger), max(n)) FROM (
+                   SELECT tag, posts AS n, coalesce(site, '') LIKE 'tagger:%' AS tagger FROM tag_counts UNION ALL
+                   SELECT tag, post_count AS n, false FROM booru_tags WHERE post_count IS NOT NULL)
                WHERE ? OR tag IN (SELECT unnest(?)) GROUP BY tag""", [tags is None, list(tags or [])]).fetchall())
 
     # -- prune: tag statistics and the training set ------------------------------
@@ -108,6 +124,32 @@ class CaptionTables(CatalogCore):
 
     def train_captions(self, run_id: str) -> list[dict[str, Any]]:
         return self.rows("SELECT * FROM train_captions WHERE run_id = ? ORDER BY is_reg, folder, name", [run_id])
+
+    def add_caption_decisions(self, run_id: str, rows: Iterable[dict[str, Any]]) -> int:
+        self.con.execute("DELETE FROM caption_decisions WHERE run_id = ?", [run_id])
+        return self._insert("caption_decisions", ({"run_id": run_id, **r} for r in rows), verb="INSERT")
+
+    def caption_decisions(self, run_id: str | None = None, hashes: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """A run's screening and special-tag decisions (None: the latest run that made any), or those of `hashes`."""
+        if run_id is None:
+            latest = self.con.execute("""SELECT d.run_id FROM caption_decisions d JOIN runs USING (run_id)
+                                         ORDER BY runs.started_at DESC LIMIT 1""").fetchone()
+            if latest is None:
+                return []
+            run_id = latest[0]
+        return self.rows(
+            """SELECT name, image_hash, rule, action, tags, reason FROM caption_decisions
+               WHERE run_id = ? AND (? OR image_hash IN (SELECT unnest(?))) ORDER BY name, rule""",
+            [run_id, hashes is None, list(hashes or [])])
+
+    def add_tagger_counts(self, site: str, counts: dict[str, int]) -> None:
+        """A tagger's post counts per tag (WD14 selected_tags.csv `count`): the rare-tag check's fallback where no
+        booru count is known; a count given by hand or by a booru is never replaced."""
+        self.con.execute(
+            """INSERT OR REPLACE INTO tag_counts
+               SELECT t, n, ?, now() FROM (SELECT unnest(?) AS t, unnest(?) AS n)
+               WHERE t NOT IN (SELECT tag FROM tag_counts WHERE NOT coalesce(site, '') LIKE 'tagger:%')""",
+            [site, list(counts), list(counts.values())])
 
     def runs_with(self, table: str) -> list[str]:
         """Run ids that wrote rows to `table` (tag_stats, train_captions), newest first."""

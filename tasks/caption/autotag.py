@@ -42,6 +42,7 @@ def autotag(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str,
     if not params.model:
         return StageResult(images=images, n_in=len(inputs))
 
+    tagger_counts(params, cfg["base_dir"], run)
     p_hash = params_hash(params_json)
     unique = sorted({r.hash: r for r in images}.values(), key=lambda r: r.hash)
     with Catalog.open(run.catalog) as cat:
@@ -81,6 +82,23 @@ def autotag(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str,
                     cat.add_derivations(derivations, run_id)
                 progress.advance(len(chunk))
     return StageResult(images=images, n_in=len(inputs), n_processed=len(todo), warnings=notes)
+
+
+def tagger_counts(params: AutotagParams, base_dir: str, run: RunInfo) -> None:
+    """The taggers' post counts per tag into the catalog (site `tagger:<folder>`): the rare-tag check of pictures
+    with no booru count (rules.md §9)."""
+    for model in (params.second_model, params.model):  # the first tagger's counts win
+        if not model:
+            continue
+        try:
+            folder = model_path(model, base_dir)
+            counts = craft.read_tag_counts(folder / craft.TAGS_FILE)
+        except (craft.TaggerError, OSError) as exc:  # tagging says so when it needs the model; no counts is no error
+            get_run_logger().info("autotag: no tag counts from %s (%s)", model, exc)
+            continue
+        if counts:
+            with Catalog.open(run.catalog) as cat:
+                cat.add_tagger_counts(f"tagger:{folder.name}", counts)
 
 
 AUTOTAG = Stage("autotag", autotag, caching.code_version(craft, sys.modules[__name__]))

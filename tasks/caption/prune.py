@@ -27,6 +27,7 @@ from bakery.craft.caption import trainset as craft
 from bakery.kohya_export import concept_spec
 from bakery.manifest import ImageRef, StageResult, TrainImage, TrainSet, digest
 from bakery.recipe import Concept, RepeatsParams, ValidationParams
+from bakery.report import name_list
 from storage import Catalog
 from tasks import caching
 from tasks.runlog import write_full
@@ -49,8 +50,9 @@ def caption_sources(images: list[ImageRef], workdir: str, portraits: list[str] |
     with Catalog.open(RunInfo("", workdir).catalog) as cat:
         side, rows = gather_sources(cat, images)
         framings = crop_framings(cat, images)
+        kinds = cat.origins([r.hash for r in images])
     payload = {h: [side[h], [(r["tag"], r["category"], r["origin"], r["confidence"]) for r in rows[h]]]
-               + ([framings[h]] if framings[h] else []) for h in side}
+               + ([framings[h]] if framings[h] else []) + ([kinds[h][0]] if h in kinds else []) for h in side}
     return PruneInput(sorted(images), digest(payload), tuple(sorted(portraits or ())))
 
 
@@ -68,8 +70,9 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
         side, rows = gather_sources(cat, images)
         framings = crop_framings(cat, images)
         counts = cat.tag_post_counts(None)
+        kinds = cat.origins([r.hash for r in images])  # source kinds: §10's shop photos
     pictures = {r.name: craft.Picture(r.name, r.hash, r.mask, tuple(side[r.hash]), tuple(rows[r.hash]),
-                                      framings[r.hash]) for r in images}
+                                      framings[r.hash], tuple(kinds.get(r.hash, ([], ""))[0])) for r in images}
     forced = {n: cfg["misc_concept"] for n in inputs.portraits} if "misc_concept" in cfg else {}
     try:
         built = craft.build_trainset(concepts, pictures, caption_settings(cfg["captions"]), repeat_settings(cfg), counts,
@@ -82,7 +85,8 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
     _write(run, built)
     by_name = {r.name: r for r in images}
     return StageResult(images=[by_name[n] for n in built.trained], skips=built.skips, n_in=len(images),
-                       n_processed=len(built.captions), payload=built.trainset)
+                       n_processed=len(built.captions), payload=built.trainset,
+                       warnings=screening_warnings(built.decisions))
 
 
 
@@ -107,6 +111,7 @@ def _write(run: RunInfo, built: craft.TrainSetBuild) -> None:
     with Catalog.open(run.catalog) as cat:
         cat.add_tag_stats(run.run_id, built.stats)
         cat.add_train_captions(run.run_id, train_caption_rows(train_images))
+        cat.add_caption_decisions(run.run_id, built.decisions)
         cat.add_validation_pictures(run.run_id, [
             {"folder": t.folder, "name": t.name, "image_hash": t.image_hash, "caption": t.caption,
              "held_out": built.trainset.validation_held_out} for t in built.trainset.validation
@@ -126,6 +131,17 @@ def _write(run: RunInfo, built: craft.TrainSetBuild) -> None:
         f"{plan.epochs} epochs before batch size" + ("".join(f"\n- {w}" for w in plan.warnings))))
     create_table_artifact(table=stats_table(built.stats), key="tag-stats",
                           description="Tag counts per group, before and after pruning")
+
+
+def screening_warnings(decisions: list[dict], shown: int = 5) -> list[str]:
+    """One line per screening kind that flagged pictures or yielded to a keep edit (skips are listed as skips)."""
+    by: dict[tuple[str, str], list[str]] = {}
+    for d in decisions:
+        if d["rule"].startswith("screen:") and d["action"] in ("flag", "keep"):
+            by.setdefault((d["rule"].split(":", 1)[1], d["action"]), []).append(f"{d['name']} ({', '.join(d['tags'])})")
+    verb = {"flag": "flagged", "keep": "kept by a keep edit, though screened"}
+    return [f"screening (rules.md §3): {len(names)} picture(s) {verb[action]} for {kind}: {name_list(names, shown)}"
+            for (kind, action), names in sorted(by.items())]
 
 
 def train_caption_rows(images: list[TrainImage]) -> list[dict]:

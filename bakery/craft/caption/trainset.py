@@ -16,6 +16,7 @@ from bakery.craft import edits as edits_craft
 from bakery.craft.caption import holdout as holdout_craft
 from bakery.craft.caption import prune as prune_craft
 from bakery.craft.caption import repeats as repeats_craft
+from bakery.craft.caption import screen as screen_craft
 from bakery.craft.caption import tags as tags_craft
 from bakery.craft.prepare import framing as framing_craft
 from bakery.manifest import Skip, TrainImage, TrainSet
@@ -44,6 +45,7 @@ class Picture:
     sidecars: tuple[str, ...] = ()  # raw caption files of it and the originals it came from
     tag_rows: tuple[dict, ...] = ()  # booru / tagger tags (tag, category, origin, confidence)
     framing: str = ""  # a crop of another picture (portrait, upper_body): its caption says this framing
+    source_kinds: tuple[str, ...] = ()  # the source kinds of its originals (rules.md §1; §10's shop photos)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class CaptionSettings:
     warn_caption_bytes: int = 1024
     rare_tag_posts: int = 500
     prefix_tags: tuple[str, ...] = ()  # written first in every caption, before the triggers (Pony's score tags)
+    screening: screen_craft.ScreenSettings = field(default_factory=screen_craft.ScreenSettings)  # rules.md §3
+    special_tags: bool = True  # rules.md §10: shop photos, cut heads, blurred others, spoken hearts
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,9 @@ class TrainSetBuild:
     plan: repeats_craft.RepeatsPlan
     captions: dict[tuple[str, str], str] = field(default_factory=dict)  # (folder, picture) -> caption
     holdout: holdout_craft.HoldOut = field(default_factory=lambda: holdout_craft.HoldOut({}, True))
+    # rules.md §3 screening and §10 special tags, one row per picture and rule (catalog `caption_decisions`):
+    # name, image_hash, rule, action (skip | flag | keep | add), tags, reason
+    decisions: list[dict] = field(default_factory=list)
 
 
 def build_trainset(concepts: Sequence[prune_craft.ConceptSpec], pictures: Mapping[str, Picture],
@@ -97,7 +104,8 @@ def build_trainset(concepts: Sequence[prune_craft.ConceptSpec], pictures: Mappin
     rules, members, unassigned = prune_craft.layout(concepts, pictures, forced)
     edited = edits_craft.plan_prune(edits, {n: p.hash for n, p in pictures.items()}, [r.folder for r in rules])
     members, unassigned = edits_craft.apply_layout(members, unassigned, edited)
-    cleaned, characters, added = clean_captions(rules, members, pictures, captions, edited.tag_edits)
+    members, screened, decisions = screen_members(rules, members, pictures, captions, edited.kept)
+    cleaned, characters, added = clean_captions(rules, members, pictures, captions, edited.tag_edits, decisions)
     texts, stats, pruned_warnings = prune_groups(rules, members, cleaned, characters, captions, added)
     warnings += edited.warnings + pruned_warnings
     held = holdout_craft.choose({r.folder: sorted(members[r.folder]) for r in rules},
@@ -116,7 +124,41 @@ def build_trainset(concepts: Sequence[prune_craft.ConceptSpec], pictures: Mappin
     )
     skips = [Skip(n, "no concept's paths match this image") for n in unassigned]
     skips += [Skip(n, edits_craft.exclusion_reason(e)) for n, e in sorted(edited.excluded.items())]
-    return TrainSetBuild(trainset, sorted({n for _, n in texts}), skips, stats, plan, texts, held)
+    skips += [Skip(n, f"{f.reason()}: train it with a keep edit (bakery edit RECIPE keep {n})")
+              for n, f in sorted(screened.items())]
+    return TrainSetBuild(trainset, sorted({n for _, n in texts}), skips, stats, plan, texts, held, decisions)
+
+
+def screen_members(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, list[str]],
+                   pictures: Mapping[str, Picture], captions: CaptionSettings,
+                   kept: Mapping[str, edits_craft.Edit] | None = None
+                   ) -> tuple[dict[str, list[str]], dict[str, screen_craft.Finding], list[dict]]:
+    """rules.md §3 by tags: (the layout without the skipped pictures, name -> the finding that skips it, decisions).
+
+    A picture is screened as its folders are: chibi and crowds are a style concept's material, crowds count only in
+    a one-character concept, a crop keeps only what its drawing is (chibi, blurry). A `keep` edit overrides a skip."""
+    folders_of: dict[str, list[prune_craft.GroupRule]] = {}
+    for rule in rules:
+        for n in members[rule.folder]:
+            folders_of.setdefault(n, []).append(rule)
+    skipped, decisions = {}, []
+    for name, its in sorted(folders_of.items()):
+        pic = pictures[name]
+        subject = screen_craft.Subject(
+            style=any(r.style.startswith("style_") for r in its),
+            one_character=all(r.characters == 1 and not r.prune_people_count for r in its), crop=bool(pic.framing))
+        tags = tags_craft.source_tags(list(pic.sidecars), list(pic.tag_rows), ("user", "booru", "tagger"), "union",
+                                      captions.keep_namespaces)
+        for f in screen_craft.screen(tags, subject, captions.screening):
+            action, reason = f.action, f.reason() if f.action == "skip" else f"flagged: {f.note()}"
+            if action == "skip" and kept and name in kept:
+                action, reason = "keep", f"kept by {kept[name].label()} (would be {f.reason()})"
+            elif action == "skip" and name not in skipped:
+                skipped[name] = f
+            decisions.append({"name": name, "image_hash": pic.hash, "rule": f"screen:{f.kind}", "action": action,
+                              "tags": list(f.tags), "reason": reason})
+    out = {folder: [n for n in names if n not in skipped] for folder, names in members.items()}
+    return out, skipped, decisions
 
 
 def split_validation(texts: Mapping[tuple[str, str], str], pictures: Mapping[str, Picture],
@@ -132,10 +174,11 @@ def split_validation(texts: Mapping[tuple[str, str], str], pictures: Mapping[str
 
 def clean_captions(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, list[str]],
                    pictures: Mapping[str, Picture], captions: CaptionSettings,
-                   tag_edits: Sequence[tuple[edits_craft.Edit, str]] = ()
+                   tag_edits: Sequence[tuple[edits_craft.Edit, str]] = (), decisions: list[dict] | None = None
                    ) -> tuple[dict[str, list[str]], set[str], dict[str, list[str]]]:
-    """Each grouped picture's tags from its sources, cleaned, then edited; the tags sources mark as characters;
-    the tags the edits added (kept by the prune).
+    """Each grouped picture's tags from its sources, cleaned, given rules.md §10's special tags, then edited; the
+    tags sources mark as characters; the tags the edits and special tags added (kept by the prune). `decisions`:
+    the special tags' rows are appended to it.
 
     A picture with no tag at all in a group that needs tags fails: kohya would caption it with the folder name.
     """
@@ -149,7 +192,10 @@ def clean_captions(rules: Sequence[prune_craft.GroupRule], members: Mapping[str,
         if pic.framing:  # a crop: its own framing instead of its parent's (bakery/craft/prepare/framing.py)
             cleaned[name] = framing_craft.crop_tags(cleaned[name], pic.framing)
         characters |= tags_craft.character_tags(list(pic.sidecars), list(pic.tag_rows))
+    special = add_special_tags(rules, members, pictures, cleaned, decisions) if captions.special_tags else {}
     cleaned, added = edits_craft.apply_tags(cleaned, members, tag_edits)
+    for name, tags in special.items():  # never pruned, unless an edit took them out again
+        added[name] = [*(t for t in tags if t in cleaned[name]), *added.get(name, [])]
     missing = [f"{rule.folder}/{name}" for rule in rules for name in members[rule.folder]
                if not cleaned[name] and prune_craft.needs_tags(rule)]
     if missing:
@@ -160,6 +206,31 @@ def clean_captions(rules: Sequence[prune_craft.GroupRule], members: Mapping[str,
             missing,
         )
     return cleaned, characters, added
+
+
+def add_special_tags(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, list[str]],
+                     pictures: Mapping[str, Picture], cleaned: dict[str, list[str]],
+                     decisions: list[dict] | None) -> dict[str, list[str]]:
+    """rules.md §10's special tags applied to `cleaned` in place; per picture, the tags they added."""
+    gender: dict[str, str] = {}
+    for rule in rules:  # whose is the one face in focus: the concept's character as its solo pictures show it
+        names = [n for r in rules if r.concept == rule.concept for n in members[r.folder]]
+        gender[rule.folder] = screen_craft.subject_gender([cleaned[n] for n in names if n in cleaned])
+    added: dict[str, list[str]] = {}
+    for rule in rules:
+        for name in members[rule.folder]:
+            if name in added:
+                continue
+            pic = pictures[name]
+            specials = screen_craft.special_tags(cleaned[name], pic.source_kinds, bool(pic.framing), gender[rule.folder])
+            cleaned[name] = screen_craft.apply_special(cleaned[name], specials)
+            added[name] = [t for s in specials for t in s.added]
+            for s in specials:
+                if decisions is not None:
+                    decisions.append({"name": name, "image_hash": pic.hash, "rule": f"special:{s.rule}",
+                                      "action": "add", "tags": [*s.added, *(f"-{t}" for t in s.removed)],
+                                      "reason": s.note()})
+    return {n: a for n, a in added.items() if a}
 
 
 def prune_groups(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, list[str]],

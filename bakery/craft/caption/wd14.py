@@ -75,6 +75,21 @@ def read_tags_csv(path: Path) -> list[tuple[str, str]]:
     return [(r["name"], CATEGORY_NAMES.get(int(r["category"]), "general")) for r in rows]
 
 
+def read_tag_counts(path: Path) -> dict[str, int]:
+    """tag -> its Danbooru post count as the tagger's selected_tags.csv gives it (`count`); {} without the column.
+
+    The rare-tag check's source for folder and Grabber pictures, which have no booru count (rules.md §9)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    out = {}
+    for r in rows:
+        try:
+            out[r["name"].strip().lower()] = int(r["count"])
+        except (KeyError, TypeError, ValueError):  # no count column, or a blank cell: no count for that tag
+            continue
+    return out
+
+
 def default_providers() -> list[str]:
     import onnxruntime as ort
 
