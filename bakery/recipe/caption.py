@@ -107,6 +107,7 @@ class CaptionParams(_Section):
     screen_blurry: ScreenAction = "flag"
     # crowd, or >= screen_crowd_people by the people-count tags (3girls, 1girl + 2boys...), in a one-character concept
     screen_crowd: ScreenAction = "skip"
+    # people (by the count tags) that make a group shot
     screen_crowd_people: Annotated[int, Field(ge=2)] = 3
     # kind -> the tags that mark it, replacing the default list (bakery/craft/caption/screen.py KIND_TAGS)
     screen_tags: dict[Literal["chibi", "watermark", "text", "deformed", "blurry", "crowd"], list[str]] = {}
