@@ -149,3 +149,14 @@ def test_screening_rules_per_concept_and_source():
     assert craft.special_tags(["1girl", "1boy", "solo_focus", "blurry_background"], [], subject_gender="boy")[0].added == (
         "faceless_female",)
     assert craft.special_tags(["lower_body"], [], crop=True) == []
+
+
+def test_tagger_counts_only_where_no_booru_or_hand_count(tmp_path: Path):
+    with Catalog.open(tmp_path) as cat:
+        cat.add_tag_counts([{"tag": "a", "posts": 10, "site": "x"}])
+        cat.con.execute("INSERT INTO booru_tags VALUES ('s', 'b', 'general', 3, now())")
+        cat.add_tagger_counts("tagger:wd14", {"a": 9000, "b": 9000, "c": 120})
+        assert cat.tag_post_counts(["a", "b", "c"]) == {"a": 10, "b": 3, "c": 120}
+        cat.add_tag_counts([{"tag": "c", "posts": 900, "site": "x"}])  # a count given by hand replaces the tagger's
+        cat.add_tagger_counts("tagger:wd14", {"c": 120})
+        assert cat.tag_post_counts(["c"]) == {"c": 900}
