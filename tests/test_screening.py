@@ -114,8 +114,18 @@ def test_screening_special_tags_and_rare_tags_in_a_real_run(tmp_path: Path):
     # A keep edit trains the chibi picture on the next run; provenance shows the edit and the decision
     bad = CliRunner().invoke(app, ["edit", str(recipe), "keep", "chara/zz"])
     assert bad.exit_code == 1 and "no picture 'chara/zz'" in bad.output
-    done = CliRunner().invoke(app, ["edit", str(recipe), "keep", "chara/b", "--reason", "a chibi we want"])
-    assert done.exit_code == 0, done.output
+    import httpx
+
+    from bakery.review import create_app
+    from tests.review_work import Served
+
+    with Served(create_app(recipe)) as studio:  # the studio's decisions page: its "keep it" button
+        page = httpx.get(studio.url + "/decisions", timeout=30).text
+        row = page[page.index('<tr data-name="chara/b">'):]
+        assert "screen:chibi" in row[:600] and 'value="keep"' in row[:900]
+        made = httpx.post(studio.url + "/edits", data={"kind": "keep", "target": "chara/b", "reason": "a chibi we want",
+                                                       "next": "/decisions"}, timeout=30)
+        assert made.status_code == 303, made.text
     second = bake_lora(str(recipe))
     with Catalog.open(work, read_only=True) as cat:
         skips = {s["subject"] for s in cat.skips_for(second) if s["stage"] == "prune"}
