@@ -170,3 +170,15 @@ def test_tagger_counts_only_where_no_booru_or_hand_count(tmp_path: Path):
         cat.add_tag_counts([{"tag": "c", "posts": 900, "site": "x"}])  # a count given by hand replaces the tagger's
         cat.add_tagger_counts("tagger:wd14", {"c": 120})
         assert cat.tag_post_counts(["c"]) == {"c": 900}
+
+
+def test_a_keep_edit_on_a_picture_the_screening_passes_is_said():
+    from datetime import datetime
+
+    from bakery.craft import edits as edits_craft
+    from bakery.craft.caption import trainset
+
+    keep = edits_craft.Edit(4, "keep", "chara/a", {}, "", datetime(2026, 1, 1))
+    decisions = [{"name": "chara/b", "action": "keep"}]
+    assert trainset.idle_keeps({"chara/a": keep, "chara/b": keep}, decisions) == [
+        "edit #4 (keep) changes nothing: the screening does not skip chara/a"]

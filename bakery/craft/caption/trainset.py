@@ -107,7 +107,7 @@ def build_trainset(concepts: Sequence[prune_craft.ConceptSpec], pictures: Mappin
     members, screened, decisions = screen_members(rules, members, pictures, captions, edited.kept)
     cleaned, characters, added = clean_captions(rules, members, pictures, captions, edited.tag_edits, decisions)
     texts, stats, pruned_warnings = prune_groups(rules, members, cleaned, characters, captions, added)
-    warnings += edited.warnings + pruned_warnings
+    warnings += edited.warnings + idle_keeps(edited.kept, decisions) + pruned_warnings
     held = holdout_craft.choose({r.folder: sorted(members[r.folder]) for r in rules},
                                 {n: p.hash for n, p in pictures.items()}, holdout or holdout_craft.HoldOutSettings(False))
     gone = held.names if held.held_out else set()
@@ -159,6 +159,13 @@ def screen_members(rules: Sequence[prune_craft.GroupRule], members: Mapping[str,
                               "tags": list(f.tags), "reason": reason})
     out = {folder: [n for n in names if n not in skipped] for folder, names in members.items()}
     return out, skipped, decisions
+
+
+def idle_keeps(kept: Mapping[str, edits_craft.Edit], decisions: Sequence[dict]) -> list[str]:
+    """Keep edits naming a picture the screening does not skip: said, so that a stale keep is seen."""
+    used = {d["name"] for d in decisions if d["action"] == "keep"}
+    return [f"{e.label()} (keep) changes nothing: the screening does not skip {n}" for n, e in sorted(kept.items())
+            if n not in used]
 
 
 def split_validation(texts: Mapping[tuple[str, str], str], pictures: Mapping[str, Picture],
