@@ -86,7 +86,8 @@ def test_screening_special_tags_and_rare_tags_in_a_real_run(tmp_path: Path):
     assert skips["chara/h"].startswith("screened out: deformed (bad_hands;")
     assert set(captions) == {"chara_a", "chara_d", "chara_l", "chara_f", "chara_t", "s"}
     assert decisions[("chara/d", "screen:text")]["action"] == "flag"
-    assert any("2 picture(s) flagged for text: chara/d (signature), chara/l (speech_bubble)" in w for w in warnings), warnings
+    flagged = "2 picture(s) flagged for text: chara/d (signature), chara/l (speech_bubble)"
+    assert any(flagged in w for w in warnings), warnings
     # §10: the shop photo loses solo and 1girl and is a mannequin; the cut head, the blurred boy, the spoken heart
     assert captions["s"].startswith("CharaA, ") and "solo" not in captions["s"] and "1girl" not in captions["s"]
     assert captions["s"].endswith("mannequin, no_humans")
