@@ -130,7 +130,11 @@ class CaptionTables(CatalogCore):
         return self._insert("caption_decisions", ({"run_id": run_id, **r} for r in rows), verb="INSERT")
 
     def caption_decisions(self, run_id: str | None = None, hashes: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """A run's screening and special-tag decisions (None: the latest run that made any), or those of `hashes`."""
+        """A run's screening and special-tag decisions (None: the latest run that made any), or those of `hashes`.
+        A catalog opened read-only before its migration to the table has none."""
+        if not self.con.execute("SELECT count(*) FROM information_schema.tables "
+                                "WHERE table_name = 'caption_decisions'").fetchone()[0]:
+            return []
         if run_id is None:
             latest = self.con.execute("""SELECT d.run_id FROM caption_decisions d JOIN runs USING (run_id)
                                          ORDER BY runs.started_at DESC LIMIT 1""").fetchone()
