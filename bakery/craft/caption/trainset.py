@@ -148,7 +148,7 @@ def screen_members(rules: Sequence[prune_craft.GroupRule], members: Mapping[str,
             style=any(r.style.startswith("style_") for r in its),
             one_character=all(r.characters == 1 and not r.prune_people_count for r in its), crop=bool(pic.framing))
         tags = tags_craft.source_tags(list(pic.sidecars), list(pic.tag_rows), ("user", "booru", "tagger"), "union",
-                                      captions.keep_namespaces)
+                                      (*captions.keep_namespaces, "general", "meta"))  # a booru files some as meta
         for f in screen_craft.screen(tags, subject, captions.screening):
             action, reason = f.action, f.reason() if f.action == "skip" else f"flagged: {f.note()}"
             if action == "skip" and kept and name in kept:
