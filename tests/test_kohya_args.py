@@ -181,3 +181,8 @@ def test_the_bakes_text_encoder_and_unet_switches():
     t = train_values(parse_recipe({"train": {}}, Path(".")))
     style = kohya_args.arguments(t, kohya_args.Context("n", False, False, False, style_unet_only=True), "network")
     assert style["network_train_unet_only"] is True
+
+
+def test_the_docs_show_the_codes_table():
+    page = (Path(__file__).resolve().parent.parent / "docs" / "kohya.md").read_text(encoding="utf-8")
+    assert kohya_args.markdown_table() in page, "docs/kohya.md: paste kohya_args.markdown_table() over its table"

@@ -146,7 +146,8 @@ def _unet_only(t: Train, c: Context) -> dict[str, Any]:
 
 HOW_SCHEDULER = ("`lr_scheduler` (cosine, cosine_with_restarts; constant, or constant_with_warmup with warmup "
                  "steps); rex: `lr_scheduler_type = \"" + REX_SCHEDULER + "\"` with `lr_scheduler_args` "
-                 "total_steps (the bake's step count) and max_lr")
+                 "total_steps (the bake's step count) and max_lr (REXScheduler starts "
+                 "at lr 0 for its first step, then follows the bake's curve)")
 
 TRAIN_ARGS: dict[str, Arg | str] = {
     "profile": "a preset of other [train] keys, already in them when the recipe loads",
@@ -265,3 +266,17 @@ def left_out(train: Train, ctx: Context) -> list[str]:
     """What of the recipe's values sd-scripts cannot take as they are, one line each."""
     return [line for arg in TRAIN_ARGS.values() if isinstance(arg, Arg) and arg.lost
             for line in [arg.lost(train, ctx)] if line]
+
+
+def markdown_table() -> str:
+    """TRAIN_ARGS as docs/kohya.md shows it (tests/test_kohya_args.py keeps the page equal to it)."""
+    where = {"dataset": "dataset_config.toml, dataset", "subset": "dataset_config.toml, each training subset"}
+    lines = ["| `[train]` key | sd-scripts | where |", "|---|---|---|"]
+    for key, arg in TRAIN_ARGS.items():
+        if isinstance(arg, str):
+            lines.append(f"| `{key}` | none: {arg} | |")
+        else:
+            how = arg.how.replace("same name", f"`{arg.names[0]}`", 1)
+            lines.append(f"| `{key}` | {how.replace('|', '&#124;')} | "
+                         f"{where.get(arg.place, f'train_network.toml, [{arg.place}]')} |")
+    return "\n".join(lines) + "\n"
