@@ -298,7 +298,8 @@ def test_the_demo_export_names_what_it_leaves_out_and_agrees_with_status(tmp_pat
     train_set, val_set = checked["datasets"]
     assert "validation_split" not in train_set and val_set["validation_split"] == 1.0
     assert sorted(Path(s["image_dir"]).name for s in val_set["subsets"]) == sorted(f"1_{r['folder']}" for r in held)
-    for sub in val_set["subsets"]:
+    for sub in val_set["subsets"]:  # as our validation loss: the full caption, in order, unflipped
+        assert not {"shuffle_caption", "flip_aug", "caption_dropout_rate"} & set(sub)
         n = len(list(Path(sub["image_dir"]).glob("*.png")))
         assert sd_scripts_schema.validation_counts(n, val_set["validation_split"]) == (0, n)
     flat = {k: v for section in cfg.values() for k, v in section.items()}

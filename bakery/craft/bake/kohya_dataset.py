@@ -125,7 +125,9 @@ def _subsets(out: Path, images: Sequence[TrainImage], s: TrainSettings, heads: M
             "caption_extension": CAPTION_EXTENSION,
             "is_reg": is_reg,
         }
-        if not is_reg:
+        if top == VALIDATION_DIR:
+            pass  # our validation loss reads the full caption, unshuffled, unflipped: no augmentation here
+        elif not is_reg:
             keyed = args.arguments(s.train, s.context(masked, False, heads.get(folder, 0)), "subset")
             if keep_tokens_separator:
                 keyed.pop("keep_tokens", None)
