@@ -110,7 +110,7 @@ def test_a_style_with_no_tags_trains_the_unet_alone(tmp_path):
     recipe = make_project(tmp_path, epochs=1)
     assert load_recipe(recipe).train.train_text_encoder
     _, out = gather_then_bake(str(recipe), style_no_tags=True)
-    tensors, meta = K.read_kohya(out.files[1])
+    tensors, _ = K.read_kohya(out.files[1])
     assert tensors and not [k for k in tensors if k.startswith("lora_te")]
     assert any(k.startswith("lora_unet") for k in tensors)
 
