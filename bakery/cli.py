@@ -449,7 +449,16 @@ def export_kohya(
         done = do_export(cfg, out, force)
     except ExportError as exc:
         fail(str(exc))
-    typer.echo(f"exported {done.images} images of run {done.run_id} into {out}: {', '.join(done.folders)}")
+    reg = f" (+ {done.reg_images} regularisation images)" if done.reg_images else ""
+    typer.echo(f"exported {done.images} training pictures{reg} of run {done.run_id} into {out}: {', '.join(done.folders)}")
+    if done.account:
+        typer.echo(f"picture account: {done.account}")
+    if done.left_out:
+        typer.echo(f"left out ({len(done.left_out)}, every one in {done.files['left_out']}):")
+        for e in done.left_out:
+            typer.echo(f"  {e.stage}: {e.picture}: {e.reason}")
+    for line in done.not_as_recipe:
+        typer.echo(f"not as the recipe says: {line}")
     for kind, path in done.files.items():
         typer.echo(f"  {kind}: {path}")
 

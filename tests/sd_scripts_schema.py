@@ -5,12 +5,16 @@ A transcription of `ConfigSanitizer` (the user-config half) and of the subset-cl
 264167fa1636c79f106c63c3cdb67b6bee80aceb (sd3-branch code; v0.10.0 as far as we know). train_network.py
 builds `ConfigSanitizer(True, True, args.masked_loss, True)` and reads the file with `toml.load`
 (`config_util.load_user_config`). Keys sd-scripts added to these dicts later (e.g. resize_interpolation)
-are keys we never write, so they cannot change a verdict here.
+are keys we never write, so they cannot change a verdict here; at commit 48d368fa (main, February 2026)
+these dicts differ only by resize_interpolation. The validation keys (`validation_split`, `validation_seed`) are
+in both. Below: train_network.py's command-line arguments (tests/sd_scripts_args.json), which a --config_file's
+keys must be, and split_train_val's arithmetic.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any as AnyType
@@ -134,3 +138,49 @@ def subset_kind(dataset_config: dict) -> str:
 def check_train_network(dataset_config: Path, masked_loss: bool) -> dict:
     """The file as train_network.py's sanitizer returns it; raises voluptuous.MultipleInvalid when refused."""
     return user_config_validator(True, True, masked_loss, True)(toml.load(dataset_config))
+
+
+# -- train_network.py's arguments (--config_file) ---------------------------------------------------
+ARGS_FILE = Path(__file__).with_name("sd_scripts_args.json")  # its "source" and "how" say where it comes from
+# train_network.py takes a bare number as well as the list its parser gives (its "backward compatibility" branch).
+SCALAR_OR_LIST = {"text_encoder_lr"}
+
+
+def train_arguments() -> dict[str, dict]:
+    """Every argument of sdxl_train_network.py / train_network.py: name -> type, action, nargs, choices."""
+    import json
+
+    return json.loads(ARGS_FILE.read_text(encoding="utf-8"))["arguments"]
+
+
+def _value_fits(spec: dict, value: AnyType) -> bool:
+    kind = spec.get("type", "str")
+    if spec.get("action") == "store_true":
+        return isinstance(value, bool)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    one = {"int": isinstance(value, int) and not isinstance(value, bool), "float": number, "int_or_float": number,
+           "str": isinstance(value, str), "Path": isinstance(value, str)}.get(kind, False)
+    return one and ("choices" not in spec or value in spec["choices"])
+
+
+def argument_problems(flat: dict[str, AnyType]) -> list[str]:
+    """What sd-scripts would not take from a flattened --config_file: unknown names, values of the wrong kind.
+
+    sd-scripts itself checks neither (train_util.read_config_from_file sets the TOML's values on the namespace)."""
+    spec, problems = train_arguments(), []
+    for name, value in flat.items():
+        if name not in spec:
+            problems.append(f"{name}: not an argument of train_network.py")
+            continue
+        s = spec[name]
+        if s.get("nargs") in ("*", "+") and not (name in SCALAR_OR_LIST and _value_fits(s, value)):
+            if not (isinstance(value, list) and all(_value_fits(s, v) for v in value)):
+                problems.append(f"{name}: {value!r} is not a list of {s.get('type', 'str')}")
+        elif s.get("nargs") not in ("*", "+") and not _value_fits(s, value):
+            problems.append(f"{name}: {value!r} does not fit {s}")
+    return problems
+
+
+def validation_counts(n: int, validation_split: float) -> tuple[int, int]:
+    """(trained, validated) pictures of a subset of n: train_util.split_train_val's arithmetic."""
+    return math.ceil(n * (1 - validation_split)), round(n * validation_split)

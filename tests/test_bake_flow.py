@@ -45,15 +45,16 @@ network_alpha = 2
 
 
 @flow(name="gather-then-bake")
-def gather_then_bake(recipe_path: str) -> tuple[str, BakeOutput]:
+def gather_then_bake(recipe_path: str, style_no_tags: bool = False) -> tuple[str, BakeOutput]:
     from flows.bake import BUILT, gather, run_bake
     from tasks.stage import begin_run, end_run
 
     recipe = load_recipe(recipe_path)
     run = begin_run(recipe.workdir, recipe_path, recipe.digest(), recipe.model_dump_json(), 1)
     images = gather(recipe_path, run, list(BUILT), [])
-    trainset = TrainSet([TrainImage("chara", ref.name, ref.hash, "bakery_girl, red_dress", 2) for ref in images],
-                        ["bakery_girl"])
+    caption = "" if style_no_tags else "bakery_girl, red_dress"
+    trainset = TrainSet([TrainImage("chara", ref.name, ref.hash, caption, 2) for ref in images],
+                        ["bakery_girl"], unet_only=style_no_tags)
     output = run_bake(recipe, run, trainset)
     end_run(run, "completed")
     return run.run_id, output
@@ -101,6 +102,17 @@ def test_bake_stage_runs_logs_loss_and_is_cached(tmp_path):
 
     run2, out2 = gather_then_bake(str(recipe))
     assert bake_stage(work, run2)["status"] == "cached" and out2 == out
+
+
+def test_a_style_with_no_tags_trains_the_unet_alone(tmp_path):
+    """rules.md §10 mode 1 in the real bake: the LoRA has no text-encoder weights (as export-kohya's
+    network_train_unet_only says), though train.train_text_encoder is on."""
+    recipe = make_project(tmp_path, epochs=1)
+    assert load_recipe(recipe).train.train_text_encoder
+    _, out = gather_then_bake(str(recipe), style_no_tags=True)
+    tensors, _ = K.read_kohya(out.files[1])
+    assert tensors and not [k for k in tensors if k.startswith("lora_te")]
+    assert any(k.startswith("lora_unet") for k in tensors)
 
 
 def child_env() -> dict[str, str]:

@@ -267,6 +267,9 @@ def _prune_edits(recipe: Path, work: Path, before: dict) -> tuple[dict, str]:
     with Catalog.open(work, read_only=True) as cat:
         skips = {s["subject"]: s["reason"] for s in cat.skips_for(second) if s["stage"] == "prune"}
     assert skips == {"chara/e": f"excluded by edit #{excluded.id}: blurry"}
+    # The export names the excluded picture and why (issue 25 item 8).
+    left = (recipe.parent / "out2/left_out.tsv").read_text(encoding="utf-8").splitlines()
+    assert f"chara/e\tprune\texcluded by edit #{excluded.id}: blurry" in left
     return after, repeats_dir
 
 

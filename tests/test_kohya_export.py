@@ -14,17 +14,18 @@ from PIL import Image
 from bakery.craft.bake import kohya_dataset as kohya
 from bakery.craft.caption import tagstats
 from bakery.manifest import TrainImage
+from bakery.recipe.bake import TrainParams
 from storage import ContentStore
 from tests import sd_scripts_schema
 
 
-def _settings(**kw) -> kohya.TrainSettings:
-    base = dict(name="mylora", base_model="/models/sd15.safetensors", sdxl=False, clip_skip=2, network_type="lora",
-                network_dim=32, network_alpha=16.0, conv_dim=16, conv_alpha=8.0, epochs=8, batch_size=2,
-                optimizer="prodigy", learning_rate=1.0, min_snr_gamma=5.0, noise_offset=0.0, ip_noise_gamma=0.0,
-                seed=42, save_every_n_epochs=1, resolution=512, min_bucket_reso=256, max_bucket_reso=1024,
-                bucket_reso_steps=64, triggers=("CharaA", "Outfit1"))
-    return kohya.TrainSettings(**{**base, **kw})
+def _settings(unet_only: bool = False, sdxl: bool = False, **train) -> kohya.TrainSettings:
+    """Export settings over [train] as the recipe model makes it (defaults, then `train`)."""
+    t = TrainParams.model_validate({"base_model": "/models/sd15.safetensors", "batch_size": 2, **train})
+    values = {**t.model_dump(mode="json"), "learning_rate": t.effective_learning_rate,
+              "lr_scheduler": t.effective_lr_scheduler}
+    return kohya.TrainSettings(name="mylora", sdxl=sdxl, resolution=512, min_bucket_reso=256, max_bucket_reso=1024,
+                               bucket_reso_steps=64, train=values, triggers=("CharaA", "Outfit1"), unet_only=unet_only)
 
 
 def test_export_layout_masks_reg_and_configs(tmp_path: Path):
@@ -155,7 +156,8 @@ def test_network_and_optimizer_mapping():
     cfg = kohya.train_network_config(Path("/o"), _settings(network_type="locon", optimizer="adamw", learning_rate=1e-4,
                                                            sdxl=True, base_model=None), False, False)
     assert cfg["network"]["network_args"] == ["conv_dim=16", "conv_alpha=8.0"]
-    assert cfg["optimizer"]["lr_scheduler"] == "cosine_with_restarts" and cfg["optimizer"]["lr_scheduler_num_cycles"] == 1
+    # One restart (the guide's) is two cosine cycles: sd-scripts' lr_scheduler_num_cycles counts cycles.
+    assert cfg["optimizer"]["lr_scheduler"] == "cosine_with_restarts" and cfg["optimizer"]["lr_scheduler_num_cycles"] == 2
     assert "clip_skip" not in cfg["model"] and "prior_loss_weight" not in cfg["training"]
     text = kohya.to_toml(cfg)
     assert "pretrained_model_name_or_path" not in text  # None is left out, the comment tells the user
@@ -234,3 +236,71 @@ def test_a_picture_kept_as_ingested_is_exported_under_its_own_suffix(tmp_path: P
     for name, suffix in (("j", ".jpg"), ("w", ".webp"), ("b", ".bmp")):
         exported = out / "img/1_CharaA" / f"{name}{suffix}"
         assert exported.read_bytes() == store.path(hashes[name]).read_bytes()
+
+
+# -- what the export leaves out, on a real run -------------------------------------------------------
+def _status_rows(output: str) -> dict[str, list[int]]:
+    """`bakery status`'s stage table: stage -> [in, split, out, skipped]."""
+    rows = {}
+    for line in output.splitlines():
+        cells = line.split()
+        if len(cells) >= 6 and cells[1] in ("ran", "cached") and all(c.isdigit() for c in cells[2:6]):
+            rows[cells[0]] = [int(c) for c in cells[2:6]]
+    return rows
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_demo_export_names_what_it_leaves_out_and_agrees_with_status(tmp_path: Path):
+    """The demo through prune: the held-out pictures go to val/ as sd-scripts' validation set, named with every
+    skipped picture on the terminal and in left_out.tsv, and every count is the one `bakery status` shows."""
+    from typer.testing import CliRunner
+
+    from bakery.cli import app
+    from storage import Catalog
+    from tests.review_work import demo_work, run_recipe
+
+    recipe = demo_work(tmp_path / "demo", per_outfit=10)
+    run_id = run_recipe(recipe)
+    dest = tmp_path / "kohya"
+    done = CliRunner().invoke(app, ["export-kohya", str(recipe), str(dest)])
+    assert done.exit_code == 0, done.output
+    status = CliRunner().invoke(app, ["status", str(recipe)])
+    with Catalog.open(recipe.parent / "work", read_only=True) as cat:
+        held = [r for r in cat.validation_pictures(run_id) if r["held_out"]]
+        skips = cat.skips_for(run_id)
+    assert len(held) == 2 and len(skips) == 6  # one of each outfit's 9 (min_group 8); broken files, duplicates
+    rows = _status_rows(status.output)
+    n_in, split, out, skipped = rows["ingest"][0], sum(r[1] for r in rows.values()), rows["prune"][2], \
+        sum(r[3] for r in rows.values())
+    trained = out - len(held)
+    assert f"exported {trained} training pictures of run {run_id}" in done.output
+    assert f"picture account: {n_in} picture(s) in + {split} split (frames) = {trained} exported + {len(held)} " \
+           f"held out + {skipped} skipped" in done.output
+    assert f"skipped ({skipped}):" in status.output and n_in + split == trained + len(held) + skipped
+    pictures = sorted(p.relative_to(dest).as_posix() for p in dest.glob("img/*/*") if p.suffix != ".txt")
+    assert len(pictures) == trained
+    # Named, with why: on the terminal and in the file, one line per picture.
+    table = [line.split("\t") for line in (dest / "left_out.tsv").read_text(encoding="utf-8").splitlines()]
+    assert table[0] == ["picture", "stage", "reason"] and len(table) - 1 == len(held) + skipped
+    for r in held:
+        subject = f"{r['folder']}/{r['name']}"
+        assert [subject, "prune"] in [row[:2] for row in table]
+        assert f"prune: {subject}: held out for validation" in done.output
+        assert (dest / "val" / f"1_{r['folder']}" / f"{r['name']}.png").is_file()
+        assert (dest / "val" / f"1_{r['folder']}" / f"{r['name']}.txt").read_text() == r["caption"]
+        assert not any(p.endswith(f"/{r['name']}.png") for p in pictures)  # never trained on
+    for s in skips:
+        assert [s["subject"], s["stage"], s["reason"]] in table
+        assert f"{s['stage']}: {s['subject']}: {s['reason']}" in done.output
+    # sd-scripts: the second dataset is all validation, and the config passes its check.
+    cfg = tomllib.loads((dest / "train_network.toml").read_text())
+    checked = sd_scripts_schema.check_train_network(dest / "dataset_config.toml", cfg["training"]["masked_loss"])
+    train_set, val_set = checked["datasets"]
+    assert "validation_split" not in train_set and val_set["validation_split"] == 1.0
+    assert sorted(Path(s["image_dir"]).name for s in val_set["subsets"]) == sorted(f"1_{r['folder']}" for r in held)
+    for sub in val_set["subsets"]:  # as our validation loss: the full caption, in order, unflipped
+        assert not {"shuffle_caption", "flip_aug", "caption_dropout_rate"} & set(sub)
+        n = len(list(Path(sub["image_dir"]).glob("*.png")))
+        assert sd_scripts_schema.validation_counts(n, val_set["validation_split"]) == (0, n)
+    flat = {k: v for section in cfg.values() for k, v in section.items()}
+    assert sd_scripts_schema.argument_problems(flat) == []

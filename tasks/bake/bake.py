@@ -113,6 +113,8 @@ def waiting(logger, stage: str, folder: Path, holder: str) -> None:
 def bake(inputs: TrainSet, params_json: str, workdir: str, run_id: str, workers: int | None) -> StageResult:
     data = json.loads(params_json)
     params = TrainParams.model_validate(data["train"])
+    if inputs.unet_only:  # rules.md §10: a style captioned with no tags trains the UNet alone (export-kohya says so too)
+        params = params.model_copy(update={"train_text_encoder": False})
     buckets = BucketParams.model_validate(data["buckets"])
     name = data["name"]
     run = RunInfo(run_id, workdir, workers)
