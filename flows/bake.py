@@ -58,9 +58,9 @@ from tasks.stage import (
     end_run,
     forget_run,
     replaying,
-    run_logger,
     run_stage,
     skip_stage,
+    warn_stage,
 )
 from tasks.sweep import heartbeat, record_variant
 from tasks.taste.evaluate import EVALUATE
@@ -205,10 +205,10 @@ def shared_stages(recipe: Recipe, run: RunInfo, trainset: TrainSet, plan: Plan) 
         trainset = regularise(recipe, run, trainset, plan.refreshes(REGULARISATION.name))
     if recipe.train.base_model is None:
         if BAKE.name in plan.stages:
-            run_logger().warning(
-                "bake: not run, no base model: set [train] base_model (a .safetensors checkpoint, "
+            warn_stage(run, BAKE.name, [
+                "not run, no base model: set [train] base_model (a .safetensors checkpoint, "
                 "a diffusers folder, a hub id, or \"tiny\" for the test model)"
-            )
+            ])
     elif TRIGGER_CHECK.name in plan.stages:  # is each trigger free on the base model? (rules.md §10, §13)
         check_triggers(recipe, run, trainset.triggers, plan.refreshes(TRIGGER_CHECK.name))
     return trainset
@@ -252,8 +252,8 @@ def bake_pictures(recipe_path: str, recipe: Recipe, run: RunInfo, plan: Plan, va
 def slide_and_taste(recipe: Recipe, run: RunInfo, plan: Plan) -> None:
     """A [slider] recipe: slide -> the slider taste (as evaluate), in place of prepare, caption and bake."""
     if recipe.sources or recipe.concepts:
-        run_logger().warning("slide: a [slider] recipe trains from prompts alone: its sources and concepts "
-                                 "are not read (remove them, or the [slider] section for a picture LoRA)")
+        warn_stage(run, SLIDE.name, ["a [slider] recipe trains from prompts alone: its sources and concepts "
+                                     "are not read (remove them, or the [slider] section for a picture LoRA)"])
     if recipe.train.base_model is None:
         skip_stage(run, SLIDE.name, "no base model to slide: set [train] base_model")
         return
