@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 from bakery.cli import app
 from bakery.review import create_app
 from storage import Catalog
+from tasks.report import run_summary_markdown
+from tasks.stage import RunInfo
 from tests.conftest import write_recipe
 from tests.images import gradient
 from tests.review_work import Served
@@ -91,6 +93,9 @@ def test_the_guides_warnings_are_recorded_listed_and_shown_and_a_cached_run_keep
     assert "prune: Outfit1: 3 images; an outfit needs >= 8" in out.output and "CharaA/chara/p0: caption is" in out.output
     every = CliRunner().invoke(app, ["status", str(recipe), "--warnings"])
     assert all(m[:60] in every.output for _, m in warned), every.output
+    summary = run_summary_markdown(RunInfo(replayed, str(work)))  # the run's dashboard artifact
+    assert f"## Warnings ({len(warned)}: prune {len(prune)}, bake 1)" in summary
+    assert "- **prune**: Outfit1: 3 images; an outfit needs >= 8" in summary
 
     with Served(create_app(recipe)) as served:
         decisions = httpx.get(served.url + "/decisions", timeout=30).text
