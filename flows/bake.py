@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from bakery.craft.edits import Edit, crop_boxes, keep_list, resolve_boxes
+from bakery.craft.edits import Edit, crop_boxes, keep_list, left_out, resolve_boxes
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet
 from bakery.recipe import Recipe
 from bakery.stage_params import (
@@ -134,6 +134,8 @@ def prepare(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[s
         if stage is BUCKETS:
             faces = framed.keep_boxes if framed is not None and recipe.crops.keep_faces else {}
             edited = resolve_boxes(crop_boxes(edits), {r.name: r.hash for r in images})  # by picture name: these win
+            if missed := left_out(edits, stage.name, {r.name: r.hash for r in images}):
+                warn_stage(run, stage.name, missed)
             params[stage.name] = buckets_params_json(recipe, {**faces, **edited})
         images = run_stage(stage, images, params[stage.name], run, stage.name in refresh).images
     return images, framed

@@ -113,3 +113,17 @@ def test_the_guides_warnings_are_recorded_listed_and_shown_and_a_cached_run_keep
         for run_id in (first, again, replayed):
             block = runs[runs.index(f'data-run="{run_id}"'):]
             assert f"{len(warned)} warning(s)" in block[:block.index("</details>")]
+
+
+def test_a_crop_edit_whose_picture_is_gone_is_a_warning_of_the_buckets_stage(tmp_path: Path):
+    from bakery.edits import add_edit
+    from flows.bake import bake_lora
+
+    _dataset(tmp_path / "images")
+    recipe = write_recipe(tmp_path, RECIPE)
+    work = tmp_path / "work"
+    bake_lora(str(recipe))
+    edit = add_edit(work, "crop", "chara/p5", {"keep": [0, 0, 0.5, 1]}, "her face")
+    (tmp_path / "images/chara/p5.png").unlink()  # the picture the edit names leaves the set
+    again = bake_lora(str(recipe))
+    assert ("buckets", f"edit #{edit.id} (crop) left out: no picture 'chara/p5' here") in _warnings(work, again)
