@@ -127,3 +127,26 @@ def test_a_crop_edit_whose_picture_is_gone_is_a_warning_of_the_buckets_stage(tmp
     (tmp_path / "images/chara/p5.png").unlink()  # the picture the edit names leaves the set
     again = bake_lora(str(recipe))
     assert ("buckets", f"edit #{edit.id} (crop) left out: no picture 'chara/p5' here") in _warnings(work, again)
+
+
+def test_status_lines_show_the_first_few_of_each_stage_and_say_how_many_more():
+    from bakery.report import warning_counts, warning_lines
+
+    warned = [{"stage": "prune", "message": f"w{i}"} for i in range(5)] + [{"stage": "bake", "message": "b"}]
+    assert warning_counts(warned) == "prune 5, bake 1"
+    assert warning_lines(warned, 3, more="all: X") == [
+        "prune: w0", "prune: w1", "prune: w2", "prune: ... and 2 more (all: X)", "bake: b"]
+    assert len(warning_lines(warned, None)) == 6
+
+
+def test_a_warning_names_a_picture_only_as_a_whole():
+    from bakery.review import views
+
+    card = views.Card("chara/p1", "chara_p1", "CharaA", 1, "0" * 64, None, "", [], [])
+    said = lambda *messages: [w["message"] for w in views.picture_warnings(  # noqa: E731
+        [{"stage": "s", "message": m} for m in messages], card, folder_too=True)]
+    assert said("CharaA/chara/p1: caption is 2000 bytes", "2 of 9 masks rejected: chara/p0, chara/p1 and 1 more",
+                "file chara_p1.", "CharaA: 3 images") == [
+        "CharaA/chara/p1: caption is 2000 bytes", "2 of 9 masks rejected: chara/p0, chara/p1 and 1 more",
+        "file chara_p1.", "CharaA: 3 images"]
+    assert said("chara/p10: long", "x/chara/p1: long", "Outfit1: 3 images", "chara/p1x") == []
