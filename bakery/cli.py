@@ -10,7 +10,16 @@ from typing import NoReturn, Optional
 import typer
 
 from bakery.recipe import Recipe, RecipeError, load_recipe, starter_recipe_text
-from bakery.report import framing_lines, short_error, skip_summary, stage_notes, text_table, upscale_line
+from bakery.report import (
+    framing_lines,
+    short_error,
+    skip_summary,
+    stage_notes,
+    text_table,
+    upscale_line,
+    warning_counts,
+    warning_lines,
+)
 from bakery.stages import PlanError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LoRA Bakery: bake Stable Diffusion LoRAs from a recipe.")
@@ -58,7 +67,11 @@ def _run_log(recipe: Recipe, run_id: str) -> str | None:
     return str(path) if path.is_file() else None
 
 
-def _print_run(recipe: Recipe, run_id: str | None = None) -> None:
+WARNINGS_SHOWN = 3  # per stage, by `bakery status` and after a run (`--warnings`: all)
+
+
+def _print_run(recipe: Recipe, run_id: str | None = None, all_warnings: bool = False,
+               recipe_path: Path | None = None) -> None:
     from storage import Catalog
 
     with Catalog.open(recipe.workdir, read_only=True) as cat:
@@ -90,12 +103,11 @@ def _print_run(recipe: Recipe, run_id: str | None = None) -> None:
         typer.echo(f"\nskipped ({len(skips)}):")
         for line in skip_summary(skips, log=log):
             typer.echo(f"  {line}")
-    if warnings:
-        typer.echo(f"\nwarnings ({len(warnings)}):")
-        for w in warnings[:10]:
-            typer.echo(f"  {short_error(w['stage'] + ': ' + w['message'])}")
-        if len(warnings) > 10:
-            typer.echo(f"  ... and {len(warnings) - 10} more (all in the catalog's stage_warnings table)")
+    if warnings:  # the first few of each stage; every one with --warnings, in the studio and the catalog
+        typer.echo(f"\nwarnings ({len(warnings)}): {warning_counts(warnings)}")
+        for line in warning_lines(warnings, None if all_warnings else WARNINGS_SHOWN,
+                                  more=f"all: bakery status {recipe_path or 'RECIPE'} --warnings"):
+            typer.echo(f"  {line}")
     if variants:
         typer.echo(f"\nsweep ({len(variants)} variants):")
         for v in variants:
@@ -142,14 +154,14 @@ def execute(
         # Every stage cached and no server configured: no temporary server to start (it is most of the time).
         if not configured_api() and (run_id := replay_cached(path, from_stage, only_stage, to_stage)):
             typer.echo("every stage cached: recorded in the catalog without a Prefect run (no server configured)")
-            _print_run(recipe, run_id)
+            _print_run(recipe, run_id, recipe_path=recipe_path)
             return run_id
         with prefect_api(recipe.workdir / "logs"), short_console():
             try:
                 run_id = bake_lora(path, from_stage, only_stage, to_stage)
             except Exception as exc:  # one line here; the run's log file holds the details
                 fail(f"run failed: {_failure(recipe, recipe_path, exc)}")
-    _print_run(recipe, run_id)
+    _print_run(recipe, run_id, recipe_path=recipe_path)
     return run_id
 
 
@@ -189,12 +201,16 @@ def run(
 
 
 @app.command()
-def status(recipe: Path = typer.Argument(..., help="Recipe TOML file.")) -> None:
-    """The last run: each stage ran/cached/failed, its picture account (in + split = out + skipped), time; skips, warnings."""
+def status(
+    recipe: Path = typer.Argument(..., help="Recipe TOML file."),
+    warnings: bool = typer.Option(False, "--warnings", help="List every warning of the run, not the first few."),
+) -> None:
+    """The last run: each stage ran/cached/failed, its picture account (in + split = out + skipped), time; skips,
+    warnings (their count per stage and the first few of each)."""
     cfg = _load(recipe)
     if not (cfg.workdir / "catalog.duckdb").exists():
         fail(f"no runs yet: {cfg.workdir} has no catalog (run: bakery run {recipe})")
-    _print_run(cfg)
+    _print_run(cfg, all_warnings=warnings, recipe_path=recipe)
 
 
 @app.command()

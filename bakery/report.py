@@ -104,6 +104,31 @@ def framing_lines(workdir: str | Path, stages: list[dict[str, Any]]) -> list[str
     return lines
 
 
+def warnings_by_stage(warnings: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """A run's warnings grouped by stage, stages in the order they first warned (the chain's)."""
+    out: dict[str, list[str]] = {}
+    for w in warnings:
+        out.setdefault(w["stage"], []).append(w["message"])
+    return out
+
+
+def warning_counts(warnings: Sequence[dict[str, Any]]) -> str:
+    """`prune 5, buckets 1`: how many warnings each stage gave."""
+    return ", ".join(f"{stage} {len(msgs)}" for stage, msgs in warnings_by_stage(warnings).items())
+
+
+def warning_lines(warnings: Sequence[dict[str, Any]], per_stage: int | None = 3, more: str = "") -> list[str]:
+    """One short line per warning, the first `per_stage` of each stage (None: all), then how many more and
+    where they all are (`more`)."""
+    lines = []
+    for stage, messages in warnings_by_stage(warnings).items():
+        shown = messages if per_stage is None else messages[:per_stage]
+        lines += [short_error(f"{stage}: {m}") for m in shown]
+        if len(messages) > len(shown):
+            lines.append(f"{stage}: ... and {len(messages) - len(shown)} more{f' ({more})' if more else ''}")
+    return lines
+
+
 def stage_notes(stages: list[dict[str, Any]]) -> list[str]:
     """Why a stage failed or was skipped (its catalog message), one short line each."""
     return [f"{s['stage']} {s['status']}: {short_error(s['message'])}" for s in stages if s.get("message")]
@@ -127,6 +152,9 @@ def markdown_summary(
         if len(counted) > reasons:
             out.append(f"- ... and {len(counted) - reasons} more reasons{_all_in(log)}")
     if warnings:
-        out += ["", f"## Warnings ({len(warnings)})", ""]
-        out += [f"- **{w['stage']}**: {short_error(w['message'])}" for w in warnings]
+        out += ["", f"## Warnings ({len(warnings)}: {warning_counts(warnings)})", ""]
+        for stage, messages in warnings_by_stage(warnings).items():
+            out += [f"- **{stage}**: {short_error(m)}" for m in messages[:reasons]]
+            if len(messages) > reasons:
+                out.append(f"- **{stage}**: ... and {len(messages) - reasons} more (`bakery status RECIPE --warnings`)")
     return "\n".join(out) + "\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from bakery.craft.edits import Edit, crop_boxes, keep_list, resolve_boxes
+from bakery.craft.edits import Edit, crop_boxes, keep_list, left_out, resolve_boxes
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet
 from bakery.recipe import Recipe
 from bakery.stage_params import (
@@ -58,9 +58,9 @@ from tasks.stage import (
     end_run,
     forget_run,
     replaying,
-    run_logger,
     run_stage,
     skip_stage,
+    warn_stage,
 )
 from tasks.sweep import heartbeat, record_variant
 from tasks.taste.evaluate import EVALUATE
@@ -134,6 +134,8 @@ def prepare(recipe: Recipe, run: RunInfo, images: list[ImageRef], stages: list[s
         if stage is BUCKETS:
             faces = framed.keep_boxes if framed is not None and recipe.crops.keep_faces else {}
             edited = resolve_boxes(crop_boxes(edits), {r.name: r.hash for r in images})  # by picture name: these win
+            if missed := left_out(edits, stage.name, {r.name: r.hash for r in images}):
+                warn_stage(run, stage.name, missed)
             params[stage.name] = buckets_params_json(recipe, {**faces, **edited})
         images = run_stage(stage, images, params[stage.name], run, stage.name in refresh).images
     return images, framed
@@ -205,10 +207,10 @@ def shared_stages(recipe: Recipe, run: RunInfo, trainset: TrainSet, plan: Plan) 
         trainset = regularise(recipe, run, trainset, plan.refreshes(REGULARISATION.name))
     if recipe.train.base_model is None:
         if BAKE.name in plan.stages:
-            run_logger().warning(
-                "bake: not run, no base model: set [train] base_model (a .safetensors checkpoint, "
+            warn_stage(run, BAKE.name, [
+                "not run, no base model: set [train] base_model (a .safetensors checkpoint, "
                 "a diffusers folder, a hub id, or \"tiny\" for the test model)"
-            )
+            ])
     elif TRIGGER_CHECK.name in plan.stages:  # is each trigger free on the base model? (rules.md §10, §13)
         check_triggers(recipe, run, trainset.triggers, plan.refreshes(TRIGGER_CHECK.name))
     return trainset
@@ -252,8 +254,8 @@ def bake_pictures(recipe_path: str, recipe: Recipe, run: RunInfo, plan: Plan, va
 def slide_and_taste(recipe: Recipe, run: RunInfo, plan: Plan) -> None:
     """A [slider] recipe: slide -> the slider taste (as evaluate), in place of prepare, caption and bake."""
     if recipe.sources or recipe.concepts:
-        run_logger().warning("slide: a [slider] recipe trains from prompts alone: its sources and concepts "
-                                 "are not read (remove them, or the [slider] section for a picture LoRA)")
+        warn_stage(run, SLIDE.name, ["a [slider] recipe trains from prompts alone: its sources and concepts "
+                                     "are not read (remove them, or the [slider] section for a picture LoRA)"])
     if recipe.train.base_model is None:
         skip_stage(run, SLIDE.name, "no base model to slide: set [train] base_model")
         return

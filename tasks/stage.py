@@ -115,6 +115,15 @@ def skip_stage(run: RunInfo, stage: str, note: str, n_in: int | None = None) -> 
         cat.record_stage(run.run_id, stage, status="skipped", n_in=n_in, duration_s=0.0, message=note)
 
 
+def warn_stage(run: RunInfo, stage: str, messages: list[str]) -> None:
+    """Warnings the flow finds about a stage outside its result (the recipe asks for what the stage cannot do):
+    recorded with the run as a stage's own are (`bakery status`, the run summary, the studio), and logged."""
+    with Catalog.open(run.catalog) as cat:
+        cat.add_stage_warnings(run.run_id, stage, messages)
+    for w in messages:
+        run_logger().warning("%s: %s", stage, w)
+
+
 @functools.cache
 def _result_format() -> str:
     # Read once per process (it hashes two modules' source). What every stage returns and how per-image work names its outputs: part of every cache key.

@@ -111,6 +111,7 @@ def test_evaluate_in_a_prefect_run(baked, tmp_path):
     with Catalog.open(work, read_only=True) as cat:
         ev = cat.evaluation(bake_key="bake-abc")
         assert cat.rows("SELECT status FROM stage_runs WHERE run_id = 'run1'") == [{"status": "ran"}]
+        warned = cat.stage_warnings("run1")
     # Loss falls to epoch 2 then rises; epoch 2 changes the image and does not fry: recommended.
     assert ev["recommended_epoch"] == 2 and ev["loss_shape"] == "falling_then_rising"
     assert ev["recommended_file"] == bake.files[2]
@@ -120,6 +121,7 @@ def test_evaluate_in_a_prefect_run(baked, tmp_path):
     assert epochs[1]["does_nothing"] and epochs[1]["effect"] == 0.0
     assert not epochs[2]["does_nothing"] and not epochs[3]["does_nothing"]
     assert any(f.startswith("epoch 1: LoRA does nothing") and "empty or missing captions" in f for f in ev["flags"])
+    assert warned == [{"stage": "evaluate", "message": f} for f in ev["flags"]]  # the guide's alarms, with the run
     assert epochs[2]["loss_mean"] == pytest.approx(0.15)
     # Likeness with the configured embedding model, for every epoch x weight.
     assert ev["likeness_method"] == "embedding:clip_vision_model"

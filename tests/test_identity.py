@@ -155,7 +155,7 @@ def test_same_stem_pictures_all_reach_the_kohya_export(tmp_path: Path):
     assert status.exit_code == 0, status.output
     header = next(line for line in status.output.splitlines() if line.startswith("stage"))
     assert header.split() == ["stage", "status", "in", "+split", "out", "skipped", "account", "processed", "time"]
-    assert "warnings (4):" in status.output
+    assert "warnings (5): ingest 4, bake 1" in status.output  # the shared sidecars; no base model: no bake
 
 
 @pytest.mark.usefixtures("prefect_server")

@@ -213,6 +213,10 @@ def test_masks_from_the_real_model_are_stored_checked_and_reused(tmp_path: Path,
         qa = cat.mask_qa_for("r3")
     assert [q["accepted"] for q in qa] == [False, False] and all(q["mask_hash"] for q in qa)
     assert all(q["reason"].startswith(("nearly full", "all black")) for q in qa), qa
+    with Catalog.open(work, read_only=True) as cat:
+        warned = [(w["stage"], w["message"]) for w in cat.stage_warnings("r3")]
+    assert warned == [("masks", "2 of 2 masks rejected; those images train without masked loss: "
+                                f"{', '.join(sorted(r.name for r in refs))}")]
 
     # One new image: only that one goes through the model.
     refs += put_images(store, {"c": gradient(72, 72, seed=3)})

@@ -236,12 +236,17 @@ def test_too_small_skipped_by_default_kept_on_request_and_panoramas_flagged(tmp_
     assert assignment["pano"]["aspect_out_of_range"] and assignment["pano"]["kohya_crop_share"] == 0.7333
     assert (assignment["pano"]["kohya_bucket"], assignment["pano"]["kohya_resized"]) == ([1024, 256], [3840, 256])
     assert not assignment["pic"]["aspect_out_of_range"] and "thumb" not in assignment
+    aspect = ("buckets", "1 picture(s) with an aspect ratio outside the buckets' range (pano); kohya's centre crop "
+              "throws away up to 73% (pano): see reports/buckets.md")
+    with Catalog.open(work, read_only=True) as cat:
+        assert [(w["stage"], w["message"]) for w in cat.stage_warnings(first)] == [aspect]
 
     # Unchanged: cached, and the skip is recorded for this run too.
     second = bake(recipe)
     assert set(status(work, second).values()) == {"cached"}
     with Catalog.open(work, read_only=True) as cat:
         assert [s["subject"] for s in cat.skips_for(second) if s["stage"] == "upscale"] == ["thumb"]
+        assert [(w["stage"], w["message"]) for w in cat.stage_warnings(second)] == [aspect]  # and its warning
 
     # Kept by name: only the thumbnail is upscaled now, the others come from the catalog.
     write_recipe(tmp_path, '\n[upscale]\nkeep_small = ["thumb"]\n', thumbnails=False)

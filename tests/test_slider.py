@@ -260,7 +260,11 @@ def test_slider_recipe_without_a_base_model_skips_the_slide_naming_the_key(tmp_p
     run_id = bake_lora(str(recipe))
     with Catalog.open(tmp_path / "work" / "catalog.duckdb", read_only=True) as cat:
         slide = {s["stage"]: s for s in cat.stage_table(run_id)}["slide"]
+        warned = cat.stage_warnings(run_id)
     assert slide["status"] == "skipped" and "set [train] base_model" in slide["message"]
+    # write_recipe gives it a folder source: unread by a slider, said with the run (not only in its log)
+    assert [(w["stage"], w["message"].split(":")[0]) for w in warned] == [
+        ("slide", "a [slider] recipe trains from prompts alone")]
     assert load_recipe(recipe).slider.target == "skirt"
 
 

@@ -212,6 +212,13 @@ def crop_boxes(edits: Sequence[Edit]) -> dict[str, list[float]]:
     return {e.target: list(e.payload["keep"]) for e in concerning(edits, "buckets")}
 
 
+def left_out(edits: Sequence[Edit], stage: str, pictures: Mapping[str, str]) -> list[str]:
+    """A stage's edits that name no picture it sees (name -> hash), as warnings (the prune stage's wording)."""
+    aliases = resolver(pictures)
+    return [f"edit #{e.id} ({e.kind}) left out: no picture {e.target!r} here"
+            for e in concerning(edits, stage) if resolve(e.target, aliases) is None]
+
+
 def resolve_boxes(boxes: Mapping[str, list[float]], pictures: Mapping[str, str]) -> dict[str, list[float]]:
     """The crop edits' boxes by the picture names a stage sees (name -> hash); boxes naming nothing are left out."""
     aliases = resolver(pictures)

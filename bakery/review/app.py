@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from bakery.craft.caption import tagstats
 from bakery.recipe import Recipe, load_recipe
+from bakery.report import warning_counts
 from bakery.review import data, edit_forms, files, thumbs, views
 from bakery.review.views import StudioError
 
@@ -91,6 +92,7 @@ def _pages(app: FastAPI) -> None:
         sources = data.source_tags(st.workdir, st.recipe, [c.hash for c in shown.items])
         views.fill_dropped(ds.cards, shown.items, sources, data.active_edits(st.workdir))
         return page(request, "dataset.html", run_id=ds.run_id, f=f, shown=shown, total=len(ds.cards),
+                    warnings=ds.warnings,
                     folders=views.folder_counts(ds.cards), flags=views.flag_counts(in_folder),
                     tags=views.tag_counts(in_folder), titles=views.FLAG_TITLES)
 
@@ -99,7 +101,8 @@ def _pages(app: FastAPI) -> None:
         st = request.app.state
         if not views.HASH.match(sha256):
             raise StudioError(400, "picture: give its 64-digit sha256")
-        everything = data.load_dataset(st.workdir, st.recipe).cards
+        ds = data.load_dataset(st.workdir, st.recipe)
+        everything = ds.cards
         cards = [c for c in everything if c.hash == sha256]
         if not cards:
             raise StudioError(404, f"picture {sha256[:12]} is not in the last training set")
@@ -108,13 +111,19 @@ def _pages(app: FastAPI) -> None:
         chain = data.provenance(st.workdir, sha256)
         folders = [f for c in st.recipe.concepts for f in [c.name, *(o.name for o in c.outfits)]]
         edits = edit_forms.naming(st.workdir, cards[0].name, sha256)
-        return page(request, "picture.html", cards=cards, card=cards[0], chain=chain, folders=folders, edits=edits)
+        warned = [w for w in ds.warnings if any(views.picture_warnings([w], c, folder_too=True) for c in cards)]
+        return page(request, "picture.html", cards=cards, card=cards[0], chain=chain, folders=folders, edits=edits,
+                    warnings=warned, run_id=ds.run_id)
 
 
 def _decisions_and_runs(app: FastAPI) -> None:
     @app.get("/decisions", response_class=HTMLResponse)
     def decisions(request: Request) -> HTMLResponse:
-        return page(request, "decisions.html", **data.load_decisions(request.app.state.workdir))
+        st = request.app.state
+        found = data.load_decisions(st.workdir)
+        cards = data.load_dataset(st.workdir, st.recipe).cards  # the pictures a warning names link to their page
+        return page(request, "decisions.html", warned=views.warning_rows(found["warnings"], cards),
+                    counts=warning_counts(found["warnings"]), **found)
 
     @app.get("/runs", response_class=HTMLResponse)
     def runs(request: Request) -> HTMLResponse:

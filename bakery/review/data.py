@@ -12,7 +12,7 @@ import json
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import duckdb
@@ -67,6 +67,7 @@ def triggers_of(recipe: Recipe) -> list[str]:
 class Dataset:
     run_id: str | None
     cards: list[views.Card]
+    warnings: list[dict] = field(default_factory=list)  # the stage warnings of the run that built the set
 
 
 _CACHE: dict = {}  # what was read at one state of the catalog and reports: {"stamp", "dataset", "sources", "edits"}
@@ -100,7 +101,7 @@ def load_dataset(workdir: Path, recipe: Recipe) -> Dataset:
         if cache["dataset"] is None:
             cache["dataset"] = _read_dataset(workdir, recipe)
         ds = cache["dataset"]
-    return Dataset(ds.run_id, [replace(c) for c in ds.cards])
+    return Dataset(ds.run_id, [replace(c, flags=dict(c.flags)) for c in ds.cards], list(ds.warnings))
 
 
 def _read_dataset(workdir: Path, recipe: Recipe) -> Dataset:
@@ -116,6 +117,7 @@ def _read_dataset(workdir: Path, recipe: Recipe) -> Dataset:
         qa = {r["image_hash"]: r for r in cat.latest_mask_qa()}
         counts = cat.tag_post_counts(None)
         decided = views.decision_flags(cat.caption_decisions(runs[0]))
+        warnings = cat.stage_warnings(runs[0])
     buckets = read_report(workdir, "reports/buckets.json") or {}
     upscaled = {u["name"]: u["factor"] for u in (read_report(workdir, "reports/upscale.json") or {}).get("upscaled", [])}
     triggers, caps = triggers_of(recipe), recipe.captions
@@ -128,7 +130,8 @@ def _read_dataset(workdir: Path, recipe: Recipe) -> Dataset:
                                       upscaled.get(name), qa.get(r["image_hash"]), counts, caps.rare_tag_posts,
                                       caps.warn_caption_bytes, held=is_held))
         cards[-1].flags.update(decided.get(r["image_hash"], {}))
-    return Dataset(runs[0], sorted(cards, key=lambda c: (c.folder, c.name)))
+        views.warned_flag(cards[-1], warnings)
+    return Dataset(runs[0], sorted(cards, key=lambda c: (c.folder, c.name)), warnings)
 
 
 def active_edits(workdir: Path) -> list:
@@ -182,17 +185,19 @@ def provenance(workdir: Path, sha256: str) -> dict:
 
 
 def load_decisions(workdir: Path) -> dict:
-    """The last run's skips, the near-duplicate groups with the copy kept, the masks QA rejected, the screening's
-    and special tags' decisions (rules.md §3, §10)."""
+    """The last run's skips and warnings, the near-duplicate groups with the copy kept, the masks QA rejected,
+    the screening's and special tags' decisions (rules.md §3, §10)."""
     with reading(workdir) as cat:
         run = cat.last_run()
         skips = cat.skips_for(run["run_id"]) if run else []
+        warnings = cat.stage_warnings(run["run_id"]) if run else []
         screening = cat.caption_decisions()
         dupes = cat.near_duplicates()
         rejected = [r for r in cat.latest_mask_qa() if not r["accepted"]]
         names = cat.picture_names(sorted({h for d in dupes for h in (d["image_hash"], d["kept_hash"])}
                                          | {r["image_hash"] for r in rejected}))
-    return {"run": run, "skips": skips, "groups": views.duplicate_groups(dupes, names), "screening": screening,
+    return {"run": run, "skips": skips, "warnings": warnings, "groups": views.duplicate_groups(dupes, names),
+            "screening": screening,
             "rejected": [{**r, "name": names.get(r["image_hash"], "")} for r in rejected]}
 
 
@@ -201,7 +206,8 @@ def load_runs(workdir: Path, recipe_path: str) -> dict:
     with reading(workdir) as cat:
         runs = cat.runs_of(recipe_path) or cat.runs_of(None)
         stages = {r["run_id"]: cat.stage_table(r["run_id"]) for r in runs}
-        return {"runs": runs, "stages": stages, "tag_runs": cat.runs_with("tag_stats"),
+        warnings = {r["run_id"]: cat.stage_warnings(r["run_id"]) for r in runs}
+        return {"runs": runs, "stages": stages, "warnings": warnings, "tag_runs": cat.runs_with("tag_stats"),
                 "evaluations": cat.evaluation_reports()}
 
 

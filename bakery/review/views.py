@@ -19,9 +19,10 @@ from bakery.craft.caption.tags import normalize_tag
 from bakery.craft.prepare.buckets import BucketChoice, keep_crop_box
 
 PER_PAGE = 60
-FLAGS = ("rare", "long", "small", "mask", "held_out", "screen", "special")
+FLAGS = ("rare", "long", "small", "mask", "held_out", "screen", "special", "warned")
 FLAG_TITLES = {"rare": "rare tags", "long": "long caption", "small": "too small", "mask": "mask QA",
-               "held_out": "held out", "screen": "screened (rules.md §3)", "special": "special tags (rules.md §10)"}
+               "held_out": "held out", "screen": "screened (rules.md §3)", "special": "special tags (rules.md §10)",
+               "warned": "run warnings"}
 HASH = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -194,6 +195,35 @@ def build_card(row: Mapping, name: str, triggers: Sequence[str], size: tuple[int
     if held:
         card.flags["held_out"] = "held out for the validation loss: never trained on"
     return card
+
+
+def names(message: str, name: str) -> bool:
+    """Whether a warning names `name` as a whole (`chara/img1` is not named by `chara/img10` nor by `x/chara/img1`)."""
+    return re.search(r"(?:^|[\s(,'\"])" + re.escape(name) + r"(?=$|[\s),:;'\"]|\.(?:\s|$))", message) is not None
+
+
+def picture_warnings(warnings: Sequence[Mapping], card: Card, folder_too: bool = False) -> list[Mapping]:
+    """The run's warnings that name this picture (by its name, its folder/name or its kohya file name), and with
+    `folder_too` those about its whole folder (`red_dress: 5 images; an outfit needs >= 8 ...`)."""
+    own = {card.name, f"{card.folder}/{card.name}", card.file, f"{card.folder}/{card.file}"}
+    return [w for w in warnings
+            if any(names(w["message"], n) for n in own) or (folder_too and w["message"].startswith(card.folder + ":"))]
+
+
+def warning_rows(warnings: Sequence[Mapping], cards: Sequence[Card]) -> list[dict]:
+    """Each warning with the pictures of the training set it names (name, hash), for links to their pages."""
+    rows = []
+    for w in warnings:
+        named = {c.name: c.hash for c in cards if c.name in w["message"] or c.file in w["message"]}  # cheap first
+        shown = [(c.name, c.hash) for c in cards if c.name in named and picture_warnings([w], c)]
+        rows.append({"stage": w["stage"], "message": w["message"], "pictures": list(dict.fromkeys(shown))})
+    return rows
+
+
+def warned_flag(card: Card, warnings: Sequence[Mapping]) -> None:
+    """The card's `warned` flag: the warnings of its run that name it."""
+    if named := picture_warnings(warnings, card):
+        card.flags["warned"] = "; ".join(f"{w['stage']}: {w['message']}" for w in named)
 
 
 @dataclass(frozen=True)

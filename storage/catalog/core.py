@@ -271,7 +271,12 @@ class CatalogCore:
         self._insert("stage_runs", [{"run_id": run_id, "stage": stage, "started_at": now(), **fields}], verb="INSERT OR REPLACE")
 
     def add_stage_warnings(self, run_id: str, stage: str, messages: Iterable[str]) -> int:
-        return self._insert("stage_warnings", [{"run_id": run_id, "stage": stage, "message": m} for m in messages],
+        """A stage's warnings for this run; one it already holds is not added again (a stage the run ran twice,
+        e.g. again because its cached output was deleted, warns once)."""
+        held = {r["message"] for r in self.rows(
+            "SELECT message FROM stage_warnings WHERE run_id = ? AND stage = ?", [run_id, stage])}
+        fresh = [m for m in dict.fromkeys(messages) if m not in held]
+        return self._insert("stage_warnings", [{"run_id": run_id, "stage": stage, "message": m} for m in fresh],
                             verb="INSERT")
 
     def add_skips(self, run_id: str, stage: str, skips: Iterable[tuple[str, str]]) -> int:

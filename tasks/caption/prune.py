@@ -84,9 +84,11 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
         raise
     _write(run, built)
     by_name = {r.name: r for r in images}
+    # The guide's checks (outfits under 8 pictures, step caps, long captions, rare tags...) go with the result:
+    # recorded with every run, cached ones too (tasks/stage.py).
     return StageResult(images=[by_name[n] for n in built.trained], skips=built.skips, n_in=len(images),
                        n_processed=len(built.captions), payload=built.trainset,
-                       warnings=screening_warnings(built.decisions))
+                       warnings=[*built.trainset.warnings, *screening_warnings(built.decisions)])
 
 
 
@@ -106,7 +108,8 @@ def repeat_settings(cfg: dict) -> craft.RepeatSettings:
 
 
 def _write(run: RunInfo, built: craft.TrainSetBuild) -> None:
-    """The set and its tag counts into the catalog; the repeats and warnings in the log and as artifacts."""
+    """The set and its tag counts into the catalog; the repeats in the log and as artifacts (the warnings: the
+    stage's result)."""
     plan, train_images = built.plan, built.trainset.images
     with Catalog.open(run.catalog) as cat:
         cat.add_tag_stats(run.run_id, built.stats)
@@ -124,8 +127,6 @@ def _write(run: RunInfo, built: craft.TrainSetBuild) -> None:
     )
     if built.holdout.chosen:
         logger.info("prune: %s", holdout_craft.note(built.holdout))
-    for w in built.trainset.warnings:
-        logger.warning("prune: %s", w)
     create_table_artifact(table=plan.table(), key="repeats", description=(
         f"Repeats per folder (multiplier {plan.multiplier:.3g}); total {plan.total_steps} steps over "
         f"{plan.epochs} epochs before batch size" + ("".join(f"\n- {w}" for w in plan.warnings))))

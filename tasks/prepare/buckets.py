@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 import tasks.prepare.workers as prep
@@ -15,6 +15,7 @@ from bakery.craft.prepare import bucket_report as craft
 from bakery.craft.prepare import buckets as kohya
 from bakery.manifest import ImageRef, Skip, StageResult
 from bakery.recipe import BucketParams, stage_params_json
+from bakery.report import name_list
 from storage import Catalog
 from tasks import caching
 from tasks.stage import RunInfo, Stage, derive_per_image
@@ -59,7 +60,17 @@ def buckets(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str,
     made, n_cut, cut_skips = _cut_to_buckets(run, [by_name[n] for n in cut], cut, known, data)
     _write_report(run, rep, params, keep_boxes, {n for n in cut if cut[n][1] != cut[n][0].crop_box})
     return StageResult(images=sorted(kept + made), skips=skips + cut_skips, n_in=len(inputs),
-                       n_processed=len(kept) + n_cut)
+                       n_processed=len(kept) + n_cut, warnings=aspect_warnings(rep))
+
+
+def aspect_warnings(rep: craft.BucketReport) -> list[str]:
+    """Pictures whose aspect ratio no bucket holds: kohya's centre crop cuts them (rules.md §7)."""
+    if not rep.out_of_range:
+        return []
+    worst = rep.out_of_range[0]
+    return [f"{len(rep.out_of_range)} picture(s) with an aspect ratio outside the buckets' range "
+            f"({name_list([p.name for p in rep.out_of_range])}); kohya's centre crop throws away up to "
+            f"{100 * craft.crop_share(worst.choice):.0f}% ({worst.name}): see {REPORT}"]
 
 
 def _cut_to_buckets(run: RunInfo, refs: list[ImageRef], cut: dict, known: dict, params: dict
@@ -102,11 +113,6 @@ def _write_report(run: RunInfo, rep: craft.BucketReport, params: BucketParams, k
                  **({"keep_box": keep_boxes[p.name]} if p.name in keep_boxes else {})}
         for p in rep.placed
     }
-    if flagged:
-        worst = rep.out_of_range[0]
-        get_run_logger().warning(
-            "buckets: %d picture(s) with an aspect ratio outside the buckets' range; kohya's centre crop throws "
-            "away up to %.0f%% (%s): see %s", len(flagged), 100 * craft.crop_share(worst.choice), worst.name, REPORT)
     (base / ASSIGNMENT).write_text(json.dumps(assignment, indent=1, sort_keys=True), encoding="utf-8")
     create_markdown_artifact(text, key="buckets-report", description="Images per bucket, detail lost, merge plan")
 

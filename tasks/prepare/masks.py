@@ -26,6 +26,7 @@ from prefect.artifacts import create_markdown_artifact
 from bakery.craft.prepare import masks as craft
 from bakery.manifest import ImageRef, StageResult
 from bakery.recipe import MaskParams, stage_params_json
+from bakery.report import name_list
 from storage import Catalog
 from tasks import caching
 from tasks.progress import StageProgress
@@ -75,11 +76,10 @@ def masks(inputs: list[ImageRef], params_json: str, workdir: str, run_id: str, w
                                       advance=progress.advance, batch=FLUSH_EVERY)
     with Catalog.open(run.catalog) as cat:
         cat.add_mask_qa(outcome.verdicts, run_id)
-    if outcome.rejected:
-        get_run_logger().warning("masks: %d of %d masks rejected; those images train without masked loss",
-                                 len(outcome.rejected), len(plain))
+    warnings = [f"{len(outcome.rejected)} of {len(plain)} masks rejected; those images train without masked loss: "
+                f"{name_list([ref.name for ref, _ in outcome.rejected])}"] if outcome.rejected else []
     create_markdown_artifact(qa_markdown(len(plain), outcome.rejected), key="masks-qa", description="Mask QA")
-    return StageResult(images=outcome.images, n_in=len(inputs), n_processed=outcome.made)
+    return StageResult(images=outcome.images, n_in=len(inputs), n_processed=outcome.made, warnings=warnings)
 
 
 def _known_masks(run: RunInfo, plain: list[ImageRef], p_hash: str) -> tuple[dict[str, craft.Mask], list[ImageRef]]:

@@ -121,7 +121,8 @@ def taste_slider(inputs: BakeOutput, params_json: str, workdir: str, run_id: str
                                  description="Slider: strengths x saves, judged, and the pick")
     get_run_logger().info("evaluate (slider): %s; %d flag(s); report %s",
                           f"step {t.pick}" if t.pick is not None else "nothing to pick", len(t.flags), report)
-    return StageResult(images=[], n_in=len(files), n_processed=t.timings.cells, payload=str(report))
+    return StageResult(images=[], n_in=len(files), n_processed=t.timings.cells, payload=str(report),
+                       warnings=list(t.flags))
 
 
 SLIDE = Stage("slide", slide, caching.code_version(craft, bake_craft, training, step, state, optim, precision,

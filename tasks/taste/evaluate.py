@@ -214,7 +214,9 @@ def evaluate(
         f"epoch {rec.epoch} at weight {rec.weight_min:g}-{rec.weight_max:g}" if rec.epoch is not None else "nothing to recommend",
         len(rec.flags), result.report_path,
     )
-    return StageResult(images=[], n_in=len(inputs.files), n_processed=result.timings.cells, payload=str(result.report_path))
+    # The guide's alarms (a LoRA that does nothing, one that fries at a low weight) are the stage's warnings.
+    return StageResult(images=[], n_in=len(inputs.files), n_processed=result.timings.cells,
+                       payload=str(result.report_path), warnings=list(rec.flags))
 
 
 def _tagger(cfg: dict | None) -> judging.TaggerSpec | None:
