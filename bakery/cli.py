@@ -10,7 +10,7 @@ from typing import NoReturn, Optional
 import typer
 
 from bakery.recipe import Recipe, RecipeError, load_recipe, starter_recipe_text
-from bakery.report import framing_lines, short_error, skip_summary, stage_notes, text_table, upscale_line
+from bakery.report import composition_lines, framing_lines, short_error, skip_summary, stage_notes, text_table, upscale_line
 from bakery.stages import PlanError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LoRA Bakery: bake Stable Diffusion LoRAs from a recipe.")
@@ -84,7 +84,7 @@ def _print_run(recipe: Recipe, run_id: str | None = None) -> None:
         )] if evaluation else []
     if upscaled := upscale_line(recipe.workdir, stages):
         typer.echo(upscaled)
-    for line in framing_lines(recipe.workdir, stages):
+    for line in framing_lines(recipe.workdir, stages) + composition_lines(recipe.workdir, stages):
         typer.echo(line)
     if skips:
         typer.echo(f"\nskipped ({len(skips)}):")
