@@ -10,7 +10,8 @@ from typing import NoReturn, Optional
 import typer
 
 from bakery.recipe import Recipe, RecipeError, load_recipe, starter_recipe_text
-from bakery.report import composition_lines, framing_lines, short_error, skip_summary, stage_notes, text_table, upscale_line
+from bakery.report import (composition_lines, framing_lines, short_error, skip_summary, stage_notes, text_table,
+                           upscale_line)
 from bakery.stages import PlanError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="LoRA Bakery: bake Stable Diffusion LoRAs from a recipe.")

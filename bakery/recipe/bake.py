@@ -99,6 +99,8 @@ class TrainParams(_Section):
     ip_noise_gamma: Annotated[float, Field(ge=0)] = 0.0
     masked_loss: bool = True  # use the masks stage's masks where an image has one
     prior_loss_weight: Annotated[float, Field(ge=0)] = 1.0  # regularisation images
+    # Tags at the head of every caption that shuffling never moves. The bake keeps at least every trigger of the
+    # picture's folder and the prefix tags there (as export-kohya's keep_tokens per folder); a larger value keeps more.
     keep_tokens: Annotated[int, Field(ge=0)] = 1
     shuffle_caption: bool = True
     caption_dropout_rate: Annotated[float, Field(ge=0, le=1)] = 0.0

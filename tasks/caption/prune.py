@@ -191,5 +191,6 @@ def stats_table(stats: list[dict], top: int = 30) -> list[dict]:
     return out
 
 
-PRUNE = Stage("prune", prune, caching.code_version(craft, composition_craft, edits_craft, holdout_craft, prune_craft, repeats_craft, tags_craft,
+PRUNE = Stage("prune", prune, caching.code_version(craft, composition_craft, edits_craft, holdout_craft, prune_craft,
+                                                   repeats_craft, tags_craft,
                                                    sys.modules[__name__]))
