@@ -11,6 +11,7 @@ import typer
 
 from bakery.recipe import Recipe, RecipeError, load_recipe, starter_recipe_text
 from bakery.report import (
+    composition_lines,
     framing_lines,
     short_error,
     skip_summary,
@@ -97,7 +98,7 @@ def _print_run(recipe: Recipe, run_id: str | None = None, all_warnings: bool = F
         )] if evaluation else []
     if upscaled := upscale_line(recipe.workdir, stages):
         typer.echo(upscaled)
-    for line in framing_lines(recipe.workdir, stages):
+    for line in framing_lines(recipe.workdir, stages) + composition_lines(recipe.workdir, stages):
         typer.echo(line)
     if skips:
         typer.echo(f"\nskipped ({len(skips)}):")

@@ -107,19 +107,19 @@ source_kind = "fanart_hires"
 [[concepts]]
 name = "demo_chara"
 trigger = "demo_chara"
-target_steps = 30  # steps per epoch; the guide's 300 (100 per outfit) would take an hour on a CPU
+target_steps = 15  # steps per epoch (AdamW doubles them); the guide's 300 (100 per outfit) would take an hour on a CPU
 
   [[concepts.outfits]]
   name = "red_dress"
   trigger = "demo_chara_red_dress"
   paths = ["red_dress/**"]
-  target_steps = 15
+  target_steps = 8
 
   [[concepts.outfits]]
   name = "blue_uniform"
   trigger = "demo_chara_blue_uniform"
   paths = ["blue_uniform/**"]
-  target_steps = 15
+  target_steps = 8
 
 # Small numbers so every stage runs on 2 CPU cores in minutes. The models under
 # models/ have random weights (built by `bakery demo`): they prove the path, not quality.

@@ -61,9 +61,13 @@ def concept_specs(recipe: Recipe) -> list[prune_craft.ConceptSpec]:
 
 
 def train_values(recipe: Recipe) -> dict:
-    """[train] as kohya_args.TRAIN_ARGS reads it: every key, the learning rate and scheduler the bake uses."""
+    """[train] as kohya_args.TRAIN_ARGS reads it: every key, the learning rates (scaled for the batch size, as the
+    bake scales them) and the scheduler the bake uses."""
     t = recipe.train
+    factor = t.batch_lr_factor
     return {**t.model_dump(mode="json"), "learning_rate": t.effective_learning_rate,
+            "unet_lr": t.unet_lr * factor if t.unet_lr else None,
+            "text_encoder_lr": t.text_encoder_lr * factor if t.text_encoder_lr else None,
             "lr_scheduler": t.effective_lr_scheduler}
 
 

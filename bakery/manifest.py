@@ -87,6 +87,11 @@ class TrainSet:
     # or, when `validation_held_out` is False, training pictures also in `images`. [] = no validation loss.
     validation: list[TrainImage] = field(default_factory=list)
     validation_held_out: bool = True
+    # Folder -> the tags at the head of its captions that never move (prefix tags + its triggers): our bake keeps
+    # them in place whatever train.keep_tokens says, as export-kohya's keep_tokens per folder (rules.md §10).
+    heads: dict[str, int] = field(default_factory=dict)
+    # Added to the evaluation renders' negative prompt: the composition report's (mostly monochrome: rules.md §3).
+    eval_negatives: list[str] = field(default_factory=list)
 
     def held_out(self) -> list[TrainImage]:
         """The pictures of the set that are not trained on: the held-out validation pictures."""

@@ -12,6 +12,8 @@ UPSCALE_REPORT = "reports/upscale.md"
 UPSCALE_LISTING = "reports/upscale.json"
 FRAMING_REPORT = "reports/framing.md"
 FRAMING_LISTING = "reports/framing.json"  # the crops stage's framing balance per concept and its crops
+COMPOSITION_REPORT = "reports/composition.md"
+COMPOSITION_LISTING = "reports/composition.json"  # the prune stage's composition per concept and the plan's notes
 FRAMINGS = ("portrait", "upper_body", "cowboy_shot", "full_body")  # the upscale stage's list: every upscaled picture with its factor
 
 # The picture account (bakery/account.py) reads across: in + split = out + skipped.
@@ -127,6 +129,23 @@ def warning_lines(warnings: Sequence[dict[str, Any]], per_stage: int | None = 3,
         if len(messages) > len(shown):
             lines.append(f"{stage}: ... and {len(messages) - len(shown)} more{f' ({more})' if more else ''}")
     return lines
+
+
+def composition_lines(workdir: str | Path, stages: list[dict[str, Any]]) -> list[str]:
+    """The prune stage's composition, one line per concept (and the run when several): source kinds in the
+    guide's order, monochrome and retro shares; then what follows and the plan's notes."""
+    path = Path(workdir) / COMPOSITION_LISTING
+    if not any(s["stage"] == "prune" and s["status"] in ("ran", "cached") for s in stages) or not path.is_file():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    lines = []
+    for c in [*data["concepts"], data["total"]] if len(data["concepts"]) > 1 else data["concepts"]:
+        total = c["pictures"] or 1
+        kinds = ", ".join(f"{k} {n} ({100 * n / total:.0f}%)" for k, n in c["kinds"].items())
+        lines.append(f"composition {c['concept']}: {kinds}; monochrome {c['monochrome_share']:.0%}, "
+                     f"retro {c['retro_share']:.0%}")
+    lines += list(data["notes"]) + [f"plan: {n}" for n in data.get("plan", [])]
+    return lines + [f"see {Path(workdir) / COMPOSITION_REPORT}"]
 
 
 def stage_notes(stages: list[dict[str, Any]]) -> list[str]:

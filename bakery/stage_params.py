@@ -170,7 +170,10 @@ def prune_params_json(recipe: Recipe, edits: Sequence[edits_craft.Edit] = ()) ->
         "concepts": [c.model_dump(mode="json") for c in recipe.concepts],
         "captions": recipe.captions.model_dump(mode="json"),
         "repeats": recipe.repeats.model_dump(mode="json"),
-        "train": {k: getattr(recipe.train, k) for k in ("epochs", "optimizer", "min_snr_gamma", "ip_noise_gamma")},
+        # What the repeats and the plan's notes read (rules.md §8, §12): the step multipliers and the learning rate.
+        "train": {k: getattr(recipe.train, k) for k in ("epochs", "optimizer", "min_snr_gamma", "ip_noise_gamma",
+                                                         "network_type", "batch_size", "learning_rate",
+                                                         "lr_batch_scaling")},
         "validation": recipe.validation.model_dump(mode="json"),
     }
     if recipe.crops.portraits_to_misc:

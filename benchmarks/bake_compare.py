@@ -266,7 +266,8 @@ def ours(model: str, tiny: bool, variant: str, steps: int, warmup: int, root: Pa
     per_epoch = N_PICTURES // s.batch
     epochs = -(-total_steps(steps, warmup) // per_epoch)
     params = TrainParams(base_model=str(folder), device="cuda" if cuda else "cpu", optimizer="adamw",
-                         learning_rate=s.lr, lr_scheduler="constant", epochs=epochs, batch_size=s.batch,
+                         learning_rate=s.lr, lr_batch_scaling=False,  # sd-scripts is handed the same rate
+                         lr_scheduler="constant", epochs=epochs, batch_size=s.batch,
                          network_dim=s.dim, network_alpha=s.alpha, cache_latents=True,
                          mixed_precision="bf16" if cuda else "no", gradient_checkpointing=cuda and variant != "no-gc",
                          train_text_encoder=variant != "unet-only", shuffle_caption=variant != "unet-only",

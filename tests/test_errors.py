@@ -29,7 +29,7 @@ BAKE = """
 [[concepts]]
 name = "chara"
 trigger = "bakery_girl"
-target_steps = 4
+target_steps = 2  # AdamW doubles it (rules.md §8)
 """ + TRAIN.format(epochs=1) + """network_type = "{network}"
 conv_dim = 4
 conv_alpha = 2

@@ -225,3 +225,20 @@ def test_tasting_is_one_craft_call_with_no_prefect_and_no_catalog(baked):
     assert t.recommendation.reasons[0].startswith("loss rule")
     assert t.report.likeness_method == "histogram" and len(t.grids) == len(prompts)
     assert all(png.startswith(b"\x89PNG") for _, png in t.grids)
+
+
+def test_a_mostly_monochrome_set_renders_with_monochrome_negatives(baked):
+    """The composition report's negatives (rules.md §3: over ~50 % monochrome) reach the evaluation renders."""
+    from dataclasses import replace
+
+    from tasks.stage import RunInfo
+    from tasks.taste.evaluate import EVALUATE, evaluate_bake
+
+    bake, train, work, _ = baked
+    one = BakeOutput(**{**bake.__dict__, "files": {2: bake.files[2]}})
+    params = EvaluateParams(weights=[0.0, 1.0], seeds=[1], steps=1, width=64, height=64, tags_per_prompt=1, device="cpu")
+    plain = evaluate_bake(one, params, RunInfo("r", str(work)), EVALUATE.code_version, train)
+    grey = evaluate_bake(one, params, RunInfo("r", str(work)), EVALUATE.code_version,
+                         replace(train, eval_negatives=["monochrome", "greyscale"]))
+    assert "lowres, bad anatomy, worst quality, monochrome, greyscale" in grey.report_path.read_text()
+    assert "monochrome" not in plain.report_path.read_text() and grey.eval_key != plain.eval_key

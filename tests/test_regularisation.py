@@ -93,13 +93,13 @@ CONCEPTS = """
 name = "CharaA"
 trigger = "CharaA"
 paths = ["chara/*"]
-target_steps = 2
+target_steps = 1  # AdamW doubles it (rules.md §8)
 
 [[concepts.outfits]]
 name = "Outfit1"
 trigger = "Outfit1"
 paths = ["chara/outfit1/*"]
-target_steps = 2
+target_steps = 1
 
 [captions]
 keep_tokens_separator = true

@@ -27,17 +27,17 @@ enabled = false
 [[concepts]]
 name = "chara"
 trigger = "chara"
-target_steps = 4
+target_steps = 2  # AdamW doubles the targets (rules.md §8)
   [[concepts.outfits]]
   name = "red"
   trigger = "chara_red"
   paths = ["red/**"]
-  target_steps = 10
+  target_steps = 5
   [[concepts.outfits]]
   name = "blue"
   trigger = "chara_blue"
   paths = ["blue/**"]
-  target_steps = 10
+  target_steps = 5
 
 [autotag]
 model = "{tagger}"

@@ -64,3 +64,17 @@ def test_a_picture_without_any_tag_fails_with_its_name():
 
 def test_flat_file_names_stay_unique():
     assert file_names(["a/b", "a_b", "c"]) == {"a/b": "a_b", "a_b": "a_b_2", "c": "c"}
+
+
+def test_heads_per_folder_match_the_exports_keep_tokens():
+    """Every folder's head (prefix tags + its triggers) stays in place in our bake, as export-kohya's keep_tokens."""
+    from dataclasses import replace
+
+    pics = pictures({"a/1": "red_hair, smile", "a/dress/3": "red_hair, red_dress, white_apron", "misc/4": "bow"})
+    built = build_trainset([CHARA, MISC], pics, replace(SETTINGS, prefix_tags=("score_9",)), PRODIGY, post_counts={})
+    assert built.trainset.heads == {"CharaA": 2, "CharaA_dress": 3, "misc": 2}
+    dress = next(t for t in built.trainset.images if t.folder == "CharaA_dress")
+    assert dress.caption.startswith("score_9, CharaA, red_dress_white_apron")
+    # The same numbers as bakery/kohya_export.py's keep_tokens per folder.
+    rules, _, _ = prune_craft.layout([CHARA, MISC], [])
+    assert built.trainset.heads == {r.folder: 1 + len(prune_craft.caption_parts(r, [])[0]) for r in rules}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
@@ -25,6 +26,8 @@ TRAIN_PROFILES: dict[str, dict[str, Any]] = {
 NETWORK_DEFAULTS: dict[str, dict[str, Any]] = {"dylora": {"network_dim": 64, "network_alpha": 32.0},
                                                "diag-oft": {"network_dim": 2}}
 IA3_LR = (5e-3, 1e-2)  # rules.md §12: IA3's learning rate with AdamW (Prodigy: 1)
+LOKR_LR = (5e-5, 8e-5)  # rules.md §12: LoKr's learning rate (AdamW/CAME; the default is the low end)
+LR_PER_DOUBLING = 1.2  # rules.md §12: lr x1.2 per doubling of the batch size
 DYLORA_UNIT = 4  # rules.md §12 (bakery/craft/bake/networks/lycoris_net.py trains in units of this many ranks)
 
 
@@ -71,8 +74,12 @@ class TrainParams(_Section):
     epochs: Annotated[int, Field(gt=0)] = 8
     batch_size: Annotated[int, Field(gt=0)] = 1
     optimizer: Literal["prodigy", "adamw", "adamw8bit", "came"] = "prodigy"
-    # None: the guide's default for the optimizer (Prodigy 1.0, AdamW 1e-4; IA3 with AdamW/CAME 5e-3).
+    # None: the guide's default for the optimizer (Prodigy 1.0, AdamW 1e-4; IA3 with AdamW/CAME 5e-3, LoKr 5e-5).
     learning_rate: Annotated[float, Field(gt=0)] | None = None
+    # rules.md §12: lr x1.2 per doubling of the batch size. The rates written here (and the defaults) are for batch
+    # size 1 and are scaled for AdamW/CAME (batch 4: x1.44); Prodigy's lr multiplies its own estimate and stays as
+    # written. false: the rates as written.
+    lr_batch_scaling: bool = True
     unet_lr: Annotated[float, Field(gt=0)] | None = None  # None: learning_rate
     text_encoder_lr: Annotated[float, Field(gt=0)] | None = None  # None: learning_rate
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
@@ -92,6 +99,8 @@ class TrainParams(_Section):
     ip_noise_gamma: Annotated[float, Field(ge=0)] = 0.0
     masked_loss: bool = True  # use the masks stage's masks where an image has one
     prior_loss_weight: Annotated[float, Field(ge=0)] = 1.0  # regularisation images
+    # Tags at the head of every caption that shuffling never moves. The bake keeps at least every trigger of the
+    # picture's folder and the prefix tags there (as export-kohya's keep_tokens per folder); a larger value keeps more.
     keep_tokens: Annotated[int, Field(ge=0)] = 1
     shuffle_caption: bool = True
     caption_dropout_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
@@ -141,12 +150,25 @@ class TrainParams(_Section):
         return self
 
     @property
-    def effective_learning_rate(self) -> float:
+    def batch_lr_factor(self) -> float:
+        """x1.2 per doubling of the batch size (rules.md §12); 1 for Prodigy or with lr_batch_scaling off."""
+        if not self.lr_batch_scaling or self.optimizer == "prodigy" or self.batch_size <= 1:
+            return 1.0
+        return LR_PER_DOUBLING ** math.log2(self.batch_size)
+
+    @property
+    def written_learning_rate(self) -> float:
+        """The rate for batch size 1: the recipe's, else the guide's default for the optimizer and network."""
         if self.learning_rate is not None:
             return self.learning_rate
         if self.optimizer == "prodigy":
             return 1.0
-        return IA3_LR[0] if self.network_type == "ia3" else 1e-4
+        return {"ia3": IA3_LR[0], "lokr": LOKR_LR[0]}.get(self.network_type, 1e-4)
+
+    @property
+    def effective_learning_rate(self) -> float:
+        """The rate the bake (and export-kohya) uses: the written one scaled for the batch size."""
+        return self.written_learning_rate * self.batch_lr_factor
 
     @property
     def effective_lr_scheduler(self) -> str:

@@ -117,12 +117,17 @@ class CaptionParams(_Section):
 
 
 class RepeatsParams(_Section):
-    # rules.md §8 multipliers on target_steps: x1/2 SDXL, x3/5 when train.min_snr_gamma or
-    # train.ip_noise_gamma is set, x1/3 for old anime / low-res screencaps; x1/2 with train.network_type "ia3"
-    # (rules.md §12: IA3 needs half the steps).
+    # rules.md §8 multipliers on target_steps: x1/2 SDXL (set by train.family or train.architecture "sdxl"), x3/5
+    # when train.min_snr_gamma or train.ip_noise_gamma is set, x1/3 for old anime / low-res screencaps; x1/2 with
+    # train.network_type "ia3" (rules.md §12: IA3 needs half the steps).
     sdxl: bool = False
     snr_multiplier: bool = True
     old_anime: bool = False
+    # rules.md §8: the targets are Prodigy's; AdamW (and CAME) doubles the steps. false: the targets as written.
+    adamw_double: bool = True
+    # rules.md §3: a concept whose pictures are mostly retro-style (retro_artstyle, 1980s_(style), 1990s_(style))
+    # trains ~3x faster: its steps are cut to 1/3 (reports/composition.md says so). false: no cut.
+    retro_cut: bool = True
     # The concept the step caps apply to (6,000 AdamW / 3,000 Prodigy); None = the first concept.
     main_concept: str | None = None
 

@@ -15,6 +15,9 @@ optimizer is Prodigy (it overtrains the SDXL text encoder). On top:
 SDXL conditions on the penultimate text-encoder layer whatever the clip skip (kohya's SDXL
 training does the same), so for SDXL `train.clip_skip` is what the metadata tells users to
 generate with.
+
+`train.architecture = "sdxl"` with no family gets the same SDXL advice as the `sdxl` family: the guide's
+SDXL rules follow the architecture, not the name the recipe gives it.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ def apply_family(data: Any, profiles: dict[str, dict[str, Any]]) -> Any:
     if not isinstance(data, dict) or not isinstance(data.get("train"), dict):
         return data
     family = data["train"].get("family", "none")
+    if family == "none" and data["train"].get("architecture") == "sdxl":
+        family = "sdxl"  # an SDXL base named by architecture alone: the same advice (rules.md §8, §12)
     if family not in FAMILIES or family == "none":
         return data
     out = dict(data)

@@ -158,7 +158,8 @@ def bake(inputs: TrainSet, params_json: str, workdir: str, run_id: str, workers:
     )
     # Held-out validation pictures go on too: not trained on, but validated on (the picture account follows them).
     images = [ImageRef(t.subject, t.image_hash, t.mask_hash) for t in inputs.images + inputs.held_out()]
-    return StageResult(images=images, n_in=len(images), n_processed=len(images), payload=output)
+    return StageResult(images=images, n_in=len(images), n_processed=len(images), payload=output,
+                       warnings=data_craft.resolution_warnings(output.architecture, buckets.resolution))
 
 
 BAKE = Stage("bake", bake, caching.code_version(craft, training, step, validation_craft, state, data_craft, optim,

@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from bakery.caption_sources import caption_settings, crop_framings, gather_sources
 from bakery.craft import edits as edits_craft
+from bakery.craft.caption import composition as composition_craft
 from bakery.craft.caption import holdout as holdout_craft
 from bakery.craft.caption import prune as prune_craft
 from bakery.craft.caption import repeats as repeats_craft
@@ -26,8 +28,8 @@ from bakery.craft.caption import tags as tags_craft
 from bakery.craft.caption import trainset as craft
 from bakery.kohya_export import concept_spec
 from bakery.manifest import ImageRef, StageResult, TrainImage, TrainSet, digest
-from bakery.recipe import Concept, RepeatsParams, ValidationParams
-from bakery.report import name_list
+from bakery.recipe import Concept, RepeatsParams, TrainParams, ValidationParams
+from bakery.report import COMPOSITION_LISTING, COMPOSITION_REPORT, name_list
 from storage import Catalog
 from tasks import caching
 from tasks.runlog import write_full
@@ -50,9 +52,10 @@ def caption_sources(images: list[ImageRef], workdir: str, portraits: list[str] |
     with Catalog.open(RunInfo("", workdir).catalog) as cat:
         side, rows = gather_sources(cat, images)
         framings = crop_framings(cat, images)
-        kinds = cat.origins([r.hash for r in images])
+        kinds = cat.origins(sorted(side))
+    # The source kinds feed the composition report: a changed kind re-runs the stage.
     payload = {h: [side[h], [(r["tag"], r["category"], r["origin"], r["confidence"]) for r in rows[h]]]
-               + ([framings[h]] if framings[h] else []) + ([kinds[h][0]] if h in kinds else []) for h in side}
+               + ([framings[h]] if framings[h] else []) + [kinds.get(h, ([], ""))[0]] for h in side}
     return PruneInput(sorted(images), digest(payload), tuple(sorted(portraits or ())))
 
 
@@ -70,7 +73,7 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
         side, rows = gather_sources(cat, images)
         framings = crop_framings(cat, images)
         counts = cat.tag_post_counts(None)
-        kinds = cat.origins([r.hash for r in images])  # source kinds: §10's shop photos
+        kinds = cat.origins(sorted({r.hash for r in images}))
     pictures = {r.name: craft.Picture(r.name, r.hash, r.mask, tuple(side[r.hash]), tuple(rows[r.hash]),
                                       framings[r.hash], tuple(kinds.get(r.hash, ([], ""))[0])) for r in images}
     forced = {n: cfg["misc_concept"] for n in inputs.portraits} if "misc_concept" in cfg else {}
@@ -82,13 +85,35 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
         if exc.names:  # the message shows the first few
             write_full(run, f"{len(exc.names)} pictures at fault", exc.names)
         raise
+    notes, advice = plan_advice(cfg, concepts, built)
     _write(run, built)
+    write_composition(run, built, notes)
     by_name = {r.name: r for r in images}
     # The guide's checks (outfits under 8 pictures, step caps, long captions, rare tags...) go with the result:
     # recorded with every run, cached ones too (tasks/stage.py).
+    built.trainset.warnings.extend(advice)
     return StageResult(images=[by_name[n] for n in built.trained], skips=built.skips, n_in=len(images),
                        n_processed=len(built.captions), payload=built.trainset,
                        warnings=[*built.trainset.warnings, *screening_warnings(built.decisions)])
+
+
+def step_flags(cfg: dict) -> dict[str, bool]:
+    """Which of the guide's step multipliers apply (rules.md §8, §12), from the recipe's [repeats] and [train]."""
+    rep, train = RepeatsParams.model_validate(cfg["repeats"]), cfg["train"]
+    return {"adamw": rep.adamw_double and train["optimizer"] in repeats_craft.ADAMW_LIKE,
+            "ia3": train.get("network_type") == "ia3", "sdxl": rep.sdxl,
+            "snr_or_ip_noise": rep.snr_multiplier and (train["min_snr_gamma"] > 0 or train["ip_noise_gamma"] > 0),
+            "old_anime": rep.old_anime}
+
+
+def plan_advice(cfg: dict, concepts: list, built: craft.TrainSetBuild) -> tuple[list[str], list[str]]:
+    """(notes, warnings) of the plan: the step multipliers applied, the batch-size lr, a style LoRA's numbers."""
+    train = TrainParams.model_validate(cfg["train"])
+    style = {c.name for c in concepts if c.style.startswith("style_")}
+    styles = {s.concept: s.pictures for s in built.composition.concepts if s.concept in style}
+    notes, warnings = repeats_craft.rate_advice(train.optimizer, train.network_type, train.batch_size,
+                                                train.written_learning_rate, train.batch_lr_factor, styles)
+    return repeats_craft.step_notes(**step_flags(cfg)) + notes, warnings
 
 
 
@@ -100,11 +125,8 @@ def holdout_settings(data: dict) -> holdout_craft.HoldOutSettings:
 
 def repeat_settings(cfg: dict) -> craft.RepeatSettings:
     rep, train = RepeatsParams.model_validate(cfg["repeats"]), cfg["train"]
-    mult = repeats_craft.multiplier(
-        rep.sdxl, rep.snr_multiplier and (train["min_snr_gamma"] > 0 or train["ip_noise_gamma"] > 0), rep.old_anime,
-        ia3=train.get("network_type") == "ia3",
-    )
-    return craft.RepeatSettings(train["epochs"], train["optimizer"], mult, rep.main_concept)
+    mult = repeats_craft.multiplier(**step_flags(cfg))
+    return craft.RepeatSettings(train["epochs"], train["optimizer"], mult, rep.main_concept, rep.retro_cut)
 
 
 def _write(run: RunInfo, built: craft.TrainSetBuild) -> None:
@@ -145,6 +167,24 @@ def screening_warnings(decisions: list[dict], shown: int = 5) -> list[str]:
             for (kind, action), names in sorted(by.items())]
 
 
+def write_composition(run: RunInfo, built: craft.TrainSetBuild, plan_notes: list[str]) -> None:
+    """reports/composition.md and .json (the run summary and `bakery status` read the JSON), the artifact
+    `composition`, and the log: source kinds, monochrome and retro shares, and what follows (rules.md §1, §3);
+    with the plan's step and rate notes (rules.md §8, §12)."""
+    comp = built.composition
+    text = composition_craft.markdown(comp)
+    if plan_notes:
+        text += "\n## The plan\n\n" + "".join(f"- {n}\n" for n in plan_notes)
+    base = Path(run.workdir)
+    (base / COMPOSITION_REPORT).parent.mkdir(parents=True, exist_ok=True)
+    (base / COMPOSITION_REPORT).write_text(text, encoding="utf-8")
+    listing = {"run_id": run.run_id, **comp.as_dict(), "plan": plan_notes}
+    (base / COMPOSITION_LISTING).write_text(json.dumps(listing, indent=1), encoding="utf-8")
+    for note in comp.notes + plan_notes:
+        get_run_logger().info("prune: %s", note)
+    create_markdown_artifact(text, key="composition", description="Source kinds, monochrome and retro shares, the plan")
+
+
 def train_caption_rows(images: list[TrainImage]) -> list[dict]:
     """The `train_captions` rows of a training set."""
     return [{"folder": t.folder, "name": t.name, "image_hash": t.image_hash, "caption": t.caption,
@@ -164,5 +204,6 @@ def stats_table(stats: list[dict], top: int = 30) -> list[dict]:
     return out
 
 
-PRUNE = Stage("prune", prune, caching.code_version(craft, edits_craft, holdout_craft, prune_craft, repeats_craft, tags_craft,
+PRUNE = Stage("prune", prune, caching.code_version(craft, composition_craft, edits_craft, holdout_craft, prune_craft,
+                                                   repeats_craft, tags_craft,
                                                    sys.modules[__name__]))

@@ -137,6 +137,9 @@ def evaluate_bake(
     tagger: judging.TaggerSpec | None = None, faces: face_judge.FaceSpec | None = None,
 ) -> Evaluation:
     """Read the bake's inputs -> tasting.taste -> write the grids, the report and the catalog rows."""
+    if train is not None and train.eval_negatives:  # the composition report's (rules.md §3: mostly monochrome)
+        params = params.model_copy(update={"negative_prompt": tasting.with_negatives(params.negative_prompt,
+                                                                                     train.eval_negatives)})
     inputs = taste_inputs(bake, params, run, train, tagger, faces)
     n_weights = len({float(w) for w in params.weights} | {0.0, 1.0})
     with StageProgress("evaluate", len(inputs.epochs) * n_weights * len(inputs.prompts) * len(params.seeds)) as progress:

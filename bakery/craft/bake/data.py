@@ -17,6 +17,17 @@ from typing import Any
 from bakery.craft.prepare.buckets import bucket_resolutions, fit_to_bucket, select_bucket
 from bakery.manifest import TrainImage, TrainSet
 
+SD15_MAX_RESOLUTION = 768  # rules.md §12: "SD1.5 misbehaves above 768 px"
+
+
+def resolution_warnings(architecture: str, resolution: int) -> list[str]:
+    """The guide's word on the training resolution for the base's architecture (rules.md §12)."""
+    if architecture == "sd15" and resolution > SD15_MAX_RESOLUTION:
+        return [f"buckets.resolution {resolution} on an SD1.5 base: SD1.5 misbehaves above {SD15_MAX_RESOLUTION} px "
+                f"(rules.md §12): use {SD15_MAX_RESOLUTION} or less, or an SDXL base"]
+    return []
+
+
 # --- captions ------------------------------------------------------------------------
 
 

@@ -187,6 +187,8 @@ TRAIN_ARGS: dict[str, Arg | str] = {
                      "`optimizer_type` Prodigy (+ decouple, use_bias_correction, safeguard_warmup), AdamW, AdamW8bit, "
                      "came_pytorch.CAME"),
     "learning_rate": same("learning_rate", "optimizer", how="`learning_rate` (the optimizer's default when unset)"),
+    "lr_batch_scaling": "applied before export: `learning_rate`, `unet_lr` and `text_encoder_lr` are written scaled "
+                        "for the batch size (x1.2 per doubling, rules.md §12), as the bake trains them",
     "unet_lr": same("unet_lr", "optimizer"),
     "text_encoder_lr": same("text_encoder_lr", "optimizer"),
     "weight_decay": Arg("optimizer", ("optimizer_args",),

@@ -131,9 +131,11 @@ def make_scheduler(optimizer: Any, name: str, *, warmup: int, total: int, restar
 
 
 def learning_rates(params: Any) -> tuple[float, float, float]:
-    """(base, denoiser (`unet_lr`), text encoder) learning rates: the two parts default to the base rate."""
-    base_lr = params.effective_learning_rate
-    return base_lr, params.unet_lr or base_lr, params.text_encoder_lr or base_lr
+    """(base, denoiser (`unet_lr`), text encoder) learning rates: the two parts default to the base rate; each
+    scaled for the batch size (rules.md §12, `train.lr_batch_scaling`)."""
+    base_lr, factor = params.effective_learning_rate, getattr(params, "batch_lr_factor", 1.0)
+    return (base_lr, params.unet_lr * factor if params.unet_lr else base_lr,
+            params.text_encoder_lr * factor if params.text_encoder_lr else base_lr)
 
 
 def build_optimizer(params: Any, network: list[tuple[str, Any, K.Targets]], device: str) -> tuple[Any, list[Any]]:

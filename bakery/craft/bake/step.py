@@ -101,7 +101,7 @@ def training_step(t: Training, batch: list[Sample], step: int) -> tuple[float, f
     rng = random.Random(f"{p.seed}:{step}:data")
     gen = seeded(p.seed, step, "noise")
     flips = [p.flip_aug and rng.random() < 0.5 for _ in batch]
-    captions = [process_caption(s.image.caption, rng, keep_tokens=p.keep_tokens, shuffle=p.shuffle_caption,
+    captions = [process_caption(s.image.caption, rng, keep_tokens=t.keep_tokens(s.image), shuffle=p.shuffle_caption,
                                 caption_dropout_rate=p.caption_dropout_rate, tag_dropout_rate=p.tag_dropout_rate,
                                 token_warmup_min=p.token_warmup_min, token_warmup_step=p.token_warmup_step,
                                 step=step - 1) for s in batch]

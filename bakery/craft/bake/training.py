@@ -48,6 +48,12 @@ class Training:
     image_path: Callable[[str], Path]
     validation: list[Sample] = field(default_factory=list)  # the validation loss's pictures (TrainSet.validation)
     validation_latents: dict[str, Any] = field(default_factory=dict)  # sample key -> latent, encoded once
+    heads: dict[str, int] = field(default_factory=dict)  # folder -> tags kept at its captions' head (TrainSet.heads)
+
+    def keep_tokens(self, image: Any) -> int:
+        """The tags of `image`'s caption that never move: every trigger of its folder (and the prefix tags), as
+        export-kohya's keep_tokens per folder; `train.keep_tokens` when it asks for more (rules.md §10)."""
+        return max(self.params.keep_tokens, 0 if image.is_reg else self.heads.get(image.folder, 0))
 
 
 def base_models(base: Base) -> list[Any]:
@@ -156,5 +162,5 @@ def prepare_training(trainset: TrainSet, params: Any, *, image_path: Callable[[s
         scaler=torch.amp.GradScaler("cuda") if prec.scaler else None, noise_sched=noise_sched, samples=samples,
         per_epoch=per_epoch, total=total, latents=latents,
         text=family.text_encoder(base, params.clip_skip, prec.device, cache=not params.train_text_encoder),
-        image_path=image_path, validation=validation,
+        image_path=image_path, validation=validation, heads=dict(trainset.heads),
     )

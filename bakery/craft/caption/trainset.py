@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from bakery.craft import edits as edits_craft
+from bakery.craft.caption import composition as composition_craft
 from bakery.craft.caption import holdout as holdout_craft
 from bakery.craft.caption import prune as prune_craft
 from bakery.craft.caption import repeats as repeats_craft
@@ -69,6 +70,7 @@ class RepeatSettings:
     optimizer: str
     multiplier: float = 1.0
     main_concept: str | None = None
+    retro_cut: bool = True  # repeats.retro_cut: a mostly retro-style concept gets x1/3 steps (composition.py)
 
 
 @dataclass
@@ -83,6 +85,7 @@ class TrainSetBuild:
     # rules.md §3 screening and §10 special tags, one row per picture and rule (catalog `caption_decisions`):
     # name, image_hash, rule, action (skip | flag | keep | add), tags, reason
     decisions: list[dict] = field(default_factory=list)
+    composition: composition_craft.Composition | None = None
 
 
 def build_trainset(concepts: Sequence[prune_craft.ConceptSpec], pictures: Mapping[str, Picture],
@@ -111,8 +114,9 @@ def build_trainset(concepts: Sequence[prune_craft.ConceptSpec], pictures: Mappin
     held = holdout_craft.choose({r.folder: sorted(members[r.folder]) for r in rules},
                                 {n: p.hash for n, p in pictures.items()}, holdout or holdout_craft.HoldOutSettings(False))
     gone = held.names if held.held_out else set()
+    comp = compose(rules, members, pictures, cleaned, repeats.retro_cut)
     plan = plan_folder_repeats(concepts, rules, {f: [n for n in ns if n not in gone] for f, ns in members.items()},
-                               repeats)
+                               repeats, comp.step_factors)
     warnings += plan.warnings
     warnings += caption_checks(texts, cleaned, post_counts, captions)
     images, validation = split_validation(texts, pictures, plan.repeats(), held)
@@ -121,12 +125,14 @@ def build_trainset(concepts: Sequence[prune_craft.ConceptSpec], pictures: Mappin
         unet_only=any(r.style == "style_no_tags" and members[r.folder] for r in rules),
         keep_tokens_separator=captions.keep_tokens_separator, warnings=warnings,
         validation=validation, validation_held_out=held.held_out,
+        heads={r.folder: len(captions.prefix_tags) + len(r.head) for r in rules if members[r.folder]},
+        eval_negatives=list(comp.negatives),
     )
     skips = [Skip(n, "no concept's paths match this image") for n in unassigned]
     skips += [Skip(n, edits_craft.exclusion_reason(e)) for n, e in sorted(edited.excluded.items())]
     skips += [Skip(n, f"{f.reason()}: train it with a keep edit (bakery edit RECIPE keep {n})")
               for n, f in sorted(screened.items())]
-    return TrainSetBuild(trainset, sorted({n for _, n in texts}), skips, stats, plan, texts, held, decisions)
+    return TrainSetBuild(trainset, sorted({n for _, n in texts}), skips, stats, plan, texts, held, decisions, comp)
 
 
 def screen_members(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, list[str]],
@@ -166,6 +172,18 @@ def idle_keeps(kept: Mapping[str, edits_craft.Edit], decisions: Sequence[dict]) 
     used = {d["name"] for d in decisions if d["action"] == "keep"}
     return [f"{e.label()} (keep) changes nothing: the screening does not skip {n}" for n, e in sorted(kept.items())
             if n not in used]
+
+
+def compose(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, list[str]],
+            pictures: Mapping[str, Picture], cleaned: Mapping[str, list[str]],
+            retro_cut: bool) -> composition_craft.Composition:
+    """The composition of each concept's pictures (every folder of it, a picture once) from their cleaned tags."""
+    by_concept: dict[str, dict[str, composition_craft.Pic]] = {}
+    for rule in rules:
+        group = by_concept.setdefault(rule.concept or rule.folder, {})
+        for n in members[rule.folder]:
+            group[n] = composition_craft.Pic(n, pictures[n].source_kinds, tuple(cleaned[n]))
+    return composition_craft.compose({c: list(pics.values()) for c, pics in by_concept.items() if pics}, retro_cut)
 
 
 def split_validation(texts: Mapping[tuple[str, str], str], pictures: Mapping[str, Picture],
@@ -267,11 +285,15 @@ def prune_groups(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, l
 
 
 def plan_folder_repeats(concepts: Sequence[prune_craft.ConceptSpec], rules: Sequence[prune_craft.GroupRule],
-                        members: Mapping[str, list[str]], repeats: RepeatSettings) -> repeats_craft.RepeatsPlan:
-    """Repeats per folder: about the same steps per epoch for each concept (rules.md §8)."""
+                        members: Mapping[str, list[str]], repeats: RepeatSettings,
+                        factors: Mapping[str, float] | None = None) -> repeats_craft.RepeatsPlan:
+    """Repeats per folder: about the same steps per epoch for each concept (rules.md §8). `factors`: concept ->
+    its own step factor on top of the run's multiplier (the composition's retro cut)."""
     outfit_names = {o.name for c in concepts for o in c.outfits}
+    factors = factors or {}
     return repeats_craft.plan_repeats(
-        [repeats_craft.FolderIn(r.folder, r.concept, len(members[r.folder]), r.target_steps, r.folder in outfit_names)
+        [repeats_craft.FolderIn(r.folder, r.concept, len(members[r.folder]), r.target_steps, r.folder in outfit_names,
+                                factors.get(r.concept or r.folder, 1.0))
          for r in rules],
         epochs=repeats.epochs, optimizer=repeats.optimizer, mult=repeats.multiplier, main_concept=repeats.main_concept,
     )

@@ -74,6 +74,7 @@ def slider_train_params(train: Any, slider: Any) -> Any:
         "network_type": "lora", "network_dim": slider.network_dim, "network_alpha": slider.network_alpha,
         "train_unet": True, "train_text_encoder": False, "optimizer": "adamw", "learning_rate": slider.learning_rate,
         "unet_lr": None, "text_encoder_lr": None, "lr_scheduler": "constant", "lr_warmup_steps": 0,
+        "lr_batch_scaling": False,  # the slider's rate is its own, whatever [train]'s batch size
         "epochs": slider.steps, "save_precision": slider.save_precision,
     })
 

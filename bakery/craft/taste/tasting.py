@@ -61,6 +61,12 @@ class Tasting:
     judged: judging.Judged | None = None
 
 
+def with_negatives(negative_prompt: str, extra: list[str]) -> str:
+    """The negative prompt with `extra` tags appended, each once (the composition's `monochrome, greyscale`)."""
+    have = {t.strip() for t in negative_prompt.split(",")}
+    return ", ".join([p for p in (negative_prompt.strip(),) if p] + [t for t in extra if t not in have])
+
+
 def read_metadata(path: str) -> dict[str, str]:
     from safetensors import safe_open
 
