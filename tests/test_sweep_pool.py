@@ -19,7 +19,7 @@ from tests.test_sweep import TWO_VARIANTS, make_sweep_project
 
 ROOT = Path(__file__).parent.parent
 POOL = "bakery-gpu"
-EPOCHS = 5
+EPOCHS = 8  # a long enough bake that both variants are seen running at once with a saved epoch
 VARIANTS = """
 [sweep]
 deployment = "bake-lora/sweep-variant"
