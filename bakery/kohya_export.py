@@ -13,7 +13,7 @@ from bakery.craft.bake import kohya_dataset as kohya
 from bakery.craft.bake.bases import prediction
 from bakery.craft.caption import prune as prune_craft
 from bakery.manifest import TrainImage, TrainSet
-from bakery.recipe import Concept, Recipe
+from bakery.recipe import Concept, Recipe, TrainParams
 from storage import STORE_DIR, Catalog, ContentStore
 
 
@@ -60,10 +60,9 @@ def concept_specs(recipe: Recipe) -> list[prune_craft.ConceptSpec]:
     return [concept_spec(c) for c in recipe.concepts]
 
 
-def train_values(recipe: Recipe) -> dict:
+def train_values(t: TrainParams) -> dict:
     """[train] as kohya_args.TRAIN_ARGS reads it: every key, the learning rates (scaled for the batch size, as the
     bake scales them) and the scheduler the bake uses."""
-    t = recipe.train
     factor = t.batch_lr_factor
     return {**t.model_dump(mode="json"), "learning_rate": t.effective_learning_rate,
             "unet_lr": t.unet_lr * factor if t.unet_lr else None,
@@ -76,7 +75,7 @@ def settings(recipe: Recipe, triggers: list[str], unet_only: bool, total_steps: 
     return kohya.TrainSettings(
         name=t.output_name or recipe.project.name, sdxl=recipe.repeats.sdxl or t.architecture == "sdxl",
         resolution=b.resolution, min_bucket_reso=b.min_side, max_bucket_reso=b.max_side, bucket_reso_steps=b.step,
-        train=train_values(recipe), triggers=tuple(triggers), unet_only=unet_only, total_steps=total_steps,
+        train=train_values(recipe.train), triggers=tuple(triggers), unet_only=unet_only, total_steps=total_steps,
         **_prediction_flags(recipe),
     )
 

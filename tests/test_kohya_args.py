@@ -155,7 +155,7 @@ def test_cosine_with_restarts_cycles_are_the_bakes():
         get_cosine_with_hard_restarts_schedule_with_warmup,
     )
 
-    t = train_values(parse_recipe({"train": {"optimizer": "adamw", "lr_restarts": 2}}, Path(".")))
+    t = train_values(parse_recipe({"train": {"optimizer": "adamw", "lr_restarts": 2}}, Path(".")).train)
     args = kohya_args.arguments(t, kohya_args.Context("n", False, False, False), "optimizer")
 
     def curve(make):
@@ -175,10 +175,10 @@ def test_cosine_with_restarts_cycles_are_the_bakes():
 
 
 def test_the_bakes_text_encoder_and_unet_switches():
-    t = train_values(parse_recipe({"train": {"train_unet": False}}, Path(".")))
+    t = train_values(parse_recipe({"train": {"train_unet": False}}, Path(".")).train)
     net = kohya_args.arguments(t, kohya_args.Context("n", False, False, False), "network")
     assert net["network_train_text_encoder_only"] is True and "network_train_unet_only" not in net
-    t = train_values(parse_recipe({"train": {}}, Path(".")))
+    t = train_values(parse_recipe({"train": {}}, Path(".")).train)
     style = kohya_args.arguments(t, kohya_args.Context("n", False, False, False, style_unet_only=True), "network")
     assert style["network_train_unet_only"] is True
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from bakery.craft.bake import kohya_dataset as kohya
 from bakery.craft.caption import tagstats
+from bakery.kohya_export import train_values
 from bakery.manifest import TrainImage
 from bakery.recipe.bake import TrainParams
 from storage import ContentStore
@@ -22,8 +23,7 @@ from tests import sd_scripts_schema
 def _settings(unet_only: bool = False, sdxl: bool = False, **train) -> kohya.TrainSettings:
     """Export settings over [train] as the recipe model makes it (defaults, then `train`)."""
     t = TrainParams.model_validate({"base_model": "/models/sd15.safetensors", "batch_size": 2, **train})
-    values = {**t.model_dump(mode="json"), "learning_rate": t.effective_learning_rate,
-              "lr_scheduler": t.effective_lr_scheduler}
+    values = train_values(t)
     return kohya.TrainSettings(name="mylora", sdxl=sdxl, resolution=512, min_bucket_reso=256, max_bucket_reso=1024,
                                bucket_reso_steps=64, train=values, triggers=("CharaA", "Outfit1"), unet_only=unet_only)
 

@@ -18,6 +18,7 @@ from tasks.stage import RunInfo
 from tests.conftest import write_recipe
 from tests.images import gradient
 from tests.review_work import Served
+from tests.test_captions_flow import CONCEPTS
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -27,17 +28,7 @@ near = false
 
 [validation]
 enabled = false
-
-[[concepts]]
-name = "CharaA"
-trigger = "CharaA"
-paths = ["chara/*"]
-
-[[concepts.outfits]]
-name = "Outfit1"
-trigger = "Outfit1"
-paths = ["chara/outfit1/*"]
-"""
+""" + CONCEPTS
 # A caption a tagger gone wrong could write: well over the guide's 1 KB.
 LONG = ", ".join(f"made_up_tag_number_{k:03d}_of_a_tagger_gone_wrong" for k in range(40))
 
