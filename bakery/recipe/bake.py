@@ -51,12 +51,25 @@ class TrainParams(_Section):
     # The base model's family fills the keys the recipe leaves out, in every section (bakery/recipe/families.py):
     # sdxl, pony, illustrious, noobai: SDXL at 1024, clip skip 2, x1/2 steps, UNet only with Prodigy;
     # pony adds its score tags to captions and evaluation prompts; noobai_vpred adds v-prediction + zero terminal SNR.
-    family: Literal["none", "sdxl", "pony", "illustrious", "noobai", "noobai_vpred"] = "none"
+    # anima: the Anima DiT (circlestone-labs) at 1024 with sd-scripts' Anima defaults (docs/anima_train_network.md).
+    family: Literal["none", "sdxl", "pony", "illustrious", "noobai", "noobai_vpred", "anima"] = "none"
     # A .safetensors checkpoint, a diffusers folder, a hub id, or "tiny" (small random-weight SD1.5 shape:
     # proves the pipeline, not image quality).
     base_model: str | None = None
-    vae: str | None = None  # optional external VAE (file or diffusers folder)
-    architecture: Literal["auto", "sd15", "sdxl"] = "auto"
+    vae: str | None = None  # optional external VAE (file or diffusers folder); Anima: the Qwen-Image VAE file
+    architecture: Literal["auto", "sd15", "sdxl", "anima"] = "auto"
+    # A base whose text encoder is a file of its own (Anima: Qwen3-0.6B, a transformers folder or one
+    # .safetensors file; sd-scripts' --qwen3). None: the base's folder or hub id has it.
+    text_encoder: str | None = None
+    # Anima's LLM adapter when it is not inside the DiT file (sd-scripts' --llm_adapter_path); None: inside.
+    llm_adapter: str | None = None
+    # Anima's T5 tokenizer folder (sd-scripts' --t5_tokenizer_path); None: google/t5-v1_1-xxl's from the hub cache.
+    t5_tokenizer: str | None = None
+    # Rectified-flow bases (Anima): how training timesteps are drawn, as sd-scripts' --timestep_sampling
+    # (sigma, uniform, sigmoid, shift, flux_shift); default sigmoid (sd-scripts' Anima guide). Ignored by SD1.5/SDXL.
+    timestep_sampling: Literal["sigma", "uniform", "sigmoid", "shift", "flux_shift"] = "sigmoid"
+    discrete_flow_shift: Annotated[float, Field(gt=0)] = 1.0  # sd-scripts' --discrete_flow_shift (Anima guide: 1.0)
+    sigmoid_scale: Annotated[float, Field(gt=0)] = 1.0  # sd-scripts' --sigmoid_scale (Anima guide: 1.0)
     output_name: Annotated[str, Field(pattern=NAME_PATTERN)] | None = None  # None: project.name
     clip_skip: Literal[1, 2] = 2
     # v-prediction (kohya --v_parameterization) and zero terminal SNR (--zero_terminal_snr); None: as the base

@@ -51,6 +51,9 @@ FAMILIES: dict[str, dict[str, dict[str, Any]]] = {
     "illustrious": _SDXL,
     "noobai": _SDXL,
     "noobai_vpred": _with(_SDXL, train={"v_parameterization": True, "zero_terminal_snr": True}),
+    # Anima: a DiT at 1024 (sd-scripts' docs/anima_train_network.md); its training keys are in [train].
+    "anima": {"train": {"architecture": "anima"}, "buckets": {"resolution": 1024, "max_side": 2048},
+              "evaluate": {"width": 1024, "height": 1024}},
 }
 
 

@@ -12,7 +12,7 @@ from types import ModuleType
 from typing import Any
 
 from bakery.craft.bake import BakeError
-from bakery.craft.bake.bases import checkpoint, sd15, sdxl
+from bakery.craft.bake.bases import anima, checkpoint, sd15, sdxl
 from bakery.craft.bake.bases import prediction as P
 from bakery.craft.bake.bases.family import Base, BaseFamily
 
@@ -20,7 +20,7 @@ TINY = "tiny"
 TINY_ARCHITECTURE = "sd15"  # the tiny model is SD1.5-shaped
 HUB_ARCHITECTURE = "sd15"  # a hub id with architecture "auto": nothing to read it from before loading
 
-FAMILIES: dict[str, BaseFamily] = {f.name: f for f in (sd15.FAMILY, sdxl.FAMILY)}
+FAMILIES: dict[str, BaseFamily] = {f.name: f for f in (sd15.FAMILY, sdxl.FAMILY, anima.FAMILY)}
 
 
 def modules() -> list[ModuleType]:

@@ -1,0 +1,160 @@
+"""A tiny Anima of the real architecture with random weights, for tests and the demo.
+
+The same classes as the real model (diffusers' `CosmosTransformer3DModel`, `AnimaTextConditioner`,
+`AutoencoderKLQwenImage`; transformers' `Qwen3Model`) and the files users have, only small:
+
+- `anima.safetensors`: the DiT single file in the original layout (`net.` prefix, Cosmos-Predict2 names),
+  with the LLM adapter inside (`net.llm_adapter.*`), as circlestone-labs ships it and sd-scripts reads it;
+- `qwen3/`: the Qwen3 text encoder as a transformers folder (config, weights, tokenizer);
+- `t5_tokenizer/`: the T5 tokenizer the LLM adapter's queries use (tokenizer files only);
+- `vae.safetensors`: the Qwen-Image VAE single file.
+
+Tokenizers are trained here on the given words (byte-level BPE for Qwen3, unigram for T5), so a tag is a few
+tokens as in the real vocabularies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TINY_SEED = 0
+MARKER = "bakery-tiny-anima.json"  # written last: a folder without it is an unfinished build
+HIDDEN = 32  # Qwen3's hidden size = the adapter's source, model and target width = the DiT's text width
+BASE_WORDS = ("bakery_girl", "1girl", "solo", "smile", "looking_at_viewer", "simple_background", "masterpiece")
+
+# diffusers' CosmosTransformer3DModel names -> the original (Cosmos-Predict2 / Anima file) names: the inverse of
+# diffusers' convert_cosmos_transformer_checkpoint_to_diffusers (2.0), applied in this order.
+TO_ORIGINAL = (
+    ("transformer_blocks.", "blocks."),
+    (".attn1.", ".self_attn."), (".attn2.", ".cross_attn."),
+    (".to_q.", ".q_proj."), (".to_k.", ".k_proj."), (".to_v.", ".v_proj."), (".to_out.0.", ".output_proj."),
+    (".norm_q.", ".q_norm."), (".norm_k.", ".k_norm."),
+    (".ff.net.0.proj.", ".mlp.layer1."), (".ff.net.2.", ".mlp.layer2."),
+    (".norm1.linear_1.", ".adaln_modulation_self_attn.1."), (".norm1.linear_2.", ".adaln_modulation_self_attn.2."),
+    (".norm2.linear_1.", ".adaln_modulation_cross_attn.1."), (".norm2.linear_2.", ".adaln_modulation_cross_attn.2."),
+    (".norm3.linear_1.", ".adaln_modulation_mlp.1."), (".norm3.linear_2.", ".adaln_modulation_mlp.2."),
+    ("time_embed.t_embedder.", "t_embedder.1."), ("time_embed.norm.", "t_embedding_norm."),
+    ("patch_embed.proj.", "x_embedder.proj.1."),
+    ("norm_out.linear_1.", "final_layer.adaln_modulation.1."), ("norm_out.linear_2.", "final_layer.adaln_modulation.2."),
+    ("proj_out.", "final_layer.linear."),
+)
+
+
+@dataclass(frozen=True)
+class TinyFiles:
+    """Where a tiny Anima's files are (what a recipe names: base_model, text_encoder, vae, t5_tokenizer)."""
+
+    folder: Path
+    dit: Path
+    text_encoder: Path
+    vae: Path
+    t5_tokenizer: Path
+
+
+def _words(words: Iterable[str]) -> list[str]:
+    return sorted({*BASE_WORDS, *(w.strip() for w in words if w.strip())})
+
+
+def qwen_tokenizer(words: Sequence[str]) -> Any:
+    """A byte-level BPE tokenizer in Qwen2's form, its merges learnt from `words`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2TokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([", ".join(words)] * 8, trainer)
+    return Qwen2TokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                              unk_token=None, model_max_length=512)
+
+
+def t5_tokenizer(words: Sequence[str]) -> Any:
+    """A unigram tokenizer in T5's form (pad 0, eos 1, unk 2), learnt from `words`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import T5TokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=120, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
+                                      show_progress=False)
+    tok.train_from_iterator([" ".join(w.replace("_", " ") for w in words)] * 8, trainer)
+    return T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0,
+                           model_max_length=512)
+
+
+def components(words: Iterable[str] = ()) -> dict[str, Any]:
+    """The tiny Anima's parts, in memory: what AnimaModularPipeline.update_components takes."""
+    import torch
+    from diffusers import (AnimaTextConditioner, AutoencoderKLQwenImage, CosmosTransformer3DModel,
+                           FlowMatchEulerDiscreteScheduler)
+    from transformers import Qwen3Config, Qwen3Model
+
+    words = _words(words)
+    qwen_tok, t5_tok = qwen_tokenizer(words), t5_tokenizer(words)
+    torch.manual_seed(TINY_SEED)
+    text_encoder = Qwen3Model(Qwen3Config(vocab_size=len(qwen_tok), hidden_size=HIDDEN, intermediate_size=64,
+                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                          head_dim=8, max_position_embeddings=512, tie_word_embeddings=True))
+    conditioner = AnimaTextConditioner(source_dim=HIDDEN, target_dim=HIDDEN, model_dim=HIDDEN, num_layers=2,
+                                       num_attention_heads=4, target_vocab_size=len(t5_tok), min_sequence_length=16)
+    # Anima is Cosmos-Predict2-2B-shaped: RoPE only (no learnable position embedding), padding mask concatenated.
+    transformer = CosmosTransformer3DModel(in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=16,
+                                           num_layers=2, text_embed_dim=HIDDEN, adaln_lora_dim=8, max_size=(4, 64, 64),
+                                           rope_scale=(1.0, 4.0, 4.0), extra_pos_embed_type=None,
+                                           concat_padding_mask=True)
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                                 temperal_downsample=[False, True, True])
+    return {"transformer": transformer, "text_conditioner": conditioner, "text_encoder": text_encoder,
+            "tokenizer": qwen_tok, "t5_tokenizer": t5_tok, "vae": vae,
+            "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0)}  # Anima's sampler: flow-match Euler, shift 3
+
+
+def original_name(diffusers_name: str) -> str:
+    """A CosmosTransformer3DModel parameter's name in the original (Anima file) layout, without `net.`."""
+    name = "." + diffusers_name
+    for new, old in TO_ORIGINAL:
+        name = name.replace("." + new.lstrip("."), "." + old.lstrip("."))
+    return name[1:]
+
+
+def dit_state_dict(transformer: Any, conditioner: Any) -> dict[str, Any]:
+    """The DiT single file's tensors: `net.` + original names, the LLM adapter inside as `net.llm_adapter.*`."""
+    sd = {f"net.{original_name(k)}": v.contiguous() for k, v in transformer.state_dict().items()}
+    sd.update({f"net.llm_adapter.{k}": v.contiguous() for k, v in conditioner.state_dict().items()})
+    return sd
+
+
+def write(folder: Path, words: Iterable[str] = ()) -> TinyFiles:
+    """The tiny Anima's files under `folder` (built once: the marker is written last)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    files = TinyFiles(folder, folder / "anima.safetensors", folder / "qwen3", folder / "vae.safetensors",
+                      folder / "t5_tokenizer")
+    if (folder / MARKER).exists():
+        return files
+    parts = components(words)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(dit_state_dict(parts["transformer"], parts["text_conditioner"]), str(files.dit),
+              metadata={"format": "pt"})
+    parts["text_encoder"].save_pretrained(str(files.text_encoder), safe_serialization=True)
+    parts["tokenizer"].save_pretrained(str(files.text_encoder))
+    parts["t5_tokenizer"].save_pretrained(str(files.t5_tokenizer))
+    save_file({k: v.contiguous() for k, v in parts["vae"].state_dict().items()}, str(files.vae),
+              metadata={"format": "pt"})  # TODO(anima-load): the real Qwen-Image VAE file's (Wan) layout
+    (folder / MARKER).write_text(json.dumps({"words": _words(words)}))
+    return files
+
+
+def tiny_folder(workdir: Path, words: Sequence[str]) -> Path:
+    """Where the tiny Anima for these words lives under a work dir (one build per set of words)."""
+    key = hashlib.sha256(json.dumps(sorted(set(words))).encode()).hexdigest()[:10]
+    return Path(workdir) / "models" / f"tiny-anima-{key}"
