@@ -10,7 +10,7 @@ from pathlib import Path
 from bakery.craft.bake import data as bake_data
 from bakery.craft.bake import kohya_args
 from bakery.craft.bake import kohya_dataset as kohya
-from bakery.craft.bake.bases import prediction
+from bakery.craft.bake.bases import checkpoint, prediction
 from bakery.craft.caption import prune as prune_craft
 from bakery.manifest import TrainImage, TrainSet
 from bakery.recipe import Concept, Recipe, TrainParams
@@ -72,12 +72,29 @@ def train_values(t: TrainParams) -> dict:
 
 def settings(recipe: Recipe, triggers: list[str], unet_only: bool, total_steps: int = 0) -> kohya.TrainSettings:
     t, b = recipe.train, recipe.buckets
+    flow = _architecture(recipe) == "anima"
     return kohya.TrainSettings(
-        name=t.output_name or recipe.project.name, sdxl=recipe.repeats.sdxl or t.architecture == "sdxl",
+        name=t.output_name or recipe.project.name, sdxl=not flow and (recipe.repeats.sdxl or t.architecture == "sdxl"),
         resolution=b.resolution, min_bucket_reso=b.min_side, max_bucket_reso=b.max_side, bucket_reso_steps=b.step,
         train=train_values(recipe.train), triggers=tuple(triggers), unet_only=unet_only, total_steps=total_steps,
-        **_prediction_flags(recipe),
+        architecture="anima" if flow else "", **({} if flow else _prediction_flags(recipe)),
     )
+
+
+def _base_path(recipe: Recipe) -> Path | None:
+    t = recipe.train
+    return recipe.resolve(Path(t.base_model).expanduser()) if t.base_model and t.base_model != "tiny" else None
+
+
+def _architecture(recipe: Recipe) -> str:
+    """The recipe's architecture, or what its single file is (bases/checkpoint.py) when it says "auto"."""
+    path = _base_path(recipe)
+    if recipe.train.architecture != "auto" or not (path and path.is_file() and path.suffix == ".safetensors"):
+        return recipe.train.architecture
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return checkpoint.kind_of(f.keys(), lambda k: tuple(f.get_slice(k).get_shape()))
 
 
 def total_steps(recipe: Recipe, images: list[TrainImage], store: ContentStore) -> int:
@@ -92,7 +109,7 @@ def _prediction_flags(recipe: Recipe) -> dict[str, bool]:
     """kohya needs v-prediction said: the recipe's keys over what a local checkpoint or folder says."""
     t = recipe.train
     found = prediction.Prediction()
-    path = recipe.resolve(Path(t.base_model).expanduser()) if t.base_model and t.base_model != "tiny" else None
+    path = _base_path(recipe)
     config = path / "scheduler" / "scheduler_config.json" if path else None
     if path and path.is_file():
         found = prediction.read_checkpoint(path) or found

@@ -7,8 +7,8 @@ builds `ConfigSanitizer(True, True, args.masked_loss, True)` and reads the file 
 (`config_util.load_user_config`). Keys sd-scripts added to these dicts later (e.g. resize_interpolation)
 are keys we never write, so they cannot change a verdict here; at commit 48d368fa (main, February 2026)
 these dicts differ only by resize_interpolation. The validation keys (`validation_split`, `validation_seed`) are
-in both. Below: train_network.py's command-line arguments (tests/sd_scripts_args.json), which a --config_file's
-keys must be, and split_train_val's arithmetic.
+in both. Below: train_network.py's command-line arguments (tests/sd_scripts_args.json; anima_train_network.py's:
+tests/sd_scripts_anima_args.json), which a --config_file's keys must be, and split_train_val's arithmetic.
 """
 
 from __future__ import annotations
@@ -142,15 +142,19 @@ def check_train_network(dataset_config: Path, masked_loss: bool) -> dict:
 
 # -- train_network.py's arguments (--config_file) ---------------------------------------------------
 ARGS_FILE = Path(__file__).with_name("sd_scripts_args.json")  # its "source" and "how" say where it comes from
+# anima_train_network.py's parser (train_network.py's, the DiT arguments and Anima's own): its own file.
+ANIMA_ARGS_FILE = Path(__file__).with_name("sd_scripts_anima_args.json")
 # train_network.py takes a bare number as well as the list its parser gives (its "backward compatibility" branch).
 SCALAR_OR_LIST = {"text_encoder_lr"}
 
 
-def train_arguments() -> dict[str, dict]:
-    """Every argument of sdxl_train_network.py / train_network.py: name -> type, action, nargs, choices."""
+def train_arguments(script: str = "train_network.py") -> dict[str, dict]:
+    """Every argument of sdxl_train_network.py / train_network.py (or anima_train_network.py): name -> type,
+    action, nargs, choices."""
     import json
 
-    return json.loads(ARGS_FILE.read_text(encoding="utf-8"))["arguments"]
+    path = ANIMA_ARGS_FILE if script == "anima_train_network.py" else ARGS_FILE
+    return json.loads(path.read_text(encoding="utf-8"))["arguments"]
 
 
 def _value_fits(spec: dict, value: AnyType) -> bool:
@@ -163,14 +167,14 @@ def _value_fits(spec: dict, value: AnyType) -> bool:
     return one and ("choices" not in spec or value in spec["choices"])
 
 
-def argument_problems(flat: dict[str, AnyType]) -> list[str]:
+def argument_problems(flat: dict[str, AnyType], script: str = "train_network.py") -> list[str]:
     """What sd-scripts would not take from a flattened --config_file: unknown names, values of the wrong kind.
 
     sd-scripts itself checks neither (train_util.read_config_from_file sets the TOML's values on the namespace)."""
-    spec, problems = train_arguments(), []
+    spec, problems = train_arguments(script), []
     for name, value in flat.items():
         if name not in spec:
-            problems.append(f"{name}: not an argument of train_network.py")
+            problems.append(f"{name}: not an argument of {script}")
             continue
         s = spec[name]
         if s.get("nargs") in ("*", "+") and not (name in SCALAR_OR_LIST and _value_fits(s, value)):

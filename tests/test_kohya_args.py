@@ -36,8 +36,9 @@ def test_every_train_key_is_mapped_or_says_why_not():
 
 
 def test_every_name_the_table_writes_is_sd_scripts_own():
-    """Names of train_network.toml against its parser; dataset/subset names against config_util's schema."""
-    parser = sd_scripts_schema.train_arguments()
+    """Names of train_network.toml against its parsers (train_network.py's, anima_train_network.py's: each
+    export is checked against its own script's below); dataset/subset names against config_util's schema."""
+    parser = {**sd_scripts_schema.train_arguments(), **sd_scripts_schema.train_arguments("anima_train_network.py")}
     subset = {**sd_scripts_schema.SUBSET_ASCENDABLE_SCHEMA, **sd_scripts_schema.DO_SUBSET_ASCENDABLE_SCHEMA}
     for key, arg in kohya_args.TRAIN_ARGS.items():
         if isinstance(arg, str):
@@ -186,3 +187,64 @@ def test_the_bakes_text_encoder_and_unet_switches():
 def test_the_docs_show_the_codes_table():
     page = (Path(__file__).resolve().parent.parent / "docs" / "kohya.md").read_text(encoding="utf-8")
     assert kohya_args.markdown_table() in page, "docs/kohya.md: paste kohya_args.markdown_table() over its table"
+
+
+# -- Anima: anima_train_network.py's own parser ---------------------------------------------------------
+ANIMA = {"family": "anima", "base_model": "/models/anima-base.safetensors", "vae": "/models/qwen_image_vae.safetensors",
+         "text_encoder": "/models/qwen_3_06b_base.safetensors", "shuffle_caption": False}
+SD_ONLY = ("clip_skip", "v2", "v_parameterization", "zero_terminal_snr", "min_snr_gamma", "noise_offset",
+           "multires_noise_iterations", "multires_noise_discount")
+
+
+def _flat(tmp_path: Path) -> dict:
+    cfg = tomllib.loads((tmp_path / "out" / "train_network.toml").read_text())
+    return {k: v for section in cfg.values() for k, v in section.items()}
+
+
+def test_an_anima_recipe_exports_for_anima_train_network(tmp_path: Path):
+    """The files, the timestep sampling and the caches, under anima_train_network.py's names; no SD-only key."""
+    train = {**ANIMA, "llm_adapter": "/models/llm_adapter.safetensors", "t5_tokenizer": "/models/t5_tokenizer",
+             "timestep_sampling": "shift", "discrete_flow_shift": 3.0, "sigmoid_scale": 1.3, "noise_offset": 0.05}
+    flat, checked, s, _, _ = _export(tmp_path, train)
+    assert sd_scripts_schema.argument_problems(flat, "anima_train_network.py") == []
+    assert sd_scripts_schema.argument_problems(flat) != []  # train_network.py's parser has no qwen3
+    assert {k: flat[k] for k in ("pretrained_model_name_or_path", "qwen3", "vae", "llm_adapter_path",
+                                 "t5_tokenizer_path")} == {
+        "pretrained_model_name_or_path": train["base_model"], "qwen3": train["text_encoder"], "vae": train["vae"],
+        "llm_adapter_path": train["llm_adapter"], "t5_tokenizer_path": train["t5_tokenizer"]}
+    assert (flat["timestep_sampling"], flat["discrete_flow_shift"], flat["sigmoid_scale"]) == ("shift", 3.0, 1.3)
+    assert flat["network_module"] == "networks.lora_anima" and "network_args" not in flat
+    assert flat["mixed_precision"] == "bf16" and flat["gradient_checkpointing"] and flat["cache_latents"]
+    # Prodigy: UNet only (the family's rule), captions fixed: sd-scripts caches Qwen3's outputs and unloads it.
+    assert flat["network_train_unet_only"] and flat["cache_text_encoder_outputs"]
+    assert [k for k in SD_ONLY if k in flat] == []
+    assert checked["datasets"][0]["bucket_reso_steps"] % 16 == 0  # AnimaNetworkTrainer.assert_extra_args
+    head = (tmp_path / "out" / "dataset_config.toml").read_text().splitlines()[1]
+    assert head.startswith("# train with: accelerate launch anima_train_network.py --config_file ")
+    lost = kohya_args.left_out(s.train, s.context(False, False))
+    assert lost == ["anima_train_network.py does not use: min_snr_gamma 5.0, noise_offset 0.05"]
+
+
+def test_an_anima_export_names_what_sd_scripts_still_needs(tmp_path: Path):
+    """No VAE or Qwen3 in the recipe, shuffled captions: said in the TOML, not guessed."""
+    train = {"family": "anima", "base_model": "circlestone-labs/Anima", "min_snr_gamma": 0}
+    flat, _, s, _, _ = _export(tmp_path, train)
+    assert "qwen3" not in flat and "vae" not in flat and "cache_text_encoder_outputs" not in flat
+    text = (tmp_path / "out" / "train_network.toml").read_text()
+    for line in ("base_model circlestone-labs/Anima: anima_train_network.py reads the DiT's single .safetensors file",
+                 "vae unset: anima_train_network.py needs `vae` (the Qwen-Image VAE file)",
+                 "text_encoder unset: anima_train_network.py needs `qwen3` (the Qwen3-0.6B folder or .safetensors "
+                 "file)", "text-encoder outputs not cached"):
+        assert f"# not as the recipe says: {line}" in text, line
+
+
+@pytest.mark.parametrize("network", ["lokr", "loha", "locon", "dora"])
+def test_anima_networks(tmp_path: Path, network: str):
+    """LoRA and LoCon: networks.lora_anima (a DiT has no conv layers); the LyCORIS types: lycoris.kohya, no conv_dim."""
+    flat, _, _, _, _ = _export(tmp_path, {**ANIMA, "network_type": network, "network_dim": 16})
+    assert sd_scripts_schema.argument_problems(flat, "anima_train_network.py") == []
+    want = {"lokr": ["algo=lokr"], "loha": ["algo=loha"], "dora": ["algo=lora", "dora_wd=True"]}
+    if network == "locon":
+        assert flat["network_module"] == "networks.lora_anima" and "network_args" not in flat
+    else:
+        assert flat["network_module"] == "lycoris.kohya" and flat["network_args"] == want[network]

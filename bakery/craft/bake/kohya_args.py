@@ -2,11 +2,16 @@
 
 `bakery export-kohya` writes its two TOML files from this table alone, so the exported run trains what our
 bake trains; tests/test_kohya_args.py fails when a key of `TrainParams` has no entry, and checks every name
-written against sd-scripts' own argument parser (tests/data/sd_scripts_args.json).
+written against sd-scripts' own argument parser (tests/sd_scripts_args.json).
 
 An entry is an `Arg` (where it goes, the sd-scripts names it may write, how) or a string: why there is no
 argument. Places: a section of train_network.toml (`--config_file`; sd-scripts flattens the sections), or
 "dataset" / "subset" of dataset_config.toml (`--dataset_config`: a training subset's keys, one per folder).
+The architecture picks the script (`SCRIPTS`): train_network.py (SD1.5), sdxl_train_network.py, or
+anima_train_network.py, a rectified-flow script whose parser (tests/sd_scripts_anima_args.json) takes the model
+files apart (`qwen3`, `vae`, `llm_adapter_path`, `t5_tokenizer_path`) and the timestep sampling, and does
+without the SD-only keys (clip skip, v-prediction: sd-scripts' docs/anima_train_network.md §4.1; min-SNR,
+noise offset: its AnimaNetworkTrainer draws plain noise and weights no loss by SNR).
 `write` gets the [train] values as `TrainParams.model_dump()` gives them, with `learning_rate` and
 `lr_scheduler` resolved to what the bake uses, and the export's `Context`; it returns the arguments
 (nothing when the value is sd-scripts' default or off). `lost` says what of a value sd-scripts cannot take.
@@ -33,6 +38,14 @@ NETWORKS: dict[str, tuple[str, list[str]]] = {
     "dylora": ("lycoris.kohya", ["algo=dylora", "block_size=4", "preset=attn-mlp"]),
     "diag-oft": ("lycoris.kohya", ["algo=diag-oft", "preset=attn-mlp"]),
 }
+# anima_train_network.py: LoRA is sd-scripts' own networks.lora_anima (self/cross attention and MLP of every
+# block); the LyCORIS types go through lycoris.kohya, whose presets name Anima's blocks (LyCORIS >= 3.4). LoCon's
+# conv layers do not exist in a DiT (its patch embedder is a Linear layer): LoCon trains what LoRA trains.
+ANIMA_NETWORKS: dict[str, tuple[str, list[str]]] = {
+    **{k: v for k, v in NETWORKS.items() if v[0] == "lycoris.kohya"},
+    "lora": ("networks.lora_anima", []),
+    "locon": ("networks.lora_anima", []),
+}
 CONV_NETWORKS = ("locon", "loha", "lokr")  # the types our bake gives conv layers (conv_dim / conv_alpha)
 # Our optimizers -> sd-scripts optimizer_type and the fixed optimizer_args our bake passes (optim.make_optimizer).
 OPTIMIZERS: dict[str, tuple[str, list[str]]] = {
@@ -44,6 +57,19 @@ OPTIMIZERS: dict[str, tuple[str, list[str]]] = {
 # REX (Chen et al.): sd-scripts has none of its own; pytorch-optimizer (an sd-scripts requirement) has it.
 REX_SCHEDULER = "pytorch_optimizer.lr_scheduler.rex.REXScheduler"
 SAVE_PRECISION = {"fp16": "fp16", "bf16": "bf16", "fp32": "float"}
+
+
+@dataclass(frozen=True)
+class Script:
+    """One sd-scripts training script: its file and the network modules it trains ours with."""
+
+    file: str
+    networks: dict[str, tuple[str, list[str]]]
+    flow: bool = False  # rectified flow: no clip skip, v-prediction, min-SNR, noise offset; timestep sampling
+
+
+SCRIPTS = {"sd15": Script("train_network.py", NETWORKS), "sdxl": Script("sdxl_train_network.py", NETWORKS),
+           "anima": Script("anima_train_network.py", ANIMA_NETWORKS, flow=True)}
 
 
 @dataclass(frozen=True)
@@ -59,6 +85,11 @@ class Context:
     zero_terminal_snr: bool = False
     total_steps: int = 0  # the bake's optimizer steps (epochs x batches per epoch); REX needs it
     head: int = 0  # a subset's triggers (and prefix tags): kept at the caption's head
+    architecture: str = ""  # a name in SCRIPTS; "": sd15, or sdxl when `sdxl`
+
+    @property
+    def script(self) -> Script:
+        return SCRIPTS[self.architecture or ("sdxl" if self.sdxl else "sd15")]
 
 
 @dataclass(frozen=True)
@@ -108,8 +139,50 @@ def _rex_lost(t: Train, c: Context) -> str | None:
 
 
 def _network_module(t: Train, c: Context) -> dict[str, Any]:
-    module, args = NETWORKS[t["network_type"]]
+    module, args = c.script.networks[t["network_type"]]
     return {"network_module": module, **_when(bool(args), {"network_args": list(args)})}
+
+
+def _conv(key: str) -> Callable[[Train, Context], dict[str, Any]]:
+    """conv_dim= / conv_alpha= for the networks our bake gives conv layers (a DiT has none)."""
+    return lambda t, c: _when(t["network_type"] in CONV_NETWORKS and not c.script.flow,
+                              {"network_args": [f"{key}={t[key]}"]})
+
+
+def _sd_only(written: Callable[[Train, Context], dict[str, Any]]) -> Callable[[Train, Context], dict[str, Any]]:
+    """An SD-only argument: nothing for a rectified-flow script (it ignores it)."""
+    return lambda t, c: {} if c.script.flow else written(t, c)
+
+
+def _sd_same(name: str) -> Arg:
+    """An SD-only key under its own name, left out when 0."""
+    return Arg("training", (name,), _sd_only(lambda t, c: _when(bool(t[name]), {name: t[name]})),
+               "same name (left out when 0; not Anima)")
+
+
+def _flow_only(name: str) -> Arg:
+    """A rectified-flow key under its own name, for a flow script only (always written: it is in the metadata)."""
+    return Arg("training", (name,), lambda t, c: _when(c.script.flow, {name: t[name]}), "same name (Anima)")
+
+
+def _flow_ignores(t: Train, c: Context) -> str | None:
+    """What an SD key asks that a rectified-flow script does not do (AnimaNetworkTrainer: plain noise, no SNR)."""
+    if not c.script.flow:
+        return None
+    asked = [f"{k} {t[k]}" for k in ("min_snr_gamma", "noise_offset", "multires_noise_iterations") if t[k]]
+    asked += [f"{k} true" for k in ("v_parameterization", "zero_terminal_snr") if t[k]]
+    if t["loss_type"] != "l2" and t["huber_schedule"] == "snr":
+        asked.append("huber_schedule snr (sd-scripts refuses it without an SNR schedule: use exponential)")
+    return f"{c.script.file} does not use: " + ", ".join(asked) if asked else None
+
+
+def _path(key: str, name: str, needed: str = "") -> Arg:
+    """A model file a flow script takes apart from the base (`needed`: what it is, when the script needs it)."""
+    def lost(t: Train, c: Context) -> str | None:
+        return (f"{key} unset: {c.script.file} needs `{name}` ({needed})"
+                if needed and c.script.flow and not t[key] else None)
+    return Arg("model", (name,), lambda t, c: _when(c.script.flow and bool(t[key]), {name: t[key]}),
+               f"`{name}` (Anima" + (f": {needed})" if needed else ")"), lost)
 
 
 def _optimizer(t: Train, c: Context) -> dict[str, Any]:
@@ -118,7 +191,8 @@ def _optimizer(t: Train, c: Context) -> dict[str, Any]:
 
 
 def _mixed_precision(t: Train, c: Context) -> dict[str, Any]:
-    return {"mixed_precision": "fp16" if t["mixed_precision"] == "auto" else t["mixed_precision"]}
+    auto = "bf16" if c.script.flow else "fp16"  # Anima trains in bf16 (sd-scripts' Anima guide)
+    return {"mixed_precision": auto if t["mixed_precision"] == "auto" else t["mixed_precision"]}
 
 
 def _keep_tokens(t: Train, c: Context) -> dict[str, Any]:
@@ -130,18 +204,45 @@ def _base_model(t: Train, c: Context) -> dict[str, Any]:
     return {} if model in (None, "tiny") else {"pretrained_model_name_or_path": model}
 
 
-def _tiny_lost(t: Train, c: Context) -> str | None:
-    return "base_model 'tiny' is our random-weight test model: set pretrained_model_name_or_path" \
-        if t["base_model"] == "tiny" else None
+def _base_lost(t: Train, c: Context) -> str | None:
+    model = t["base_model"]
+    if model == "tiny":
+        return "base_model 'tiny' is our random-weight test model: set pretrained_model_name_or_path"
+    if c.script.flow and model and not str(model).endswith(".safetensors"):
+        return f"base_model {model}: {c.script.file} reads the DiT's single .safetensors file"
+    return None
+
+
+def _vae_lost(t: Train, c: Context) -> str | None:
+    return f"vae unset: {c.script.file} needs `vae` (the Qwen-Image VAE file)" \
+        if c.script.flow and not t["vae"] else None
 
 
 def _auto_precision_lost(t: Train, c: Context) -> str | None:
     return "mixed_precision 'auto' (bf16 where the card has it): written as fp16, which every card runs" \
-        if t["mixed_precision"] == "auto" else None
+        if t["mixed_precision"] == "auto" and not c.script.flow else None
 
 
 def _unet_only(t: Train, c: Context) -> dict[str, Any]:
     return _when(not t["train_text_encoder"] or c.style_unet_only, {"network_train_unet_only": True})
+
+
+def _fixed_captions(t: Train) -> bool:
+    """Captions the same every epoch: what sd-scripts caches text-encoder outputs for (caption dropout aside)."""
+    return not t["shuffle_caption"] and not t["token_warmup_step"] and not t["tag_dropout_rate"]
+
+
+def _text_encoder_side(t: Train, c: Context) -> dict[str, Any]:
+    """UNet only; a flow script also caches the text encoder's outputs then, when it can (its assert_extra_args)."""
+    out = _unet_only(t, c)
+    return {**out, **_when(c.script.flow and bool(out) and _fixed_captions(t), {"cache_text_encoder_outputs": True})}
+
+
+def _uncached_text(t: Train, c: Context) -> str | None:
+    if c.script.flow and _unet_only(t, c) and not _fixed_captions(t):
+        return ("text-encoder outputs not cached: sd-scripts caches them only for fixed captions (no "
+                "shuffle_caption, token_warmup_step or tag_dropout_rate), so Qwen3 stays loaded")
+    return None
 
 
 HOW_SCHEDULER = ("`lr_scheduler` (cosine, cosine_with_restarts; constant, or constant_with_warmup with warmup "
@@ -153,34 +254,44 @@ TRAIN_ARGS: dict[str, Arg | str] = {
     "profile": "a preset of other [train] keys, already in them when the recipe loads",
     "family": "fills other keys when the recipe loads (architecture, clip_skip, buckets, ...): exported through them",
     "base_model": Arg("model", ("pretrained_model_name_or_path",), _base_model,
-                      "`pretrained_model_name_or_path` (not for \"tiny\", our test model)", _tiny_lost),
-    "vae": same("vae", "model"),
-    "architecture": "picks the script, not an argument: sdxl_train_network.py for SDXL (the TOML's first comment)",
+                      "`pretrained_model_name_or_path` (not for \"tiny\", our test model; Anima: the DiT file)",
+                      _base_lost),
+    "vae": Arg("model", ("vae",), lambda t, c: _when(t["vae"] is not None, {"vae": t["vae"]}),
+               "same name (Anima: the Qwen-Image VAE file, needed)", _vae_lost),
+    "architecture": "picks the script, not an argument: sdxl_train_network.py for SDXL, anima_train_network.py "
+                    "for Anima (the TOML's first comment)",
+    "text_encoder": _path("text_encoder", "qwen3", "the Qwen3-0.6B folder or .safetensors file"),
+    "llm_adapter": _path("llm_adapter", "llm_adapter_path"),
+    "t5_tokenizer": _path("t5_tokenizer", "t5_tokenizer_path"),
+    "timestep_sampling": _flow_only("timestep_sampling"),
+    "discrete_flow_shift": _flow_only("discrete_flow_shift"),
+    "sigmoid_scale": _flow_only("sigmoid_scale"),
     "output_name": Arg("saving", ("output_name",), lambda t, c: {"output_name": c.name},
                        "`output_name` (unset: project.name)"),
-    "clip_skip": Arg("model", ("clip_skip",), lambda t, c: _when(not c.sdxl, {"clip_skip": t["clip_skip"]}),
-                     "`clip_skip` (SD1.5; SDXL trains on the penultimate layer whatever it says)"),
+    "clip_skip": Arg("model", ("clip_skip",), _sd_only(lambda t, c: _when(not c.sdxl, {"clip_skip": t["clip_skip"]})),
+                     "`clip_skip` (SD1.5; SDXL trains on the penultimate layer whatever it says; not Anima)"),
     "v_parameterization": Arg("model", ("v_parameterization",),
-                              lambda t, c: _when(c.v_parameterization, {"v_parameterization": True}),
-                              "`v_parameterization` (unset: as the base model says)"),
+                              _sd_only(lambda t, c: _when(c.v_parameterization, {"v_parameterization": True})),
+                              "`v_parameterization` (unset: as the base model says; not Anima)"),
     "zero_terminal_snr": Arg("training", ("zero_terminal_snr",),
-                             lambda t, c: _when(c.zero_terminal_snr, {"zero_terminal_snr": True}),
-                             "`zero_terminal_snr` (unset: as the base model says)"),
+                             _sd_only(lambda t, c: _when(c.zero_terminal_snr, {"zero_terminal_snr": True})),
+                             "`zero_terminal_snr` (unset: as the base model says; not Anima)"),
     "network_type": Arg("network", ("network_module", "network_args"), _network_module,
-                        "`network_module`: networks.lora (lora, locon) or lycoris.kohya with `algo=` in `network_args`"),
+                        "`network_module`: networks.lora (lora, locon; Anima: networks.lora_anima) or lycoris.kohya "
+                        "with `algo=` in `network_args`"),
     "network_dim": same("network_dim", "network"),
     "network_alpha": same("network_alpha", "network"),
-    "conv_dim": Arg("network", ("network_args",), lambda t, c: _when(
-        t["network_type"] in CONV_NETWORKS, {"network_args": [f"conv_dim={t['conv_dim']}"]}),
-        "`network_args` conv_dim= (locon, loha, lokr)"),
-    "conv_alpha": Arg("network", ("network_args",), lambda t, c: _when(
-        t["network_type"] in CONV_NETWORKS, {"network_args": [f"conv_alpha={t['conv_alpha']}"]}),
-        "`network_args` conv_alpha= (locon, loha, lokr)"),
+    "conv_dim": Arg("network", ("network_args",), _conv("conv_dim"), "`network_args` conv_dim= (locon, loha, lokr; "
+                    "not Anima: a DiT has no conv layers)"),
+    "conv_alpha": Arg("network", ("network_args",), _conv("conv_alpha"), "`network_args` conv_alpha= (locon, loha, "
+                      "lokr; not Anima)"),
     "train_unet": Arg("network", ("network_train_text_encoder_only",),
                       lambda t, c: _when(not t["train_unet"], {"network_train_text_encoder_only": True}),
                       "false: `network_train_text_encoder_only = true`"),
-    "train_text_encoder": Arg("network", ("network_train_unet_only",), _unet_only,
-                              "false (or a style_no_tags concept): `network_train_unet_only = true`"),
+    "train_text_encoder": Arg("network", ("network_train_unet_only", "cache_text_encoder_outputs"),
+                              _text_encoder_side, "false (or a style_no_tags concept): `network_train_unet_only = "
+                              "true`; Anima: also `cache_text_encoder_outputs` when the captions are fixed",
+                              _uncached_text),
     "epochs": renamed("epochs", "max_train_epochs", "training"),
     "batch_size": same("batch_size", "dataset", how="dataset `batch_size`"),
     "optimizer": Arg("optimizer", ("optimizer_type", "optimizer_args"), _optimizer,
@@ -211,13 +322,13 @@ TRAIN_ARGS: dict[str, Arg | str] = {
         t["loss_type"] != "l2", {"huber_schedule": t["huber_schedule"]}), "`huber_schedule` (huber, smooth_l1)"),
     "huber_c": Arg("training", ("huber_c",), lambda t, c: _when(t["loss_type"] != "l2", {"huber_c": t["huber_c"]}),
                    "`huber_c` (huber, smooth_l1)"),
-    "min_snr_gamma": same("min_snr_gamma", "training", skip=0, how="same name (left out when 0)"),
-    "noise_offset": same("noise_offset", "training", skip=0, how="same name (left out when 0)"),
-    "multires_noise_iterations": same("multires_noise_iterations", "training", skip=0,
-                                      how="same name (left out when 0)"),
-    "multires_noise_discount": Arg("training", ("multires_noise_discount",), lambda t, c: _when(
-        bool(t["multires_noise_iterations"]), {"multires_noise_discount": t["multires_noise_discount"]}),
-        "same name (with multires noise)"),
+    "min_snr_gamma": Arg("training", ("min_snr_gamma",), _sd_same("min_snr_gamma").write,
+                         "same name (left out when 0; not Anima, which weights no loss by SNR)", _flow_ignores),
+    "noise_offset": _sd_same("noise_offset"),
+    "multires_noise_iterations": _sd_same("multires_noise_iterations"),
+    "multires_noise_discount": Arg("training", ("multires_noise_discount",), _sd_only(lambda t, c: _when(
+        bool(t["multires_noise_iterations"]), {"multires_noise_discount": t["multires_noise_discount"]})),
+        "same name (with multires noise; not Anima)"),
     "ip_noise_gamma": same("ip_noise_gamma", "training", skip=0, how="same name (left out when 0)"),
     "masked_loss": Arg("training", ("masked_loss",), lambda t, c: {"masked_loss": c.masked},
                        "`masked_loss` + each PNG's alpha = its mask, subset `alpha_mask` (when a picture has one)"),

@@ -4,7 +4,8 @@ OUT/img/<N>_<folder>/<name>.png + <name>.txt   training images (.jpg/.webp/.bmp:
 OUT/reg/<N>_<folder>/<name>.png (+ .txt)       regularisation images
 OUT/val/1_<folder>/<name>.png + <name>.txt     the held-out validation pictures (a second dataset, all validation)
 OUT/dataset_config.toml                        `--dataset_config` (one subset per folder)
-OUT/train_network.toml                         `--config_file` for train_network.py / sdxl_train_network.py
+OUT/train_network.toml                         `--config_file` for train_network.py / sdxl_train_network.py /
+                                               anima_train_network.py
 
 With masks, every PNG is RGBA: the image's RGB and its mask as alpha (white =
 train; no mask = opaque = train everything), and every subset says
@@ -104,10 +105,11 @@ class TrainSettings:
     v_parameterization: bool = False  # resolved from the recipe and the base model
     zero_terminal_snr: bool = False
     total_steps: int = 0  # the bake's optimizer steps; 0: unknown
+    architecture: str = ""  # a name in kohya_args.SCRIPTS; "": sd15, or sdxl when `sdxl`
 
     def context(self, masked: bool, has_reg: bool, head: int = 0) -> args.Context:
         return args.Context(self.name, self.sdxl, masked, has_reg, self.unet_only, self.v_parameterization,
-                            self.zero_terminal_snr, self.total_steps, head)
+                            self.zero_terminal_snr, self.total_steps, head, self.architecture)
 
 
 VALIDATION_DIR = "val"  # held-out pictures: a dataset of their own, all validation (`validation_split = 1.0`)
@@ -235,9 +237,8 @@ def export(out: Path, images: Sequence[TrainImage], store_path: Callable[[str], 
     has_reg = any(t.is_reg for t in images)
     comments = [
         "kohya sd-scripts dataset config, written by `bakery export-kohya`",
-        "train with: accelerate launch "
-        + ("sdxl_train_network.py" if settings.sdxl else "train_network.py")
-        + f" --config_file {out / 'train_network.toml'}",
+        f"train with: accelerate launch {settings.context(masked, has_reg).script.file}"
+        f" --config_file {out / 'train_network.toml'}",
     ]
     if held_out:
         comments.append(f"the second dataset ({VALIDATION_DIR}/) holds the {len(held_out)} held-out picture(s): "
