@@ -161,7 +161,7 @@ def _account(stages: list[dict], trained: int, held: int, skipped: int) -> str:
 def _clear(out: Path, force: bool) -> None:
     # "mask" is what exports before the alpha-channel masks wrote: --force clears it too.
     ours = [out / d for d in ("img", "mask", "reg", kohya.VALIDATION_DIR, "dataset_config.toml",
-                              "train_network.toml", LEFT_OUT_FILE)]
+                              "train_network.toml", kohya_args.LYCORIS_PRESET, LEFT_OUT_FILE)]
     if any(p.exists() for p in ours):
         if not force:
             raise ExportError(f"{out} already holds an export: pass --force to replace it")

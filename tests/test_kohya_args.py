@@ -191,7 +191,7 @@ def test_the_docs_show_the_codes_table():
 
 # -- Anima: anima_train_network.py's own parser ---------------------------------------------------------
 ANIMA = {"family": "anima", "base_model": "/models/anima-base.safetensors", "vae": "/models/qwen_image_vae.safetensors",
-         "text_encoder": "/models/qwen_3_06b_base.safetensors", "shuffle_caption": False}
+         "text_encoder": "/models/qwen_3_06b_base.safetensors", "shuffle_caption": False, "min_snr_gamma": 0}
 SD_ONLY = ("clip_skip", "v2", "v_parameterization", "zero_terminal_snr", "min_snr_gamma", "noise_offset",
            "multires_noise_iterations", "multires_noise_discount")
 
@@ -204,7 +204,8 @@ def _flat(tmp_path: Path) -> dict:
 def test_an_anima_recipe_exports_for_anima_train_network(tmp_path: Path):
     """The files, the timestep sampling and the caches, under anima_train_network.py's names; no SD-only key."""
     train = {**ANIMA, "llm_adapter": "/models/llm_adapter.safetensors", "t5_tokenizer": "/models/t5_tokenizer",
-             "timestep_sampling": "shift", "discrete_flow_shift": 3.0, "sigmoid_scale": 1.3, "noise_offset": 0.05}
+             "timestep_sampling": "shift", "discrete_flow_shift": 3.0, "sigmoid_scale": 1.3, "noise_offset": 0.05,
+             "multires_noise_iterations": 4}
     flat, checked, s, _, _ = _export(tmp_path, train)
     assert sd_scripts_schema.argument_problems(flat, "anima_train_network.py") == []
     assert sd_scripts_schema.argument_problems(flat) != []  # train_network.py's parser has no qwen3
@@ -222,7 +223,7 @@ def test_an_anima_recipe_exports_for_anima_train_network(tmp_path: Path):
     head = (tmp_path / "out" / "dataset_config.toml").read_text().splitlines()[1]
     assert head.startswith("# train with: accelerate launch anima_train_network.py --config_file ")
     lost = kohya_args.left_out(s.train, s.context(False, False))
-    assert lost == ["anima_train_network.py does not use: min_snr_gamma 5.0, noise_offset 0.05"]
+    assert lost == ["anima_train_network.py does not use: noise_offset 0.05, multires_noise_iterations 4"]
 
 
 def test_an_anima_export_names_what_sd_scripts_still_needs(tmp_path: Path):
@@ -239,12 +240,19 @@ def test_an_anima_export_names_what_sd_scripts_still_needs(tmp_path: Path):
 
 
 @pytest.mark.parametrize("network", ["lokr", "loha", "locon", "dora"])
-def test_anima_networks(tmp_path: Path, network: str):
-    """LoRA and LoCon: networks.lora_anima (a DiT has no conv layers); the LyCORIS types: lycoris.kohya, no conv_dim."""
+def test_anima_networks_wrap_the_layers_our_bake_wraps(tmp_path: Path, network: str):
+    """LoRA/LoCon: networks.lora_anima (LoCon adds the embedders and final layer back: a DiT has no conv layers);
+    the LyCORIS types: lycoris.kohya with a preset file of the same layers, no conv_dim."""
     flat, _, _, _, _ = _export(tmp_path, {**ANIMA, "network_type": network, "network_dim": 16})
     assert sd_scripts_schema.argument_problems(flat, "anima_train_network.py") == []
-    want = {"lokr": ["algo=lokr"], "loha": ["algo=loha"], "dora": ["algo=lora", "dora_wd=True"]}
+    preset = tmp_path / "out" / kohya_args.LYCORIS_PRESET
     if network == "locon":
-        assert flat["network_module"] == "networks.lora_anima" and "network_args" not in flat
-    else:
-        assert flat["network_module"] == "lycoris.kohya" and flat["network_args"] == want[network]
+        assert flat["network_module"] == "networks.lora_anima"
+        assert flat["network_args"] == ["include_patterns=['.*(_embedder|final_layer).*']"] and not preset.exists()
+        return
+    algo = {"lokr": ["algo=lokr"], "loha": ["algo=loha"], "dora": ["algo=lora", "dora_wd=True"]}[network]
+    assert flat["network_module"] == "lycoris.kohya" and flat["network_args"] == [*algo, f"preset={preset}"]
+    layers = tomllib.loads(preset.read_text())
+    assert layers["unet_target_module"] == (["Block"] if network == "dora" else
+                                            ["Block", "PatchEmbed", "TimestepEmbedding", "FinalLayer"])
+    assert layers["exclude_name"] == [r"blocks\.\d+\.adaln_modulation.*"]

@@ -38,15 +38,28 @@ NETWORKS: dict[str, tuple[str, list[str]]] = {
     "dylora": ("lycoris.kohya", ["algo=dylora", "block_size=4", "preset=attn-mlp"]),
     "diag-oft": ("lycoris.kohya", ["algo=diag-oft", "preset=attn-mlp"]),
 }
-# anima_train_network.py: LoRA is sd-scripts' own networks.lora_anima (self/cross attention and MLP of every
-# block); the LyCORIS types go through lycoris.kohya, whose presets name Anima's blocks (LyCORIS >= 3.4). LoCon's
-# conv layers do not exist in a DiT (its patch embedder is a Linear layer): LoCon trains what LoRA trains.
-ANIMA_NETWORKS: dict[str, tuple[str, list[str]]] = {
-    **{k: v for k, v in NETWORKS.items() if v[0] == "lycoris.kohya"},
-    "lora": ("networks.lora_anima", []),
-    "locon": ("networks.lora_anima", []),
-}
 CONV_NETWORKS = ("locon", "loha", "lokr")  # the types our bake gives conv layers (conv_dim / conv_alpha)
+# anima_train_network.py, on the layers our bake wraps (bases/anima/network.py): each block's attention and MLP,
+# sd-scripts' networks.lora_anima default; the LoCon-style types (CONV_NETWORKS: a DiT has no conv layers) add the
+# patch and timestep embedders and the final layer, which lora_anima's default exclude pattern leaves out.
+ANIMA_LOCON_INCLUDE = "include_patterns=['.*(_embedder|final_layer).*']"
+# The LyCORIS types go through lycoris.kohya with a preset file written beside the configs (LYCORIS_PRESET):
+# LyCORIS's own presets for Anima wrap every Linear of a block, its adaLN modulation too.
+LYCORIS_PRESET = "lycoris_preset.toml"
+ANIMA_NETWORKS: dict[str, tuple[str, list[str]]] = {
+    **{k: (m, [a for a in args if not a.startswith("preset=")]) for k, (m, args) in NETWORKS.items()
+       if m == "lycoris.kohya"},
+    "lora": ("networks.lora_anima", []),
+    "locon": ("networks.lora_anima", [ANIMA_LOCON_INCLUDE]),
+}
+
+
+def lycoris_preset(network_type: str) -> dict[str, Any]:
+    """LyCORIS's preset (lycoris/config_sdk.py PresetConfig) for our layers on sd-scripts' Anima model classes."""
+    extra = ["PatchEmbed", "TimestepEmbedding", "FinalLayer"] if network_type in CONV_NETWORKS else []
+    return {"enable_conv": False, "unet_target_module": ["Block", *extra], "unet_target_name": [],
+            "text_encoder_target_module": ["Qwen3Attention", "Qwen3MLP"], "text_encoder_target_name": [],
+            "exclude_name": [r"blocks\.\d+\.adaln_modulation.*"]}
 # Our optimizers -> sd-scripts optimizer_type and the fixed optimizer_args our bake passes (optim.make_optimizer).
 OPTIMIZERS: dict[str, tuple[str, list[str]]] = {
     "prodigy": ("Prodigy", ["decouple=True", "use_bias_correction=True", "safeguard_warmup=True"]),
@@ -86,6 +99,7 @@ class Context:
     total_steps: int = 0  # the bake's optimizer steps (epochs x batches per epoch); REX needs it
     head: int = 0  # a subset's triggers (and prefix tags): kept at the caption's head
     architecture: str = ""  # a name in SCRIPTS; "": sd15, or sdxl when `sdxl`
+    folder: str = "."  # where the export writes (a flow script's LyCORIS preset file)
 
     @property
     def script(self) -> Script:
@@ -140,6 +154,8 @@ def _rex_lost(t: Train, c: Context) -> str | None:
 
 def _network_module(t: Train, c: Context) -> dict[str, Any]:
     module, args = c.script.networks[t["network_type"]]
+    if c.script.flow and module == "lycoris.kohya":
+        args = [*args, f"preset={c.folder.rstrip('/')}/{LYCORIS_PRESET}"]
     return {"network_module": module, **_when(bool(args), {"network_args": list(args)})}
 
 
@@ -277,8 +293,9 @@ TRAIN_ARGS: dict[str, Arg | str] = {
                              _sd_only(lambda t, c: _when(c.zero_terminal_snr, {"zero_terminal_snr": True})),
                              "`zero_terminal_snr` (unset: as the base model says; not Anima)"),
     "network_type": Arg("network", ("network_module", "network_args"), _network_module,
-                        "`network_module`: networks.lora (lora, locon; Anima: networks.lora_anima) or lycoris.kohya "
-                        "with `algo=` in `network_args`"),
+                        "`network_module`: networks.lora (lora, locon) or lycoris.kohya with `algo=` in `network_args`; "
+                        "Anima: networks.lora_anima (locon: + `include_patterns` of the embedders and final layer), "
+                        "lycoris.kohya with `preset=` " + LYCORIS_PRESET),
     "network_dim": same("network_dim", "network"),
     "network_alpha": same("network_alpha", "network"),
     "conv_dim": Arg("network", ("network_args",), _conv("conv_dim"), "`network_args` conv_dim= (locon, loha, lokr; "

@@ -4,6 +4,7 @@ OUT/img/<N>_<folder>/<name>.png + <name>.txt   training images (.jpg/.webp/.bmp:
 OUT/reg/<N>_<folder>/<name>.png (+ .txt)       regularisation images
 OUT/val/1_<folder>/<name>.png + <name>.txt     the held-out validation pictures (a second dataset, all validation)
 OUT/dataset_config.toml                        `--dataset_config` (one subset per folder)
+OUT/lycoris_preset.toml                        Anima with a LyCORIS network: the layers it wraps (`preset=`)
 OUT/train_network.toml                         `--config_file` for train_network.py / sdxl_train_network.py /
                                                anima_train_network.py
 
@@ -107,9 +108,9 @@ class TrainSettings:
     total_steps: int = 0  # the bake's optimizer steps; 0: unknown
     architecture: str = ""  # a name in kohya_args.SCRIPTS; "": sd15, or sdxl when `sdxl`
 
-    def context(self, masked: bool, has_reg: bool, head: int = 0) -> args.Context:
+    def context(self, masked: bool, has_reg: bool, head: int = 0, folder: Path = Path(".")) -> args.Context:
         return args.Context(self.name, self.sdxl, masked, has_reg, self.unet_only, self.v_parameterization,
-                            self.zero_terminal_snr, self.total_steps, head, self.architecture)
+                            self.zero_terminal_snr, self.total_steps, head, self.architecture, str(folder))
 
 
 VALIDATION_DIR = "val"  # held-out pictures: a dataset of their own, all validation (`validation_split = 1.0`)
@@ -166,7 +167,7 @@ def dataset_config(out: Path, images: Sequence[TrainImage], settings: TrainSetti
 
 def train_network_config(out: Path, s: TrainSettings, masked: bool, has_reg: bool) -> dict[str, Any]:
     """kohya's `--config_file` from kohya_args.TRAIN_ARGS (sections are only for reading; sd-scripts flattens them)."""
-    ctx = s.context(masked, has_reg)
+    ctx = s.context(masked, has_reg, folder=out)
     sections = {place: args.arguments(s.train, ctx, place)
                 for place in ("model", "network", "optimizer", "training", "saving")}
     sections["training"]["dataset_config"] = str(out / "dataset_config.toml")
@@ -250,4 +251,10 @@ def export(out: Path, images: Sequence[TrainImage], store_path: Callable[[str], 
     tcomments += [f"not as the recipe says: {line}" for line in args.left_out(settings.train, settings.context(
         masked, has_reg))]
     tpath.write_text(to_toml(train_network_config(out, settings, masked, has_reg), tcomments), encoding="utf-8")
-    return {"dataset_config": dpath, "train_config": tpath}
+    files = {"dataset_config": dpath, "train_config": tpath}
+    if any(a.startswith("preset=") for a in args.arguments(settings.train, settings.context(
+            masked, has_reg, folder=out), "network").get("network_args", [])):  # a flow script's LyCORIS layers
+        files["lycoris_preset"] = out / args.LYCORIS_PRESET
+        files["lycoris_preset"].write_text(to_toml(args.lycoris_preset(settings.train["network_type"]), [
+            "LyCORIS preset: the layers our bake wraps, written by `bakery export-kohya`"]), encoding="utf-8")
+    return files
