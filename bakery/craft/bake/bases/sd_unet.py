@@ -18,7 +18,7 @@ from bakery.craft.bake.networks import kohya_lora as K
 from bakery.craft.bake.precision import Precision
 
 if TYPE_CHECKING:
-    from bakery.craft.bake.bases.family import Base
+    from bakery.craft.bake.bases.family import Base, TimestepSampling
 
 
 class TextEncoder:
@@ -77,6 +77,7 @@ class SDUNet:
     pipeline_kwargs: ClassVar[dict[str, Any]] = {}  # what every load of the pipeline passes
     te_prefixes: tuple[str, ...] = ()  # kohya's prefixes of the text encoders' modules
     sgm = False  # kohya names the UNet's modules in the original (sgm/LDM) layout
+    fp16 = True  # rules.md §12: fp16 (bf16 if supported)
 
     # -- loading --
     def load(self, source: str | Path, form: str, files: BaseFiles = BaseFiles(), **kwargs: Any) -> Any:
@@ -113,6 +114,9 @@ class SDUNet:
     def vae(self, pipe: Any) -> Any:
         return pipe.vae
 
+    def conditioners(self, pipe: Any) -> list[Any]:
+        return []
+
     # -- the noisy input and its target --
     def use_prediction(self, base: Base, v_parameterization: bool | None,
                        zero_terminal_snr: bool | None) -> P.Prediction:
@@ -129,13 +133,14 @@ class SDUNet:
         base.prediction = pred
         return pred
 
-    def noise_schedule(self, base: Base) -> Any:
-        """DDPM on the base's betas, predicting what `base.prediction` says."""
+    def noise_schedule(self, base: Base, sampling: TimestepSampling) -> Any:
+        """DDPM on the base's betas, predicting what `base.prediction` says (timesteps uniform: `sampling` is
+        rectified flow's)."""
         from diffusers import DDPMScheduler
 
         return DDPMScheduler.from_config(base.pipe.scheduler.config, **P.training_overrides(base.prediction))
 
-    def timesteps(self, schedule: Any, n: int, gen: Any) -> Any:
+    def timesteps(self, schedule: Any, n: int, gen: Any, size: tuple[int, int]) -> Any:
         import torch
 
         return torch.randint(0, schedule.config.num_train_timesteps, (n,), generator=gen)
@@ -148,7 +153,9 @@ class SDUNet:
         return (dist.mean * vae.config.scaling_factor).float()
 
     # -- text and predicting --
-    def text_encoder(self, base: Base, clip_skip: int, device: str, cache: bool) -> TextEncoder:
+    def text_encoder(self, base: Base, clip_skip: int, device: str, cache: bool,
+                     captions: Sequence[str] = ()) -> TextEncoder:
+        # Captions are encoded as they come (a batch at once would change the files' bytes); CLIP stays loaded.
         return TextEncoder(base.pipe, self.name, clip_skip, device, cache)
 
     def predict(self, base: Base, prec: Precision, noisy: Any, timesteps: Any, cond: Any,
