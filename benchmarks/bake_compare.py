@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/bake.py --compare [--models sd15,sdxl] [--sd-scripts PATH] [--steps 30]
         [--variants base,channels_last,compile,sdpa-flash,unet-only] [--dir DIR] [--json out.json]
     .venv/bin/python benchmarks/bake.py --compare --tiny --models sd15 --steps 4   # the CPU check (our side)
+    .venv/bin/python benchmarks/bake.py --compare --models anima --sd-scripts PATH   # Anima, 1024 px, batch 1
+    .venv/bin/python benchmarks/bake.py --compare --tiny --models anima --sd-scripts PATH   # both sides on the CPU
 
 Each model is built once in `--dir` with random weights in its REAL size (diffusers folder, fp16
 on disk): SD1.5 (UNet 320/640/1280/1280, CLIP ViT-L text encoder, VAE) at 512 px, batch 4;
@@ -32,6 +34,10 @@ Fused AdamW is our default (one kernel for all LoRA tensors); sd-scripts' AdamW 
 
 `--tiny`: the tiny SD1.5/SDXL-shaped test models at 64 px, fp32 on the CPU, our side only
 (sd-scripts builds the real architectures itself and cannot load the tiny ones).
+
+`--models anima` (bake_anima.py): the files users have, 1024 px batch 1 (tiny: 64 px batch 2), Qwen3's outputs
+cached on both sides; sd-scripts' anima_train_network.py runs on the config `bakery export-kohya` writes, also
+with `--tiny` (its fixed model sizes shrunk to the tiny files'). Published figure to beat: bake_anima.PUBLISHED.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bake_anima  # noqa: E402  (the Anima case: its files, its [train], sd-scripts' config from our export)
 
 CAPTION = "bakery_girl, red_dress, smile, standing, outdoors"
 N_PICTURES = 8
@@ -68,10 +76,13 @@ class Setting:
     seed: int = 42
 
 
+MODELS = ("sd15", "sdxl", "anima")
+
+
 def setting(model: str, tiny: bool) -> Setting:
     if tiny:
         return Setting(model, 64, 2)
-    return Setting(model, 512, 4) if model == "sd15" else Setting(model, 1024, 2)
+    return {"sd15": Setting(model, 512, 4), "sdxl": Setting(model, 1024, 2), "anima": Setting(model, 1024, 1)}[model]
 
 
 # --- step timing, shared by both sides -------------------------------------------------------
@@ -260,23 +271,29 @@ def ours(model: str, tiny: bool, variant: str, steps: int, warmup: int, root: Pa
 
     clock = StepClock()
     s, cuda = setting(model, tiny), torch.cuda.is_available()
-    folder = build_model(model, tiny, root)
     work = root / "runs" / f"ours-{model}-{variant}-{os.getpid()}"
     store, ts = trainset(pictures(root, s.resolution), work)
     per_epoch = N_PICTURES // s.batch
     epochs = -(-total_steps(steps, warmup) // per_epoch)
-    params = TrainParams(base_model=str(folder), device="cuda" if cuda else "cpu", optimizer="adamw",
-                         learning_rate=s.lr, lr_batch_scaling=False,  # sd-scripts is handed the same rate
-                         lr_scheduler="constant", epochs=epochs, batch_size=s.batch,
-                         network_dim=s.dim, network_alpha=s.alpha, cache_latents=True,
-                         mixed_precision="bf16" if cuda else "no", gradient_checkpointing=cuda and variant != "no-gc",
-                         train_text_encoder=variant != "unet-only", shuffle_caption=variant != "unet-only",
-                         save_every_n_epochs=epochs, seed=s.seed)
-    base = F.load_base(str(folder), work, words=ts.triggers)
+    if model == "anima":
+        f = bake_anima.files(tiny, root, CAPTION.split(", "))
+        params, base = bake_anima.params(s, f, cuda, variant, epochs), bake_anima.load(f, work, ts.triggers)
+    else:
+        folder = build_model(model, tiny, root)
+        params = TrainParams(base_model=str(folder), device="cuda" if cuda else "cpu", optimizer="adamw",
+                             learning_rate=s.lr, lr_batch_scaling=False,  # sd-scripts is handed the same rate
+                             lr_scheduler="constant", epochs=epochs, batch_size=s.batch,
+                             network_dim=s.dim, network_alpha=s.alpha, cache_latents=True,
+                             mixed_precision="bf16" if cuda else "no",
+                             gradient_checkpointing=cuda and variant != "no-gc",
+                             train_text_encoder=variant != "unet-only", shuffle_caption=variant != "unet-only",
+                             save_every_n_epochs=epochs, seed=s.seed)
+        base = F.load_base(str(folder), work, words=ts.triggers)
+    denoiser = base.family.denoiser(base.pipe)
     if variant == "channels_last":
-        base.pipe.unet.to(memory_format=torch.channels_last)
+        denoiser.to(memory_format=torch.channels_last)
     if variant == "compile":
-        base.pipe.unet.compile()  # traced at the first step, after the LoRA is attached
+        denoiser.compile()  # traced at the first step, after the LoRA is attached
     with sdpa_context(variant):
         B.bake(ts, params, image_path=store.path, workdir=work, out_dir=work / "out", state_dir=work / "state",
                name="bench", data=D.DataConfig(s.resolution, s.resolution, s.resolution, 64, s.batch),
@@ -309,18 +326,35 @@ def kohya_args(s: Setting, variant: str, folder: Path, data: Path, out: Path, ro
     return args
 
 
-def kohya(model: str, variant: str, steps: int, warmup: int, root: Path, sd_scripts: Path) -> dict:
-    """sd-scripts' train_network.py (sdxl_train_network.py) run in this process, timed by the same clock."""
+def _kohya_anima(tiny: bool, variant: str, n_steps: int, root: Path, out: Path) -> list[str]:
+    """anima_train_network.py's command line: export-kohya's config for our side's [train] (bake_anima.py)."""
+    import torch
+
+    s, f = setting("anima", tiny), bake_anima.files(tiny, root, CAPTION.split(", "))
+    store, ts = trainset(pictures(root, s.resolution), out / "work")
+    config = bake_anima.sd_scripts_config(s, f, store, ts, out, n_steps, torch.cuda.is_available(), variant)
+    if tiny:
+        bake_anima.shrink_sd_scripts(f)
+    bake_anima.transformers4()
+    return ["--config_file", str(config)]
+
+
+def kohya(model: str, tiny: bool, variant: str, steps: int, warmup: int, root: Path, sd_scripts: Path) -> dict:
+    """sd-scripts' train_network.py (sdxl_, anima_train_network.py) run in this process, timed by the same clock."""
     import runpy
 
     clock = StepClock()
-    s = setting(model, False)
-    folder, data = build_model(model, False, root), pictures(root, s.resolution)
-    script = sd_scripts / ("sdxl_train_network.py" if model == "sdxl" else "train_network.py")
+    s = setting(model, tiny)
+    script = sd_scripts / {"sdxl": "sdxl_train_network.py", "anima": bake_anima.SCRIPT}.get(model, "train_network.py")
     out = root / "runs" / f"kohya-{model}-{variant}-{os.getpid()}"
-    sys.argv = [str(script), *kohya_args(s, variant, folder, data, out, root, total_steps(steps, warmup))]
     sys.path.insert(0, str(sd_scripts))
     os.chdir(sd_scripts)
+    if model == "anima":
+        args = _kohya_anima(tiny, variant, total_steps(steps, warmup), root, out)
+    else:
+        folder, data = build_model(model, False, root), pictures(root, s.resolution)
+        args = kohya_args(s, variant, folder, data, out, root, total_steps(steps, warmup))
+    sys.argv = [str(script), *args]
     with sdpa_context(variant):
         runpy.run_path(str(script), run_name="__main__")
     return {**clock.summary(warmup), "side": "sd-scripts"}
@@ -334,7 +368,8 @@ def child(side: str, model: str, variant: str, args) -> dict:
            str(args.steps), "--warmup", str(args.warmup), "--dir", str(args.dir)]
     cmd += ["--tiny"] if args.tiny else []
     cmd += ["--sd-scripts", str(args.sd_scripts)] if args.sd_scripts else []
-    out = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # sd-scripts may need more
+    out = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True,
                          check=False)
     if out.returncode:
         return {"side": side, "error": (out.stderr.strip().splitlines() or ["(no output)"])[-1][:300]}
@@ -347,7 +382,8 @@ def compare(args) -> dict:
         report["settings"][model] = asdict(setting(model, args.tiny))
         for variant in args.variants:
             run = {"model": model, "variant": variant, "ours": child("ours", model, variant, args)}
-            if args.sd_scripts and not args.tiny and variant != "channels_last":  # sd-scripts has no such flag
+            # sd-scripts builds the SD UNets itself (no tiny ones); it reads the tiny Anima's files (bake_anima.py)
+            if args.sd_scripts and (not args.tiny or model == "anima") and variant != "channels_last":
                 run["sd_scripts"] = child("kohya", model, variant, args)
                 a, b = run["ours"].get("steps_per_s"), run["sd_scripts"].get("steps_per_s")
                 run["speed_ratio"] = a / b if a and b else None
@@ -385,13 +421,14 @@ def parse(argv: list[str]):
     ap.add_argument("--sd-scripts", type=Path, help="a kohya-ss/sd-scripts checkout (its requirements installed)")
     ap.add_argument("--steps", type=int, default=30, help="measured steps per run")
     ap.add_argument("--warmup", type=int, default=5, help="steps not measured (latent caching, compile, allocator)")
-    ap.add_argument("--tiny", action="store_true", help="tiny models, 64 px, our side only (the CPU check)")
+    ap.add_argument("--tiny", action="store_true", help="tiny models, 64 px (the CPU check): our side only, "
+                    "but for anima")
     ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "bakery-bench-bake",
                     help="models, pictures and runs (models are built once and kept)")
     ap.add_argument("--json", type=Path, help="also write every figure here")
     ap.add_argument("--one", choices=["ours", "kohya"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    bad = [v for v in args.variants if v not in VARIANTS] + [m for m in args.models if m not in ("sd15", "sdxl")]
+    bad = [v for v in args.variants if v not in VARIANTS] + [m for m in args.models if m not in MODELS]
     if bad:
         ap.error(f"unknown model or variant: {', '.join(bad)}")
     return args
@@ -403,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         model, variant = args.models[0], args.variants[0]
         result = (ours(model, args.tiny, variant, args.steps, args.warmup, args.dir) if args.one == "ours"
-                  else kohya(model, variant, args.steps, args.warmup, args.dir, args.sd_scripts.resolve()))
+                  else kohya(model, args.tiny, variant, args.steps, args.warmup, args.dir, args.sd_scripts.resolve()))
         print(json.dumps(result))
         return 0
     report = compare(args)
