@@ -4,10 +4,12 @@ exported TOML files carry the recipe's values under names and in forms sd-script
 from __future__ import annotations
 
 import itertools
+import os
 import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from bakery.craft.bake import data as bake_data
@@ -256,3 +258,41 @@ def test_anima_networks_wrap_the_layers_our_bake_wraps(tmp_path: Path, network: 
     assert layers["unet_target_module"] == (["Block"] if network == "dora" else
                                             ["Block", "PatchEmbed", "TimestepEmbedding", "FinalLayer"])
     assert layers["exclude_name"] == [r"blocks\.\d+\.adaln_modulation.*"]
+
+
+@pytest.mark.skipif(not os.environ.get("BAKERY_SD_SCRIPTS"), reason="set BAKERY_SD_SCRIPTS to an sd-scripts checkout")
+@pytest.mark.parametrize("network", ["lora", "locon", "lokr", "dora"])
+def test_sd_scripts_wraps_what_our_bake_wraps_on_anima(tmp_path: Path, network: str, monkeypatch):
+    """The exported network arguments, given to sd-scripts' own networks.lora_anima / LyCORIS on sd-scripts' Anima
+    built from the tiny DiT file, wrap the modules our bake wraps, under the same kohya names."""
+    import importlib
+
+    import lycoris.kohya
+
+    from bakery.craft.bake.bases.anima import FAMILY, tiny
+    from bakery.craft.bake.networks import kohya_lora as K
+
+    monkeypatch.syspath_prepend(os.environ["BAKERY_SD_SCRIPTS"])
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    bake_anima = importlib.import_module("bake_anima")
+    from library import anima_models, anima_utils, qwen_image_autoencoder_kl
+    from networks import lora_anima
+
+    files = tiny.write(tmp_path / "tiny")
+    saved = anima_models.Anima, anima_models.LLMAdapter, qwen_image_autoencoder_kl.AutoencoderKLQwenImage
+    bake_anima.shrink_sd_scripts(files)
+    try:
+        dit = anima_utils.load_anima_model("cpu", str(files.dit), "torch", False, "cpu", torch.float32)
+    finally:
+        anima_models.Anima, anima_models.LLMAdapter, qwen_image_autoencoder_kl.AutoencoderKLQwenImage = saved
+    t = train_values(TrainParams.model_validate({**ANIMA, "network_type": network}))
+    net = kohya_args.arguments(t, kohya_args.Context("n", False, False, False, architecture="anima",
+                                                     folder=str(tmp_path)), "network")
+    (tmp_path / kohya_args.LYCORIS_PRESET).write_text(kohya.to_toml(kohya_args.lycoris_preset(network)))
+    kw = dict(a.split("=", 1) for a in net.get("network_args", []))
+    module = lycoris.kohya if net["network_module"] == "lycoris.kohya" else lora_anima
+    theirs = {m.lora_name for m in module.create_network(1.0, 4, 2.0, None, [], dit, **kw).unet_loras}
+    spec = K.NetworkSpec(network, dim=4, alpha=2.0, conv_dim=4, conv_alpha=2.0)
+    targets = FAMILY.targets(tiny.components()["transformer"], "unet", spec)
+    ours = {"lora_unet_" + targets.renames.get(p, p).replace(".", "_") for p in targets.all}
+    assert theirs == ours and len(ours) == {"lora": 20, "dora": 20}.get(network, 26)
