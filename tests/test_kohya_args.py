@@ -296,3 +296,15 @@ def test_sd_scripts_wraps_what_our_bake_wraps_on_anima(tmp_path: Path, network: 
     targets = FAMILY.targets(tiny.components()["transformer"], "unet", spec)
     ours = {"lora_unet_" + targets.renames.get(p, p).replace(".", "_") for p in targets.all}
     assert theirs == ours and len(ours) == {"lora": 20, "dora": 20}.get(network, 26)
+
+
+def test_an_anima_file_with_architecture_auto_exports_for_anima(tmp_path: Path):
+    """train.architecture "auto" and an Anima DiT file (bases/checkpoint.py tells it apart): the Anima script."""
+    from bakery.craft.bake.bases.anima import tiny
+
+    files = tiny.write(tmp_path / "tiny")
+    flat, _, _, _, _ = _export(tmp_path, {"base_model": str(files.dit), "vae": str(files.vae), "min_snr_gamma": 0,
+                                          "text_encoder": str(files.text_encoder)})
+    assert sd_scripts_schema.argument_problems(flat, "anima_train_network.py") == []
+    assert flat["network_module"] == "networks.lora_anima" and "clip_skip" not in flat
+    assert "anima_train_network.py" in (tmp_path / "out" / "dataset_config.toml").read_text()
