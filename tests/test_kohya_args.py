@@ -261,7 +261,7 @@ def test_anima_networks_wrap_the_layers_our_bake_wraps(tmp_path: Path, network: 
 
 
 @pytest.mark.skipif(not os.environ.get("BAKERY_SD_SCRIPTS"), reason="set BAKERY_SD_SCRIPTS to an sd-scripts checkout")
-@pytest.mark.parametrize("network", ["lora", "locon", "lokr", "dora"])
+@pytest.mark.parametrize("network", ["lora", "locon", "lokr", "loha", "dora", "ia3", "dylora", "diag-oft"])
 def test_sd_scripts_wraps_what_our_bake_wraps_on_anima(tmp_path: Path, network: str, monkeypatch):
     """The exported network arguments, given to sd-scripts' own networks.lora_anima / LyCORIS on sd-scripts' Anima
     built from the tiny DiT file, wrap the modules our bake wraps, under the same kohya names."""
@@ -295,7 +295,7 @@ def test_sd_scripts_wraps_what_our_bake_wraps_on_anima(tmp_path: Path, network: 
     spec = K.NetworkSpec(network, dim=4, alpha=2.0, conv_dim=4, conv_alpha=2.0)
     targets = FAMILY.targets(tiny.components()["transformer"], "unet", spec)
     ours = {"lora_unet_" + targets.renames.get(p, p).replace(".", "_") for p in targets.all}
-    assert theirs == ours and len(ours) == {"lora": 20, "dora": 20}.get(network, 26)
+    assert theirs == ours and len(ours) == (26 if network in kohya_args.CONV_NETWORKS else 20)
 
 
 def test_an_anima_file_with_architecture_auto_exports_for_anima(tmp_path: Path):
