@@ -50,6 +50,7 @@ def _write_real(folder: Path, words: list[str]) -> Any:
     from transformers import Qwen3Config, Qwen3Model
 
     from bakery.craft.bake.bases.anima import tiny as T
+    from bakery.craft.bake.bases.anima.files import CONFIGS
 
     out = T.TinyFiles(folder, folder / "anima.safetensors", folder / "qwen3", folder / "vae.safetensors",
                       folder / "t5_tokenizer")
@@ -58,8 +59,9 @@ def _write_real(folder: Path, words: list[str]) -> Any:
     words = T._words(words)
     qwen_tok, t5_tok = T.qwen_tokenizer(words), T.t5_tokenizer(words)
     torch.manual_seed(0)
-    config = json.loads((Path(T.__file__).parents[3] / "configs/anima/qwen3_06b/config.json").read_text())
-    te = Qwen3Model(Qwen3Config(**{**config, "vocab_size": len(qwen_tok)}))
+    config = json.loads((CONFIGS / "qwen3_06b" / "config.json").read_text())  # Qwen3-0.6B's
+    eos = qwen_tok.eos_token_id  # the small vocabulary's own
+    te = Qwen3Model(Qwen3Config(**{**config, "vocab_size": len(qwen_tok), "bos_token_id": eos, "eos_token_id": eos}))
     conditioner = AnimaTextConditioner(source_dim=1024, target_dim=1024, model_dim=1024, num_layers=6,
                                        num_attention_heads=16, target_vocab_size=32128, min_sequence_length=512)
     dit = CosmosTransformer3DModel(in_channels=16, out_channels=16, num_attention_heads=16, attention_head_dim=128,
