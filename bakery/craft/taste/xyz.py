@@ -19,10 +19,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from bakery.craft.bake.bases import prediction as P
+from bakery.craft.bake.bases.family import Render
 from bakery.craft.bake.bases.load import family_for
 from bakery.craft.bake.networks import lycoris
 
-SAMPLERS = ("euler_a", "euler", "dpmpp_2m", "dpmpp_2m_karras", "ddim")
 MAX_BATCH = 8  # images per pipeline call
 
 CellKey = tuple[int, float, int, int]  # (epoch, weight, prompt index, seed)
@@ -42,27 +42,6 @@ def pick_device(device: str = "auto") -> tuple[str, "object"]:
     if device == "cuda":
         return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return device, torch.float32
-
-
-def _scheduler(name: str, config: Mapping) -> object:
-    from diffusers import (
-        DDIMScheduler,
-        DPMSolverMultistepScheduler,
-        EulerAncestralDiscreteScheduler,
-        EulerDiscreteScheduler,
-    )
-
-    if name == "euler_a":
-        return EulerAncestralDiscreteScheduler.from_config(config)
-    if name == "euler":
-        return EulerDiscreteScheduler.from_config(config)
-    if name == "dpmpp_2m":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
-    if name == "dpmpp_2m_karras":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", use_karras_sigmas=True)
-    if name == "ddim":
-        return DDIMScheduler.from_config(config)
-    raise ValueError(f"unknown sampler {name!r}; one of {', '.join(SAMPLERS)}")
 
 
 def load_pipeline(base_model: str, architecture: str, device: str = "auto") -> tuple[object, str]:
@@ -126,14 +105,15 @@ class Taster:
     def __init__(self, base_model: str, architecture: str, clip_skip: int = 2, sampler: str = "euler_a",
                  device: str = "auto", pipe: object = None, prediction: P.Prediction | None = None):
         """`pipe`: an already loaded pipeline of `base_model` (moved to the device), else it is loaded.
-        `prediction`: epsilon or v, zero terminal SNR or not (None: as the pipeline's scheduler config says);
-        the sampler is built to match (diffusers' recipe: prediction type, rescaled betas, trailing timesteps)."""
+        `prediction`: epsilon or v, zero terminal SNR or not (None: as the base says); the family builds the
+        sampler to match (bases/family.py's `use_sampler`) and renders (`render`)."""
         self.architecture, self.clip_skip = architecture, clip_skip
         self.pipe, self.device = load_pipeline(base_model, architecture, device) if pipe is None else _placed(pipe, device)
         self.family = family_for(architecture)
-        self.prediction = prediction or P.from_scheduler_config(self.pipe.scheduler.config)
-        config = {**self.pipe.scheduler.config, **P.sampling_overrides(self.prediction)}
-        self.pipe.scheduler = _scheduler(sampler, config)
+        try:
+            self.prediction = self.family.use_sampler(self.pipe, sampler, prediction)
+        except ValueError as exc:
+            raise ModelError(str(exc)) from exc
         self.adapter: str | None = None
         self.merged: lycoris.MergedNetwork | None = None  # a LoHa/LoKr file, applied by our own code
         self.timings = Timings()
@@ -193,15 +173,11 @@ class Taster:
         out: list[np.ndarray] = []
         for i in range(0, len(jobs), MAX_BATCH):
             chunk = jobs[i : i + MAX_BATCH]
-            gens = [torch.Generator("cpu").manual_seed(int(s)) for _, s in chunk]
-            kw = dict(num_inference_steps=steps, guidance_scale=cfg, width=width, height=height,
-                      generator=gens, output_type="np")
-            if self.prediction.zero_snr:
-                kw["guidance_rescale"] = P.GUIDANCE_RESCALE
-            kw.update(self.family.prompt_kwargs(self.pipe, [p for p, _ in chunk], [negative] * len(chunk),
-                                                self.clip_skip, self.device))
+            job = Render([p for p, _ in chunk], [negative] * len(chunk),
+                         [torch.Generator("cpu").manual_seed(int(s)) for _, s in chunk], steps, cfg, width, height,
+                         self.clip_skip, self.device, self.prediction)
             with torch.no_grad():
-                images = self.pipe(**kw).images
+                images = self.family.render(self.pipe, job)
             out += [(np.clip(np.nan_to_num(im), 0, 1) * 255).round().astype(np.uint8) for im in images]
         self.timings.render_s += time.perf_counter() - t
         self.timings.cells += len(jobs)
