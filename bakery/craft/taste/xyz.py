@@ -4,8 +4,9 @@ The base pipeline is loaded once per evaluation. Each epoch's kohya-format file
 (the file users publish) is loaded with diffusers' `load_lora_weights` as a
 named adapter, its weight changed in place with `set_adapters` for every
 column, and deleted before the next epoch: the base weights are never reloaded.
-LoHa/LoKr/IA3/Diag-OFT files (which diffusers refuses) are merged by `lycoris.MergedNetwork`
-instead: each weight is a re-merge of the kept original weights, unloading restores them.
+LoHa/LoKr/IA3/Diag-OFT files (which diffusers refuses), and every file of a family whose diffusers loader
+does not read kohya's names (Anima), are merged by `lycoris.MergedNetwork` instead: each weight is a
+re-merge of the kept original weights, unloading restores them.
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ def _lycoris_tensors(path: str | Path) -> dict | None:
         return {k: f.get_tensor(k) for k in f.keys()}
 
 
+def _tensors(path: str | Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
 @dataclass
 class Timings:
     load_s: float = 0.0  # loading/unloading LoRA files and setting adapter weights
@@ -125,7 +132,7 @@ class Taster:
         if not Path(path).is_file():
             raise ModelError(f"LoRA file {path} does not exist")
         try:
-            tensors = _lycoris_tensors(path)
+            tensors = _lycoris_tensors(path) if self.family.diffusers_loads_kohya else _tensors(path)
             if tensors is not None:
                 modules = lycoris.kohya_modules({"unet": self.family.denoiser(self.pipe),
                                                  "te": self.family.text_encoders(self.pipe)}, self.architecture)

@@ -21,7 +21,8 @@ named in `FAMILIES` (bases/load.py), that has every member of `BaseFamily`:
   LoRA wraps and their kohya names);
 - rendering (taste/xyz.py's `Taster`, through which the grids, regularisation and the trigger check all draw):
   `use_sampler` (the recipe's sampler name -> the pipeline's scheduler, or a one-line refusal) and `render` (one
-  pipeline call for a `Render`: prompts, negatives, one seeded generator per image, steps, CFG, size -> pixels);
+  pipeline call for a `Render`: prompts, negatives, one seeded generator per image, steps, CFG, size -> pixels),
+  `diffusers_loads_kohya` (False: taste applies our LoRA files with networks/lycoris.py's merge, by `targets`' names);
 
 and, outside the family's module: its kohya metadata (`ss_base_model_version`, `modelspec.architecture`) in
 networks/kohya_lora.py's ARCHITECTURES; its single files recognised by bases/checkpoint.py (`kind_of` gives
@@ -114,6 +115,8 @@ class BaseFamily(Protocol):
         """The modules of `model` a LoRA of `spec` wraps, with the names kohya gives them (`Targets.renames`)."""
 
     # -- rendering (taste/xyz.py's Taster: the grids, regularisation, the trigger check) --
+    diffusers_loads_kohya: bool  # the pipeline's `load_lora_weights` reads kohya's LoRA names (else: our merge)
+
     def use_sampler(self, pipe: Any, sampler: str, prediction: P.Prediction | None) -> Any:
         """The pipeline samples with the recipe's `sampler` ("euler_a", ...) from now on; a name the family
         cannot sample with is a ValueError of one line. `prediction`: how the LoRA was trained (None: as the

@@ -79,6 +79,7 @@ class SDUNet:
     pipeline_kwargs: ClassVar[dict[str, Any]] = {}  # what every load of the pipeline passes
     te_prefixes: tuple[str, ...] = ()  # kohya's prefixes of the text encoders' modules
     sgm = False  # kohya names the UNet's modules in the original (sgm/LDM) layout
+    diffusers_loads_kohya = True  # diffusers' SD/SDXL load_lora_weights converts kohya's names
 
     # -- loading --
     def load(self, source: str | Path, form: str, **kwargs: Any) -> Any:
@@ -169,7 +170,7 @@ class SDUNet:
         """The pipeline's scheduler becomes `sampler`, built to match the prediction (diffusers' recipe:
         prediction type, rescaled betas, trailing timesteps); None: as the pipeline's scheduler config says."""
         prediction = prediction or P.from_scheduler_config(pipe.scheduler.config)
-        pipe.scheduler = scheduler(sampler, {**pipe.scheduler.config, **P.sampling_overrides(prediction)})
+        pipe.scheduler = scheduler(sampler, pipe.scheduler.config, **P.sampling_overrides(prediction))
         return prediction
 
     def render(self, pipe: Any, job: Render) -> list[Any]:
@@ -186,8 +187,10 @@ class SDUNet:
         return {"prompt": prompts, "negative_prompt": negatives}
 
 
-def scheduler(name: str, config: Any) -> Any:
-    """The diffusers scheduler of the recipe's sampler name, from the pipeline's scheduler config."""
+def scheduler(name: str, config: Any, **overrides: Any) -> Any:
+    """The diffusers scheduler of the recipe's sampler name, from the pipeline's scheduler config and `overrides`
+    (keywords: a merged dict would lose those its config lists under `_use_default_values`, as an in-memory
+    scheduler's defaults are)."""
     from diffusers import (
         DDIMScheduler,
         DPMSolverMultistepScheduler,
@@ -196,13 +199,14 @@ def scheduler(name: str, config: Any) -> Any:
     )
 
     if name == "euler_a":
-        return EulerAncestralDiscreteScheduler.from_config(config)
+        return EulerAncestralDiscreteScheduler.from_config(config, **overrides)
     if name == "euler":
-        return EulerDiscreteScheduler.from_config(config)
+        return EulerDiscreteScheduler.from_config(config, **overrides)
     if name == "dpmpp_2m":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", **overrides)
     if name == "dpmpp_2m_karras":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", use_karras_sigmas=True)
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", use_karras_sigmas=True,
+                                                     **overrides)
     if name == "ddim":
-        return DDIMScheduler.from_config(config)
+        return DDIMScheduler.from_config(config, **overrides)
     raise ValueError(f"unknown sampler {name!r}; one of {', '.join(SAMPLERS)}")

@@ -1,9 +1,11 @@
 """LyCORIS LoHa, LoKr, IA3 and Diag-OFT files applied by our own code (diffusers' `load_lora_weights`
-refuses them; DyLoRA files are plain LoRA files, which diffusers loads).
+refuses them; DyLoRA files are plain LoRA files, which diffusers loads). Plain LoRA/LoCon files too, for a
+family whose diffusers loader does not read kohya's names (`BaseFamily.diffusers_loads_kohya`: Anima's).
 
 ΔW at weight 1, as LyCORIS (`lycoris/functional/loha.py`, `lokr.py`) and ComfyUI
 (`comfy/weight_adapter/loha.py`, `lokr.py`) compute it from the file's tensors:
 
+- LoRA/LoCon: `up @ down * alpha/rank`, rank = `lora_down.shape[0]` (kohya's networks/lora.py merge).
 - LoHa: `(w1_a @ w1_b) * (w2_a @ w2_b) * alpha/rank`, rank = `hada_w1_b.shape[0]`; the Tucker form
   (`hada_t1`/`hada_t2`, convs) rebuilds each factor as `einsum("i j k l, j r, i p -> p r k l", t, w_b, w_a)`.
 - LoKr: `kron(w1, w2)`, each factor either full (`lokr_w1`) or a product (`lokr_w1_a @ lokr_w1_b`,
@@ -89,6 +91,13 @@ def lokr_delta(f: Mapping[str, "torch.Tensor"]) -> "torch.Tensor":
     return torch.kron(w1, w2.contiguous()) * scale
 
 
+def lora_delta(f: Mapping[str, "torch.Tensor"]) -> "torch.Tensor":
+    """Plain LoRA/LoCon ΔW at weight 1 (unshaped): `up @ down * alpha/rank`, rank = `lora_down.shape[0]`, as
+    kohya's networks/lora.py merges it (a conv's factors flattened to 2-D)."""
+    down, up = f["lora_down.weight"], f["lora_up.weight"]
+    return (up.flatten(1) @ down.flatten(1)) * _alpha(f, down.shape[0])
+
+
 def ia3_delta(f: Mapping[str, "torch.Tensor"], w0: "torch.Tensor") -> "torch.Tensor":
     """IA3 ΔW at weight 1: the original weight scaled along its output rows or (on_input) its input columns."""
     w = f["weight"].reshape(-1)
@@ -124,12 +133,14 @@ def delta_weight(factors: Mapping[str, "torch.Tensor"], shape: Iterable[int],
         delta = loha_delta(f)
     elif any(k.startswith("lokr_") for k in f):
         delta = lokr_delta(f)
+    elif "lora_down.weight" in f and "dora_scale" not in f:  # DoRA: not merged here
+        delta = lora_delta(f)
     elif w0 is not None and "on_input" in f:
         delta = ia3_delta(f, w0.float())
     elif w0 is not None and "oft_blocks" in f:
         delta = oft_delta(f, w0.float())
     else:
-        raise ValueError(f"not a LoHa, LoKr, IA3 or Diag-OFT module (or no original weight): tensors {sorted(f)}")
+        raise ValueError(f"not a LoRA, LoHa, LoKr, IA3 or Diag-OFT module (or no original weight): tensors {sorted(f)}")
     return delta.reshape(tuple(shape))
 
 
@@ -152,7 +163,7 @@ def kohya_modules(models: Mapping[str, Any], architecture: str) -> dict[str, Any
 
 
 class MergedNetwork:
-    """A LoHa/LoKr/IA3/Diag-OFT file merged into the models' weights at a settable weight; `remove()` restores them."""
+    """A LoRA/LoHa/LoKr/IA3/Diag-OFT file merged into the models' weights at a settable weight; `remove()` restores them."""
 
     def __init__(self, tensors: Mapping[str, "torch.Tensor"], modules: Mapping[str, Any]):
         groups = by_module(tensors)

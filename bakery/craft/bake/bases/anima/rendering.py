@@ -62,16 +62,22 @@ def seeded_flow_match_euler() -> type:
 
 
 class AnimaRendering:
-    """bases/family.py's `use_sampler`, `render`."""
+    """bases/family.py's `use_sampler`, `render`, `diffusers_loads_kohya`."""
+
+    # diffusers' AnimaLoraLoaderMixin reads ComfyUI's `diffusion_model.` names only (kohya's `lora_unet_` keys
+    # are dropped without a word, and alphas ignored): taste merges our files itself (networks/lycoris.py).
+    diffusers_loads_kohya = False
 
     def use_sampler(self, pipe: Any, sampler: str, prediction: Any = None) -> FlowSampling:
         """Flow-match Euler (ancestral for `euler_a`) with the base's flow shift; other names refused."""
         if sampler not in FLOW_SAMPLERS:
             raise ValueError(f"sampler {sampler!r} has no rectified-flow form in the Anima pipeline: set the "
                              f"sampler ([evaluate], [trigger_check], [regularisation]) to 'euler_a' or 'euler'")
-        config = {**pipe.scheduler.config, "stochastic_sampling": FLOW_SAMPLERS[sampler]}
-        pipe.update_components(scheduler=seeded_flow_match_euler().from_config(config))
-        return FlowSampling(sampler, float(config.get("shift", 1.0)))
+        # a keyword, not a merged dict: from_config drops the keys its config lists under `_use_default_values`
+        sched = seeded_flow_match_euler().from_config(pipe.scheduler.config,
+                                                      stochastic_sampling=FLOW_SAMPLERS[sampler])
+        pipe.update_components(scheduler=sched)
+        return FlowSampling(sampler, float(sched.config.shift))
 
     def render(self, pipe: Any, job: Render) -> list[Any]:
         """One call of the modular pipeline; the guider's scale set to `job.cfg` first (1 turns CFG off)."""
