@@ -159,8 +159,7 @@ class SDUNet:
 
     # -- the network --
     def network_parts(self, denoiser: Any, text_encoders: Sequence[Any]) -> list[tuple[str, Any, str]]:
-        parts = [(K.UNET_PREFIX, denoiser, "unet")] if denoiser is not None else []
-        return parts + [(prefix, te, "te") for prefix, te in zip(self.te_prefixes, text_encoders)]
+        return K.network_parts(denoiser, text_encoders, self.te_prefixes)
 
     def targets(self, model: Any, kind: str, spec: K.NetworkSpec) -> K.Targets:
         return K.find_targets(model, kind, spec, sgm=self.sgm and kind == "unet")

@@ -39,9 +39,14 @@ TE_CLASSES = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
 
 UNET_PREFIX = "lora_unet"  # kohya's prefix for the denoiser's modules (SD's UNet; Flux's transformer too)
 
+KOHYA_IMPLEMENTATION = "https://github.com/kohya-ss/sd-scripts"
+# `implementation`: modelspec.implementation where it is not kohya's. Anima: what sd-scripts' anima_train_network.py
+# writes (load_target_model's "anima"; library/sai_model_spec.py's ARCH_ANIMA_PREVIEW + "/lora", IMPL_ANIMA).
 ARCHITECTURES = {
     "sd15": {"base_model_version": "sd_v1", "modelspec": "stable-diffusion-v1/lora"},
     "sdxl": {"base_model_version": "sdxl_base_v1-0", "modelspec": "stable-diffusion-xl-v1-base/lora"},
+    "anima": {"base_model_version": "anima", "modelspec": "anima-preview/lora",
+              "implementation": "https://huggingface.co/circlestone-labs/Anima"},
 }
 
 # peft parameter name (after the module path) -> kohya/LyCORIS tensor name
@@ -135,6 +140,8 @@ def find_targets(model: Any, kind: str, spec: NetworkSpec, sgm: bool = False) ->
             else:
                 continue
             seen.add(name)
+    if kind == "te":  # transformers 5 dropped CLIPTextModel's `text_model.` level; the files keep it
+        targets.renames = {p: p if p.startswith("text_model.") else "text_model." + p for p in targets.all}
     if sgm and kind == "unet":
         cfg = model.config
         up_attn = ["CrossAttn" in t for t in cfg.up_block_types]
@@ -269,13 +276,17 @@ def kohya_to_peft(
 
 
 def module_key(prefix: str, module_path: str, targets: Targets | None = None) -> str:
-    """kohya's name of a module. transformers 5 dropped CLIPTextModel's `text_model.` level; the
-    files keep it (`lora_te_text_model_encoder_layers_0_...`), as every reader expects."""
+    """kohya's name of a module: its path as kohya names it (`targets.renames`: SDXL's sgm layout, CLIP's
+    `text_model.` level, a DiT's original names), dots turned into underscores, after the prefix."""
     if targets is not None:
         module_path = targets.renames.get(module_path, module_path)
-    if prefix.startswith("lora_te") and not module_path.startswith("text_model."):
-        module_path = "text_model." + module_path
     return f"{prefix}_{module_path.replace('.', '_')}"
+
+
+def network_parts(denoiser: Any, text_encoders: Any, te_prefixes: tuple[str, ...]) -> list[tuple[str, Any, str]]:
+    """bases/family.py's `network_parts` for a family whose text encoders take `te_prefixes` in order."""
+    parts = [(UNET_PREFIX, denoiser, "unet")] if denoiser is not None else []
+    return parts + [(prefix, te, "te") for prefix, te in zip(te_prefixes, text_encoders)]
 
 
 # --- metadata ------------------------------------------------------------------------
@@ -384,7 +395,7 @@ def modelspec_metadata(architecture: str, output_name: str, epoch: int, resoluti
     meta = {
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": ARCHITECTURES[architecture]["modelspec"],
-        "modelspec.implementation": "https://github.com/kohya-ss/sd-scripts",
+        "modelspec.implementation": ARCHITECTURES[architecture].get("implementation", KOHYA_IMPLEMENTATION),
         "modelspec.title": f"{output_name} (epoch {epoch})",
         "modelspec.resolution": f"{resolution}x{resolution}",
         "modelspec.trigger_phrase": trigger_text,

@@ -1,11 +1,12 @@
 """LyCORIS LoHa, LoKr, IA3 and Diag-OFT files applied by our own code (diffusers' `load_lora_weights`
-refuses them; DyLoRA files are plain LoRA files, which diffusers loads). Plain LoRA/LoCon files too, for a
-family whose diffusers loader does not read kohya's names (`BaseFamily.diffusers_loads_kohya`: Anima's).
+refuses them; DyLoRA files are plain LoRA files, which diffusers loads), and plain LoRA files where diffusers
+reads no kohya names (Anima: its loader takes only `diffusion_model.*` keys).
 
-ΔW at weight 1, as LyCORIS (`lycoris/functional/loha.py`, `lokr.py`) and ComfyUI
+ΔW at weight 1, as kohya, LyCORIS (`lycoris/functional/loha.py`, `lokr.py`) and ComfyUI
 (`comfy/weight_adapter/loha.py`, `lokr.py`) compute it from the file's tensors:
 
-- LoRA/LoCon: `up @ down * alpha/rank`, rank = `lora_down.shape[0]` (kohya's networks/lora.py merge).
+- LoRA/LoCon: `lora_up @ lora_down * alpha/rank`, rank = `lora_down.shape[0]`.
+
 - LoHa: `(w1_a @ w1_b) * (w2_a @ w2_b) * alpha/rank`, rank = `hada_w1_b.shape[0]`; the Tucker form
   (`hada_t1`/`hada_t2`, convs) rebuilds each factor as `einsum("i j k l, j r, i p -> p r k l", t, w_b, w_a)`.
 - LoKr: `kron(w1, w2)`, each factor either full (`lokr_w1`) or a product (`lokr_w1_a @ lokr_w1_b`,
@@ -71,6 +72,12 @@ def loha_delta(f: Mapping[str, "torch.Tensor"]) -> "torch.Tensor":
     return w1 * w2 * _alpha(f, f["hada_w1_b"].shape[0])
 
 
+def lora_delta(f: Mapping[str, "torch.Tensor"]) -> "torch.Tensor":
+    """LoRA/LoCon ΔW at weight 1: `up @ down * alpha/rank` (2-D; convs flattened to (out, in * kh * kw))."""
+    down, up = f["lora_down.weight"], f["lora_up.weight"]
+    return (up.flatten(1) @ down.flatten(1)) * _alpha(f, down.shape[0])
+
+
 def lokr_delta(f: Mapping[str, "torch.Tensor"]) -> "torch.Tensor":
     """LoKr ΔW at weight 1 (unshaped)."""
     import torch
@@ -89,13 +96,6 @@ def lokr_delta(f: Mapping[str, "torch.Tensor"]) -> "torch.Tensor":
         w1 = w1[:, :, None, None]
     scale = _alpha(f, rank) if rank is not None else 1.0
     return torch.kron(w1, w2.contiguous()) * scale
-
-
-def lora_delta(f: Mapping[str, "torch.Tensor"]) -> "torch.Tensor":
-    """Plain LoRA/LoCon ΔW at weight 1 (unshaped): `up @ down * alpha/rank`, rank = `lora_down.shape[0]`, as
-    kohya's networks/lora.py merges it (a conv's factors flattened to 2-D)."""
-    down, up = f["lora_down.weight"], f["lora_up.weight"]
-    return (up.flatten(1) @ down.flatten(1)) * _alpha(f, down.shape[0])
 
 
 def ia3_delta(f: Mapping[str, "torch.Tensor"], w0: "torch.Tensor") -> "torch.Tensor":
@@ -129,12 +129,12 @@ def delta_weight(factors: Mapping[str, "torch.Tensor"], shape: Iterable[int],
     """ΔW at weight 1 of one module, in fp32, in the shape of the module's weight (`w0`: the original
     weight, which IA3 and Diag-OFT scale or rotate)."""
     f = {k: v.float() for k, v in factors.items()}
-    if any(k.startswith("hada_") for k in f):
+    if "lora_down.weight" in f and "dora_scale" not in f:
+        delta = lora_delta(f)
+    elif any(k.startswith("hada_") for k in f):
         delta = loha_delta(f)
     elif any(k.startswith("lokr_") for k in f):
         delta = lokr_delta(f)
-    elif "lora_down.weight" in f and "dora_scale" not in f:  # DoRA: not merged here
-        delta = lora_delta(f)
     elif w0 is not None and "on_input" in f:
         delta = ia3_delta(f, w0.float())
     elif w0 is not None and "oft_blocks" in f:
@@ -146,7 +146,8 @@ def delta_weight(factors: Mapping[str, "torch.Tensor"], shape: Iterable[int],
 
 def kohya_modules(models: Mapping[str, Any], architecture: str) -> dict[str, Any]:
     """`{kohya module name: torch module}` for the denoiser and text encoders of a pipeline, named as the
-    bake names them (the family's targets: every layer a LoRA/LoCon/LoHa/LoKr may cover, SDXL's UNet in sgm layout).
+    bake names them (the family's targets: every layer a LoRA/LoCon/LoHa/LoKr may cover, in the names the family's
+    kohya files use: SDXL's UNet in sgm layout, a DiT's original paths).
 
     `models`: `{"unet": denoiser, "te": [text encoder(s)]}`.
     """
