@@ -1,9 +1,6 @@
-"""Rendering through the family (bases/family.py's `use_sampler`, `render`) on the tiny Anima, and LoRA/LoCon
-files merged by our own code (what taste applies to an Anima base, whose diffusers loader reads no kohya names).
-
-The Anima renders go through diffusers' AnimaModularPipeline as taste, regularisation and the trigger check
-call it (xyz.Taster); the merge is checked against the trained peft network on the tiny SD1.5, as test_lycoris
-checks LoHa/LoKr.
+"""Rendering through the family (bases/family.py's `use_sampler`, `render`) on the tiny Anima: diffusers'
+AnimaModularPipeline called as taste, regularisation and the trigger check call it (xyz.Taster), and an Anima
+LoRA file applied by taste's own merge at every weight (test_anima_lora checks the merge against the network).
 """
 
 from __future__ import annotations
@@ -12,7 +9,6 @@ import io
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from bakery.craft.bake import regularisation as reg
@@ -20,10 +16,7 @@ from bakery.craft.bake.networks import kohya_lora as K
 from bakery.craft.bake.networks import lycoris
 from bakery.craft.taste import xyz
 from bakery.manifest import TrainImage, TrainSet
-from tests.test_kohya_lora import _kohya_tensors, _trained, tiny  # noqa: F401  (tiny: a fixture)
-from tests.test_lycoris import _outputs
-
-WORDS = ["bakery_girl", "red_dress", "outdoors"]
+from tests.test_anima_lora import _bake
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +26,7 @@ def anima_pipe():
     from bakery.craft.bake.bases.anima import tiny as tiny_anima
 
     pipe = AnimaModularPipeline(blocks=AnimaAutoBlocks())
-    pipe.update_components(**tiny_anima.components(WORDS))
+    pipe.update_components(**tiny_anima.components())  # the words of anima-lora's files: the same vocabulary
     return pipe
 
 
@@ -74,23 +67,19 @@ def test_a_regularisation_image_is_drawn_by_anima_at_its_bucket(anima_pipe):
     assert job.prompt == "red_dress, outdoors" and reg.render_png(taster.render, job, settings) == png
 
 
-@pytest.mark.parametrize("network_type", ["lora", "locon"])
-def test_lora_and_locon_files_merged_by_our_code_reproduce_the_network(tiny, tmp_path, network_type):  # noqa: F811
-    """The merge taste uses where diffusers reads no kohya names: ΔW = up @ down * alpha/rank, convs included."""
-    spec = K.NetworkSpec(network_type, dim=4, alpha=2, conv_dim=4, conv_alpha=1)
-    trained, targets = _trained(tiny, spec)
-    expected = _outputs(trained)
-    tensors = {k: v.to(torch.float16) for k, v in _kohya_tensors(trained, targets, spec).items()}
-    assert not lycoris.is_lycoris(tensors)
-    pipe = xyz.Taster(str(tiny), "sd15", device="cpu").pipe
-    base = _outputs(pipe)
-    merged = lycoris.MergedNetwork(tensors, lycoris.kohya_modules({"unet": pipe.unet, "te": [pipe.text_encoder]},
-                                                                  "sd15"))
-    assert len(merged.parts) == len(lycoris.by_module(tensors))
-    assert (network_type == "locon") == any(m.weight.dim() == 4 and m.kernel_size == (3, 3) for m, _, _ in merged.parts)
-    merged.set_weight(1.0)
-    for g, want, b in zip(_outputs(pipe), expected, base):
-        assert (g - b).abs().max() > 0.05  # the network changes the model
-        assert (g - want).abs().max() < 0.01 * max(1.0, want.abs().max().item())  # = the trained network (fp16 file)
-    merged.remove()
-    assert all(torch.equal(g, b) for g, b in zip(_outputs(pipe), base))
+def test_an_anima_lora_file_is_merged_by_taste_at_every_weight(anima_pipe, tmp_path):
+    """diffusers' Anima loader reads no kohya names: the Taster merges the file itself, each weight a re-merge."""
+    path, _ = _bake(tmp_path, "lora", True)
+    taster = _taster(anima_pipe, "euler")
+    draw = lambda: taster.render(["bakery_girl, red_dress"], "lowres", [1], 2, 4.0, 64, 64)[0].astype(int)
+    base = draw()
+    taster.load_lora(path, "epoch1")
+    assert taster.merged is not None and len(taster.merged.parts) == len(lycoris.by_module(K.read_kohya(path)[0]))
+    taster.set_weight(0.0)
+    assert np.array_equal(draw(), base)
+    taster.set_weight(1.0)
+    full = np.abs(draw() - base).mean()
+    taster.set_weight(0.5)
+    assert 0 < np.abs(draw() - base).mean() < full
+    taster.unload_lora()
+    assert np.array_equal(draw(), base)
