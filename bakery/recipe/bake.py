@@ -53,8 +53,8 @@ class TrainParams(_Section):
     # pony adds its score tags to captions and evaluation prompts; noobai_vpred adds v-prediction + zero terminal SNR.
     # anima: the Anima DiT (circlestone-labs) at 1024 with sd-scripts' Anima defaults (docs/anima_train_network.md).
     family: Literal["none", "sdxl", "pony", "illustrious", "noobai", "noobai_vpred", "anima"] = "none"
-    # A .safetensors checkpoint, a diffusers folder, a hub id, or "tiny" (small random-weight SD1.5 shape:
-    # proves the pipeline, not image quality).
+    # A .safetensors checkpoint, a diffusers folder, a hub id, or "tiny" (small random-weight SD1.5 shape, or
+    # Anima's with architecture/family anima: proves the pipeline, not image quality).
     base_model: str | None = None
     vae: str | None = None  # optional external VAE (file or diffusers folder); Anima: the Qwen-Image VAE file
     architecture: Literal["auto", "sd15", "sdxl", "anima"] = "auto"
@@ -159,7 +159,8 @@ class TrainParams(_Section):
         if self.zero_terminal_snr and self.v_parameterization is False:
             raise ValueError("zero_terminal_snr needs v-prediction: set v_parameterization = true (or leave it unset)")
         if self.base_model == "tiny" and self.architecture == "sdxl":
-            raise ValueError("base_model 'tiny' is SD1.5-shaped: architecture must be 'auto' or 'sd15'")
+            raise ValueError("base_model 'tiny' is SD1.5- or Anima-shaped: architecture must be 'auto', 'sd15' "
+                             "or 'anima'")
         return self
 
     @property

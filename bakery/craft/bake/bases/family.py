@@ -9,7 +9,8 @@ What a new family (a DiT, say) provides: a module under bakery/craft/bake/bases/
 named in `FAMILIES` (bases/load.py), that has every member of `BaseFamily`:
 
 - `name`, `resolution`, `pipeline`: its architecture name, native side, diffusers pipeline class;
-- loading: `load` (a single file offline, a diffusers folder, a hub id), `use_vae` (train.vae);
+- loading: `load` (a single file offline, a diffusers folder, a hub id, with the base's other files: a
+  `BaseFiles`), `use_vae` (train.vae);
 - its parts: `denoiser`, `text_encoders` (what the network may train), `vae`;
 - the noisy input and its target: `use_prediction` (sets `Base.prediction`), `noise_schedule` (a
   `NoiseSchedule`: timesteps are indices 0 .. num_train_timesteps - 1 into `alphas_cumprod`, which min-SNR
@@ -27,7 +28,8 @@ named in `FAMILIES` (bases/load.py), that has every member of `BaseFamily`:
 and, outside the family's module: its kohya metadata (`ss_base_model_version`, `modelspec.architecture`) in
 networks/kohya_lora.py's ARCHITECTURES; its single files recognised by bases/checkpoint.py (`kind_of` gives
 its name, `refusal`/`folder_refusal` let it through); its name in the recipe's `train.architecture`.
-Optionally a tiny random-weight model for tests (`tiny`: `train.base_model = "tiny"` is SD1.5's).
+Optionally a tiny random-weight model for tests (`tiny(workdir, words)` -> (source, form, `BaseFiles`): what
+`load` takes; `train.base_model = "tiny"` is SD1.5's, or the family's named by `train.architecture`).
 
 The registry of families and `load_base` (which picks the family from the recipe's `train.architecture`, or
 from what the file or folder is, refuses what no family trains, and asks the family for the pipeline and the
@@ -36,8 +38,8 @@ VAE) are in bases/load.py: this module is the interface alone, so a family's mod
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,6 +58,27 @@ class NoiseSchedule(Protocol):
         """The noised input at `timesteps`."""
 
 
+@dataclass(frozen=True)
+class BaseFiles:
+    """The files a base loads with besides `train.base_model`, by their [train] keys (None: not set): the VAE, and
+    for a base whose parts ship apart (Anima) its text encoder, LLM adapter and T5 tokenizer."""
+
+    vae: str | None = None
+    text_encoder: str | None = None
+    llm_adapter: str | None = None
+    t5_tokenizer: str | None = None
+
+    @classmethod
+    def of(cls, source: Any) -> BaseFiles:
+        """From [train] (TrainParams) or a stage's params dict: the keys it has."""
+        get = source.get if isinstance(source, Mapping) else lambda k: getattr(source, k, None)
+        return cls(**{f.name: get(f.name) for f in fields(cls)})
+
+    def set(self) -> dict[str, str]:
+        """The keys that are set (what a params JSON, a cache key or the bake's output records)."""
+        return {k: v for k, v in asdict(self).items() if v}
+
+
 class BaseFamily(Protocol):
     """What the bake asks of a base model's family. Modules are torch modules, pipelines diffusers pipelines."""
 
@@ -64,8 +87,9 @@ class BaseFamily(Protocol):
     pipeline: str  # its diffusers pipeline class name, as a folder's model_index.json says it
 
     # -- loading: a single file offline (bases/single_file.py), a diffusers folder or a hub id --
-    def load(self, source: str | Path, form: str, **kwargs: Any) -> Any:
-        """The pipeline; `form` is "file", "folder" or "hub"; `kwargs` go to diffusers (e.g. `dtype`)."""
+    def load(self, source: str | Path, form: str, files: BaseFiles = BaseFiles(), **kwargs: Any) -> Any:
+        """The pipeline; `form` is "file", "folder" or "hub"; `files`: the VAE and other parts named beside the
+        base (a missing one it needs: a BakeError naming its recipe key); `kwargs` go to diffusers (e.g. `dtype`)."""
 
     def use_vae(self, pipe: Any, vae: str) -> None:
         """The VAE at `vae` (a single file or a diffusers folder) instead of the pipeline's."""
@@ -149,6 +173,7 @@ class Base:
     pipe: Any
     family: BaseFamily
     source: str  # what was loaded (a folder, a file, a hub id)
+    files: BaseFiles = field(default_factory=BaseFiles)  # what was loaded with it (taste loads the same)
     prediction: P.Prediction = field(default_factory=P.Prediction)  # set by `use_prediction`
 
     @property

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -14,10 +15,11 @@ from typing import Any
 from bakery.craft.bake import BakeError
 from bakery.craft.bake.bases import anima, checkpoint, sd15, sdxl
 from bakery.craft.bake.bases import prediction as P
-from bakery.craft.bake.bases.family import Base, BaseFamily
+from bakery.craft.bake.bases.family import Base, BaseFamily, BaseFiles
 
 TINY = "tiny"
-TINY_ARCHITECTURE = "sd15"  # the tiny model is SD1.5-shaped
+TINY_ARCHITECTURE = "sd15"  # the tiny model with architecture "auto" is SD1.5-shaped
+INDEXES = ("model_index.json", "modular_model_index.json")  # a diffusers folder's (a modular pipeline's)
 HUB_ARCHITECTURE = "sd15"  # a hub id with architecture "auto": nothing to read it from before loading
 
 FAMILIES: dict[str, BaseFamily] = {f.name: f for f in (sd15.FAMILY, sdxl.FAMILY, anima.FAMILY)}
@@ -46,67 +48,62 @@ def family_for(architecture: str) -> BaseFamily:
 
 
 def load_base(base_model: str | None, workdir: Path, *, vae: str | None = None, architecture: str = "auto",
-              words: Sequence[str] = ()) -> Base:
-    """The base pipeline: `tiny`, a single `.safetensors` checkpoint, a diffusers folder or a hub id."""
+              words: Sequence[str] = (), files: BaseFiles = BaseFiles()) -> Base:
+    """The base pipeline: `tiny`, a single `.safetensors` checkpoint, a diffusers folder or a hub id; `files`: the
+    files named beside it ([train] vae, text_encoder, llm_adapter, t5_tokenizer; `vae` sets files.vae)."""
     if not base_model:
         raise BakeError("train.base_model is not set: pass a .safetensors checkpoint, a diffusers folder, "
                         "a hub id, or 'tiny' (a small random-weight model that proves the pipeline)")
+    files = replace(files, vae=vae) if vae else files
     if base_model == TINY:
-        family = family_for(TINY_ARCHITECTURE)
-        folder = family.tiny(Path(workdir), words)  # type: ignore[attr-defined]
-        base = Base(family.load(folder, "folder"), family, str(folder))
-    else:
-        try:
-            pipe, arch = _pipeline(base_model, Path(base_model).expanduser(), architecture)
-        except BakeError:
-            raise
-        except Exception as exc:  # diffusers' own errors (offline hub, wrong file) say what went wrong
-            raise BakeError(f"cannot load train.base_model {base_model!r}: {type(exc).__name__}: {exc}. "
-                            "Pass a local .safetensors checkpoint or diffusers folder (or 'tiny')") from exc
-        base = Base(pipe, family_for(arch), base_model)
-    if vae:
-        try:
-            base.family.use_vae(base.pipe, vae)
-        except Exception as exc:
-            raise BakeError(f"cannot load train.vae {vae!r}: {type(exc).__name__}: {exc}") from exc
-    return base
+        family = family_for(TINY_ARCHITECTURE if architecture == "auto" else architecture)
+        source, form, own = family.tiny(Path(workdir), words)  # type: ignore[attr-defined]
+        files = BaseFiles(**{**own.set(), **files.set()})  # what the recipe names wins over the tiny's own
+        return Base(family.load(source, form, files), family, str(source), files)
+    try:
+        pipe, arch = _pipeline(base_model, Path(base_model).expanduser(), architecture, files)
+    except BakeError:
+        raise
+    except Exception as exc:  # diffusers' own errors (offline hub, wrong file) say what went wrong
+        raise BakeError(f"cannot load train.base_model {base_model!r}: {type(exc).__name__}: {exc}. "
+                        "Pass a local .safetensors checkpoint or diffusers folder (or 'tiny')") from exc
+    return Base(pipe, family_for(arch), base_model, files)
 
 
-def _pipeline(base_model: str, path: Path, architecture: str) -> tuple[Any, str]:
+def _pipeline(base_model: str, path: Path, architecture: str, files: BaseFiles) -> tuple[Any, str]:
     """(pipeline, architecture) of a file, a diffusers folder or a hub id; unsupported checkpoints refused."""
-    _refuse_unsupported(path, base_model)
+    _refuse_unsupported(path, base_model, files)
     if path.is_file():
         if path.suffix not in (".safetensors", ".ckpt"):
             raise BakeError(f"train.base_model {base_model!r}: expected a .safetensors checkpoint")
-        arch = architecture if architecture != "auto" else _file_architecture(path)
-        return family_for(arch).load(path, "file"), arch  # offline: the configs ship with the package
+        arch = architecture if architecture != "auto" else _file_kind(path, files)
+        return family_for(arch).load(path, "file", files), arch  # offline: the configs ship with the package
     if path.is_dir() or not _looks_like_hub_id(base_model):
-        if not (path / "model_index.json").exists():
+        index = next((path / n for n in INDEXES if (path / n).exists()), None)
+        if index is None:
             raise BakeError(f"train.base_model {base_model!r}: no such file, and not a diffusers folder "
                             "(model_index.json missing)")
-        class_name = json.loads((path / "model_index.json").read_text()).get("_class_name", "")
+        class_name = json.loads(index.read_text()).get("_class_name", "")
         arch = next(f.name for f in FAMILIES.values() if f.pipeline == class_name)  # refused unless one is
-        return family_for(arch).load(path, "folder"), arch
+        return family_for(arch).load(path, "folder", files), arch
     arch = architecture if architecture != "auto" else HUB_ARCHITECTURE
-    return family_for(arch).load(base_model, "hub"), arch
+    return family_for(arch).load(base_model, "hub", files), arch
 
 
-def _file_architecture(path: Path) -> str:
-    """The family of a single file, from its tensor names (bases/checkpoint.py)."""
+def _file_kind(path: Path, files: BaseFiles) -> str:
+    """What a single file is, from its tensor names (bases/checkpoint.py); a Cosmos DiT with train.llm_adapter
+    beside it is Anima's."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        return checkpoint.kind_of(f.keys(), lambda k: tuple(f.get_slice(k).get_shape()))
+        kind = checkpoint.kind_of(f.keys(), lambda k: tuple(f.get_slice(k).get_shape()))
+    return "anima" if kind == "cosmos" and files.llm_adapter else kind
 
 
-def _refuse_unsupported(path: Path, base_model: str) -> None:
+def _refuse_unsupported(path: Path, base_model: str, files: BaseFiles) -> None:
     """A file or diffusers folder no family trains: one line saying what it is."""
     if path.is_file() and path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            shape = lambda k: tuple(f.get_slice(k).get_shape())
-            reason = checkpoint.refusal(checkpoint.kind_of(f.keys(), shape), shape)
+        reason = checkpoint.refusal(_file_kind(path, files), lambda k: _shape(path, k))
     elif path.is_dir() and (path / "model_index.json").exists():
         unet = path / "unet" / "config.json"
         channels = json.loads(unet.read_text()).get("in_channels") if unet.exists() else None
@@ -116,6 +113,13 @@ def _refuse_unsupported(path: Path, base_model: str) -> None:
         return
     if reason:
         raise BakeError(f"train.base_model {base_model!r} is {reason}")
+
+
+def _shape(path: Path, key: str) -> tuple[int, ...]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return tuple(f.get_slice(key).get_shape())
 
 
 def _looks_like_hub_id(text: str) -> bool:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from bakery.craft.bake.bases.family import BaseFiles
 from bakery.craft.bake.bases.sd_unet import SDUNet
 
 
@@ -21,12 +22,12 @@ class SD15(SDUNet):
     pipeline_kwargs: ClassVar[dict[str, Any]] = {"safety_checker": None, "requires_safety_checker": False}
     te_prefixes = ("lora_te",)
 
-    def tiny(self, workdir: Path, words: Sequence[str]) -> Path:
+    def tiny(self, workdir: Path, words: Sequence[str]) -> tuple[Path, str, BaseFiles]:
         """The tiny model's folder, built once per set of words (the triggers are in its vocabulary)."""
         from bakery.testmodels.tiny_sd15 import build_tiny_sd15
 
         key = hashlib.sha256(json.dumps(sorted(set(words))).encode()).hexdigest()[:10]
-        return build_tiny_sd15(Path(workdir) / "models" / f"tiny-{key}", words=words)
+        return build_tiny_sd15(Path(workdir) / "models" / f"tiny-{key}", words=words), "folder", BaseFiles()
 
     def prompt_kwargs(self, pipe: Any, prompts: list[str], negatives: list[str], clip_skip: int,
                       device: str) -> dict[str, Any]:

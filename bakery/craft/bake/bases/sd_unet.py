@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from bakery.craft.bake import BakeError
 from bakery.craft.bake.bases import prediction as P
 from bakery.craft.bake.bases import single_file
-from bakery.craft.bake.bases.family import Render
+from bakery.craft.bake.bases.family import BaseFiles, Render
 from bakery.craft.bake.networks import kohya_lora as K
 from bakery.craft.bake.precision import Precision
 
@@ -82,14 +82,21 @@ class SDUNet:
     diffusers_loads_kohya = True  # diffusers' SD/SDXL load_lora_weights converts kohya's names
 
     # -- loading --
-    def load(self, source: str | Path, form: str, **kwargs: Any) -> Any:
+    def load(self, source: str | Path, form: str, files: BaseFiles = BaseFiles(), **kwargs: Any) -> Any:
         import diffusers
 
         cls = getattr(diffusers, self.pipeline)
         kwargs = {**self.pipeline_kwargs, **kwargs}
         if form == "file":  # offline: the configs ship with the package
-            return single_file.load_single_file(cls, source, single_file.config_for(source, self.name), **kwargs)
-        return cls.from_pretrained(str(source), **kwargs)
+            pipe = single_file.load_single_file(cls, source, single_file.config_for(source, self.name), **kwargs)
+        else:
+            pipe = cls.from_pretrained(str(source), **kwargs)
+        if files.vae:
+            try:
+                self.use_vae(pipe, files.vae)
+            except Exception as exc:
+                raise BakeError(f"cannot load train.vae {files.vae!r}: {type(exc).__name__}: {exc}") from exc
+        return pipe
 
     def use_vae(self, pipe: Any, vae: str) -> None:
         from diffusers import AutoencoderKL

@@ -7,7 +7,9 @@ The same classes as the real model (diffusers' `CosmosTransformer3DModel`, `Anim
   with the LLM adapter inside (`net.llm_adapter.*`), as circlestone-labs ships it and sd-scripts reads it;
 - `qwen3/`: the Qwen3 text encoder as a transformers folder (config, weights, tokenizer);
 - `t5_tokenizer/`: the T5 tokenizer the LLM adapter's queries use (tokenizer files only);
-- `vae.safetensors`: the Qwen-Image VAE single file.
+- `vae.safetensors`: the Qwen-Image VAE single file in the layout users have (qwen_image_vae.safetensors: the
+  Wan-VAE names, which diffusers' convert_wan_vae_to_diffusers reads), of the real structure (2 residual blocks
+  per stage, channel multipliers 1, 2, 4, 4), only narrower.
 
 Tokenizers are trained here on the given words (byte-level BPE for Qwen3, unigram for T5), so a tag is a few
 tokens as in the real vocabularies.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,13 +107,13 @@ def components(words: Iterable[str] = ()) -> dict[str, Any]:
                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                           head_dim=8, max_position_embeddings=512, tie_word_embeddings=True))
     conditioner = AnimaTextConditioner(source_dim=HIDDEN, target_dim=HIDDEN, model_dim=HIDDEN, num_layers=2,
-                                       num_attention_heads=4, target_vocab_size=len(t5_tok), min_sequence_length=16)
+                                       num_attention_heads=4, target_vocab_size=len(t5_tok), min_sequence_length=512)
     # Anima is Cosmos-Predict2-2B-shaped: RoPE only (no learnable position embedding), padding mask concatenated.
     transformer = CosmosTransformer3DModel(in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=16,
-                                           num_layers=2, text_embed_dim=HIDDEN, adaln_lora_dim=8, max_size=(4, 64, 64),
+                                           num_layers=2, text_embed_dim=HIDDEN, adaln_lora_dim=8, max_size=(128, 512, 512),
                                            rope_scale=(1.0, 4.0, 4.0), extra_pos_embed_type=None,
                                            concat_padding_mask=True)
-    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
                                  temperal_downsample=[False, True, True])
     return {"transformer": transformer, "text_conditioner": conditioner, "text_encoder": text_encoder,
             "tokenizer": qwen_tok, "t5_tokenizer": t5_tok, "vae": vae,
@@ -123,6 +126,37 @@ def original_name(diffusers_name: str) -> str:
     for new, old in TO_ORIGINAL:
         name = name.replace("." + new.lstrip("."), "." + old.lstrip("."))
     return name[1:]
+
+
+VAE_RESIDUAL = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3", "conv2": "residual.6",
+                "conv_shortcut": "shortcut"}
+VAE_TOP = {"quant_conv": "conv1", "post_quant_conv": "conv2", "conv_in": "conv1", "norm_out": "head.0",
+           "conv_out": "head.2", "mid_block.attentions.0": "middle.1"}
+
+
+def vae_original_name(diffusers_name: str) -> str:
+    """An AutoencoderKLQwenImage parameter's name in the Wan-VAE layout of qwen_image_vae.safetensors: the inverse
+    of diffusers' convert_wan_vae_to_diffusers (2 residual blocks per stage: each decoder stage is 3 of them and
+    its upsampler, in one flat list)."""
+    part, _, rest = diffusers_name.partition(".")
+    if part not in ("encoder", "decoder"):
+        return VAE_TOP[part] + "." + rest
+    param = rest.rsplit(".", 1)
+    module, leaf = param[0], param[1]
+    if m := re.fullmatch(r"mid_block\.resnets\.(\d)\.(\w+)", module):
+        module = f"middle.{2 * int(m[1])}.{VAE_RESIDUAL[m[2]]}"
+    elif m := re.fullmatch(r"down_blocks\.(\d+)\.(\w+)", module):
+        module = f"downsamples.{m[1]}.{VAE_RESIDUAL.get(m[2], m[2])}"
+    elif m := re.fullmatch(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(\w+)", module):
+        module = f"upsamples.{4 * int(m[1]) + int(m[2])}.{VAE_RESIDUAL[m[3]]}"
+    elif m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.(.+)", module):
+        module = f"upsamples.{4 * int(m[1]) + 3}.{m[2]}"
+    elif m := re.fullmatch(r"(down_blocks\.\d+)\.(.+)", module):  # a downsampler's resample / time_conv
+        module = f"downsamples.{m[1].split('.')[1]}.{m[2]}"
+    else:  # conv_in, norm_out, conv_out, the middle attention
+        head = next(h for h in VAE_TOP if module == h or module.startswith(h + "."))
+        module = VAE_TOP[head] + module.removeprefix(head)
+    return f"{part}.{module}.{leaf}"
 
 
 def dit_state_dict(transformer: Any, conditioner: Any) -> dict[str, Any]:
@@ -148,8 +182,8 @@ def write(folder: Path, words: Iterable[str] = ()) -> TinyFiles:
     parts["text_encoder"].save_pretrained(str(files.text_encoder), safe_serialization=True)
     parts["tokenizer"].save_pretrained(str(files.text_encoder))
     parts["t5_tokenizer"].save_pretrained(str(files.t5_tokenizer))
-    save_file({k: v.contiguous() for k, v in parts["vae"].state_dict().items()}, str(files.vae),
-              metadata={"format": "pt"})  # TODO(anima-load): the real Qwen-Image VAE file's (Wan) layout
+    save_file({vae_original_name(k): v.contiguous() for k, v in parts["vae"].state_dict().items()}, str(files.vae),
+              metadata={"format": "pt"})
     (folder / MARKER).write_text(json.dumps({"words": _words(words)}))
     return files
 
