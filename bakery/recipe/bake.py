@@ -51,7 +51,11 @@ class TrainParams(_Section):
     # The base model's family fills the keys the recipe leaves out, in every section (bakery/recipe/families.py):
     # sdxl, pony, illustrious, noobai: SDXL at 1024, clip skip 2, x1/2 steps, UNet only with Prodigy;
     # pony adds its score tags to captions and evaluation prompts; noobai_vpred adds v-prediction + zero terminal SNR.
-    # anima: the Anima DiT (circlestone-labs) at 1024 with sd-scripts' Anima defaults (docs/anima_train_network.md).
+    # anima: the Anima DiT (circlestone-labs) at 1024, where rules.md is silent as sd-scripts' Anima guide
+    # (docs/anima_train_network.md) and trainer: timestep_sampling sigmoid, discrete_flow_shift 1, gradient
+    # checkpointing and cached latents (its example command), train_text_encoder false (it caches Qwen3's outputs),
+    # min_snr_gamma 0 (anima_train_network.py applies no min-SNR); full steps (rules.md's x1/2 is for SDXL).
+    # architecture = "anima" alone gets the same.
     family: Literal["none", "sdxl", "pony", "illustrious", "noobai", "noobai_vpred", "anima"] = "none"
     # A .safetensors checkpoint, a diffusers folder, a hub id, or "tiny" (small random-weight SD1.5 shape, or
     # Anima's with architecture/family anima: proves the pipeline, not image quality).
@@ -105,6 +109,7 @@ class TrainParams(_Section):
     loss_type: Literal["l2", "huber", "smooth_l1"] = "l2"
     huber_schedule: Literal["snr", "exponential", "constant"] = "snr"
     huber_c: Annotated[float, Field(gt=0, le=1)] = 0.1
+    # Rectified-flow bases (anima) have no SNR per timestep: min_snr_gamma must be 0 and huber_schedule not 'snr'.
     min_snr_gamma: Annotated[float, Field(ge=0, le=10)] = 5.0
     noise_offset: Annotated[float, Field(ge=0)] = 0.0
     multires_noise_iterations: Annotated[int, Field(ge=0)] = 0
@@ -123,7 +128,8 @@ class TrainParams(_Section):
     flip_aug: bool = False  # only for symmetric characters
     cache_latents: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16 if supported, else fp16; fp32 on CPU
+    # auto: bf16 if supported, else fp16 (anima: fp32, fp16 is not shown safe for it and refused); fp32 on CPU
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     gradient_checkpointing: bool | None = None  # None: on with CUDA
     save_precision: Literal["fp16", "bf16", "fp32"] = "fp16"
     seed: int = 42

@@ -17,7 +17,8 @@ training does the same), so for SDXL `train.clip_skip` is what the metadata tell
 generate with.
 
 `train.architecture = "sdxl"` with no family gets the same SDXL advice as the `sdxl` family: the guide's
-SDXL rules follow the architecture, not the name the recipe gives it.
+SDXL rules follow the architecture, not the name the recipe gives it. So does `train.architecture = "anima"`
+(the `anima` family: sd-scripts' Anima guide where rules.md is silent, each key with its source below).
 """
 
 from __future__ import annotations
@@ -31,6 +32,28 @@ _SDXL: dict[str, dict[str, Any]] = {
     "train": {"architecture": "sdxl", "clip_skip": 2},
     "buckets": {"resolution": 1024, "max_side": 2048},
     "repeats": {"sdxl": True},
+    "evaluate": {"width": 1024, "height": 1024},
+}
+
+
+# Anima (circlestone-labs): a DiT at 1024 trained with rectified flow. Where the guide (rules.md) is silent, sd-scripts'
+# Anima guide (docs/anima_train_network.md, its example command) and trainer (anima_train_network.py) decide.
+# The guide's network, optimizer, learning rates, repeats and epochs stay (rules.md §8, §12); its SDXL x1/2 steps rule
+# names SDXL only, so Anima keeps the full steps.
+_ANIMA: dict[str, dict[str, Any]] = {
+    "train": {
+        "architecture": "anima",
+        # sd-scripts' guide: --timestep_sampling="sigmoid" --discrete_flow_shift=1.0 (sigmoid_scale default 1.0)
+        "timestep_sampling": "sigmoid", "discrete_flow_shift": 1.0, "sigmoid_scale": 1.0,
+        # sd-scripts' Anima trainer never applies min-SNR (post_process_loss returns the loss unchanged)
+        "min_snr_gamma": 0.0,
+        # sd-scripts' guide caches Qwen3's outputs (--cache_text_encoder_outputs), which its trainer refuses with a
+        # text-encoder network: Qwen3 stays frozen
+        "train_text_encoder": False,
+        # sd-scripts' guide: --gradient_checkpointing --cache_latents (bf16: `auto`, fp16 is refused for Anima)
+        "gradient_checkpointing": True, "cache_latents": True,
+    },
+    "buckets": {"resolution": 1024, "max_side": 2048},  # sd-scripts' guide: 1024 px
     "evaluate": {"width": 1024, "height": 1024},
 }
 
@@ -51,9 +74,7 @@ FAMILIES: dict[str, dict[str, dict[str, Any]]] = {
     "illustrious": _SDXL,
     "noobai": _SDXL,
     "noobai_vpred": _with(_SDXL, train={"v_parameterization": True, "zero_terminal_snr": True}),
-    # Anima: a DiT at 1024 (sd-scripts' docs/anima_train_network.md); its training keys are in [train].
-    "anima": {"train": {"architecture": "anima"}, "buckets": {"resolution": 1024, "max_side": 2048},
-              "evaluate": {"width": 1024, "height": 1024}},
+    "anima": _ANIMA,
 }
 
 
@@ -63,8 +84,8 @@ def apply_family(data: Any, profiles: dict[str, dict[str, Any]]) -> Any:
     if not isinstance(data, dict) or not isinstance(data.get("train"), dict):
         return data
     family = data["train"].get("family", "none")
-    if family == "none" and data["train"].get("architecture") == "sdxl":
-        family = "sdxl"  # an SDXL base named by architecture alone: the same advice (rules.md §8, §12)
+    if family == "none" and data["train"].get("architecture") in ("sdxl", "anima"):
+        family = data["train"]["architecture"]  # a base named by architecture alone: the same advice
     if family not in FAMILIES or family == "none":
         return data
     out = dict(data)

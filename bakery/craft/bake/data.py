@@ -40,6 +40,11 @@ def split_caption(caption: str, keep_tokens: int) -> tuple[list[str], list[str]]
     return tags[:keep_tokens], tags[keep_tokens:]
 
 
+def full_caption(caption: str) -> str:
+    """The caption as a step without augmentation (no shuffle, dropout or warmup) and the validation loss read it."""
+    return ", ".join(sum(split_caption(caption, 0), []))
+
+
 def _tags(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 

@@ -41,3 +41,16 @@ def autocast(prec: Precision) -> Any:
     import torch
 
     return torch.autocast("cuda", dtype=prec.autocast) if prec.autocast is not None else contextlib.nullcontext()
+
+
+def for_base(prec: Precision, mixed_precision: str, fp16_safe: bool, architecture: str) -> Precision:
+    """`prec` for a base whose family may not take fp16: fp16 asked is refused, fp16 picked by `auto` (no bf16 on
+    this GPU) becomes fp32."""
+    import torch
+
+    if fp16_safe or prec.weight_dtype != torch.float16:
+        return prec
+    if mixed_precision == "fp16":
+        raise BakeError(f"train.mixed_precision 'fp16' is not shown safe for {architecture}: use 'bf16' (or 'auto') "
+                        "on a GPU that has it, else 'no'")
+    return Precision(prec.device, torch.float32, None, prec.grad_checkpointing, False)

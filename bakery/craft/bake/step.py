@@ -40,7 +40,7 @@ def noised_latents(t: Training, lat: Any, gen: Any) -> tuple[Any, Any, Any]:
         noise = noise + p.noise_offset * torch.randn(shape, generator=gen).to(device)
     if p.multires_noise_iterations:
         noise = pyramid_noise(noise, gen, p.multires_noise_iterations, p.multires_noise_discount)
-    timesteps = t.base.family.timesteps(t.noise_sched, b, gen).to(device)
+    timesteps = t.base.family.timesteps(t.noise_sched, b, gen, tuple(lat.shape[-2:])).to(device)
     input_noise = noise
     if p.ip_noise_gamma:  # the input is perturbed, the target stays the plain noise
         input_noise = noise + p.ip_noise_gamma * torch.randn(lat.shape, generator=gen).to(device)
@@ -65,15 +65,25 @@ def batch_loss(t: Training, batch: list[Sample], flips: list[bool], pred: Any, t
     import torch
 
     p, device = t.params, t.prec.device
-    alphas_cumprod = t.noise_sched.alphas_cumprod
-    hc = huber_c(p.huber_schedule, p.huber_c, timesteps, alphas_cumprod, t.noise_sched.config.num_train_timesteps)
-    loss = masked(t, batch, flips, conditional_loss(pred.float(), target.float(), p.loss_type, hc.to(device)))
+    loss = masked(t, batch, flips, conditional_loss(pred.float(), target.float(), p.loss_type,
+                                                    loss_threshold(t, timesteps)))
     loss = loss.mean(dim=list(range(1, loss.dim())))  # one loss per picture
     loss = loss * torch.tensor([p.prior_loss_weight if s.image.is_reg else 1.0 for s in batch], device=device)
     if p.min_snr_gamma:
-        loss = loss * min_snr_weight(timesteps, alphas_cumprod, p.min_snr_gamma,
+        loss = loss * min_snr_weight(timesteps, t.noise_sched.alphas_cumprod, p.min_snr_gamma,
                                      v_prediction=t.base.prediction.v_pred).to(device)
     return loss.mean()
+
+
+def loss_threshold(t: Training, timesteps: Any) -> Any:
+    """The Huber threshold per sample on the device; None for l2 (it has none, as kohya's
+    get_huber_threshold_if_needed: a flow schedule has no SNR for the snr schedule to read)."""
+    p = t.params
+    if p.loss_type == "l2":
+        return None
+    sched = t.noise_sched
+    hc = huber_c(p.huber_schedule, p.huber_c, timesteps, sched.alphas_cumprod, sched.config.num_train_timesteps)
+    return hc.to(t.prec.device)
 
 
 def masked(t: Training, batch: list[Sample], flips: list[bool], loss: Any) -> Any:

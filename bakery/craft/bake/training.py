@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from bakery.craft.bake import BakeError
-from bakery.craft.bake.bases.family import Base, NoiseSchedule
+from bakery.craft.bake.bases.family import Base, NoiseSchedule, TimestepSampling
 from bakery.craft.bake.bases.load import load_base, use_prediction
-from bakery.craft.bake.data import DataConfig, LatentCache, Sample, module_id, plan_samples, steps_per_epoch
+from bakery.craft.bake.data import (DataConfig, LatentCache, Sample, full_caption, module_id, plan_samples,
+                                    steps_per_epoch)
 from bakery.craft.bake.networks import kohya_lora as K
 from bakery.craft.bake.networks import lycoris_net as LN
 from bakery.craft.bake.optim import build_optimizer, make_scheduler
-from bakery.craft.bake.precision import Precision, choose_precision
+from bakery.craft.bake.precision import Precision, choose_precision, for_base
 from bakery.manifest import TrainSet
 
 
@@ -57,9 +58,36 @@ class Training:
 
 
 def base_models(base: Base) -> list[Any]:
-    """The base's denoiser and text encoders (what the network may train)."""
+    """The base's denoiser, text encoders (what the network may train) and the conditioners between them."""
     family = base.family
-    return [family.denoiser(base.pipe), *family.text_encoders(base.pipe)]
+    return [family.denoiser(base.pipe), *family.text_encoders(base.pipe), *family.conditioners(base.pipe)]
+
+
+def timestep_sampling(params: Any) -> TimestepSampling:
+    """The recipe's rectified-flow timestep sampling (DDPM bases ignore it)."""
+    return TimestepSampling(params.timestep_sampling, params.discrete_flow_shift, params.sigmoid_scale)
+
+
+def check_schedule(params: Any, noise_sched: NoiseSchedule, architecture: str) -> None:
+    """One line for the settings a schedule without SNR per timestep (rectified flow) cannot honour: min-SNR
+    (sd-scripts' flow trainers never apply it) and Huber's snr schedule (sd-scripts refuses it)."""
+    if noise_sched.alphas_cumprod is not None:
+        return
+    if params.min_snr_gamma:
+        raise BakeError(f"train.min_snr_gamma needs an SNR per timestep, which {architecture}'s rectified flow has "
+                        "not (sd-scripts trains it without min-SNR): set train.min_snr_gamma = 0")
+    if params.loss_type != "l2" and params.huber_schedule == "snr":
+        raise BakeError(f"train.huber_schedule 'snr' needs an SNR per timestep, which {architecture}'s rectified "
+                        "flow has not: use 'exponential' or 'constant'")
+
+
+def known_captions(p: Any, samples: list[Sample]) -> list[str]:
+    """Every caption the steps and the validation loss will encode for `samples`, when no augmentation changes
+    them (no shuffle, tag dropout or warmup; caption dropout adds the empty one); [] when not known ahead."""
+    if p.shuffle_caption or p.tag_dropout_rate or p.token_warmup_step:
+        return []
+    captions = [full_caption(s.image.caption) for s in samples]
+    return list(dict.fromkeys(captions + ([""] if p.caption_dropout_rate else [])))
 
 
 def freeze_base(base: Base, prec: Precision) -> None:
@@ -111,8 +139,10 @@ def attach_network(base: Base, params: Any, spec: K.NetworkSpec) -> list[tuple[s
 def set_train_mode(base: Base, params: Any, prec: Precision) -> None:
     """Train mode for what learns; gradient checkpointing when the precision asks for it."""
     denoiser, te_models = base.family.denoiser(base.pipe), base.family.text_encoders(base.pipe)
+    conditioners = base.family.conditioners(base.pipe)
     if prec.grad_checkpointing:
-        denoiser.enable_gradient_checkpointing()
+        for m in (denoiser, *conditioners):
+            m.enable_gradient_checkpointing()
         for te in te_models:
             if params.train_text_encoder:
                 # Non-reentrant: the frozen embeddings give no grad-requiring input, and the reentrant
@@ -121,7 +151,8 @@ def set_train_mode(base: Base, params: Any, prec: Precision) -> None:
                     te.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
                 else:
                     te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    denoiser.train()
+    for m in (denoiser, *conditioners):
+        m.train()
     for te in te_models:
         te.train(params.train_text_encoder)
 
@@ -140,7 +171,9 @@ def prepare_training(trainset: TrainSet, params: Any, *, image_path: Callable[[s
                          words=trainset.triggers)
     use_prediction(base, params.v_parameterization, params.zero_terminal_snr)
     family = base.family
-    noise_sched = family.noise_schedule(base)
+    prec = for_base(prec, params.mixed_precision, family.fp16, family.name)
+    noise_sched = family.noise_schedule(base, timestep_sampling(params))
+    check_schedule(params, noise_sched, family.name)
     freeze_base(base, prec)
     spec = K.NetworkSpec(params.network_type, params.network_dim, params.network_alpha, params.conv_dim,
                          params.conv_alpha)
@@ -156,11 +189,13 @@ def prepare_training(trainset: TrainSet, params: Any, *, image_path: Callable[[s
     vae = family.vae(base.pipe)
     latents = LatentCache(Path(workdir) / "cache" / "latents", partial(family.encode, vae, device=prec.device),
                           module_id(vae) if params.cache_latents else "", prec.device, params.cache_latents)
+    cache = not params.train_text_encoder
+    text = family.text_encoder(base, params.clip_skip, prec.device, cache=cache,
+                               captions=known_captions(params, samples + validation) if cache else ())
     return Training(
         params=params, data=data, prec=prec, base=base, triggers=list(trainset.triggers), spec=spec,
         network=network, trainable=trainable, optimizer=optimizer, scheduler=scheduler,
         scaler=torch.amp.GradScaler("cuda") if prec.scaler else None, noise_sched=noise_sched, samples=samples,
-        per_epoch=per_epoch, total=total, latents=latents,
-        text=family.text_encoder(base, params.clip_skip, prec.device, cache=not params.train_text_encoder),
-        image_path=image_path, validation=validation, heads=dict(trainset.heads),
+        per_epoch=per_epoch, total=total, latents=latents, text=text, image_path=image_path,
+        validation=validation, heads=dict(trainset.heads),
     )

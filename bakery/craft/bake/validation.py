@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bakery.craft.bake.data import Sample, load_pixels, split_caption
-from bakery.craft.bake.optim import conditional_loss, huber_c
-from bakery.craft.bake.step import masked, predict_noise, seeded
+from bakery.craft.bake.data import Sample, full_caption, load_pixels
+from bakery.craft.bake.optim import conditional_loss
+from bakery.craft.bake.step import loss_threshold, masked, predict_noise, seeded
 from bakery.craft.bake.training import Training, base_models
 
 
@@ -46,13 +46,12 @@ def validation_picture_loss(t: Training, s: Sample, n_timesteps: int) -> float:
     noise = torch.randn(lat.shape, generator=gen).to(device)
     steps = t.noise_sched.config.num_train_timesteps
     timesteps = torch.tensor(validation_timesteps(n_timesteps, steps), device=device)
-    caption = ", ".join(sum(split_caption(s.image.caption, p.keep_tokens), []))
+    caption = full_caption(s.image.caption)
     batch = [s] * n_timesteps
     pred = predict_noise(t, batch, [caption] * n_timesteps, t.noise_sched.add_noise(lat, noise, timesteps), timesteps)
-    hc = huber_c(p.huber_schedule, p.huber_c, timesteps, t.noise_sched.alphas_cumprod, steps)
     target = t.base.family.target(t.base, t.noise_sched, lat, noise, timesteps)
     loss = masked(t, batch, [False] * n_timesteps, conditional_loss(pred.float(), target.float(), p.loss_type,
-                                                                    hc.to(device)))
+                                                                    loss_threshold(t, timesteps)))
     return float(loss.mean())
 
 

@@ -11,12 +11,17 @@ named in `FAMILIES` (bases/load.py), that has every member of `BaseFamily`:
 - `name`, `resolution`, `pipeline`: its architecture name, native side, diffusers pipeline class;
 - loading: `load` (a single file offline, a diffusers folder, a hub id, with the base's other files: a
   `BaseFiles`), `use_vae` (train.vae);
-- its parts: `denoiser`, `text_encoders` (what the network may train), `vae`;
+- its parts: `denoiser`, `text_encoders` (what the network may train), `vae`, `conditioners` (modules that
+  run with the denoiser every step, frozen with it: Anima's LLM adapter; none for SD);
 - the noisy input and its target: `use_prediction` (sets `Base.prediction`), `noise_schedule` (a
-  `NoiseSchedule`: timesteps are indices 0 .. num_train_timesteps - 1 into `alphas_cumprod`, which min-SNR
-  and the Huber snr schedule read; a denoiser that takes sigmas converts them in `predict`), `timesteps`
-  (drawn from the step's generator), `target`, `encode` (pixels -> latents);
-- text and predicting: `text_encoder` (captions -> an opaque conditioning), `predict` (the prediction in the
+  `NoiseSchedule` built with the recipe's `TimestepSampling`: DDPM's timesteps are indices 0 ..
+  num_train_timesteps - 1 into `alphas_cumprod`, which min-SNR and the Huber snr schedule read; rectified
+  flow's (bases/flow.py) are sigma * num_train_timesteps with no `alphas_cumprod`, and the bake refuses
+  those two settings; a denoiser that takes sigmas converts them in `predict`), `timesteps` (drawn from the
+  step's generator, knowing the latents' size), `target`, `encode` (pixels -> latents), `fp16` (whether fp16
+  mixed precision is safe: when not, the bake refuses it and `auto` falls back to fp32 without bf16);
+- text and predicting: `text_encoder` (captions -> an opaque conditioning; given every caption the bake will
+  ask for, it may encode them at once and unload the text encoder), `predict` (the prediction in the
   latents' layout, (N, C, H, W): the loss, masks and validation work on it);
 - the network: `network_parts` (kohya prefixes: the denoiser's is `lora_unet`), `targets` (the modules a
   LoRA wraps and their kohya names);
@@ -48,11 +53,23 @@ from bakery.craft.bake.networks import kohya_lora as K
 from bakery.craft.bake.precision import Precision
 
 
+@dataclass(frozen=True)
+class TimestepSampling:
+    """How a rectified-flow base draws its training timesteps (the recipe's train.timestep_sampling,
+    discrete_flow_shift, sigmoid_scale; bases/flow.py). DDPM bases draw uniformly and ignore it."""
+
+    method: str = "sigmoid"  # sigma | uniform | sigmoid | shift | flux_shift
+    shift: float = 1.0
+    sigmoid_scale: float = 1.0
+
+
 class NoiseSchedule(Protocol):
     """The forward process the denoiser learns to undo, as the loop reads it (diffusers' DDPMScheduler has it)."""
 
-    config: Any  # .num_train_timesteps: timesteps are 0 .. num_train_timesteps - 1
-    alphas_cumprod: Any  # per timestep: the signal's share (SNR = a / (1 - a)), for min-SNR and Huber's snr schedule
+    config: Any  # .num_train_timesteps: timesteps are 0 .. num_train_timesteps - 1 (flow: floats in [0, that])
+    # per timestep: the signal's share (SNR = a / (1 - a)), for min-SNR and Huber's snr schedule; None: no SNR
+    # table (rectified flow), and the bake refuses those settings
+    alphas_cumprod: Any
 
     def add_noise(self, latents: Any, noise: Any, timesteps: Any) -> Any:
         """The noised input at `timesteps`."""
@@ -85,6 +102,7 @@ class BaseFamily(Protocol):
     name: str  # the architecture: train.architecture, BakeOutput.architecture, the metadata's key
     resolution: int  # its native side in pixels (a slider's default)
     pipeline: str  # its diffusers pipeline class name, as a folder's model_index.json says it
+    fp16: bool  # fp16 mixed precision is safe for it (False: refused; `auto` picks bf16, else fp32)
 
     # -- loading: a single file offline (bases/single_file.py), a diffusers folder or a hub id --
     def load(self, source: str | Path, form: str, files: BaseFiles = BaseFiles(), **kwargs: Any) -> Any:
@@ -104,16 +122,20 @@ class BaseFamily(Protocol):
     def vae(self, pipe: Any) -> Any:
         """The autoencoder between pixels and latents."""
 
+    def conditioners(self, pipe: Any) -> list[Any]:
+        """Modules between the text encoders and the denoiser that run every step (Anima's LLM adapter): frozen
+        on the device in the weight dtype, checkpointed and in train mode with the denoiser."""
+
     # -- the noisy input and its target --
     def use_prediction(self, base: Base, v_parameterization: bool | None,
                        zero_terminal_snr: bool | None) -> P.Prediction:
         """What the base predicts (read from it, the recipe's keys on top); the pipeline's sampler takes it on."""
 
-    def noise_schedule(self, base: Base) -> NoiseSchedule:
-        """The training noise schedule for `base.prediction`."""
+    def noise_schedule(self, base: Base, sampling: TimestepSampling) -> NoiseSchedule:
+        """The training noise schedule for `base.prediction`, drawing timesteps as `sampling` says."""
 
-    def timesteps(self, schedule: NoiseSchedule, n: int, gen: Any) -> Any:
-        """`n` training timesteps drawn from the CPU generator `gen` (on the CPU)."""
+    def timesteps(self, schedule: NoiseSchedule, n: int, gen: Any, size: tuple[int, int]) -> Any:
+        """`n` training timesteps drawn from the CPU generator `gen` (on the CPU); `size`: the latents' (h, w)."""
 
     def target(self, base: Base, schedule: NoiseSchedule, latents: Any, noise: Any, timesteps: Any) -> Any:
         """What the denoiser learns to predict for `latents` noised with `noise` at `timesteps`."""
@@ -122,8 +144,12 @@ class BaseFamily(Protocol):
         """Pixels (N, C, H, W) in [-1, 1] -> the latents the denoiser works on, fp32 on `device` (no gradient)."""
 
     # -- text and predicting --
-    def text_encoder(self, base: Base, clip_skip: int, device: str, cache: bool) -> Callable[[list[str]], Any]:
-        """Captions -> their conditioning (one row per caption); `cache`: each distinct caption encoded once."""
+    def text_encoder(self, base: Base, clip_skip: int, device: str, cache: bool,
+                     captions: Sequence[str] = ()) -> Callable[[list[str]], Any]:
+        """Captions -> their conditioning (one row per caption); `cache`: each distinct caption encoded once.
+        `captions` (with `cache`): every caption the bake will ask for, when known ahead (no caption
+        augmentation); a family may encode them now and unload its text encoder (sd-scripts'
+        --cache_text_encoder_outputs)."""
 
     def predict(self, base: Base, prec: Precision, noisy: Any, timesteps: Any, cond: Any,
                 sizes: Sequence[tuple[int, int]]) -> Any:

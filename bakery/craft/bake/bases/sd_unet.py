@@ -20,7 +20,7 @@ from bakery.craft.bake.precision import Precision
 SAMPLERS = ("euler_a", "euler", "dpmpp_2m", "dpmpp_2m_karras", "ddim")  # the recipe's sampler names
 
 if TYPE_CHECKING:
-    from bakery.craft.bake.bases.family import Base
+    from bakery.craft.bake.bases.family import Base, TimestepSampling
 
 
 class TextEncoder:
@@ -80,6 +80,7 @@ class SDUNet:
     te_prefixes: tuple[str, ...] = ()  # kohya's prefixes of the text encoders' modules
     sgm = False  # kohya names the UNet's modules in the original (sgm/LDM) layout
     diffusers_loads_kohya = True  # diffusers' SD/SDXL load_lora_weights converts kohya's names
+    fp16 = True  # rules.md §12: fp16 (bf16 if supported)
 
     # -- loading --
     def load(self, source: str | Path, form: str, files: BaseFiles = BaseFiles(), **kwargs: Any) -> Any:
@@ -116,6 +117,9 @@ class SDUNet:
     def vae(self, pipe: Any) -> Any:
         return pipe.vae
 
+    def conditioners(self, pipe: Any) -> list[Any]:
+        return []
+
     # -- the noisy input and its target --
     def use_prediction(self, base: Base, v_parameterization: bool | None,
                        zero_terminal_snr: bool | None) -> P.Prediction:
@@ -132,13 +136,14 @@ class SDUNet:
         base.prediction = pred
         return pred
 
-    def noise_schedule(self, base: Base) -> Any:
-        """DDPM on the base's betas, predicting what `base.prediction` says."""
+    def noise_schedule(self, base: Base, sampling: TimestepSampling) -> Any:
+        """DDPM on the base's betas, predicting what `base.prediction` says (timesteps uniform: `sampling` is
+        rectified flow's)."""
         from diffusers import DDPMScheduler
 
         return DDPMScheduler.from_config(base.pipe.scheduler.config, **P.training_overrides(base.prediction))
 
-    def timesteps(self, schedule: Any, n: int, gen: Any) -> Any:
+    def timesteps(self, schedule: Any, n: int, gen: Any, size: tuple[int, int]) -> Any:
         import torch
 
         return torch.randint(0, schedule.config.num_train_timesteps, (n,), generator=gen)
@@ -151,7 +156,9 @@ class SDUNet:
         return (dist.mean * vae.config.scaling_factor).float()
 
     # -- text and predicting --
-    def text_encoder(self, base: Base, clip_skip: int, device: str, cache: bool) -> TextEncoder:
+    def text_encoder(self, base: Base, clip_skip: int, device: str, cache: bool,
+                     captions: Sequence[str] = ()) -> TextEncoder:
+        # Captions are encoded as they come (a batch at once would change the files' bytes); CLIP stays loaded.
         return TextEncoder(base.pipe, self.name, clip_skip, device, cache)
 
     def predict(self, base: Base, prec: Precision, noisy: Any, timesteps: Any, cond: Any,
