@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from bakery.craft.bake.bases import prediction as P
-from bakery.craft.bake.bases.family import Render
+from bakery.craft.bake.bases.family import BaseFiles, Render
 from bakery.craft.bake.bases.load import family_for
 from bakery.craft.bake.networks import lycoris
 
@@ -45,8 +45,10 @@ def pick_device(device: str = "auto") -> tuple[str, "object"]:
     return device, torch.float32
 
 
-def load_pipeline(base_model: str, architecture: str, device: str = "auto") -> tuple[object, str]:
-    """The base pipeline from a diffusers folder, a single .safetensors/.ckpt file or a hub id (its family loads it)."""
+def load_pipeline(base_model: str, architecture: str, device: str = "auto",
+                  files: BaseFiles = BaseFiles()) -> tuple[object, str]:
+    """The base pipeline from a diffusers folder, a single .safetensors/.ckpt file or a hub id (its family loads it,
+    with the `files` the bake loaded it with)."""
     try:
         family = family_for(architecture)
     except ValueError as exc:
@@ -55,14 +57,14 @@ def load_pipeline(base_model: str, architecture: str, device: str = "auto") -> t
     path = Path(base_model)
     try:
         if path.is_dir():
-            pipe = family.load(path, "folder", dtype=dtype)
+            pipe = family.load(path, "folder", files, dtype=dtype)
         elif path.is_file():
-            pipe = family.load(path, "file", dtype=dtype)
+            pipe = family.load(path, "file", files, dtype=dtype)
         elif path.suffix in (".safetensors", ".ckpt") or path.is_absolute() or base_model.startswith("."):
             raise ModelError(f"base model {base_model!r} does not exist: pass train.base_model as a diffusers "
                              "folder, a .safetensors checkpoint or a hub id")
         else:
-            pipe = family.load(base_model, "hub", dtype=dtype)
+            pipe = family.load(base_model, "hub", files, dtype=dtype)
     except ModelError:
         raise
     except Exception as exc:
@@ -110,12 +112,14 @@ class Taster:
     """One loaded base pipeline; LoRA files are swapped in and out of it."""
 
     def __init__(self, base_model: str, architecture: str, clip_skip: int = 2, sampler: str = "euler_a",
-                 device: str = "auto", pipe: object = None, prediction: P.Prediction | None = None):
-        """`pipe`: an already loaded pipeline of `base_model` (moved to the device), else it is loaded.
+                 device: str = "auto", pipe: object = None, prediction: P.Prediction | None = None,
+                 files: BaseFiles = BaseFiles()):
+        """`pipe`: an already loaded pipeline of `base_model` (moved to the device), else it is loaded (with `files`).
         `prediction`: epsilon or v, zero terminal SNR or not (None: as the base says); the family builds the
         sampler to match (bases/family.py's `use_sampler`) and renders (`render`)."""
         self.architecture, self.clip_skip = architecture, clip_skip
-        self.pipe, self.device = load_pipeline(base_model, architecture, device) if pipe is None else _placed(pipe, device)
+        self.pipe, self.device = (load_pipeline(base_model, architecture, device, files) if pipe is None
+                                  else _placed(pipe, device))
         self.family = family_for(architecture)
         try:
             self.prediction = self.family.use_sampler(self.pipe, sampler, prediction)
