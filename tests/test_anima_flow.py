@@ -54,7 +54,7 @@ step = 32
 base_model = "tiny"
 architecture = "anima"
 optimizer = "adamw"
-learning_rate = 0.001
+learning_rate = 0.01
 epochs = {len(EPOCHS)}
 batch_size = 2
 network_dim = 4
@@ -80,6 +80,7 @@ width = 64
 height = 64
 tags_per_prompt = 1
 effect_min_ratio = 0.0
+effect_min = 0.0
 device = "cpu"
 """
 
