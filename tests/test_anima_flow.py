@@ -9,10 +9,6 @@ the one an uninterrupted run of the same project writes. Run a third time, uncha
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,8 +22,10 @@ from bakery.recipe import load_recipe
 from bakery.testmodels.tiny_wd14 import write_tiny_wd14
 from storage import Catalog
 from tests.conftest import write_recipe
-from tests.test_bake_flow import ROOT, child_env
+from tests.test_bake_flow import kill_at_first_state
 from tests.test_flow import bake, stages
+from tests.test_judges import JUDGE_TAGS
+from tests.test_sdxl_flow import pictures
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 TRIGGER = "bakery_girl"
@@ -86,33 +84,9 @@ device = "cpu"
 
 
 def _project(folder: Path) -> Path:
-    images = folder / "images"
-    images.mkdir(parents=True)
-    colours = [(200, 60, 60), (60, 200, 60), (60, 60, 200), (200, 200, 60)]
-    for i, colour in enumerate(colours):
-        im = Image.new("RGB", (64 + 32 * (i % 2), 64), colour)
-        im.paste((255 - colour[0], 128, 30 * i), (8, 8, 40, 40))
-        im.save(images / f"a{i}.png")
-        (images / f"a{i}.txt").write_text("1girl, smile, red_dress", encoding="utf-8")
-    write_tiny_wd14(folder / "tagger")
+    pictures(folder / "images", "1girl, blonde_hair, smile, red_dress")
+    write_tiny_wd14(folder / "tagger", extra_tags=JUDGE_TAGS)  # blonde_hair: what the trigger absorbs
     return write_recipe(folder, RECIPE)
-
-
-def _kill_bake(recipe: Path) -> float:
-    """`bakery run` in a child, SIGKILLed once the bake saved a training state; the time it was killed."""
-    work = recipe.parent / "work"
-    child = subprocess.Popen([sys.executable, "-m", "bakery.cli", "run", str(recipe)], env=child_env(), cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    try:
-        while not list((work / "bakes").glob("*/state/state.pt")):
-            assert child.poll() is None, "the run finished or failed before the bake could be killed"
-            assert time.monotonic() < deadline, "no training state after 600 s"
-            time.sleep(0.05)
-    finally:
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
-    return time.time()
 
 
 def test_anima_bakes_tastes_and_exports_end_to_end(tmp_path: Path):
@@ -122,7 +96,10 @@ def test_anima_bakes_tastes_and_exports_end_to_end(tmp_path: Path):
     assert r.train.architecture == "anima" and r.train.timestep_sampling == "sigmoid" and r.buckets.resolution == 64
     assert r.evaluate.cfg_scale == 4.0 and r.regularisation.cfg_scale == 4.0 and r.evaluate.sampler == "euler_a"
 
-    killed_at = _kill_bake(recipe)
+    # `bakery run` in a child, SIGKILLed once the bake saved a training state
+    kill_at_first_state(f"import sys; from bakery.cli import main; sys.argv = ['bakery', 'run', {str(recipe)!r}]; "
+                        "main()", work)
+    killed_at = time.time()
     assert not list((work / "bakes").glob(f"*/t-{EPOCHS[-1]:06d}.safetensors"))
     run_id = bake(recipe)
     st = stages(work, run_id)
@@ -170,13 +147,15 @@ def _check_evaluation(work: Path) -> None:
     by: dict[str, set] = {}
     for s in scores:
         by.setdefault(s["judge"], set()).add((s["epoch"], s["weight"]))
-    assert by["identity"] == cells and by["bleed"] == cells and by["flexibility"] == cells
+    assert by["identity"] == cells and by["flexibility"] == cells and by["effect_ratio"] == {(e, 1.0) for e in EPOCHS}
     assert ev["recommended_epoch"] in EPOCHS
     report = Path(ev["report_path"])
     html = report.read_text(encoding="utf-8")
     for title in ("Identity", "Concept bleed", "Flexibility", "Ranking", "Validation loss"):
         assert f"<h2>{title}</h2>" in html, title
     assert "SKIPPED" not in html and "rectified flow" in html  # sampled as Anima is
+    assert "Not measured: needs two or more outfits" in html  # bleed: one concept, no outfits
+    assert "ranking: epoch" in html  # the cells are ranked by their tag scores
     grids = sorted(report.parent.glob("grid-*.png"))
     assert grids
     for g in grids:  # rows epochs, columns weights, 64 px cells

@@ -80,20 +80,15 @@ def _placed(pipe: object, device: str) -> tuple[object, str]:
     return (pipe.to(dev) if pipe.dtype == dtype else pipe.to(dev, dtype)), dev
 
 
-def _lycoris_tensors(path: str | Path) -> dict | None:
-    """The tensors of a LoHa/LoKr/IA3/Diag-OFT file (None for a file diffusers loads: LoRA, LoCon, DoRA, DyLoRA)."""
+def _merged_tensors(path: str | Path, every: bool) -> dict | None:
+    """The tensors of a file our merge applies: a LoHa/LoKr/IA3/Diag-OFT file, or any file where `every` (a family
+    whose diffusers loader reads no kohya names); None for a file diffusers loads (LoRA, LoCon, DoRA, DyLoRA)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        if not lycoris.is_lycoris(f.keys()):
+        if not every and not lycoris.is_lycoris(f.keys()):
             return None
         return {k: f.get_tensor(k) for k in f.keys()}
-
-
-def _tensors(path: str | Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 @dataclass
@@ -126,7 +121,7 @@ class Taster:
         except ValueError as exc:
             raise ModelError(str(exc)) from exc
         self.adapter: str | None = None
-        self.merged: lycoris.MergedNetwork | None = None  # a LoHa/LoKr file, applied by our own code
+        self.merged: lycoris.MergedNetwork | None = None  # a file applied by our own code (LoHa/LoKr, Anima's)
         self.timings = Timings()
 
     # -- LoRA ---------------------------------------------------------------------------
@@ -136,7 +131,7 @@ class Taster:
         if not Path(path).is_file():
             raise ModelError(f"LoRA file {path} does not exist")
         try:
-            tensors = _lycoris_tensors(path) if self.family.diffusers_loads_kohya else _tensors(path)
+            tensors = _merged_tensors(path, not self.family.diffusers_loads_kohya)
             if tensors is not None:
                 modules = lycoris.kohya_modules({"unet": self.family.denoiser(self.pipe),
                                                  "te": self.family.text_encoders(self.pipe)}, self.architecture)

@@ -32,7 +32,9 @@ named in `FAMILIES` (bases/load.py), that has every member of `BaseFamily`:
 
 and, outside the family's module: its kohya metadata (`ss_base_model_version`, `modelspec.architecture`) in
 networks/kohya_lora.py's ARCHITECTURES; its single files recognised by bases/checkpoint.py (`kind_of` gives
-its name, `refusal`/`folder_refusal` let it through); its name in the recipe's `train.architecture`.
+its name, `refusal`/`folder_refusal` let it through); its name in the recipe's `train.architecture` (and, for
+a base sampled by rectified flow, in bakery/recipe/families.py's FLOW_ARCHITECTURES: its samplers are checked
+when the recipe is read).
 Optionally a tiny random-weight model for tests (`tiny(workdir, words)` -> (source, form, `BaseFiles`): what
 `load` takes; `train.base_model = "tiny"` is SD1.5's, or the family's named by `train.architecture`).
 
