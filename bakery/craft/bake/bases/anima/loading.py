@@ -31,7 +31,7 @@ def assemble(dtype: Any = None, **parts: Any) -> Any:
 
     pipe = AnimaModularPipeline(blocks=AnimaAutoBlocks())
     if dtype is not None:
-        parts = {k: v.to(dtype) if hasattr(v, "parameters") else v for k, v in parts.items()}
+        parts = {k: v.to(dtype) if getattr(v, "dtype", dtype) != dtype else v for k, v in parts.items()}
     pipe.update_components(**parts)
     return pipe
 
