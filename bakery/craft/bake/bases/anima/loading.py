@@ -57,7 +57,7 @@ class AnimaLoading:
         from diffusers import AnimaModularPipeline
 
         pipe = AnimaModularPipeline.from_pretrained(str(source), local_files_only=form == "folder", **kwargs)
-        pipe.load_components(torch_dtype=dtype)
+        pipe.load_components(dtype=dtype)
         if files.vae:
             self.use_vae(pipe, files.vae)
         return pipe
