@@ -283,7 +283,8 @@ def evaluate_params_json(recipe: Recipe) -> str:
 def slide_params_json(recipe: Recipe) -> str:
     """[slider] (less the taste's keys), the [train] keys the slide reads, the output name."""
     train = recipe.train.model_dump(mode="json")
-    return stage_params_json({"train": {k: train[k] for k in SLIDE_TRAIN_KEYS},
+    named = {k: train[k] for k in COMPANION_KEYS if train[k]}  # their fingerprints: in the slide's key (bake_key)
+    return stage_params_json({"train": {**{k: train[k] for k in SLIDE_TRAIN_KEYS}, **named},
                               "slider": recipe.slider.model_dump(mode="json", exclude=SLIDER_TASTE_KEYS),
                               "name": recipe.train.output_name or recipe.project.name})
 

@@ -64,6 +64,8 @@ def test_tiny_anima_loads_from_its_files_offline_and_renders(tmp_path, files, pa
         got, want = dict(getattr(base.pipe, name).config), dict(parts[name].config)
         assert {k: v for k, v in got.items() if not k.startswith("_")} == \
                {k: v for k, v in want.items() if not k.startswith("_")}, name
+    for name in ("tokenizer", "t5_tokenizer"):  # the same tokens, the same ids
+        assert getattr(base.pipe, name).get_vocab() == parts[name].get_vocab(), name
     assert base.files.text_encoder and base.files.vae and base.files.t5_tokenizer  # what taste loads again
     image = base.pipe(prompt=["bakery_girl, 1girl"], negative_prompt=[""], height=64, width=64, num_inference_steps=2,
                       generator=torch.Generator().manual_seed(0), output="images")[0]
@@ -143,7 +145,8 @@ def test_shipped_configs_describe_qwen3_06b_and_cosmos_predict2_2b():
             config["head_dim"], config["intermediate_size"]) == (28, 16, 8, 128, 3072)
     dit = {"x_embedder.proj.1.weight": (2048, 68), "blocks.0.self_attn.q_norm.weight": (128,),
            "final_layer.linear.weight": (64, 2048), "blocks.0.mlp.layer1.weight": (8192, 2048),
-           "blocks.0.cross_attn.k_proj.weight": (2048, 1024), "blocks.0.adaln_modulation_self_attn.1.weight": (256, 2048),
+           "blocks.0.cross_attn.k_proj.weight": (2048, 1024),
+           "blocks.0.adaln_modulation_self_attn.1.weight": (256, 2048),
            **{f"blocks.{i}.layer_norm_self_attn.weight": (2048,) for i in range(28)}}
     config = F.transformer_config(meta(dit))
     assert (config["in_channels"], config["out_channels"], config["num_attention_heads"], config["attention_head_dim"],
