@@ -112,6 +112,7 @@ class BakeOutput:
     bake_key: str  # this bake's id in the catalog's `bake_log` (loss per step)
     triggers: list[str]
     clip_skip: int = 2
+    base_files: dict[str, str] = field(default_factory=dict)  # what loaded with the base (bases/family.py BaseFiles)
 
 
 def digest(items: object) -> str:

@@ -29,6 +29,9 @@ DETECTOR_ROLES = ("face", "head", "person", "halfbody")  # the crops stage's ONN
 SLIDE_TRAIN_KEYS = ("base_model", "vae", "architecture", "clip_skip", "seed", "device", "max_grad_norm",
                     "weight_decay", "gradient_checkpointing")
 SLIDER_TASTE_KEYS = {"strengths", "prompts", "still_ratio", "tag_margin"}  # [slider]'s for the taste, not the slide
+# [train]'s files a base loads with besides base_model and vae (Anima's parts that ship apart): in a stage's params
+# and cache keys only when set, so a base without them keeps its params byte-identical.
+COMPANION_KEYS = ("text_encoder", "llm_adapter", "t5_tokenizer")
 
 
 def model_fingerprint(model: str | None) -> str:
@@ -39,6 +42,21 @@ def model_fingerprint(model: str | None) -> str:
     path = Path(model).expanduser()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*.safetensors")) if path.is_dir() else []
     return json.dumps([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+
+
+def companions(train: Any) -> dict[str, str]:
+    """[train]'s companion files that are set (`COMPANION_KEYS`), each with its fingerprint (`<key>_fingerprint`)."""
+    out = {}
+    for key in COMPANION_KEYS:
+        if value := getattr(train, key, None):
+            out.update({key: value, f"{key}_fingerprint": model_fingerprint(value)})
+    return out
+
+
+def base_fingerprint(base_model: str | None, train: Any = None) -> str:
+    """What identifies the base a bake loads: the base model's fingerprint, and its companion files' when set."""
+    found = companions(train)
+    return json.dumps([model_fingerprint(base_model), found]) if found else model_fingerprint(base_model)
 
 
 # -- gather ---------------------------------------------------------------------------------------------------------
@@ -195,7 +213,7 @@ def regularisation_params_json(recipe: Recipe) -> str:
         "model": {"base_model": train.base_model, "fingerprint": model_fingerprint(train.base_model),
                   "vae": train.vae, "vae_fingerprint": model_fingerprint(train.vae),
                   "architecture": train.architecture, "v_parameterization": train.v_parameterization,
-                  "zero_terminal_snr": train.zero_terminal_snr},
+                  "zero_terminal_snr": train.zero_terminal_snr, **companions(train)},
         "clip_skip": train.clip_skip, "seed": train.seed,
     })
 
@@ -217,7 +235,8 @@ def trigger_check_params_json(recipe: Recipe) -> str:
         "check": recipe.trigger_check.model_dump(mode="json"),
         "base": {"model": t.base_model, "id": model_fingerprint(t.base_model), "vae": t.vae,
                  "architecture": t.architecture, "clip_skip": t.clip_skip,
-                 "v_parameterization": t.v_parameterization, "zero_terminal_snr": t.zero_terminal_snr},
+                 "v_parameterization": t.v_parameterization, "zero_terminal_snr": t.zero_terminal_snr,
+                 **companions(t)},
         "tagger": json.loads(autotag_params_json(recipe)) if recipe.autotag.model else None,
         "embedding": {"model": likeness, "id": model_fingerprint(likeness)} if likeness else None,
         "device": recipe.evaluate.device,
@@ -264,7 +283,8 @@ def evaluate_params_json(recipe: Recipe) -> str:
 def slide_params_json(recipe: Recipe) -> str:
     """[slider] (less the taste's keys), the [train] keys the slide reads, the output name."""
     train = recipe.train.model_dump(mode="json")
-    return stage_params_json({"train": {k: train[k] for k in SLIDE_TRAIN_KEYS},
+    named = {k: train[k] for k in COMPANION_KEYS if train[k]}  # their fingerprints: in the slide's key (bake_key)
+    return stage_params_json({"train": {**{k: train[k] for k in SLIDE_TRAIN_KEYS}, **named},
                               "slider": recipe.slider.model_dump(mode="json", exclude=SLIDER_TASTE_KEYS),
                               "name": recipe.train.output_name or recipe.project.name})
 

@@ -3,6 +3,8 @@ rectified flow's draws and target, the text encoder's cache, the DiT's predictio
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 from pathlib import Path
 
@@ -39,11 +41,18 @@ class TinyNetworkAnima(Anima):
                                  and n.startswith("transformer_blocks.")])
 
 
+@functools.cache
+def tiny_parts() -> dict:
+    # built once: training the tiny T5 tokenizer is not deterministic (the unigram trainer's ties)
+    return tiny.components(WORDS)
+
+
 def tiny_base(family=None) -> Base:
+    """A fresh copy of the tiny Anima (the bake moves and wraps its modules)."""
     from diffusers import AnimaAutoBlocks, AnimaModularPipeline
 
     pipe = AnimaModularPipeline(blocks=AnimaAutoBlocks())
-    pipe.update_components(**tiny.components(WORDS))
+    pipe.update_components(**copy.deepcopy(tiny_parts()))
     return Base(pipe, family or TinyNetworkAnima(), "tiny")
 
 
@@ -202,6 +211,18 @@ def test_training_steps_learn_the_batch_and_the_lora_gets_gradients(tmp_path):
     changed = [n for n, p in transformer.named_parameters() if n in lora and not torch.equal(p, lora[n])]
     assert changed == list(lora)  # every LoRA layer of the DiT learnt (through the checkpointed blocks)
     assert after < before * 0.9, (before, after)
+
+
+def test_two_bakes_take_the_same_draws_and_weights(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        t = prepare(tmp_path / name, timestep_sampling="flux_shift", ip_noise_gamma=0.1)
+        batches = list(D.epoch_batches(t.samples, 2, 42, 1))
+        losses = [SP.training_step(t, batches[i % len(batches)], i + 1)[0] for i in range(3)]
+        runs.append((losses, {n: p.detach().clone() for n, p in t.base.pipe.transformer.named_parameters()
+                              if p.requires_grad}))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(v, runs[1][1][n]) for n, v in runs[0][1].items())
 
 
 # --- refusals and defaults ---------------------------------------------------------------------------------------

@@ -62,15 +62,19 @@ enabled = false
 """
 
 
-def _project(tmp_path: Path) -> Path:
-    images = tmp_path / "images"
-    images.mkdir()
+def pictures(images: Path, caption: str) -> None:
+    """Four small captioned pictures in two sizes (two buckets), each a colour with a patch."""
+    images.mkdir(parents=True)
     colours = [(200, 60, 60), (60, 200, 60), (60, 60, 200), (200, 200, 60)]
     for i, colour in enumerate(colours):
         im = Image.new("RGB", (64 + 32 * (i % 2), 64), colour)
         im.paste((255 - colour[0], 128, 30 * i), (8, 8, 40, 40))
         im.save(images / f"a{i}.png")
-        (images / f"a{i}.txt").write_text("1girl, smile, red_dress", encoding="utf-8")
+        (images / f"a{i}.txt").write_text(caption, encoding="utf-8")
+
+
+def _project(tmp_path: Path) -> Path:
+    pictures(tmp_path / "images", "1girl, smile, red_dress")
     model = build_tiny_sdxl(tmp_path.parent / "sdxl-model-pony", words=[TRIGGER, *PONY_SCORE_TAGS, "red_dress"])
     return write_recipe(tmp_path, RECIPE.format(model=model))
 

@@ -54,8 +54,9 @@ class TrainParams(_Section):
     # anima: the Anima DiT (circlestone-labs) at 1024, where rules.md is silent as sd-scripts' Anima guide
     # (docs/anima_train_network.md) and trainer: timestep_sampling sigmoid, discrete_flow_shift 1, gradient
     # checkpointing and cached latents (its example command), train_text_encoder false (it caches Qwen3's outputs),
-    # min_snr_gamma 0 (anima_train_network.py applies no min-SNR); full steps (rules.md's x1/2 is for SDXL).
-    # architecture = "anima" alone gets the same.
+    # min_snr_gamma 0 (anima_train_network.py applies no min-SNR); full steps (rules.md's x1/2 is for SDXL); renders
+    # (evaluate, regularisation, trigger check) at CFG 4 and 30 steps as its model card asks, sampler euler_a or
+    # euler only (flow-match Euler). architecture = "anima" alone gets the same.
     family: Literal["none", "sdxl", "pony", "illustrious", "noobai", "noobai_vpred", "anima"] = "none"
     # A .safetensors checkpoint, a diffusers folder, a hub id, or "tiny" (small random-weight SD1.5 shape, or
     # Anima's with architecture/family anima: proves the pipeline, not image quality).

@@ -54,8 +54,14 @@ _ANIMA: dict[str, dict[str, Any]] = {
         "gradient_checkpointing": True, "cache_latents": True,
     },
     "buckets": {"resolution": 1024, "max_side": 2048},  # sd-scripts' guide: 1024 px
-    "evaluate": {"width": 1024, "height": 1024},
+    # Renders: the model card (circlestone-labs/Anima) asks for ~1 MP, 30-50 steps, CFG 4-5, and names euler_a
+    # among its samplers (the recipe's default); the trigger check keeps its few steps (it renders many).
+    "evaluate": {"width": 1024, "height": 1024, "steps": 30, "cfg_scale": 4.0},
+    "regularisation": {"steps": 30, "cfg_scale": 4.0},
+    "trigger_check": {"cfg_scale": 4.0},
 }
+# What a rectified-flow base samples with (bases/anima/rendering.py maps them onto flow-match Euler).
+FLOW_ARCHITECTURES, FLOW_SAMPLERS = ("anima",), ("euler_a", "euler")
 
 
 def _with(base: dict[str, dict[str, Any]], **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:

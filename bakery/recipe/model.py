@@ -12,7 +12,7 @@ from pydantic import PrivateAttr, ValidationError, model_validator
 from bakery.recipe.bake import TRAIN_PROFILES, RegularisationParams, TrainParams
 from bakery.recipe.base import RecipeError, _as_train_keys, _Section, format_errors
 from bakery.recipe.caption import AutotagParams, CaptionParams, Concept, RepeatsParams, ValidationParams
-from bakery.recipe.families import apply_family
+from bakery.recipe.families import FLOW_ARCHITECTURES, FLOW_SAMPLERS, apply_family
 from bakery.recipe.gather import ConvertParams, IngestParams, Project, ScrapeParams, Source
 from bakery.recipe.prepare import (
     AlphaParams,
@@ -92,6 +92,16 @@ class Recipe(_Section):
         misc = self.crops.misc_concept
         if self.crops.portraits_to_misc and misc not in [c.name for c in self.concepts]:
             raise ValueError(f"crops.portraits_to_misc: no concept named '{misc}' (add it or set crops.misc_concept)")
+        return self
+
+    @model_validator(mode="after")
+    def _samplers_fit_the_base(self) -> "Recipe":
+        """A rectified-flow base renders with flow-match Euler only: refused here, not after the bake."""
+        if self.train.architecture in FLOW_ARCHITECTURES:
+            for section in ("evaluate", "trigger_check", "regularisation"):
+                if (sampler := getattr(self, section).sampler) not in FLOW_SAMPLERS:
+                    raise ValueError(f"{section}.sampler {sampler!r} has no rectified-flow form for "
+                                     f"{self.train.architecture}: use {' or '.join(map(repr, FLOW_SAMPLERS))}")
         return self
 
     @model_validator(mode="after")

@@ -27,7 +27,7 @@ from bakery.craft.bake.bases import load as bases
 from bakery.craft.bake.networks import kohya_lora, lycoris_net
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet, digest
 from bakery.recipe import BucketParams, TrainParams
-from bakery.stage_params import model_fingerprint
+from bakery.stage_params import base_fingerprint
 from storage import Catalog
 from storage.locks import exclusive
 from tasks import caching
@@ -37,14 +37,15 @@ from tasks.stage import RunInfo, Stage
 BAKES_DIR = "bakes"
 
 
-def bake_key(trainset: TrainSet, params_json: str, code: str, base_model: str | None) -> str:
+def bake_key(trainset: TrainSet, params_json: str, code: str, base_model: str | None, train: Any = None) -> str:
+    """`train`: [train], whose companion files (a changed text encoder re-bakes) join the base model's fingerprint."""
     return digest({"trainset": trainset, "params": params_json, "code": code,
-                   "model": model_fingerprint(base_model)})[:16]
+                   "model": base_fingerprint(base_model, train)})[:16]
 
 
-def session_id(trainset: TrainSet, params_json: str, base_model: str | None) -> str:
+def session_id(trainset: TrainSet, params_json: str, base_model: str | None, train: Any = None) -> str:
     """The files' `ss_session_id`: the bake key without the code, so a refactor leaves the LoRA files byte-identical."""
-    return digest({"trainset": trainset, "params": params_json, "model": model_fingerprint(base_model)})[:16]
+    return digest({"trainset": trainset, "params": params_json, "model": base_fingerprint(base_model, train)})[:16]
 
 
 class BakeProgress:
@@ -118,7 +119,7 @@ def bake(inputs: TrainSet, params_json: str, workdir: str, run_id: str, workers:
     buckets = BucketParams.model_validate(data["buckets"])
     name = data["name"]
     run = RunInfo(run_id, workdir, workers)
-    key = bake_key(inputs, params_json, BAKE.code_version, params.base_model)
+    key = bake_key(inputs, params_json, BAKE.code_version, params.base_model, params)
     folder = Path(workdir) / BAKES_DIR / f"{name}-{key[:12]}"
     progress = BakeProgress(run.catalog, key, params.epochs)
     store = run.store
@@ -128,7 +129,7 @@ def bake(inputs: TrainSet, params_json: str, workdir: str, run_id: str, workers:
             result = craft.bake(
                 inputs, params, image_path=store.path, workdir=Path(workdir), out_dir=folder,
                 state_dir=folder / "state", name=name, bake_key=key,
-                session_id=session_id(inputs, params_json, params.base_model),
+                session_id=session_id(inputs, params_json, params.base_model, params),
                 data=data_craft.DataConfig(buckets.resolution, buckets.min_side, buckets.max_side, buckets.step,
                                       params.batch_size),
                 on_step=progress.step, on_epoch=lambda epoch, path: progress.flush(),
@@ -155,6 +156,7 @@ def bake(inputs: TrainSet, params_json: str, workdir: str, run_id: str, workers:
     output = BakeOutput(
         name=name, base_model=result.extra["base_source"], architecture=result.extra.get("architecture", "sd15"), files=result.files,
         bake_key=key, triggers=list(inputs.triggers), clip_skip=params.clip_skip,
+        base_files=result.extra.get("base_files", {}),
     )
     # Held-out validation pictures go on too: not trained on, but validated on (the picture account follows them).
     images = [ImageRef(t.subject, t.image_hash, t.mask_hash) for t in inputs.images + inputs.held_out()]

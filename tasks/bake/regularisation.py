@@ -24,6 +24,7 @@ from prefect import get_run_logger, task
 
 from bakery.craft.bake import regularisation as craft
 from bakery.craft.bake.bases import load as bases
+from bakery.craft.bake.bases.family import BaseFiles
 from bakery.craft.bake.bases.load import TINY, load_base, use_prediction
 from bakery.craft.taste import xyz
 from bakery.manifest import ImageRef, StageResult, TrainSet
@@ -89,7 +90,8 @@ def _drawer(run: RunInfo, cfg: dict[str, Any], triggers: list[str],
         yield None
         return
     m = cfg["model"]
-    base = load_base(m["base_model"], run.workdir, vae=m["vae"], architecture=m["architecture"], words=triggers)
+    base = load_base(m["base_model"], run.workdir, architecture=m["architecture"], words=triggers,
+                     files=BaseFiles.of(m))
     use_prediction(base, m.get("v_parameterization"), m.get("zero_terminal_snr"))  # the sampler matches the model
     taster = xyz.Taster(base.source, base.architecture, cfg["clip_skip"], cfg["render"]["sampler"],
                         cfg["render"]["device"], pipe=base.pipe)

@@ -47,7 +47,7 @@ def slide(inputs: craft.SliderSpec, params_json: str, workdir: str, run_id: str,
     train = TrainParams.model_validate(data["train"])
     slider = SliderParams.model_validate(data["slider"])
     name, run = data["name"], RunInfo(run_id, workdir, workers)
-    key = bake_key(inputs, params_json, SLIDE.code_version, train.base_model)  # type: ignore[arg-type]
+    key = bake_key(inputs, params_json, SLIDE.code_version, train.base_model, train)  # type: ignore[arg-type]
     folder = Path(workdir) / BAKES_DIR / f"{name}-{key[:12]}"
     progress = BakeProgress(run.catalog, key, slider.steps, stage="slide")
     logger = get_run_logger()
@@ -63,6 +63,7 @@ def slide(inputs: craft.SliderSpec, params_json: str, workdir: str, run_id: str,
     logger.info("slide: %d steps at %d px, %d files in %s", result.steps, result.extra["resolution"],
                 len(result.files), folder)
     output = BakeOutput(name=name, base_model=result.extra["base_source"], architecture=result.extra["architecture"],
+                        base_files=result.extra.get("base_files", {}),
                         files=result.files, bake_key=key, triggers=[], clip_skip=train.clip_skip)
     return StageResult(images=[], n_in=0, n_processed=len(result.losses), payload=output)
 

@@ -86,13 +86,15 @@ def _train_buckets(train: TrainSet, run: RunInfo) -> list[tuple[tuple[int, int],
 
 
 def _prune_record(train: TrainSet, run: RunInfo) -> list[dict] | None:
-    """The tag counts before/after pruning of the prune run that built this training set (None: none recorded)."""
+    """The tag counts before/after pruning of the prune run that built this training set (None: none recorded).
+    A run whose prune was cached records the captions but no counts: the run that pruned has them."""
     want = sorted((t.folder, t.name, t.image_hash, t.caption) for t in train.images)
     with Catalog.open(run.catalog) as cat:
         for run_id in cat.runs_with("train_captions"):
             rows = cat.train_captions(run_id)
             if sorted((r["folder"], r["name"], r["image_hash"], r["caption"]) for r in rows) == want:
-                return cat.tag_stats(run_id) or None
+                if stats := cat.tag_stats(run_id):
+                    return stats
     return None
 
 

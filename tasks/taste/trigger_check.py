@@ -68,10 +68,11 @@ def check_triggers(recipe: Recipe, run: RunInfo, triggers: list[str], refresh: b
 
 def render_all(cfg: dict, prompts: list[str], triggers: list[str], workdir: str) -> list[np.ndarray]:
     """Every prompt x seed on the base model, no LoRA (prompt-major)."""
+    from bakery.craft.bake.bases.family import BaseFiles
     from bakery.craft.bake.bases.load import load_base, use_prediction
 
     p, b = TriggerCheckParams.model_validate(cfg["check"]), cfg["base"]
-    base = load_base(b["model"], Path(workdir), vae=b["vae"], architecture=b["architecture"], words=triggers)
+    base = load_base(b["model"], Path(workdir), architecture=b["architecture"], words=triggers, files=BaseFiles.of(b))
     use_prediction(base, b.get("v_parameterization"), b.get("zero_terminal_snr"))  # the sampler matches the model
     taster = xyz.Taster(base.source, base.architecture, b["clip_skip"], p.sampler, cfg["device"], pipe=base.pipe)
     return taster.render(prompts, p.negative_prompt, list(range(p.seeds)), p.steps, p.cfg_scale, p.size, p.size)

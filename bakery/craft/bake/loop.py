@@ -113,4 +113,4 @@ def bake(
                       latent_cache_hits=t.latents.hits, latent_cache_misses=t.latents.misses,
                       seconds=time.monotonic() - started, validation=validated,
                       extra={"device": t.prec.device, "per_epoch": t.per_epoch, "architecture": t.base.architecture,
-                             "base_source": t.base.source})
+                             "base_source": t.base.source, "base_files": t.base.files.set()})

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bakery.craft.bake import BakeError
-from bakery.craft.bake.bases.family import Base, NoiseSchedule, TimestepSampling
+from bakery.craft.bake.bases.family import Base, BaseFiles, NoiseSchedule, TimestepSampling
 from bakery.craft.bake.bases.load import load_base, use_prediction
 from bakery.craft.bake.data import (DataConfig, LatentCache, Sample, full_caption, module_id, plan_samples,
                                     steps_per_epoch)
@@ -167,8 +167,8 @@ def prepare_training(trainset: TrainSet, params: Any, *, image_path: Callable[[s
     prec = choose_precision(params.device, params.mixed_precision, params.gradient_checkpointing)
     torch.manual_seed(params.seed)
     if base is None:
-        base = load_base(params.base_model, workdir, vae=params.vae, architecture=params.architecture,
-                         words=trainset.triggers)
+        base = load_base(params.base_model, workdir, architecture=params.architecture, words=trainset.triggers,
+                         files=BaseFiles.of(params))
     use_prediction(base, params.v_parameterization, params.zero_terminal_snr)
     family = base.family
     prec = for_base(prec, params.mixed_precision, family.fp16, family.name)

@@ -28,6 +28,7 @@ from typing import Any
 
 from bakery.craft.bake import BakeError
 from bakery.craft.bake.bases.family import Base
+from bakery.craft.bake.bases.family import BaseFiles
 from bakery.craft.bake.bases.load import load_base
 from bakery.craft.bake.loop import BakeResult, StepInfo
 from bakery.craft.bake.networks import kohya_lora as K
@@ -109,7 +110,8 @@ def prepare_slide(spec: SliderSpec, train: Any, slider: Any, *, workdir: Path, b
     torch.manual_seed(params.seed)
     if base is None:
         words = [w.strip() for p in spec.prompts() for w in p.split(",") if w.strip()]
-        base = load_base(params.base_model, workdir, vae=params.vae, architecture=params.architecture, words=words)
+        base = load_base(params.base_model, workdir, architecture=params.architecture, words=words,
+                         files=BaseFiles.of(params))
     freeze_base(base, prec)
     net_spec = K.NetworkSpec("lora", params.network_dim, params.network_alpha, params.conv_dim, params.conv_alpha)
     network = attach_network(base, params, net_spec)
@@ -276,4 +278,5 @@ def slide(
     return BakeResult(files=dict(sorted(files.items())), losses=losses, resumed_from_epoch=start, steps=slider.steps,
                       seconds=time.monotonic() - started,
                       extra={"device": t.prec.device, "architecture": t.base.architecture,
-                             "base_source": t.base.source, "resolution": t.resolution})
+                             "base_source": t.base.source, "base_files": t.base.files.set(),
+                             "resolution": t.resolution})

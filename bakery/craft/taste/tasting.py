@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bakery.craft.bake.bases import prediction
+from bakery.craft.bake.bases.family import BaseFiles
 from bakery.craft.taste import evaluate as craft
 from bakery.craft.taste import ranking, xyz
 from bakery.craft.taste.judges import likeness as likeness_craft
@@ -79,7 +80,8 @@ def taste(inputs: TasteInputs, params: EvaluateParams, on_cells: Callable[[int],
     bake, epochs, prompts, last_meta = inputs.bake, inputs.epochs, inputs.prompts, inputs.last_meta
     triggers = list(bake.triggers)
     taster = xyz.Taster(bake.base_model, bake.architecture, bake.clip_skip, params.sampler, params.device,
-                        prediction=prediction.from_lora_metadata(last_meta))  # sampled as it was trained
+                        prediction=prediction.from_lora_metadata(last_meta),  # sampled as it was trained
+                        files=BaseFiles(**bake.base_files))
     grid_weights = sorted({float(w) for w in params.weights})
     grid = xyz.render_grid(
         taster, {e: inputs.files[e] for e in epochs}, grid_weights, prompts, params.seeds, params.negative_prompt,

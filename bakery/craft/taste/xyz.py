@@ -4,8 +4,9 @@ The base pipeline is loaded once per evaluation. Each epoch's kohya-format file
 (the file users publish) is loaded with diffusers' `load_lora_weights` as a
 named adapter, its weight changed in place with `set_adapters` for every
 column, and deleted before the next epoch: the base weights are never reloaded.
-LoHa/LoKr/IA3/Diag-OFT files (which diffusers refuses) are merged by `lycoris.MergedNetwork`
-instead: each weight is a re-merge of the kept original weights, unloading restores them.
+LoHa/LoKr/IA3/Diag-OFT files (which diffusers refuses), and every file of a family whose diffusers loader
+does not read kohya's names (Anima), are merged by `lycoris.MergedNetwork` instead: each weight is a
+re-merge of the kept original weights, unloading restores them.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from bakery.craft.bake.bases import prediction as P
+from bakery.craft.bake.bases.family import BaseFiles, Render
 from bakery.craft.bake.bases.load import family_for
 from bakery.craft.bake.networks import lycoris
 
-SAMPLERS = ("euler_a", "euler", "dpmpp_2m", "dpmpp_2m_karras", "ddim")
 MAX_BATCH = 8  # images per pipeline call
 
 CellKey = tuple[int, float, int, int]  # (epoch, weight, prompt index, seed)
@@ -44,29 +45,10 @@ def pick_device(device: str = "auto") -> tuple[str, "object"]:
     return device, torch.float32
 
 
-def _scheduler(name: str, config: Mapping) -> object:
-    from diffusers import (
-        DDIMScheduler,
-        DPMSolverMultistepScheduler,
-        EulerAncestralDiscreteScheduler,
-        EulerDiscreteScheduler,
-    )
-
-    if name == "euler_a":
-        return EulerAncestralDiscreteScheduler.from_config(config)
-    if name == "euler":
-        return EulerDiscreteScheduler.from_config(config)
-    if name == "dpmpp_2m":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
-    if name == "dpmpp_2m_karras":
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", use_karras_sigmas=True)
-    if name == "ddim":
-        return DDIMScheduler.from_config(config)
-    raise ValueError(f"unknown sampler {name!r}; one of {', '.join(SAMPLERS)}")
-
-
-def load_pipeline(base_model: str, architecture: str, device: str = "auto") -> tuple[object, str]:
-    """The base pipeline from a diffusers folder, a single .safetensors/.ckpt file or a hub id (its family loads it)."""
+def load_pipeline(base_model: str, architecture: str, device: str = "auto",
+                  files: BaseFiles = BaseFiles()) -> tuple[object, str]:
+    """The base pipeline from a diffusers folder, a single .safetensors/.ckpt file or a hub id (its family loads it,
+    with the `files` the bake loaded it with)."""
     try:
         family = family_for(architecture)
     except ValueError as exc:
@@ -75,14 +57,14 @@ def load_pipeline(base_model: str, architecture: str, device: str = "auto") -> t
     path = Path(base_model)
     try:
         if path.is_dir():
-            pipe = family.load(path, "folder", dtype=dtype)
+            pipe = family.load(path, "folder", files, dtype=dtype)
         elif path.is_file():
-            pipe = family.load(path, "file", dtype=dtype)
+            pipe = family.load(path, "file", files, dtype=dtype)
         elif path.suffix in (".safetensors", ".ckpt") or path.is_absolute() or base_model.startswith("."):
             raise ModelError(f"base model {base_model!r} does not exist: pass train.base_model as a diffusers "
                              "folder, a .safetensors checkpoint or a hub id")
         else:
-            pipe = family.load(base_model, "hub", dtype=dtype)
+            pipe = family.load(base_model, "hub", files, dtype=dtype)
     except ModelError:
         raise
     except Exception as exc:
@@ -98,12 +80,13 @@ def _placed(pipe: object, device: str) -> tuple[object, str]:
     return (pipe.to(dev) if pipe.dtype == dtype else pipe.to(dev, dtype)), dev
 
 
-def _lycoris_tensors(path: str | Path) -> dict | None:
-    """The tensors of a LoHa/LoKr/IA3/Diag-OFT file (None for a file diffusers loads: LoRA, LoCon, DoRA, DyLoRA)."""
+def _merged_tensors(path: str | Path, every: bool) -> dict | None:
+    """The tensors of a file our merge applies: a LoHa/LoKr/IA3/Diag-OFT file, or any file where `every` (a family
+    whose diffusers loader reads no kohya names); None for a file diffusers loads (LoRA, LoCon, DoRA, DyLoRA)."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        if not lycoris.is_lycoris(f.keys()):
+        if not every and not lycoris.is_lycoris(f.keys()):
             return None
         return {k: f.get_tensor(k) for k in f.keys()}
 
@@ -124,18 +107,21 @@ class Taster:
     """One loaded base pipeline; LoRA files are swapped in and out of it."""
 
     def __init__(self, base_model: str, architecture: str, clip_skip: int = 2, sampler: str = "euler_a",
-                 device: str = "auto", pipe: object = None, prediction: P.Prediction | None = None):
-        """`pipe`: an already loaded pipeline of `base_model` (moved to the device), else it is loaded.
-        `prediction`: epsilon or v, zero terminal SNR or not (None: as the pipeline's scheduler config says);
-        the sampler is built to match (diffusers' recipe: prediction type, rescaled betas, trailing timesteps)."""
+                 device: str = "auto", pipe: object = None, prediction: P.Prediction | None = None,
+                 files: BaseFiles = BaseFiles()):
+        """`pipe`: an already loaded pipeline of `base_model` (moved to the device), else it is loaded (with `files`).
+        `prediction`: epsilon or v, zero terminal SNR or not (None: as the base says); the family builds the
+        sampler to match (bases/family.py's `use_sampler`) and renders (`render`)."""
         self.architecture, self.clip_skip = architecture, clip_skip
-        self.pipe, self.device = load_pipeline(base_model, architecture, device) if pipe is None else _placed(pipe, device)
+        self.pipe, self.device = (load_pipeline(base_model, architecture, device, files) if pipe is None
+                                  else _placed(pipe, device))
         self.family = family_for(architecture)
-        self.prediction = prediction or P.from_scheduler_config(self.pipe.scheduler.config)
-        config = {**self.pipe.scheduler.config, **P.sampling_overrides(self.prediction)}
-        self.pipe.scheduler = _scheduler(sampler, config)
+        try:
+            self.prediction = self.family.use_sampler(self.pipe, sampler, prediction)
+        except ValueError as exc:
+            raise ModelError(str(exc)) from exc
         self.adapter: str | None = None
-        self.merged: lycoris.MergedNetwork | None = None  # a LoHa/LoKr file, applied by our own code
+        self.merged: lycoris.MergedNetwork | None = None  # a file applied by our own code (LoHa/LoKr, Anima's)
         self.timings = Timings()
 
     # -- LoRA ---------------------------------------------------------------------------
@@ -145,7 +131,7 @@ class Taster:
         if not Path(path).is_file():
             raise ModelError(f"LoRA file {path} does not exist")
         try:
-            tensors = _lycoris_tensors(path)
+            tensors = _merged_tensors(path, not self.family.diffusers_loads_kohya)
             if tensors is not None:
                 modules = lycoris.kohya_modules({"unet": self.family.denoiser(self.pipe),
                                                  "te": self.family.text_encoders(self.pipe)}, self.architecture)
@@ -193,15 +179,11 @@ class Taster:
         out: list[np.ndarray] = []
         for i in range(0, len(jobs), MAX_BATCH):
             chunk = jobs[i : i + MAX_BATCH]
-            gens = [torch.Generator("cpu").manual_seed(int(s)) for _, s in chunk]
-            kw = dict(num_inference_steps=steps, guidance_scale=cfg, width=width, height=height,
-                      generator=gens, output_type="np")
-            if self.prediction.zero_snr:
-                kw["guidance_rescale"] = P.GUIDANCE_RESCALE
-            kw.update(self.family.prompt_kwargs(self.pipe, [p for p, _ in chunk], [negative] * len(chunk),
-                                                self.clip_skip, self.device))
+            job = Render([p for p, _ in chunk], [negative] * len(chunk),
+                         [torch.Generator("cpu").manual_seed(int(s)) for _, s in chunk], steps, cfg, width, height,
+                         self.clip_skip, self.device, self.prediction)
             with torch.no_grad():
-                images = self.pipe(**kw).images
+                images = self.family.render(self.pipe, job)
             out += [(np.clip(np.nan_to_num(im), 0, 1) * 255).round().astype(np.uint8) for im in images]
         self.timings.render_s += time.perf_counter() - t
         self.timings.cells += len(jobs)

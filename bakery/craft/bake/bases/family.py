@@ -25,11 +25,16 @@ named in `FAMILIES` (bases/load.py), that has every member of `BaseFamily`:
   latents' layout, (N, C, H, W): the loss, masks and validation work on it);
 - the network: `network_parts` (kohya prefixes: the denoiser's is `lora_unet`), `targets` (the modules a
   LoRA wraps and their kohya names);
-- rendering: `prompt_kwargs` (taste/xyz.py's renders, regularisation, the trigger check);
+- rendering (taste/xyz.py's `Taster`, through which the grids, regularisation and the trigger check all draw):
+  `use_sampler` (the recipe's sampler name -> the pipeline's scheduler, or a one-line refusal) and `render` (one
+  pipeline call for a `Render`: prompts, negatives, one seeded generator per image, steps, CFG, size -> pixels),
+  `diffusers_loads_kohya` (False: taste applies our LoRA files with networks/lycoris.py's merge, by `targets`' names);
 
 and, outside the family's module: its kohya metadata (`ss_base_model_version`, `modelspec.architecture`) in
 networks/kohya_lora.py's ARCHITECTURES; its single files recognised by bases/checkpoint.py (`kind_of` gives
-its name, `refusal`/`folder_refusal` let it through); its name in the recipe's `train.architecture`.
+its name, `refusal`/`folder_refusal` let it through); its name in the recipe's `train.architecture` (and, for
+a base sampled by rectified flow, in bakery/recipe/families.py's FLOW_ARCHITECTURES: its samplers are checked
+when the recipe is read).
 Optionally a tiny random-weight model for tests (`tiny(workdir, words)` -> (source, form, `BaseFiles`): what
 `load` takes; `train.base_model = "tiny"` is SD1.5's, or the family's named by `train.architecture`).
 
@@ -161,10 +166,32 @@ class BaseFamily(Protocol):
     def targets(self, model: Any, kind: str, spec: K.NetworkSpec) -> K.Targets:
         """The modules of `model` a LoRA of `spec` wraps, with the names kohya gives them (`Targets.renames`)."""
 
-    # -- rendering (taste/xyz.py, regularisation, the trigger check) --
-    def prompt_kwargs(self, pipe: Any, prompts: list[str], negatives: list[str], clip_skip: int,
-                      device: str) -> dict[str, Any]:
-        """What the pipeline's call takes for these prompts (embeddings with A1111's clip skip, or the texts)."""
+    # -- rendering (taste/xyz.py's Taster: the grids, regularisation, the trigger check) --
+    diffusers_loads_kohya: bool  # the pipeline's `load_lora_weights` reads kohya's LoRA names (else: our merge)
+
+    def use_sampler(self, pipe: Any, sampler: str, prediction: P.Prediction | None) -> Any:
+        """The pipeline samples with the recipe's `sampler` ("euler_a", ...) from now on; a name the family
+        cannot sample with is a ValueError of one line. `prediction`: how the LoRA was trained (None: as the
+        base says). Returns what `Render.prediction` carries (its `describe()` is the report's line)."""
+
+    def render(self, pipe: Any, job: Render) -> list[Any]:
+        """One pipeline call: an image per prompt, float H x W x 3 in [0, 1], in the prompts' order."""
+
+
+@dataclass(frozen=True)
+class Render:
+    """One pipeline call of taste, regularisation or the trigger check: a batch of images, one per prompt."""
+
+    prompts: Sequence[str]
+    negatives: Sequence[str]
+    generators: Sequence[Any]  # one CPU torch.Generator per image, seeded with the image's seed
+    steps: int
+    cfg: float  # classifier-free guidance scale
+    width: int
+    height: int
+    clip_skip: int
+    device: str
+    prediction: Any  # what `use_sampler` returned
 
 
 @dataclass

@@ -33,8 +33,11 @@ def modules() -> list[ModuleType]:
     from bakery.craft.bake.bases import single_file
 
     classes = [c for f in FAMILIES.values() for c in type(f).__mro__ if c.__module__.startswith("bakery.")]
+    parts = [sys.modules[c.__module__] for c in classes]
+    helpers = [m for part in parts for m in vars(part).values()  # the modules a family's parts import (anima/files)
+               if isinstance(m, ModuleType) and m.__name__.startswith(__package__ + ".")]
     return list(dict.fromkeys([sys.modules[__name__], sys.modules[Base.__module__], checkpoint, P, single_file,
-                               *(sys.modules[c.__module__] for c in classes)]))
+                               *parts, *helpers]))
 
 
 def family_for(architecture: str) -> BaseFamily:

@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from bakery.craft.bake import BakeError
 from bakery.craft.bake.bases import prediction as P
 from bakery.craft.bake.bases import single_file
-from bakery.craft.bake.bases.family import BaseFiles
+from bakery.craft.bake.bases.family import BaseFiles, Render
 from bakery.craft.bake.networks import kohya_lora as K
 from bakery.craft.bake.precision import Precision
+
+SAMPLERS = ("euler_a", "euler", "dpmpp_2m", "dpmpp_2m_karras", "ddim")  # the recipe's sampler names
 
 if TYPE_CHECKING:
     from bakery.craft.bake.bases.family import Base, TimestepSampling
@@ -77,6 +79,7 @@ class SDUNet:
     pipeline_kwargs: ClassVar[dict[str, Any]] = {}  # what every load of the pipeline passes
     te_prefixes: tuple[str, ...] = ()  # kohya's prefixes of the text encoders' modules
     sgm = False  # kohya names the UNet's modules in the original (sgm/LDM) layout
+    diffusers_loads_kohya = True  # diffusers' SD/SDXL load_lora_weights converts kohya's names
     fp16 = True  # rules.md §12: fp16 (bf16 if supported)
 
     # -- loading --
@@ -176,6 +179,47 @@ class SDUNet:
         return K.find_targets(model, kind, spec, sgm=self.sgm and kind == "unet")
 
     # -- rendering --
+    def use_sampler(self, pipe: Any, sampler: str, prediction: P.Prediction | None) -> P.Prediction:
+        """The pipeline's scheduler becomes `sampler`, built to match the prediction (diffusers' recipe:
+        prediction type, rescaled betas, trailing timesteps); None: as the pipeline's scheduler config says."""
+        prediction = prediction or P.from_scheduler_config(pipe.scheduler.config)
+        pipe.scheduler = scheduler(sampler, pipe.scheduler.config, **P.sampling_overrides(prediction))
+        return prediction
+
+    def render(self, pipe: Any, job: Render) -> list[Any]:
+        kw = dict(num_inference_steps=job.steps, guidance_scale=job.cfg, width=job.width, height=job.height,
+                  generator=list(job.generators), output_type="np")
+        if job.prediction.zero_snr:
+            kw["guidance_rescale"] = P.GUIDANCE_RESCALE
+        kw.update(self.prompt_kwargs(pipe, list(job.prompts), list(job.negatives), job.clip_skip, job.device))
+        return list(pipe(**kw).images)
+
     def prompt_kwargs(self, pipe: Any, prompts: list[str], negatives: list[str], clip_skip: int,
                       device: str) -> dict[str, Any]:
+        """What the pipeline's call takes for these prompts (the texts; SD1.5: embeddings with A1111's clip skip)."""
         return {"prompt": prompts, "negative_prompt": negatives}
+
+
+def scheduler(name: str, config: Any, **overrides: Any) -> Any:
+    """The diffusers scheduler of the recipe's sampler name, from the pipeline's scheduler config and `overrides`
+    (keywords: a merged dict would lose those its config lists under `_use_default_values`, as an in-memory
+    scheduler's defaults are)."""
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        EulerDiscreteScheduler,
+    )
+
+    if name == "euler_a":
+        return EulerAncestralDiscreteScheduler.from_config(config, **overrides)
+    if name == "euler":
+        return EulerDiscreteScheduler.from_config(config, **overrides)
+    if name == "dpmpp_2m":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", **overrides)
+    if name == "dpmpp_2m_karras":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", use_karras_sigmas=True,
+                                                     **overrides)
+    if name == "ddim":
+        return DDIMScheduler.from_config(config, **overrides)
+    raise ValueError(f"unknown sampler {name!r}; one of {', '.join(SAMPLERS)}")

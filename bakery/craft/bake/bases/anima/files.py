@@ -35,7 +35,9 @@ CONFIGS = ALL_CONFIGS / "anima"
 QWEN3_HUB, T5_HUB = "Qwen/Qwen3-0.6B", "google/t5-v1_1-xxl"
 HUB_CACHE: str | None = None  # the hub cache tokenizers are looked up in (None: huggingface_hub's default)
 ADAPTER = "llm_adapter."  # the LLM adapter's tensors inside the DiT file (after `net.`)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+# A folder holds a tokenizer when it has one of these (transformers 5 makes an empty tokenizer where it finds none).
+QWEN3_TOKENIZER = ("tokenizer.json", "vocab.json")
+T5_TOKENIZER = ("tokenizer.json", "spiece.model")
 
 
 def shipped(name: str) -> dict[str, Any]:
@@ -150,6 +152,9 @@ def text_encoder(value: str | None) -> tuple[Any, Any]:
     path = existing("text_encoder", value, "the Qwen3-0.6B text encoder (a transformers folder or .safetensors file)")
     with named("text_encoder", value):
         if path.is_dir():
+            if not has_tokenizer(path, QWEN3_TOKENIZER):
+                raise BakeError(f"train.text_encoder {value!r} holds no tokenizer (tokenizer.json or vocab.json): "
+                                f"fetch {QWEN3_HUB}'s tokenizer files into it")
             return (Qwen3Model.from_pretrained(str(path), local_files_only=True).eval(),
                     AutoTokenizer.from_pretrained(str(path), local_files_only=True))
         state = tensors(path, ("model.",))
@@ -169,21 +174,28 @@ def qwen3_config(state: dict[str, Any]) -> dict[str, Any]:
             "intermediate_size": state["layers.0.mlp.gate_proj.weight"].shape[0]}
 
 
-def _hub_cached(cls: Any, repo: str) -> Any | None:
-    """`repo`'s tokenizer from the hub cache (never fetched); None when it is not there."""
-    try:
-        return cls.from_pretrained(repo, local_files_only=True, cache_dir=HUB_CACHE)
-    except Exception:  # not cached (OSError, ValueError, ...): the caller names the file to fetch
-        return None
+def has_tokenizer(folder: Path, names: tuple[str, ...]) -> bool:
+    return any((folder / n).is_file() for n in names)
+
+
+def _hub_cached(cls: Any, repo: str, names: tuple[str, ...]) -> Any | None:
+    """`repo`'s tokenizer from the hub cache (never fetched); None when its files are not there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in names:
+        found = try_to_load_from_cache(repo, name, cache_dir=HUB_CACHE)
+        if isinstance(found, str):
+            return cls.from_pretrained(str(Path(found).parent), local_files_only=True)
+    return None
 
 
 def qwen3_tokenizer(file: Path) -> Any:
     """Qwen3's tokenizer for a single-file text encoder: the folder it is in, else the hub cache."""
     from transformers import AutoTokenizer
 
-    if any((file.parent / n).exists() for n in TOKENIZER_FILES):
+    if has_tokenizer(file.parent, QWEN3_TOKENIZER):
         return AutoTokenizer.from_pretrained(str(file.parent), local_files_only=True)
-    tok = _hub_cached(AutoTokenizer, QWEN3_HUB)
+    tok = _hub_cached(AutoTokenizer, QWEN3_HUB, QWEN3_TOKENIZER)
     if tok is None:
         raise BakeError(f"train.text_encoder {str(file)!r} is a single file and no Qwen3 tokenizer is beside it or "
                         f"in the hub cache: put {QWEN3_HUB}'s tokenizer.json and tokenizer_config.json beside it")
@@ -196,9 +208,12 @@ def t5_tokenizer(value: str | None) -> Any:
 
     if value:
         path = existing("t5_tokenizer", value, "the T5 tokenizer folder")
+        if not has_tokenizer(path, T5_TOKENIZER):
+            raise BakeError(f"train.t5_tokenizer {value!r} holds no T5 tokenizer (spiece.model or tokenizer.json): "
+                            f"fetch {T5_HUB}'s into it")
         with named("t5_tokenizer", value):
             return T5TokenizerFast.from_pretrained(str(path), local_files_only=True)
-    tok = _hub_cached(T5TokenizerFast, T5_HUB)
+    tok = _hub_cached(T5TokenizerFast, T5_HUB, T5_TOKENIZER)
     if tok is None:
         raise BakeError(f"train.t5_tokenizer is not set and {T5_HUB}'s tokenizer is not in the hub cache: fetch its "
                         "spiece.model, tokenizer.json and tokenizer_config.json into a folder and name it there")

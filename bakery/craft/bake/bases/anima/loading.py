@@ -31,7 +31,7 @@ def assemble(dtype: Any = None, **parts: Any) -> Any:
 
     pipe = AnimaModularPipeline(blocks=AnimaAutoBlocks())
     if dtype is not None:
-        parts = {k: v.to(dtype) if hasattr(v, "parameters") else v for k, v in parts.items()}
+        parts = {k: v.to(dtype) if getattr(v, "dtype", dtype) != dtype else v for k, v in parts.items()}
     pipe.update_components(**parts)
     return pipe
 
@@ -57,7 +57,7 @@ class AnimaLoading:
         from diffusers import AnimaModularPipeline
 
         pipe = AnimaModularPipeline.from_pretrained(str(source), local_files_only=form == "folder", **kwargs)
-        pipe.load_components(torch_dtype=dtype)
+        pipe.load_components(dtype=dtype)
         if files.vae:
             self.use_vae(pipe, files.vae)
         return pipe

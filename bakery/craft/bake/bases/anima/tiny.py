@@ -11,8 +11,8 @@ The same classes as the real model (diffusers' `CosmosTransformer3DModel`, `Anim
   Wan-VAE names, which diffusers' convert_wan_vae_to_diffusers reads), of the real structure (2 residual blocks
   per stage, channel multipliers 1, 2, 4, 4), only narrower.
 
-Tokenizers are trained here on the given words (byte-level BPE for Qwen3, unigram for T5), so a tag is a few
-tokens as in the real vocabularies.
+Tokenizers are made here from the given words (byte-level BPE merges learnt for Qwen3, unigram pieces for T5), so a
+tag is a few tokens as in the real vocabularies.
 """
 
 from __future__ import annotations
@@ -79,16 +79,20 @@ def qwen_tokenizer(words: Sequence[str]) -> Any:
 
 
 def t5_tokenizer(words: Sequence[str]) -> Any:
-    """A unigram tokenizer in T5's form (pad 0, eos 1, unk 2), learnt from `words`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A unigram tokenizer in T5's form (pad 0, eos 1, unk 2) whose pieces are the words' parts (a tag's words,
+    split at `_`), with and without the word-start mark, and their letters. Built, not trained: the unigram trainer's scores and ids vary from run to
+    run, and the files must hold the tokenizer `components` makes."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import T5TokenizerFast
 
-    tok = Tokenizer(models.Unigram())
+    parts = sorted({p for w in words for p in w.replace("_", " ").split()})
+    letters = sorted({c for p in parts for c in p} | {"_", ","})
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [("\u2581" + p, -1.0) for p in parts] + [(p, -1.5) for p in parts if len(p) > 1]
+    vocab += [(c, -5.0) for c in letters]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=120, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
-                                      show_progress=False)
-    tok.train_from_iterator([" ".join(w.replace("_", " ") for w in words)] * 8, trainer)
     return T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", extra_ids=0,
                            model_max_length=512)
 
@@ -105,12 +109,15 @@ def components(words: Iterable[str] = ()) -> dict[str, Any]:
     torch.manual_seed(TINY_SEED)
     text_encoder = Qwen3Model(Qwen3Config(vocab_size=len(qwen_tok), hidden_size=HIDDEN, intermediate_size=64,
                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                          head_dim=8, max_position_embeddings=512, tie_word_embeddings=True))
+                                          head_dim=8, max_position_embeddings=512, tie_word_embeddings=True,
+                                          rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}))
     conditioner = AnimaTextConditioner(source_dim=HIDDEN, target_dim=HIDDEN, model_dim=HIDDEN, num_layers=2,
                                        num_attention_heads=4, target_vocab_size=len(t5_tok), min_sequence_length=512)
-    # Anima is Cosmos-Predict2-2B-shaped: RoPE only (no learnable position embedding), padding mask concatenated.
+    # Anima is Cosmos-Predict2-2B-shaped: RoPE only (no learnable position embedding), padding mask concatenated;
+    # positions and conditioner padding as bakery/configs/anima/ ships them for the real model.
     transformer = CosmosTransformer3DModel(in_channels=16, out_channels=16, num_attention_heads=2, attention_head_dim=16,
-                                           num_layers=2, text_embed_dim=HIDDEN, adaln_lora_dim=8, max_size=(128, 512, 512),
+                                           num_layers=2, text_embed_dim=HIDDEN, adaln_lora_dim=8,
+                                           max_size=(128, 512, 512),
                                            rope_scale=(1.0, 4.0, 4.0), extra_pos_embed_type=None,
                                            concat_padding_mask=True)
     vae = AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
