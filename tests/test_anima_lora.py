@@ -27,7 +27,9 @@ BLOCK_LAYERS = ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "sel
                 "cross_attn_q_proj", "cross_attn_k_proj", "cross_attn_v_proj", "cross_attn_output_proj",
                 "mlp_layer1", "mlp_layer2")  # sd-scripts' default: a Block's Linears minus `_modulation`
 LOCON_EXTRA = ("x_embedder_proj_1", "t_embedder_1_linear_1", "t_embedder_1_linear_2", "final_layer_linear",
-               "final_layer_adaln_modulation_1", "final_layer_adaln_modulation_2")
+               "final_layer_adaln_modulation_1", "final_layer_adaln_modulation_2",
+               *(f"blocks_{i}_adaln_modulation_{part}_{j}" for i in range(2) for part in ("self_attn", "cross_attn", "mlp")
+                 for j in (1, 2)))  # sd-scripts' include_patterns=['.*'], LyCORIS's `full` preset
 QWEN3_LAYERS = ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_o_proj",
                 "mlp_gate_proj", "mlp_up_proj", "mlp_down_proj")
 
@@ -102,7 +104,9 @@ def test_the_file_has_sd_scripts_names_and_anima_metadata(files):
     assert meta["ss_base_model_version"] == "anima"
     assert meta["modelspec.architecture"] == "anima-preview/lora"
     assert meta["modelspec.implementation"] == "https://huggingface.co/circlestone-labs/Anima"
-    assert meta["ss_network_module"] == "networks.lora" and meta["ss_sdxl"] == "False"
+    assert meta["ss_network_module"] == "networks.lora_anima" and meta["ss_sdxl"] == "False"
+    meta = K.read_kohya(files["locon"][0])[1]
+    assert (meta["ss_network_module"], meta["ss_network_args"]) == ("networks.lora_anima", '{"include_patterns": "[\'.*\']"}')
 
 
 @pytest.mark.parametrize("kind", ["lora_te", "locon", "lokr"])
@@ -215,10 +219,15 @@ def test_diffusers_applies_every_key_of_the_comfy_form_as_our_merge(tmp_path, fi
 
 
 # -- sd-scripts' own Anima loader -----------------------------------------------------------------------------
+needs_sd_scripts = pytest.mark.skipif(not os.environ.get("BAKERY_SD_SCRIPTS"),
+                                      reason="set BAKERY_SD_SCRIPTS to an sd-scripts checkout")
+
+
 def _sd_scripts_anima(checkout: str, dit_file: Path):
     """sd-scripts' Anima from our DiT file with its own loader (`load_anima_model`: `net.` stripped, strict keys).
     Its config is fixed to the 2B model's widths, so the tiny model's widths are read from the file first."""
-    sys.path.insert(0, checkout)
+    if checkout not in sys.path:
+        sys.path.insert(0, checkout)
     from safetensors import safe_open
 
     from library import anima_models, anima_utils
@@ -255,17 +264,67 @@ def _sd_scripts_anima(checkout: str, dit_file: Path):
         mp.undo()
 
 
-@pytest.mark.skipif(not os.environ.get("BAKERY_SD_SCRIPTS"), reason="set BAKERY_SD_SCRIPTS to an sd-scripts checkout")
-@pytest.mark.parametrize("kind", ["lora_te", "locon"])
-def test_sd_scripts_anima_loader_consumes_every_key_and_merges_as_we_do(tmp_path, files, kind):
+def _sd_scripts_parts(tmp_path: Path):
+    """sd-scripts' Anima DiT and Qwen3 from our tiny files, loaded by sd-scripts' own loaders."""
     checkout = os.environ["BAKERY_SD_SCRIPTS"]
-    path, _ = files[kind]
     tiny_files = tiny.write(tmp_path / "tiny")
     dit = _sd_scripts_anima(checkout, tiny_files.dit)
     from library import anima_utils
-    from networks import lora_anima
 
     te, _tok = anima_utils.load_qwen3_text_encoder(str(tiny_files.text_encoder), dtype=torch.float32)
+    return dit, te
+
+
+def _names(network) -> set[str]:
+    return {m.lora_name for m in network.text_encoder_loras + network.unet_loras}
+
+
+@needs_sd_scripts
+def test_sd_scripts_and_lycoris_choose_the_layers_we_choose(tmp_path, files):
+    """sd-scripts' default LoRA, sd-scripts with include_patterns=['.*'] and LyCORIS's default LoKr on sd-scripts'
+    own Anima: the modules of our lora, locon and lokr files."""
+    dit, te = _sd_scripts_parts(tmp_path)
+    from lycoris import kohya as lycoris_kohya
+    from networks import lora_anima
+
+    assert _names(lora_anima.create_network(1.0, 4, 2.0, None, [te], dit)) == _modules(files["lora_te"][0])
+    every = lora_anima.create_network(1.0, 4, 2.0, None, [], dit, include_patterns="['.*']")
+    assert _names(every) == _modules(files["locon"][0])
+    lokr = lycoris_kohya.create_network(1.0, 4, 2.0, None, None, dit, algo="lokr")
+    assert _names(lokr) == _modules(files["lokr"][0])
+
+
+@needs_sd_scripts
+def test_lycoris_applies_our_lokr_file_to_sd_scripts_anima_as_we_do(tmp_path, files):
+    """LyCORIS (sd-scripts' `--network_module lycoris.kohya`) loads every module of our LoKr file onto sd-scripts'
+    Anima; each wrapped layer's output equals our merged layer's. (LyCORIS 4.1.3's `merge_to` applies alpha/rank
+    twice to decomposed LoKr factors, `get_diff_weight` on top of `get_weight`; its forward, ComfyUI and A1111
+    apply it once, as we do.)"""
+    path, _ = files["lokr"]
+    dit, _te = _sd_scripts_parts(tmp_path)
+    from lycoris import kohya as lycoris_kohya
+
+    weights = K.read_kohya(path)[0]
+    net, _ = lycoris_kohya.create_network_from_weights(1.0, str(path), None, None, dit, dict(weights))
+    assert _names(net) == _modules(path)
+    net.apply_to(None, dit, apply_text_encoder=False, apply_unet=True)
+    ours, _ = _merged(path)
+    our_modules = lycoris.kohya_modules({"unet": ours["transformer"], "te": []}, "anima")
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name in _modules(path):
+            theirs = dit.get_submodule(AN.dotted(name[len("lora_unet_"):]))
+            x = torch.randn(3, our_modules[name].in_features, generator=gen)
+            assert torch.allclose(theirs(x), our_modules[name](x), atol=1e-5), name
+
+
+@needs_sd_scripts
+@pytest.mark.parametrize("kind", ["lora_te", "locon"])
+def test_sd_scripts_anima_loader_consumes_every_key_and_merges_as_we_do(tmp_path, files, kind):
+    path, _ = files[kind]
+    dit, te = _sd_scripts_parts(tmp_path)
+    from networks import lora_anima
+
     applied, weights = lora_anima.create_network_from_weights(1.0, str(path), None, [te], dit)
     applied.apply_to([te], dit)
     applied.load_state_dict(weights, strict=True)  # its load_weights, strict: every key consumed, none missing

@@ -10,18 +10,19 @@ diffusers' converter); the file's keys are exactly sd-scripts' for the same sett
 
 Layers, sd-scripts' rule replayed on the original paths:
 
-- LoRA, DoRA, LoHa-less defaults (`lora`, `dora`; and IA3/DyLoRA/Diag-OFT through lycoris_net): every Linear inside
-  sd-scripts' `ANIMA_TARGET_REPLACE_MODULE` classes (`Block`, `PatchEmbed`, `TimestepEmbedding`, `FinalLayer`) minus
-  its default exclude pattern `.*(_modulation|_norm|_embedder|final_layer).*`: each block's self-attention,
-  cross-attention and MLP (`q/k/v/output_proj`, `mlp.layer1/2`).
-- LoCon-style (`locon`, `loha`, `lokr`: the types that add SD's ResNet convs): a DiT has no convolutions (its patch
-  embedding is a Linear), so "beyond the attention" means the layers sd-scripts excludes by default and lets
-  `include_patterns` add back: the patch embedding (`x_embedder.proj.1`), the timestep embedding
-  (`t_embedder.1.linear_1/2`) and the final layer (`final_layer.linear`, its `adaln_modulation`), i.e. sd-scripts
-  with `include_patterns=['.*(_embedder|final_layer).*']`. The blocks' adaLN modulation stays out (conditioning on
-  the timestep, not content; sd-scripts' docs list it with the norms).
+- LoRA and DoRA (and IA3, DyLoRA, Diag-OFT, which lycoris_net narrows as on SD): every Linear inside sd-scripts'
+  `ANIMA_TARGET_REPLACE_MODULE` classes (`Block`, `PatchEmbed`, `TimestepEmbedding`, `FinalLayer`) minus its
+  default exclude pattern `.*(_modulation|_norm|_embedder|final_layer).*`: each block's self-attention,
+  cross-attention and MLP (`q/k/v/output_proj`, `mlp.layer1/2`) — sd-scripts' default LoRA.
+- LoCon-style (`locon`, `loha`, `lokr`: on SD the types that add the ResNet convs): a DiT has no convolutions (its
+  patch embedding is a Linear), so they take every Linear of those classes, nothing excluded: the blocks' adaLN
+  modulation, the patch embedding (`x_embedder.proj.1`), the timestep embedding (`t_embedder.1.linear_1/2`) and the
+  final layer too. That is sd-scripts with `include_patterns=['.*']` and LyCORIS 4.1's default preset (`full`,
+  lycoris/config.py lists Anima's `Block`, `PatchEmbed`, `TimestepEmbedding`, `FinalLayer`), which is how Anima
+  LoKr is trained (`--network_module lycoris.kohya --network_args algo=lokr`).
 - Qwen3 (only when the text encoder is trained): the Linears of `Qwen3Attention` and `Qwen3MLP`.
-- The LLM adapter is not trained: sd-scripts' default (`train_llm_adapter=false`); no recipe key asks for it.
+- The LLM adapter is not trained: sd-scripts' and LyCORIS's default (`train_llm_adapter=false`); no recipe key asks
+  for it, so a file that trains it (`lora_unet_llm_adapter_*`) is not one of ours and our taste merge refuses it.
 
 `comfy_form`: the same network in the form ComfyUI's and diffusers' generic loaders read, hand-written because no
 library converts kohya's Anima names (sd-scripts' networks/convert_anima_lora_to_comfy.py is a script that does the
@@ -46,7 +47,6 @@ TE_PREFIX = "lora_te"  # sd-scripts' LORA_PREFIX_TEXT_ENCODER (Qwen3)
 # The DiT modules inside sd-scripts' ANIMA_TARGET_REPLACE_MODULE classes, by original path.
 DIT_PARTS = re.compile(r"(blocks\.\d+|x_embedder|t_embedder\.1|final_layer)\..+")
 DEFAULT_EXCLUDE = re.compile(r".*(_modulation|_norm|_embedder|final_layer).*")  # sd-scripts' default exclude
-LOCON_INCLUDE = re.compile(r".*(_embedder|final_layer).*")  # what LoCon-style networks add back
 TE_CLASSES = ("Qwen3Attention", "Qwen3MLP")  # sd-scripts' TEXT_ENCODER_TARGET_REPLACE_MODULE (transformers 5 names)
 
 # ComfyUI's names: its Anima model's state dict is the DiT file's without `net.` under `diffusion_model.`;
@@ -75,7 +75,7 @@ def _dit_targets(model: Any, spec: K.NetworkSpec) -> K.Targets:
         orig = original_path(path)
         if not DIT_PARTS.fullmatch(orig):
             continue
-        if DEFAULT_EXCLUDE.fullmatch(orig) and not (spec.covers_convs and LOCON_INCLUDE.fullmatch(orig)):
+        if DEFAULT_EXCLUDE.fullmatch(orig) and not spec.covers_convs:
             continue
         targets.linear.append(path)
         targets.renames[path] = orig
