@@ -8,6 +8,7 @@ moved off their initial values (LoRA's up matrix starts at zero), and saved as t
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -28,8 +29,8 @@ BLOCK_LAYERS = ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "sel
                 "mlp_layer1", "mlp_layer2")  # sd-scripts' default: a Block's Linears minus `_modulation`
 LOCON_EXTRA = ("x_embedder_proj_1", "t_embedder_1_linear_1", "t_embedder_1_linear_2", "final_layer_linear",
                "final_layer_adaln_modulation_1", "final_layer_adaln_modulation_2",
-               *(f"blocks_{i}_adaln_modulation_{part}_{j}" for i in range(2) for part in ("self_attn", "cross_attn", "mlp")
-                 for j in (1, 2)))  # sd-scripts' include_patterns=['.*'], LyCORIS's `full` preset
+               *(f"blocks_{i}_adaln_modulation_{part}_{j}" for i in range(2)
+                 for part in ("self_attn", "cross_attn", "mlp") for j in (1, 2)))  # include_patterns=['.*']
 QWEN3_LAYERS = ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_o_proj",
                 "mlp_gate_proj", "mlp_up_proj", "mlp_down_proj")
 
@@ -106,7 +107,8 @@ def test_the_file_has_sd_scripts_names_and_anima_metadata(files):
     assert meta["modelspec.implementation"] == "https://huggingface.co/circlestone-labs/Anima"
     assert meta["ss_network_module"] == "networks.lora_anima" and meta["ss_sdxl"] == "False"
     meta = K.read_kohya(files["locon"][0])[1]
-    assert (meta["ss_network_module"], meta["ss_network_args"]) == ("networks.lora_anima", '{"include_patterns": "[\'.*\']"}')
+    assert meta["ss_network_module"] == "networks.lora_anima"
+    assert json.loads(meta["ss_network_args"]) == {"include_patterns": "['.*']"}
 
 
 @pytest.mark.parametrize("kind", ["lora_te", "locon", "lokr"])
@@ -210,7 +212,9 @@ def test_diffusers_applies_every_key_of_the_comfy_form_as_our_merge(tmp_path, fi
     pipe = _pipeline()
     pipe.load_lora_weights(str(path), adapter_name="kohya")  # kohya's `lora_unet_*` names: silently nothing
     assert not any(isinstance(m, LoraLayer) for m in pipe.transformer.modules())
-    out = AN.write_comfy_form(path, tmp_path / "locon_comfy.safetensors")
+    before = path.read_bytes()
+    out = AN.write_comfy_form(path)
+    assert out == AN.comfy_path(path) and path.read_bytes() == before
     pipe.load_lora_weights(str(out), adapter_name="bakery")
     wrapped = {n for n, m in pipe.transformer.named_modules() if isinstance(m, LoraLayer)}
     assert {AN.original_path(n) for n in wrapped} == {AN.dotted(n[len("lora_unet_"):]) for n in _modules(path)}
@@ -234,12 +238,13 @@ def _sd_scripts_anima(checkout: str, dit_file: Path):
 
     with safe_open(str(dit_file), "pt") as f:
         shape = {k.removeprefix("net."): f.get_slice(k).get_shape() for k in f.keys()}
-    width, blocks = shape["x_embedder.proj.1.weight"][0], 1 + max(int(k.split(".")[1]) for k in shape
-                                                                   if k.startswith("blocks."))
+    width = shape["x_embedder.proj.1.weight"][0]
+    blocks = 1 + max(int(k.split(".")[1]) for k in shape if k.startswith("blocks."))
+    adapter_width = shape["llm_adapter.out_proj.weight"][0]
     adapter = {"source_dim": shape["llm_adapter.blocks.0.cross_attn.k_proj.weight"][1],
-               "target_dim": shape["llm_adapter.out_proj.weight"][0], "model_dim": shape["llm_adapter.out_proj.weight"][0],
+               "target_dim": adapter_width, "model_dim": adapter_width,
                "num_layers": 1 + max(int(k.split(".")[2]) for k in shape if k.startswith("llm_adapter.blocks.")),
-               "num_heads": shape["llm_adapter.out_proj.weight"][0] // shape["llm_adapter.blocks.0.self_attn.q_norm.weight"][0],
+               "num_heads": adapter_width // shape["llm_adapter.blocks.0.self_attn.q_norm.weight"][0],
                "self_attn": True}
 
     class Adapter(anima_models.LLMAdapter):

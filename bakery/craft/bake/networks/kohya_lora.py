@@ -41,10 +41,9 @@ UNET_PREFIX = "lora_unet"  # kohya's prefix for the denoiser's modules (SD's UNe
 
 KOHYA_IMPLEMENTATION = "https://github.com/kohya-ss/sd-scripts"
 # `implementation`: modelspec.implementation where it is not kohya's; `lora_module`, `locon_args`: kohya's network
-# module and the LoCon-style network's args where they are not networks.lora's. Anima: what sd-scripts'
-# anima_train_network.py writes (load_target_model's "anima"; library/sai_model_spec.py's ARCH_ANIMA_PREVIEW +
-# "/lora", IMPL_ANIMA; networks/lora_anima.py, whose `include_patterns=['.*']` takes the layers our LoCon-style
-# networks take on Anima: bases/anima/network.py).
+# module and the LoCon-style network's args where they are not networks.lora's. "anima": what sd-scripts'
+# anima_train_network.py writes (load_target_model's model version; library/sai_model_spec.py's ARCH_ANIMA_PREVIEW
+# + "/lora", IMPL_ANIMA; networks/lora_anima.py, whose include_patterns=['.*'] takes our LoCon-style layers).
 ARCHITECTURES = {
     "sd15": {"base_model_version": "sd_v1", "modelspec": "stable-diffusion-v1/lora"},
     "sdxl": {"base_model_version": "sdxl_base_v1-0", "modelspec": "stable-diffusion-xl-v1-base/lora"},

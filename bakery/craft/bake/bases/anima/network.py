@@ -110,7 +110,8 @@ class AnimaNetwork:
 
 
 def dotted(kohya_module: str) -> str:
-    """A module path from its kohya name without the prefix (`blocks_0_self_attn_q_proj` -> `blocks.0.self_attn.q_proj`)."""
+    """A module path from its kohya name without the prefix: `blocks_0_self_attn_q_proj` ->
+    `blocks.0.self_attn.q_proj` (the names that hold an underscore are kept whole)."""
     return ".".join(_PART.findall(kohya_module))
 
 
@@ -140,13 +141,20 @@ def comfy_form(tensors: Mapping[str, "torch.Tensor"]) -> dict[str, "torch.Tensor
     return out
 
 
-def write_comfy_form(kohya_file: str | Path, out: str | Path) -> Path:
-    """`comfy_form` of a kohya Anima LoRA file, written beside it (the kohya metadata kept, hashes recomputed)."""
+def comfy_path(kohya_file: str | Path) -> Path:
+    """Where the ComfyUI/diffusers form of a kohya file goes: beside it, `<name>_comfy.safetensors`."""
+    kohya_file = Path(kohya_file)
+    return kohya_file.with_name(kohya_file.stem + "_comfy.safetensors")
+
+
+def write_comfy_form(kohya_file: str | Path, out: str | Path | None = None) -> Path:
+    """`comfy_form` of a kohya Anima LoRA file, written to `out` (default `comfy_path`): the kohya metadata kept,
+    its hashes recomputed for the new tensors. The kohya file is left as it is."""
     tensors, meta = K.read_kohya(kohya_file)
     converted = comfy_form(tensors)
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = K.safetensors_hashes(converted, meta)
     from safetensors.torch import save
 
-    out = Path(out)
+    out = Path(out) if out is not None else comfy_path(kohya_file)
     out.write_bytes(K.canonical_header(save(converted, metadata=meta)))
     return out
