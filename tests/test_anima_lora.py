@@ -22,6 +22,7 @@ from bakery.craft.bake.bases.anima import network as AN
 from bakery.craft.bake.bases.family import Base
 from bakery.craft.bake.networks import kohya_lora as K
 from bakery.craft.bake.networks import lycoris
+from bakery.craft.bake.networks import lycoris_net as LN
 from bakery.craft.bake.training import attach_network
 
 BLOCK_LAYERS = ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_output_proj",
@@ -40,6 +41,8 @@ def _bake(folder: Path, network_type: str, train_te: bool) -> tuple[Path, dict]:
     from peft import get_peft_model_state_dict
 
     parts = tiny.components()
+    for name in ("transformer", "text_encoder"):
+        parts[name].requires_grad_(False)  # as the bake loads the base: frozen, the network alone learns
     base = Base(SimpleNamespace(**parts), FAMILY, "")
     spec = K.NetworkSpec(network_type, dim=4, alpha=2.0, conv_dim=4, conv_alpha=2.0)
     network = attach_network(base, SimpleNamespace(seed=1, train_unet=True, train_text_encoder=train_te), spec)
@@ -50,7 +53,8 @@ def _bake(folder: Path, network_type: str, train_te: bool) -> tuple[Path, dict]:
             for p in model.parameters():
                 if p.requires_grad:
                     p.add_(torch.randn(p.shape, generator=gen) * 0.2)
-            tensors.update(K.peft_to_kohya(get_peft_model_state_dict(model), prefix, targets, spec))
+            tensors.update(LN.file_tensors(model) if LN.is_attached(model) else
+                           K.peft_to_kohya(get_peft_model_state_dict(model), prefix, targets, spec))
     meta = K.build_metadata(spec=spec, architecture="anima", output_name="anima_test", triggers=["bakery_girl"],
                             resolution=1024, epoch=1, num_epochs=1, steps=10, learning_rate=1e-4, unet_lr=1e-4,
                             text_encoder_lr=None, optimizer="torch.optim.AdamW", seed=1, clip_skip=1,
@@ -91,7 +95,8 @@ def _merged(path: Path, weight: float = 1.0) -> tuple[dict, lycoris.MergedNetwor
 def files(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     folder = tmp_path_factory.mktemp("anima-lora")
     return {"lora_te": _bake(folder, "lora", True), "locon": _bake(folder, "locon", False),
-            "lokr": _bake(folder, "lokr", False)}
+            "lokr": _bake(folder, "lokr", False), "loha": _bake(folder, "loha", False),
+            "ia3_te": _bake(folder, "ia3", True), "diag-oft": _bake(folder, "diag-oft", False)}
 
 
 def test_the_file_has_sd_scripts_names_and_anima_metadata(files):
@@ -111,7 +116,17 @@ def test_the_file_has_sd_scripts_names_and_anima_metadata(files):
     assert json.loads(meta["ss_network_args"]) == {"include_patterns": "['.*']"}
 
 
-@pytest.mark.parametrize("kind", ["lora_te", "locon", "lokr"])
+def test_lycoris_types_take_the_same_layers(files):
+    """LoHa as LoKr (LoCon-style); IA3 LyCORIS's ia3 preset layers; Diag-OFT the LoRA layers."""
+    assert _modules(files["loha"][0]) == _modules(files["lokr"][0])
+    ia3 = {f"lora_unet_blocks_{i}_{a}_{p}_proj" for i in range(2) for a in ("self_attn", "cross_attn") for p in "kv"}
+    ia3 |= {f"lora_unet_blocks_{i}_mlp_layer2" for i in range(2)}
+    ia3 |= {f"lora_te_layers_{i}_self_attn_{p}_proj" for i in range(2) for p in "kv"}
+    assert _modules(files["ia3_te"][0]) == ia3
+    assert _modules(files["diag-oft"][0]) == {f"lora_unet_blocks_{i}_{n}" for i in range(2) for n in BLOCK_LAYERS}
+
+
+@pytest.mark.parametrize("kind", ["lora_te", "locon", "lokr", "loha", "ia3_te", "diag-oft"])
 def test_our_merge_at_weight_1_is_the_trained_network(files, kind):
     path, trained = files[kind]
     parts, merged = _merged(path)
