@@ -151,6 +151,8 @@ def test_the_comfy_form_names_every_module_by_its_original_path(files):
                           tensors[f"{name}.lora_up.weight"] * scale)
     lokr = AN.comfy_form(K.read_kohya(files["lokr"][0])[0])
     assert "diffusion_model.x_embedder.proj.1.lokr_w1" in lokr and "diffusion_model.x_embedder.proj.1.alpha" in lokr
+    with pytest.raises(ValueError, match="IA3"):
+        AN.comfy_form(K.read_kohya(files["ia3_te"][0])[0])
 
 
 # -- ComfyUI, from its source ------------------------------------------------------------------------------

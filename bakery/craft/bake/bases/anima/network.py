@@ -120,6 +120,8 @@ def comfy_form(tensors: Mapping[str, "torch.Tensor"]) -> dict[str, "torch.Tensor
     `text_encoders.qwen3_06b.transformer.model.<path>`). LoRA's `lora_down`/`lora_up` become `lora_A`/`lora_B`
     with alpha/rank folded into `lora_B` and no `.alpha` (diffusers refuses `.alpha` keys and applies scale 1; ComfyUI
     applies 1 without one); LoKr/LoHa/other tensors keep their names and `.alpha` (ComfyUI reads them as kohya's)."""
+    if any(k.endswith(".on_input") for k in tensors):  # `<module>.weight` would read as the layer's own weight
+        raise ValueError("an IA3 network has no ComfyUI/diffusers form (ComfyUI has no IA3 loader)")
     out: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
         name, suffix = key.split(".", 1)
