@@ -27,7 +27,9 @@ Layers, sd-scripts' rule replayed on the original paths:
 `comfy_form`: the same network in the form ComfyUI's and diffusers' generic loaders read, hand-written because no
 library converts kohya's Anima names (sd-scripts' networks/convert_anima_lora_to_comfy.py is a script that does the
 same by string rules): ComfyUI reads kohya's `lora_unet_*` DiT keys itself but not `lora_te_*` for Qwen3, and
-diffusers' `AnimaLoraLoaderMixin` reads only `diffusion_model.*` keys without `.alpha` tensors.
+diffusers' `AnimaLoraLoaderMixin` reads only `diffusion_model.*` keys without `.alpha` tensors (a kohya file loads
+nothing there, silently). diffusers applies the form's DiT LoRA only: its Anima loader has no Qwen3 part, and its
+"every key holds `lora`" check refuses LoKr/LoHa keys; ComfyUI applies all of it.
 """
 
 from __future__ import annotations
