@@ -8,6 +8,7 @@ moved off their initial values (LoRA's up matrix starts at zero), and saved as t
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,13 +22,16 @@ from bakery.craft.bake.bases.anima import network as AN
 from bakery.craft.bake.bases.family import Base
 from bakery.craft.bake.networks import kohya_lora as K
 from bakery.craft.bake.networks import lycoris
+from bakery.craft.bake.networks import lycoris_net as LN
 from bakery.craft.bake.training import attach_network
 
 BLOCK_LAYERS = ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_output_proj",
                 "cross_attn_q_proj", "cross_attn_k_proj", "cross_attn_v_proj", "cross_attn_output_proj",
                 "mlp_layer1", "mlp_layer2")  # sd-scripts' default: a Block's Linears minus `_modulation`
 LOCON_EXTRA = ("x_embedder_proj_1", "t_embedder_1_linear_1", "t_embedder_1_linear_2", "final_layer_linear",
-               "final_layer_adaln_modulation_1", "final_layer_adaln_modulation_2")
+               "final_layer_adaln_modulation_1", "final_layer_adaln_modulation_2",
+               *(f"blocks_{i}_adaln_modulation_{part}_{j}" for i in range(2)
+                 for part in ("self_attn", "cross_attn", "mlp") for j in (1, 2)))  # include_patterns=['.*']
 QWEN3_LAYERS = ("self_attn_q_proj", "self_attn_k_proj", "self_attn_v_proj", "self_attn_o_proj",
                 "mlp_gate_proj", "mlp_up_proj", "mlp_down_proj")
 
@@ -37,6 +41,8 @@ def _bake(folder: Path, network_type: str, train_te: bool) -> tuple[Path, dict]:
     from peft import get_peft_model_state_dict
 
     parts = tiny.components()
+    for name in ("transformer", "text_encoder"):
+        parts[name].requires_grad_(False)  # as the bake loads the base: frozen, the network alone learns
     base = Base(SimpleNamespace(**parts), FAMILY, "")
     spec = K.NetworkSpec(network_type, dim=4, alpha=2.0, conv_dim=4, conv_alpha=2.0)
     network = attach_network(base, SimpleNamespace(seed=1, train_unet=True, train_text_encoder=train_te), spec)
@@ -47,7 +53,8 @@ def _bake(folder: Path, network_type: str, train_te: bool) -> tuple[Path, dict]:
             for p in model.parameters():
                 if p.requires_grad:
                     p.add_(torch.randn(p.shape, generator=gen) * 0.2)
-            tensors.update(K.peft_to_kohya(get_peft_model_state_dict(model), prefix, targets, spec))
+            tensors.update(LN.file_tensors(model) if LN.is_attached(model) else
+                           K.peft_to_kohya(get_peft_model_state_dict(model), prefix, targets, spec))
     meta = K.build_metadata(spec=spec, architecture="anima", output_name="anima_test", triggers=["bakery_girl"],
                             resolution=1024, epoch=1, num_epochs=1, steps=10, learning_rate=1e-4, unet_lr=1e-4,
                             text_encoder_lr=None, optimizer="torch.optim.AdamW", seed=1, clip_skip=1,
@@ -88,7 +95,8 @@ def _merged(path: Path, weight: float = 1.0) -> tuple[dict, lycoris.MergedNetwor
 def files(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     folder = tmp_path_factory.mktemp("anima-lora")
     return {"lora_te": _bake(folder, "lora", True), "locon": _bake(folder, "locon", False),
-            "lokr": _bake(folder, "lokr", False)}
+            "lokr": _bake(folder, "lokr", False), "loha": _bake(folder, "loha", False),
+            "ia3_te": _bake(folder, "ia3", True), "diag-oft": _bake(folder, "diag-oft", False)}
 
 
 def test_the_file_has_sd_scripts_names_and_anima_metadata(files):
@@ -102,10 +110,23 @@ def test_the_file_has_sd_scripts_names_and_anima_metadata(files):
     assert meta["ss_base_model_version"] == "anima"
     assert meta["modelspec.architecture"] == "anima-preview/lora"
     assert meta["modelspec.implementation"] == "https://huggingface.co/circlestone-labs/Anima"
-    assert meta["ss_network_module"] == "networks.lora" and meta["ss_sdxl"] == "False"
+    assert meta["ss_network_module"] == "networks.lora_anima" and meta["ss_sdxl"] == "False"
+    meta = K.read_kohya(files["locon"][0])[1]
+    assert meta["ss_network_module"] == "networks.lora_anima"
+    assert json.loads(meta["ss_network_args"]) == {"include_patterns": "['.*']"}
 
 
-@pytest.mark.parametrize("kind", ["lora_te", "locon", "lokr"])
+def test_lycoris_types_take_the_same_layers(files):
+    """LoHa as LoKr (LoCon-style); IA3 LyCORIS's ia3 preset layers; Diag-OFT the LoRA layers."""
+    assert _modules(files["loha"][0]) == _modules(files["lokr"][0])
+    ia3 = {f"lora_unet_blocks_{i}_{a}_{p}_proj" for i in range(2) for a in ("self_attn", "cross_attn") for p in "kv"}
+    ia3 |= {f"lora_unet_blocks_{i}_mlp_layer2" for i in range(2)}
+    ia3 |= {f"lora_te_layers_{i}_self_attn_{p}_proj" for i in range(2) for p in "kv"}
+    assert _modules(files["ia3_te"][0]) == ia3
+    assert _modules(files["diag-oft"][0]) == {f"lora_unet_blocks_{i}_{n}" for i in range(2) for n in BLOCK_LAYERS}
+
+
+@pytest.mark.parametrize("kind", ["lora_te", "locon", "lokr", "loha", "ia3_te", "diag-oft"])
 def test_our_merge_at_weight_1_is_the_trained_network(files, kind):
     path, trained = files[kind]
     parts, merged = _merged(path)
@@ -130,6 +151,8 @@ def test_the_comfy_form_names_every_module_by_its_original_path(files):
                           tensors[f"{name}.lora_up.weight"] * scale)
     lokr = AN.comfy_form(K.read_kohya(files["lokr"][0])[0])
     assert "diffusion_model.x_embedder.proj.1.lokr_w1" in lokr and "diffusion_model.x_embedder.proj.1.alpha" in lokr
+    with pytest.raises(ValueError, match="IA3"):
+        AN.comfy_form(K.read_kohya(files["ia3_te"][0])[0])
 
 
 # -- ComfyUI, from its source ------------------------------------------------------------------------------
@@ -206,7 +229,9 @@ def test_diffusers_applies_every_key_of_the_comfy_form_as_our_merge(tmp_path, fi
     pipe = _pipeline()
     pipe.load_lora_weights(str(path), adapter_name="kohya")  # kohya's `lora_unet_*` names: silently nothing
     assert not any(isinstance(m, LoraLayer) for m in pipe.transformer.modules())
-    out = AN.write_comfy_form(path, tmp_path / "locon_comfy.safetensors")
+    before = path.read_bytes()
+    out = AN.write_comfy_form(path)
+    assert out == AN.comfy_path(path) and path.read_bytes() == before
     pipe.load_lora_weights(str(out), adapter_name="bakery")
     wrapped = {n for n, m in pipe.transformer.named_modules() if isinstance(m, LoraLayer)}
     assert {AN.original_path(n) for n in wrapped} == {AN.dotted(n[len("lora_unet_"):]) for n in _modules(path)}
@@ -215,22 +240,28 @@ def test_diffusers_applies_every_key_of_the_comfy_form_as_our_merge(tmp_path, fi
 
 
 # -- sd-scripts' own Anima loader -----------------------------------------------------------------------------
+needs_sd_scripts = pytest.mark.skipif(not os.environ.get("BAKERY_SD_SCRIPTS"),
+                                      reason="set BAKERY_SD_SCRIPTS to an sd-scripts checkout")
+
+
 def _sd_scripts_anima(checkout: str, dit_file: Path):
     """sd-scripts' Anima from our DiT file with its own loader (`load_anima_model`: `net.` stripped, strict keys).
     Its config is fixed to the 2B model's widths, so the tiny model's widths are read from the file first."""
-    sys.path.insert(0, checkout)
+    if checkout not in sys.path:
+        sys.path.insert(0, checkout)
     from safetensors import safe_open
 
     from library import anima_models, anima_utils
 
     with safe_open(str(dit_file), "pt") as f:
         shape = {k.removeprefix("net."): f.get_slice(k).get_shape() for k in f.keys()}
-    width, blocks = shape["x_embedder.proj.1.weight"][0], 1 + max(int(k.split(".")[1]) for k in shape
-                                                                   if k.startswith("blocks."))
+    width = shape["x_embedder.proj.1.weight"][0]
+    blocks = 1 + max(int(k.split(".")[1]) for k in shape if k.startswith("blocks."))
+    adapter_width = shape["llm_adapter.out_proj.weight"][0]
     adapter = {"source_dim": shape["llm_adapter.blocks.0.cross_attn.k_proj.weight"][1],
-               "target_dim": shape["llm_adapter.out_proj.weight"][0], "model_dim": shape["llm_adapter.out_proj.weight"][0],
+               "target_dim": adapter_width, "model_dim": adapter_width,
                "num_layers": 1 + max(int(k.split(".")[2]) for k in shape if k.startswith("llm_adapter.blocks.")),
-               "num_heads": shape["llm_adapter.out_proj.weight"][0] // shape["llm_adapter.blocks.0.self_attn.q_norm.weight"][0],
+               "num_heads": adapter_width // shape["llm_adapter.blocks.0.self_attn.q_norm.weight"][0],
                "self_attn": True}
 
     class Adapter(anima_models.LLMAdapter):
@@ -255,17 +286,67 @@ def _sd_scripts_anima(checkout: str, dit_file: Path):
         mp.undo()
 
 
-@pytest.mark.skipif(not os.environ.get("BAKERY_SD_SCRIPTS"), reason="set BAKERY_SD_SCRIPTS to an sd-scripts checkout")
-@pytest.mark.parametrize("kind", ["lora_te", "locon"])
-def test_sd_scripts_anima_loader_consumes_every_key_and_merges_as_we_do(tmp_path, files, kind):
+def _sd_scripts_parts(tmp_path: Path):
+    """sd-scripts' Anima DiT and Qwen3 from our tiny files, loaded by sd-scripts' own loaders."""
     checkout = os.environ["BAKERY_SD_SCRIPTS"]
-    path, _ = files[kind]
     tiny_files = tiny.write(tmp_path / "tiny")
     dit = _sd_scripts_anima(checkout, tiny_files.dit)
     from library import anima_utils
-    from networks import lora_anima
 
     te, _tok = anima_utils.load_qwen3_text_encoder(str(tiny_files.text_encoder), dtype=torch.float32)
+    return dit, te
+
+
+def _names(network) -> set[str]:
+    return {m.lora_name for m in network.text_encoder_loras + network.unet_loras}
+
+
+@needs_sd_scripts
+def test_sd_scripts_and_lycoris_choose_the_layers_we_choose(tmp_path, files):
+    """sd-scripts' default LoRA, sd-scripts with include_patterns=['.*'] and LyCORIS's default LoKr on sd-scripts'
+    own Anima: the modules of our lora, locon and lokr files."""
+    dit, te = _sd_scripts_parts(tmp_path)
+    from lycoris import kohya as lycoris_kohya
+    from networks import lora_anima
+
+    assert _names(lora_anima.create_network(1.0, 4, 2.0, None, [te], dit)) == _modules(files["lora_te"][0])
+    every = lora_anima.create_network(1.0, 4, 2.0, None, [], dit, include_patterns="['.*']")
+    assert _names(every) == _modules(files["locon"][0])
+    lokr = lycoris_kohya.create_network(1.0, 4, 2.0, None, None, dit, algo="lokr")
+    assert _names(lokr) == _modules(files["lokr"][0])
+
+
+@needs_sd_scripts
+def test_lycoris_applies_our_lokr_file_to_sd_scripts_anima_as_we_do(tmp_path, files):
+    """LyCORIS (sd-scripts' `--network_module lycoris.kohya`) loads every module of our LoKr file onto sd-scripts'
+    Anima; each wrapped layer's output equals our merged layer's. (LyCORIS 4.1.3's `merge_to` applies alpha/rank
+    twice to decomposed LoKr factors, `get_diff_weight` on top of `get_weight`; its forward, ComfyUI and A1111
+    apply it once, as we do.)"""
+    path, _ = files["lokr"]
+    dit, _te = _sd_scripts_parts(tmp_path)
+    from lycoris import kohya as lycoris_kohya
+
+    weights = K.read_kohya(path)[0]
+    net, _ = lycoris_kohya.create_network_from_weights(1.0, str(path), None, None, dit, dict(weights))
+    assert _names(net) == _modules(path)
+    net.apply_to(None, dit, apply_text_encoder=False, apply_unet=True)
+    ours, _ = _merged(path)
+    our_modules = lycoris.kohya_modules({"unet": ours["transformer"], "te": []}, "anima")
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name in _modules(path):
+            theirs = dit.get_submodule(AN.dotted(name[len("lora_unet_"):]))
+            x = torch.randn(3, our_modules[name].in_features, generator=gen)
+            assert torch.allclose(theirs(x), our_modules[name](x), atol=1e-5), name
+
+
+@needs_sd_scripts
+@pytest.mark.parametrize("kind", ["lora_te", "locon"])
+def test_sd_scripts_anima_loader_consumes_every_key_and_merges_as_we_do(tmp_path, files, kind):
+    path, _ = files[kind]
+    dit, te = _sd_scripts_parts(tmp_path)
+    from networks import lora_anima
+
     applied, weights = lora_anima.create_network_from_weights(1.0, str(path), None, [te], dit)
     applied.apply_to([te], dit)
     applied.load_state_dict(weights, strict=True)  # its load_weights, strict: every key consumed, none missing

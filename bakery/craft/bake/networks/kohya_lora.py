@@ -40,13 +40,16 @@ TE_CLASSES = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
 UNET_PREFIX = "lora_unet"  # kohya's prefix for the denoiser's modules (SD's UNet; Flux's transformer too)
 
 KOHYA_IMPLEMENTATION = "https://github.com/kohya-ss/sd-scripts"
-# `implementation`: modelspec.implementation where it is not kohya's. Anima: what sd-scripts' anima_train_network.py
-# writes (load_target_model's "anima"; library/sai_model_spec.py's ARCH_ANIMA_PREVIEW + "/lora", IMPL_ANIMA).
+# `implementation`: modelspec.implementation where it is not kohya's; `lora_module`, `locon_args`: kohya's network
+# module and the LoCon-style network's args where they are not networks.lora's. "anima": what sd-scripts'
+# anima_train_network.py writes (load_target_model's model version; library/sai_model_spec.py's ARCH_ANIMA_PREVIEW
+# + "/lora", IMPL_ANIMA; networks/lora_anima.py, whose include_patterns=['.*'] takes our LoCon-style layers).
 ARCHITECTURES = {
     "sd15": {"base_model_version": "sd_v1", "modelspec": "stable-diffusion-v1/lora"},
     "sdxl": {"base_model_version": "sdxl_base_v1-0", "modelspec": "stable-diffusion-xl-v1-base/lora"},
     "anima": {"base_model_version": "anima", "modelspec": "anima-preview/lora",
-              "implementation": "https://huggingface.co/circlestone-labs/Anima"},
+              "implementation": "https://huggingface.co/circlestone-labs/Anima",
+              "lora_module": "networks.lora_anima", "locon_args": {"include_patterns": "['.*']"}},
 }
 
 # peft parameter name (after the module path) -> kohya/LyCORIS tensor name
@@ -292,12 +295,14 @@ def network_parts(denoiser: Any, text_encoders: Any, te_prefixes: tuple[str, ...
 # --- metadata ------------------------------------------------------------------------
 
 
-def network_module_and_args(spec: NetworkSpec) -> tuple[str, dict[str, str]]:
+def network_module_and_args(spec: NetworkSpec, architecture: str = "sd15") -> tuple[str, dict[str, str]]:
     """What kohya / LyCORIS write as `ss_network_module` and `ss_network_args` for this network."""
+    arch = ARCHITECTURES.get(architecture, {})
     if spec.network_type == "lora":
-        return "networks.lora", {}
+        return arch.get("lora_module", "networks.lora"), {}
     if spec.network_type == "locon":
-        return "networks.lora", {"conv_dim": str(spec.conv_dim), "conv_alpha": str(spec.conv_alpha)}
+        args = arch.get("locon_args", {"conv_dim": str(spec.conv_dim), "conv_alpha": str(spec.conv_alpha)})
+        return arch.get("lora_module", "networks.lora"), dict(args)
     if spec.network_type == "dora":
         return "lycoris.kohya", {"algo": "lora", "dora_wd": "True"}
     if spec.network_type == "ia3":
@@ -354,7 +359,7 @@ def build_metadata(
     """The `ss_*` (kohya) and `modelspec.*` (SAI model spec 1.0) metadata of one epoch file; all strings."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {sorted(ARCHITECTURES)}, got {architecture!r}")
-    module, args = network_module_and_args(spec)
+    module, args = network_module_and_args(spec, architecture)
     trigger_text = ", ".join(triggers)
     meta: dict[str, Any] = {
         "ss_network_module": module,

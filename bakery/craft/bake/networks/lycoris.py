@@ -1,6 +1,6 @@
 """LyCORIS LoHa, LoKr, IA3 and Diag-OFT files applied by our own code (diffusers' `load_lora_weights`
-refuses them; DyLoRA files are plain LoRA files, which diffusers loads), and plain LoRA files where diffusers
-reads no kohya names (Anima: its loader takes only `diffusion_model.*` keys).
+refuses them; DyLoRA files are plain LoRA files, which diffusers loads), and plain LoRA files for a family whose
+diffusers loader reads no kohya names.
 
 ΔW at weight 1, as kohya, LyCORIS (`lycoris/functional/loha.py`, `lokr.py`) and ComfyUI
 (`comfy/weight_adapter/loha.py`, `lokr.py`) compute it from the file's tensors:
@@ -164,7 +164,8 @@ def kohya_modules(models: Mapping[str, Any], architecture: str) -> dict[str, Any
 
 
 class MergedNetwork:
-    """A LoRA/LoHa/LoKr/IA3/Diag-OFT file merged into the models' weights at a settable weight; `remove()` restores them."""
+    """A LoRA/LoHa/LoKr/IA3/Diag-OFT file merged into the models' weights at a settable weight; `remove()` restores
+    them."""
 
     def __init__(self, tensors: Mapping[str, "torch.Tensor"], modules: Mapping[str, Any]):
         groups = by_module(tensors)

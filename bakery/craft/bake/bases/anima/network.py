@@ -10,23 +10,26 @@ diffusers' converter); the file's keys are exactly sd-scripts' for the same sett
 
 Layers, sd-scripts' rule replayed on the original paths:
 
-- LoRA, DoRA, LoHa-less defaults (`lora`, `dora`; and IA3/DyLoRA/Diag-OFT through lycoris_net): every Linear inside
-  sd-scripts' `ANIMA_TARGET_REPLACE_MODULE` classes (`Block`, `PatchEmbed`, `TimestepEmbedding`, `FinalLayer`) minus
-  its default exclude pattern `.*(_modulation|_norm|_embedder|final_layer).*`: each block's self-attention,
-  cross-attention and MLP (`q/k/v/output_proj`, `mlp.layer1/2`).
-- LoCon-style (`locon`, `loha`, `lokr`: the types that add SD's ResNet convs): a DiT has no convolutions (its patch
-  embedding is a Linear), so "beyond the attention" means the layers sd-scripts excludes by default and lets
-  `include_patterns` add back: the patch embedding (`x_embedder.proj.1`), the timestep embedding
-  (`t_embedder.1.linear_1/2`) and the final layer (`final_layer.linear`, its `adaln_modulation`), i.e. sd-scripts
-  with `include_patterns=['.*(_embedder|final_layer).*']`. The blocks' adaLN modulation stays out (conditioning on
-  the timestep, not content; sd-scripts' docs list it with the norms).
+- LoRA and DoRA (and IA3, DyLoRA, Diag-OFT, which lycoris_net narrows as on SD): every Linear inside sd-scripts'
+  `ANIMA_TARGET_REPLACE_MODULE` classes (`Block`, `PatchEmbed`, `TimestepEmbedding`, `FinalLayer`) minus its
+  default exclude pattern `.*(_modulation|_norm|_embedder|final_layer).*`: each block's self-attention,
+  cross-attention and MLP (`q/k/v/output_proj`, `mlp.layer1/2`) — sd-scripts' default LoRA.
+- LoCon-style (`locon`, `loha`, `lokr`: on SD the types that add the ResNet convs): a DiT has no convolutions (its
+  patch embedding is a Linear), so they take every Linear of those classes, nothing excluded: the blocks' adaLN
+  modulation, the patch embedding (`x_embedder.proj.1`), the timestep embedding (`t_embedder.1.linear_1/2`) and the
+  final layer too. That is sd-scripts with `include_patterns=['.*']` and LyCORIS 4.1's default preset (`full`,
+  lycoris/config.py lists Anima's `Block`, `PatchEmbed`, `TimestepEmbedding`, `FinalLayer`), which is how Anima
+  LoKr is trained (`--network_module lycoris.kohya --network_args algo=lokr`).
 - Qwen3 (only when the text encoder is trained): the Linears of `Qwen3Attention` and `Qwen3MLP`.
-- The LLM adapter is not trained: sd-scripts' default (`train_llm_adapter=false`); no recipe key asks for it.
+- The LLM adapter is not trained: sd-scripts' and LyCORIS's default (`train_llm_adapter=false`); no recipe key asks
+  for it, so a file that trains it (`lora_unet_llm_adapter_*`) is not one of ours and our taste merge refuses it.
 
 `comfy_form`: the same network in the form ComfyUI's and diffusers' generic loaders read, hand-written because no
 library converts kohya's Anima names (sd-scripts' networks/convert_anima_lora_to_comfy.py is a script that does the
 same by string rules): ComfyUI reads kohya's `lora_unet_*` DiT keys itself but not `lora_te_*` for Qwen3, and
-diffusers' `AnimaLoraLoaderMixin` reads only `diffusion_model.*` keys without `.alpha` tensors.
+diffusers' `AnimaLoraLoaderMixin` reads only `diffusion_model.*` keys without `.alpha` tensors (a kohya file loads
+nothing there, silently). diffusers applies the form's DiT LoRA only: its Anima loader has no Qwen3 part, and its
+"every key holds `lora`" check refuses LoKr/LoHa keys; ComfyUI applies all of it.
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ TE_PREFIX = "lora_te"  # sd-scripts' LORA_PREFIX_TEXT_ENCODER (Qwen3)
 # The DiT modules inside sd-scripts' ANIMA_TARGET_REPLACE_MODULE classes, by original path.
 DIT_PARTS = re.compile(r"(blocks\.\d+|x_embedder|t_embedder\.1|final_layer)\..+")
 DEFAULT_EXCLUDE = re.compile(r".*(_modulation|_norm|_embedder|final_layer).*")  # sd-scripts' default exclude
-LOCON_INCLUDE = re.compile(r".*(_embedder|final_layer).*")  # what LoCon-style networks add back
 TE_CLASSES = ("Qwen3Attention", "Qwen3MLP")  # sd-scripts' TEXT_ENCODER_TARGET_REPLACE_MODULE (transformers 5 names)
 
 # ComfyUI's names: its Anima model's state dict is the DiT file's without `net.` under `diffusion_model.`;
@@ -75,7 +77,7 @@ def _dit_targets(model: Any, spec: K.NetworkSpec) -> K.Targets:
         orig = original_path(path)
         if not DIT_PARTS.fullmatch(orig):
             continue
-        if DEFAULT_EXCLUDE.fullmatch(orig) and not (spec.covers_convs and LOCON_INCLUDE.fullmatch(orig)):
+        if DEFAULT_EXCLUDE.fullmatch(orig) and not spec.covers_convs:
             continue
         targets.linear.append(path)
         targets.renames[path] = orig
@@ -110,7 +112,8 @@ class AnimaNetwork:
 
 
 def dotted(kohya_module: str) -> str:
-    """A module path from its kohya name without the prefix (`blocks_0_self_attn_q_proj` -> `blocks.0.self_attn.q_proj`)."""
+    """A module path from its kohya name without the prefix: `blocks_0_self_attn_q_proj` ->
+    `blocks.0.self_attn.q_proj` (the names that hold an underscore are kept whole)."""
     return ".".join(_PART.findall(kohya_module))
 
 
@@ -119,6 +122,8 @@ def comfy_form(tensors: Mapping[str, "torch.Tensor"]) -> dict[str, "torch.Tensor
     `text_encoders.qwen3_06b.transformer.model.<path>`). LoRA's `lora_down`/`lora_up` become `lora_A`/`lora_B`
     with alpha/rank folded into `lora_B` and no `.alpha` (diffusers refuses `.alpha` keys and applies scale 1; ComfyUI
     applies 1 without one); LoKr/LoHa/other tensors keep their names and `.alpha` (ComfyUI reads them as kohya's)."""
+    if any(k.endswith(".on_input") for k in tensors):  # `<module>.weight` would read as the layer's own weight
+        raise ValueError("an IA3 network has no ComfyUI/diffusers form (ComfyUI has no IA3 loader)")
     out: dict[str, torch.Tensor] = {}
     for key, tensor in tensors.items():
         name, suffix = key.split(".", 1)
@@ -140,13 +145,20 @@ def comfy_form(tensors: Mapping[str, "torch.Tensor"]) -> dict[str, "torch.Tensor
     return out
 
 
-def write_comfy_form(kohya_file: str | Path, out: str | Path) -> Path:
-    """`comfy_form` of a kohya Anima LoRA file, written beside it (the kohya metadata kept, hashes recomputed)."""
+def comfy_path(kohya_file: str | Path) -> Path:
+    """Where the ComfyUI/diffusers form of a kohya file goes: beside it, `<name>_comfy.safetensors`."""
+    kohya_file = Path(kohya_file)
+    return kohya_file.with_name(kohya_file.stem + "_comfy.safetensors")
+
+
+def write_comfy_form(kohya_file: str | Path, out: str | Path | None = None) -> Path:
+    """`comfy_form` of a kohya Anima LoRA file, written to `out` (default `comfy_path`): the kohya metadata kept,
+    its hashes recomputed for the new tensors. The kohya file is left as it is."""
     tensors, meta = K.read_kohya(kohya_file)
     converted = comfy_form(tensors)
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = K.safetensors_hashes(converted, meta)
     from safetensors.torch import save
 
-    out = Path(out)
+    out = Path(out) if out is not None else comfy_path(kohya_file)
     out.write_bytes(K.canonical_header(save(converted, metadata=meta)))
     return out
