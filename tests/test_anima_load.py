@@ -200,3 +200,11 @@ def test_tokenizers_from_the_hub_cache(tmp_path, files, monkeypatch, parts):
                                                             text_encoder=str(tmp_path / "te" / "qwen3.safetensors")))
     assert base.pipe.t5_tokenizer.get_vocab() == F.t5_tokenizer(str(files.t5_tokenizer)).get_vocab()
     assert base.pipe.tokenizer.get_vocab() == AutoTokenizer.from_pretrained(str(files.text_encoder)).get_vocab()
+
+
+def test_recipe_takes_the_tiny_anima():
+    for train in ({"base_model": "tiny", "architecture": "anima"}, {"base_model": "tiny", "family": "anima"}):
+        recipe = Recipe.model_validate({"project": {"name": "p"}, "train": train})
+        assert recipe.train.architecture == "anima"
+    with pytest.raises(ValueError, match="architecture"):
+        Recipe.model_validate({"project": {"name": "p"}, "train": {"base_model": "tiny", "architecture": "sdxl"}})
