@@ -33,6 +33,7 @@ from bakery.craft.bake.precision import Precision
 if TYPE_CHECKING:
     from bakery.craft.bake.bases.family import Base, TimestepSampling
 
+CACHE_BATCH = 8  # captions per Qwen3 call while caching (sd-scripts': --text_encoder_batch_size, else the batch size)
 MAX_TOKENS = 512  # sd-scripts' --qwen3_max_token_length and --t5_max_token_length; diffusers' max_sequence_length
 
 
@@ -69,13 +70,15 @@ class AnimaText:
         return states, mask, out["t5_input_ids"], out["t5_attention_mask"]
 
     def fill(self, captions: list[str]) -> None:
-        """The cache gains `captions`, each trimmed to its own tokens (Qwen3 must be loaded)."""
+        """The cache gains `captions`, each trimmed to its own tokens (Qwen3 must be loaded), a few at a time."""
         import torch
 
-        with torch.no_grad():
-            states, mask, ids, t5_mask = self.encode(captions)
-        for i, c in enumerate(captions):  # the tokens the masks keep, whichever side the tokenizers pad
-            self.cache[c] = (states[i][mask[i].bool()], ids[i][t5_mask[i].bool()])  # type: ignore[index]
+        for start in range(0, len(captions), CACHE_BATCH):
+            chunk = captions[start: start + CACHE_BATCH]
+            with torch.no_grad():
+                states, mask, ids, t5_mask = self.encode(chunk)
+            for i, c in enumerate(chunk):  # the tokens the masks keep, whichever side the tokenizers pad
+                self.cache[c] = (states[i][mask[i].bool()], ids[i][t5_mask[i].bool()])  # type: ignore[index]
 
     def unload(self) -> None:
         """Qwen3 off the GPU: every caption the bake asks for is cached."""
