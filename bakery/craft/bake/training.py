@@ -75,7 +75,8 @@ def check_schedule(params: Any, noise_sched: NoiseSchedule, architecture: str) -
         return
     if params.min_snr_gamma:
         raise BakeError(f"train.min_snr_gamma needs an SNR per timestep, which {architecture}'s rectified flow has "
-                        "not (sd-scripts trains it without min-SNR): set train.min_snr_gamma = 0")
+                        "not (sd-scripts trains it without min-SNR): set train.family = \"{architecture}\" (its defaults leave "
+                        "min-SNR off) or train.min_snr_gamma = 0")
     if params.loss_type != "l2" and params.huber_schedule == "snr":
         raise BakeError(f"train.huber_schedule 'snr' needs an SNR per timestep, which {architecture}'s rectified "
                         "flow has not: use 'exponential' or 'constant'")
