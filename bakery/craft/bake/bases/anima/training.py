@@ -33,7 +33,10 @@ from bakery.craft.bake.precision import Precision
 if TYPE_CHECKING:
     from bakery.craft.bake.bases.family import Base, TimestepSampling
 
-CACHE_BATCH = 8  # captions per Qwen3 call while caching (sd-scripts': --text_encoder_batch_size, else the batch size)
+# Captions per Qwen3 call while caching: one. A caption's states must not depend on the captions beside it in a call
+# (padding and batched kernels change their last bits), or a resumed bake, which meets its captions in other groups
+# than the first run did, trains on other numbers and its file is not byte-identical.
+CACHE_BATCH = 1
 MAX_TOKENS = 512  # sd-scripts' --qwen3_max_token_length and --t5_max_token_length; diffusers' max_sequence_length
 
 
@@ -70,7 +73,7 @@ class AnimaText:
         return states, mask, out["t5_input_ids"], out["t5_attention_mask"]
 
     def fill(self, captions: list[str]) -> None:
-        """The cache gains `captions`, each trimmed to its own tokens (Qwen3 must be loaded), a few at a time."""
+        """The cache gains `captions`, each trimmed to its own tokens (Qwen3 must be loaded), one at a time."""
         import torch
 
         for start in range(0, len(captions), CACHE_BATCH):
