@@ -480,6 +480,86 @@ def export_kohya(
         typer.echo(f"  {kind}: {path}")
 
 
+models_app = typer.Typer(no_args_is_help=True, help="The recipe's model keys: list them, pull known defaults, set one.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(recipe: Path = typer.Argument(..., help="Recipe TOML file.")) -> None:
+    """Every model key: its value, whether it is there (and its size), and where a default comes from."""
+    from bakery.models import describe, model_keys
+
+    cfg = _load_quiet(recipe)
+    rows = [describe(cfg, k) for k in model_keys()]
+    width = max(len(r["key"]) for r in rows)
+    for r in rows:
+        typer.echo(f"{r['key']:<{width}}  {r['state']:<16}  {r['value']}\n{'':<{width}}  {r['source']}")
+
+
+@models_app.command("pull")
+def models_pull(
+    recipe: Path = typer.Argument(..., help="Recipe TOML file."),
+    key: str = typer.Argument(..., help="A model key (`bakery models list`), or `all` for every key with a default."),
+    repo: Optional[str] = typer.Option(None, "--repo", help="Pull this hub repository instead of the default."),
+    file: list[str] = typer.Option([], "--file", help="Files of --repo to pull (none: the whole repository)."),
+) -> None:
+    """Fetch a key's known default (or --repo) into the hugging face cache, sha256 checked; an unset key is set to it."""
+    from bakery.models import DEFAULTS, ModelError, pull
+
+    cfg = _load_quiet(recipe)
+    keys = [k for k in DEFAULTS if value_is_unset(cfg, k)] if key == "all" else [key]
+    for k in keys:
+        try:
+            path = pull(k, repo, tuple(file))
+        except ModelError as exc:
+            fail(str(exc))
+        if value_is_unset(cfg, k):
+            _use(recipe, k, str(path))
+        else:
+            typer.echo(f"{k}: pulled {path}; the recipe names another (bakery models use {recipe} {k} {path})")
+
+
+@models_app.command("use")
+def models_use(
+    recipe: Path = typer.Argument(..., help="Recipe TOML file."),
+    key: str = typer.Argument(..., help="A model key (`bakery models list`)."),
+    path: str = typer.Argument(..., help="A file or folder (or, for train.* and autotag keys, a hub id)."),
+) -> None:
+    """Write the key into the recipe (its comments kept): a path under the recipe's folder is written relative."""
+    _use(recipe, key, path)
+
+
+def value_is_unset(cfg: Recipe, key: str) -> bool:
+    from bakery.models import value_of
+
+    return value_of(cfg, key) is None
+
+
+def _use(recipe: Path, key: str, path: str) -> None:
+    from bakery.models import DEFAULTS, ModelError, model_keys, recipe_value
+    from bakery.recipe.edit import set_key
+
+    if key not in model_keys():
+        fail(f"{key} is not a model key (they are: {', '.join(model_keys())})")
+    old = recipe.read_text(encoding="utf-8")
+    try:
+        value = recipe_value(recipe, path, key)
+        for k, v in ({key: value} | (DEFAULTS[key].also if key in DEFAULTS else {})).items():
+            set_key(recipe, k, v)
+        load_recipe(recipe)
+    except (ModelError, RecipeError) as exc:
+        recipe.write_text(old, encoding="utf-8")  # the recipe as it was
+        fail(str(exc))
+    typer.echo(f"{recipe}: {key} = {value!r}")
+
+
+def _load_quiet(recipe_path: Path) -> Recipe:
+    try:
+        return load_recipe(recipe_path)
+    except RecipeError as exc:
+        _bad_recipe(exc.path, exc.problems)
+
+
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())
 
