@@ -132,7 +132,8 @@ def _print_run(recipe: Recipe, run_id: str | None = None, all_warnings: bool = F
 
 
 def execute(
-    recipe_path: Path, from_stage: str | None = None, only_stage: str | None = None, to_stage: str | None = None
+    recipe_path: Path, from_stage: str | None = None, only_stage: str | None = None, to_stage: str | None = None,
+    go_on: bool = True,
 ) -> str:
     """Run a recipe through the flow (shared by `run` and `demo`); returns the run id.
 
@@ -149,6 +150,11 @@ def execute(
         plan_run(BUILT, from_stage, only_stage, to_stage)
     except PlanError as exc:
         fail(str(exc), code=2)
+    if not go_on:
+        from bakery.doctor import preflight
+
+        for problem in preflight(recipe):  # the machine cannot take this run: say so before an hour is spent
+            fail(f"{problem} (bakery doctor {recipe_path}; --go-on runs anyway)")
     _quiet_prefect_defaults()
     path = str(recipe_path.resolve())
     with recipe_given(path, recipe):
@@ -161,7 +167,10 @@ def execute(
             try:
                 run_id = bake_lora(path, from_stage, only_stage, to_stage)
             except Exception as exc:  # one line here; the run's log file holds the details
-                fail(f"run failed: {_failure(recipe, recipe_path, exc)}")
+                from bakery.doctor import disk_full_line
+
+                full = disk_full_line(recipe, str(exc), recipe_path)
+                fail(f"run failed: {full or _failure(recipe, recipe_path, exc)}")
     _print_run(recipe, run_id, recipe_path=recipe_path)
     return run_id
 
@@ -196,9 +205,23 @@ def run(
     from_stage: Optional[str] = typer.Option(None, "--from", help="Re-run this stage and every later one."),
     only: Optional[str] = typer.Option(None, "--only", help="Re-run only this stage (earlier ones from cache)."),
     to: Optional[str] = typer.Option(None, "--to", help="Stop after this stage (e.g. review dedupe before the rest)."),
+    go_on: bool = typer.Option(False, "--go-on", help="Run even when the bake will not fit the GPU or the disk."),
 ) -> None:
-    """Run a recipe; unchanged stages come from cache."""
-    execute(recipe, from_stage, only, to)
+    """Run a recipe; unchanged stages come from cache. First checks that the disk and the GPU can take it."""
+    execute(recipe, from_stage, only, to, go_on=go_on)
+
+
+@app.command()
+def doctor(recipe: Path = typer.Argument(..., help="Recipe TOML file.")) -> None:
+    """The machine against the recipe: torch, CUDA, the GPU and its free VRAM, bf16, the disk, every model key,
+    and the bake's estimated peak VRAM with the setting that fits (docs/doctor.md). Exit 1 when something is short."""
+    from bakery.doctor import report
+
+    lines = report(_load_quiet(recipe))
+    for line in lines:
+        typer.echo(line)
+    if any(line.startswith("SHORT") or ": MISSING:" in line for line in lines):
+        raise typer.Exit(1)
 
 
 @app.command()
