@@ -147,13 +147,13 @@ def execute(
 
     recipe = _load(recipe_path)
     try:
-        plan_run(BUILT, from_stage, only_stage, to_stage)
+        plan = plan_run(BUILT, from_stage, only_stage, to_stage)
     except PlanError as exc:
         fail(str(exc), code=2)
     if not go_on:
         from bakery.doctor import preflight
 
-        for problem in preflight(recipe):  # the machine cannot take this run: say so before an hour is spent
+        for problem in preflight(recipe, bake="bake" in plan.stages):  # the machine cannot take this run: say so before an hour is spent
             fail(f"{problem} (bakery doctor {recipe_path}; --go-on runs anyway)")
     _quiet_prefect_defaults()
     path = str(recipe_path.resolve())

@@ -280,13 +280,14 @@ def report(recipe: Recipe) -> list[str]:
     return lines
 
 
-def preflight(recipe: Recipe) -> list[str]:
-    """What stops `bakery run` before it starts (one line each): a disk too small, a bake that will not fit."""
+def preflight(recipe: Recipe, bake: bool = True) -> list[str]:
+    """What stops `bakery run` before it starts (one line each): a disk too small, a bake (when `bake`: the run
+    reaches the stage) that will not fit."""
     problems = []
     fits, line = disk_line(recipe)
     if not fits:
         problems.append(line)
-    if bakes(recipe):
+    if bake and bakes(recipe):
         m = machine()
         if m.gpu:
             fits, line = vram_line(recipe, m)

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from bakery.craft.bake.bases.checkpoint import FIRST_CONV
 from bakery.craft.bake.throughput import Throughput
-from bakery.doctor import _sizes, disk_full_line, fitting, preflight, vram_estimate
+from bakery.doctor import Machine, _sizes, disk_full_line, fitting, preflight, vram_estimate, vram_line
 from bakery.recipe.bake import TrainParams
 from bakery.recipe.model import load_recipe
 
@@ -69,6 +69,17 @@ def test_what_fits_a_smaller_card():
     change, fitted = fitting(big, 1024, "sdxl", 12 * GB)
     assert "gradient_checkpointing = true" in change and vram_estimate(fitted, 1024, "sdxl").total <= 12 * GB
     assert fitting(big, 1024, "sdxl", 4 * GB) is None  # the base alone does not fit
+
+
+def test_a_bake_that_does_not_fit_the_gpu_is_one_line_with_what_fits(tmp_path):
+    recipe = load_recipe(_project(tmp_path))  # SD1.5 at 512, batch 1, dim 32, Prodigy, text encoder trained
+    small = Machine("2.14.1", "12.8", "570.1", "GeForce GTX 1660", int(6 * GB), int(3.5 * GB), False)
+    fits, line = vram_line(recipe, small)
+    assert not fits and "\n" not in line
+    assert "does NOT fit GeForce GTX 1660 (3.5 GB free)" in line and "shared memory" in line
+    assert "fits with gradient_checkpointing = true, train_text_encoder = false" in line
+    big = Machine("2.14.1", "12.8", "570.1", "RTX 4090", int(24 * GB), int(23 * GB), True)
+    assert vram_line(recipe, big)[0]
 
 
 def test_doctor_reports_the_machine_the_disk_the_models_and_the_bake(tmp_path):
