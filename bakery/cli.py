@@ -153,7 +153,8 @@ def execute(
     if not go_on:
         from bakery.doctor import preflight
 
-        for problem in preflight(recipe, bake="bake" in plan.stages):  # the machine cannot take this run: say so before an hour is spent
+        # The machine cannot take this run: say so before an hour is spent.
+        for problem in preflight(recipe, bake="bake" in plan.stages):
             fail(f"{problem} (bakery doctor {recipe_path}; --go-on runs anyway)")
     _quiet_prefect_defaults()
     path = str(recipe_path.resolve())
@@ -526,20 +527,27 @@ def models_pull(
     repo: Optional[str] = typer.Option(None, "--repo", help="Pull this hub repository instead of the default."),
     file: list[str] = typer.Option([], "--file", help="Files of --repo to pull (none: the whole repository)."),
 ) -> None:
-    """Fetch a key's known default (or --repo) into the hugging face cache, sha256 checked; an unset key is set to it."""
-    from bakery.models import DEFAULTS, ModelError, pull
+    """Fetch a key's known default (or --repo) into the hugging face cache, sha256 checked; an unset key is set
+    to it."""
+    from bakery.models import DEFAULTS, ModelError, model_keys, pull
 
     cfg = _load_quiet(recipe)
-    keys = [k for k in DEFAULTS if value_is_unset(cfg, k)] if key == "all" else [key]
-    for k in keys:
+    if key == "all" and repo:
+        fail("--repo names one key's model: pull KEY --repo ORG/NAME")
+    keys = [k for k in DEFAULTS if k in model_keys() and value_is_unset(cfg, k)] if key == "all" else [key]
+    failed = []
+    for k in keys:  # one key that cannot be had does not stop the others
         try:
             path = pull(k, repo, tuple(file))
         except ModelError as exc:
-            fail(str(exc))
+            failed.append(str(exc))
+            continue
         if value_is_unset(cfg, k):
             _use(recipe, k, str(path))
         else:
             typer.echo(f"{k}: pulled {path}; the recipe names another (bakery models use {recipe} {k} {path})")
+    if failed:
+        fail("\n  ".join(failed))
 
 
 @models_app.command("use")

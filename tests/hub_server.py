@@ -3,7 +3,8 @@
 `GET|HEAD /<org>/<name>/resolve/<revision>/<path>` with the hub's headers: `X-Repo-Commit`, `ETag` (an LFS file's
 sha256), `Content-Length`, `Accept-Ranges`; a `Range` request gets 206 and `Content-Range`. Faults: `cut` (a set of
 paths whose first GET sends half the body and closes the connection), `lie` (paths whose ETag is another file's
-sha256). `requests` logs (method, path, range) of every request.
+sha256). `requests` logs (method, file, range) of every request (file: `org/name/path`, else the URL's
+path: the client's other calls).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class FakeHub:
 
             def _answer(self, body: bool) -> None:
                 parts = self.path.split("?")[0].strip("/").split("/")
-                key = "/".join(parts[:2] + parts[4:]) if len(parts) > 4 and parts[2] == "resolve" else ""
+                key = "/".join(parts[:2] + parts[4:]) if len(parts) > 4 and parts[2] == "resolve" else self.path
                 hub.requests.append((self.command, key, self.headers.get("Range")))
                 if key not in hub.files:
                     self.send_response(404)

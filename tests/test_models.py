@@ -122,3 +122,21 @@ def test_set_key_adds_a_section_and_refuses_what_it_cannot_edit_safely(tmp_path)
     with pytest.raises(ValueError, match="set it by hand"):
         set_key(recipe, "train.base_model", "b.safetensors")
     assert recipe.read_text(encoding="utf-8") == dotted
+
+
+def test_pull_all_fetches_every_default_but_no_base_and_goes_on_past_a_refused_file(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE, encoding="utf-8")
+    keys = [k for k in DEFAULTS if k in model_keys()]
+    files = {f"{DEFAULTS[k].repo}/{f}": CONTENT + k.encode() for k in keys for f in DEFAULTS[k].files}
+    with FakeHub(files) as hub:  # the upscaler's pinned sha256 is not this content's
+        done = _bakery("models", "pull", str(recipe), "all",
+                       env={"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert done.returncode == 1 and "upscale.model" in done.stderr and "not pinned" in done.stderr
+    asked = {r[1] for r in hub.requests if not r[1].startswith("/")}  # files (the client's own API calls aside)
+    assert asked == set(files)  # every default, and nothing else
+    loaded = load_recipe(recipe)
+    assert loaded.upscale.model is None and loaded.upscale.backend == "lanczos"
+    assert (Path(loaded.autotag.model) / "model.onnx").is_file()  # the tagger's folder
+    assert loaded.crops.halfbody_model.read_bytes() == CONTENT + b"crops.halfbody_model"
+    assert loaded.train.base_model == str(tmp_path / "old.safetensors")  # untouched

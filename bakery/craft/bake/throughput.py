@@ -37,11 +37,12 @@ class Throughput:
         if self.warned or latest <= self.slower * self.baseline:
             return None
         self.warned = True
-        return (f"the bake slowed from {1 / self.baseline:.2f} to {1 / latest:.2f} steps/s (x{latest / self.baseline:.0f} "
-                "slower than its first steps): it has likely run out of VRAM and spilled into shared memory. Lower "
-                "train.batch_size or train.network_dim, set train.gradient_checkpointing = true or a train.profile "
-                "(bakery doctor RECIPE estimates what fits); on Windows, set the NVIDIA driver's 'CUDA - Sysmem "
-                "Fallback Policy' to 'Prefer No Sysmem Fallback' to get an out-of-memory error instead")
+        return (f"the bake slowed from {1 / self.baseline:.2f} to {1 / latest:.2f} steps/s "
+                f"(x{latest / self.baseline:.0f} slower than its first steps): it has likely run out of VRAM and "
+                "spilled into shared memory. Lower train.batch_size or train.network_dim, set "
+                "train.gradient_checkpointing = true or a train.profile (bakery doctor RECIPE estimates what fits); "
+                "on Windows, set the NVIDIA driver's 'CUDA - Sysmem Fallback Policy' to 'Prefer No Sysmem Fallback' "
+                "to get an out-of-memory error instead")
 
     @property
     def steps_per_s(self) -> float | None:
