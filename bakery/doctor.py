@@ -3,8 +3,8 @@ whether the bake fits the GPU.
 
 The peak-VRAM estimate (docs/doctor.md says the same, with the figures):
 - the frozen base: its exact parameter count, from the configs that ship with the package (bakery/configs/sd15,
-  sdxl) instantiated on torch's meta device (no memory, no download); Anima's from its published sizes (DiT 2.0 B,
-  Qwen3 0.6 B, Qwen-Image VAE 0.13 B). 2 bytes a parameter in fp16/bf16, 4 in fp32;
+  sdxl) instantiated on torch's meta device (no memory, no download; `count_sizes`, kept as SIZES); Anima's from
+  its published sizes (DiT 2.0 B, Qwen3 0.6 B, Qwen-Image VAE 0.13 B). 2 bytes a parameter in fp16/bf16, 4 in fp32;
 - the network: kohya's layer choice (`find_targets`) on those models, `dim x (in + out)` a layer (LoCon's convs with
   conv_dim), stored fp32 with its gradient (8 bytes) plus the optimizer's state (AdamW 8, AdamW8bit 2, Prodigy 16,
   CAME 12 bytes a parameter);
@@ -41,6 +41,7 @@ OPTIMIZER_STATE = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "came": 12}
 ACTIVATIONS = {"sd15": (512, 0.6, 3.0, 0.25), "sdxl": (1024, 2.0, 11.0, 0.6), "anima": (1024, 2.5, 14.0, 0.5)}
 VAE_ENCODE = {"sd15": 1.0, "sdxl": 3.5, "anima": 3.5}  # GB, one picture at the native side, no grad
 ANIMA = {"base": 2.0e9, "text_encoder": 0.6e9, "vae": 0.13e9, "rank1": 1.43e6}  # published sizes; rank-1 LoRA
+CONV_NETWORKS = ("locon", "loha", "lokr", "dylora")  # they train the 3x3 convs too, at conv_dim
 CONTEXT = 0.4 * GB  # the CUDA context, not counted by max_memory_allocated
 OVERHEAD = 1.10
 
@@ -91,18 +92,33 @@ def architecture(train: TrainParams) -> str:
     return "sdxl" if (path / "text_encoder_2").is_dir() else "sd15"
 
 
-@functools.cache
-def _sizes(arch: str, network_type: str, conv: bool) -> tuple[int, int, int, int]:
-    """(base params, text encoder params, rank-1 network params of the UNet, of the text encoders)."""
+# (base + VAE params, text encoder params, rank-1 network params of the UNet, of the text encoders), by
+# (architecture, convs trained): what `count_sizes` counts (a test keeps the two in step), kept as figures so that
+# `bakery run`'s check imports no model library.
+SIZES = {
+    ("sd15", False): (943_174_827, 123_060_480, 423_936, 165_888),
+    ("sd15", True): (943_174_827, 123_060_480, 1_050_816, 165_888),
+    ("sdxl", False): (2_651_117_547, 816_081_920, 2_659_840, 903_168),
+    ("sdxl", True): (2_651_117_547, 816_081_920, 3_074_240, 903_168),
+}
+
+
+def _sizes(arch: str, conv: bool) -> tuple[int, int, int, int]:
     if arch == "anima":
         return int(ANIMA["base"] + ANIMA["vae"]), int(ANIMA["text_encoder"]), int(ANIMA["rank1"]), 0
+    return SIZES[(arch, conv)]
+
+
+@functools.cache
+def count_sizes(arch: str, conv: bool) -> tuple[int, int, int, int]:
+    """SIZES counted: the shipped configs on the meta device, kohya's layer choice on them."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from bakery.craft.bake.networks.kohya_lora import NetworkSpec, find_targets
 
-    spec = NetworkSpec(network_type=network_type)
+    spec = NetworkSpec(network_type="locon" if conv else "lora")
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(CONFIGS / arch / "unet"))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(CONFIGS / arch / "vae"))
@@ -137,10 +153,11 @@ class Estimate:
 
 def vram_estimate(train: TrainParams, resolution: int, arch: str, bf16_or_fp16: bool = True) -> Estimate:
     """The bake's peak VRAM (see the module docstring for the method)."""
-    conv = train.network_type in ("locon", "loha", "lokr", "dylora")
-    base, te, unet_r1, te_r1 = _sizes(arch, train.network_type, conv)
+    base, te, unet_r1, te_r1 = _sizes(arch, False)
+    convs = _sizes(arch, True)[2] - unet_r1 if train.network_type in CONV_NETWORKS and arch != "anima" else 0
     weight = 2 if bf16_or_fp16 and train.mixed_precision != "no" else 4
-    trained = train.network_dim * ((unet_r1 if train.train_unet else 0) + (te_r1 if train.train_text_encoder else 0))
+    unet = train.network_dim * unet_r1 + train.conv_dim * convs
+    trained = (unet if train.train_unet else 0) + (train.network_dim * te_r1 if train.train_text_encoder else 0)
     side, with_gc, without_gc, te_act = ACTIVATIONS[arch]
     scale = train.batch_size * (resolution / side) ** 2 * (weight / 2)
     checkpointing = train.gradient_checkpointing is not False  # None: on with CUDA
@@ -200,7 +217,7 @@ def disk_need(recipe: Recipe) -> dict[str, int]:
     t = recipe.train
     if t.base_model and t.base_model != "tiny" and recipe.slider is None:
         arch = architecture(t)
-        _, _, unet_r1, te_r1 = _sizes(arch, t.network_type, False)
+        _, _, unet_r1, te_r1 = _sizes(arch, False)
         params = t.network_dim * (unet_r1 + (te_r1 if t.train_text_encoder else 0))
         saves = -(-t.epochs // t.save_every_n_epochs)
         need["bake"] = params * (2 if t.save_precision != "fp32" else 4) * saves + params * (

@@ -14,7 +14,16 @@ from safetensors.torch import save_file
 
 from bakery.craft.bake.bases.checkpoint import FIRST_CONV
 from bakery.craft.bake.throughput import Throughput
-from bakery.doctor import Machine, _sizes, disk_full_line, fitting, preflight, vram_estimate, vram_line
+from bakery.doctor import (
+    SIZES,
+    Machine,
+    count_sizes,
+    disk_full_line,
+    fitting,
+    preflight,
+    vram_estimate,
+    vram_line,
+)
 from bakery.recipe.bake import TrainParams
 from bakery.recipe.model import load_recipe
 
@@ -39,12 +48,14 @@ def _project(tmp_path: Path, picture_bytes: int = 1000) -> Path:
     return recipe
 
 
-def test_the_base_sizes_are_the_published_ones():
-    base, te, unet_r1, te_r1 = _sizes("sd15", "lora", False)
+def test_the_base_sizes_are_the_published_ones_and_the_table_is_what_the_configs_count():
+    for (arch, conv), sizes in SIZES.items():
+        assert count_sizes(arch, conv) == sizes, (arch, conv)
+    base, te, unet_r1, te_r1 = SIZES[("sd15", False)]
     assert abs(base - (859_520_964 + 83_653_863)) < 1e6  # SD1.5 UNet + VAE
     assert abs(te - 123_060_480) < 1e6  # CLIP ViT-L/14 text model
     assert 30e6 < 32 * (unet_r1 + te_r1) * 2 < 45e6  # a dim-32 SD1.5 LoRA file in fp16: ~37 MB, as kohya's are
-    sdxl = _sizes("sdxl", "lora", False)
+    sdxl = SIZES[("sdxl", False)]
     assert abs(sdxl[0] - (2_567_463_684 + 83_653_863)) < 1e6
 
 
@@ -57,6 +68,7 @@ def test_the_estimate_moves_with_the_settings():
     assert gb(optimizer="adamw8bit") < gb(optimizer="adamw") < gb(optimizer="prodigy")
     assert gb(cache_latents=False) > gb(cache_latents=True)
     assert gb(train_text_encoder=False) < gb(train_text_encoder=True)
+    assert gb(network_type="locon", conv_dim=32) > gb(network_type="locon", conv_dim=4) > gb(network_type="lora")
     assert gb("sdxl", 1024) > gb() and gb(res=768) > gb()
     assert 3 < gb(gradient_checkpointing=True, optimizer="adamw") < 8  # SD1.5 LoRAs bake on 6-8 GB cards
     assert 8 < gb("sdxl", 1024, gradient_checkpointing=True, train_text_encoder=False) < 14  # and SDXL on 12 GB
