@@ -44,6 +44,10 @@ def test_a_lock_is_taken_without_fcntl(tmp_path: Path):
     assert done.returncode == 0 and done.stdout.strip() == "held", done.stderr[-3000:]
 
 
-def test_the_cli_answers_without_posix_only_modules():
+def test_the_cli_answers_without_posix_only_modules(tmp_path: Path):
     done = _run(BLOCK + "sys.argv = ['bakery', '--help']\nfrom bakery.cli import app\napp()\n")
     assert "Usage" in done.stdout, done.stderr[-3000:]
+    cli = BLOCK + "sys.argv = ['bakery', *sys.argv[1:]]\nfrom bakery.cli import app\napp()\n"
+    assert _run(cli, "init", str(tmp_path / "proj")).returncode == 0
+    listed = _run(cli, "models", "list", str(tmp_path / "proj" / "recipe.toml"))
+    assert "autotag.model" in listed.stdout and "not set" in listed.stdout, listed.stderr[-3000:]
