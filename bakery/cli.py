@@ -132,7 +132,8 @@ def _print_run(recipe: Recipe, run_id: str | None = None, all_warnings: bool = F
 
 
 def execute(
-    recipe_path: Path, from_stage: str | None = None, only_stage: str | None = None, to_stage: str | None = None
+    recipe_path: Path, from_stage: str | None = None, only_stage: str | None = None, to_stage: str | None = None,
+    go_on: bool = True,
 ) -> str:
     """Run a recipe through the flow (shared by `run` and `demo`); returns the run id.
 
@@ -146,9 +147,15 @@ def execute(
 
     recipe = _load(recipe_path)
     try:
-        plan_run(BUILT, from_stage, only_stage, to_stage)
+        plan = plan_run(BUILT, from_stage, only_stage, to_stage)
     except PlanError as exc:
         fail(str(exc), code=2)
+    if not go_on:
+        from bakery.doctor import preflight
+
+        # The machine cannot take this run: say so before an hour is spent.
+        for problem in preflight(recipe, bake="bake" in plan.stages):
+            fail(f"{problem} (bakery doctor {recipe_path}; --go-on runs anyway)")
     _quiet_prefect_defaults()
     path = str(recipe_path.resolve())
     with recipe_given(path, recipe):
@@ -161,7 +168,10 @@ def execute(
             try:
                 run_id = bake_lora(path, from_stage, only_stage, to_stage)
             except Exception as exc:  # one line here; the run's log file holds the details
-                fail(f"run failed: {_failure(recipe, recipe_path, exc)}")
+                from bakery.doctor import disk_full_line
+
+                full = disk_full_line(recipe, str(exc), recipe_path)
+                fail(f"run failed: {full or _failure(recipe, recipe_path, exc)}")
     _print_run(recipe, run_id, recipe_path=recipe_path)
     return run_id
 
@@ -196,9 +206,23 @@ def run(
     from_stage: Optional[str] = typer.Option(None, "--from", help="Re-run this stage and every later one."),
     only: Optional[str] = typer.Option(None, "--only", help="Re-run only this stage (earlier ones from cache)."),
     to: Optional[str] = typer.Option(None, "--to", help="Stop after this stage (e.g. review dedupe before the rest)."),
+    go_on: bool = typer.Option(False, "--go-on", help="Run even when the bake will not fit the GPU or the disk."),
 ) -> None:
-    """Run a recipe; unchanged stages come from cache."""
-    execute(recipe, from_stage, only, to)
+    """Run a recipe; unchanged stages come from cache. First checks that the disk and the GPU can take it."""
+    execute(recipe, from_stage, only, to, go_on=go_on)
+
+
+@app.command()
+def doctor(recipe: Path = typer.Argument(..., help="Recipe TOML file.")) -> None:
+    """The machine against the recipe: torch, CUDA, the GPU and its free VRAM, bf16, the disk, every model key,
+    and the bake's estimated peak VRAM with the setting that fits (docs/doctor.md). Exit 1 when something is short."""
+    from bakery.doctor import report
+
+    lines = report(_load_quiet(recipe))
+    for line in lines:
+        typer.echo(line)
+    if any(line.startswith("SHORT") or ": MISSING:" in line for line in lines):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -478,6 +502,93 @@ def export_kohya(
         typer.echo(f"not as the recipe says: {line}")
     for kind, path in done.files.items():
         typer.echo(f"  {kind}: {path}")
+
+
+models_app = typer.Typer(no_args_is_help=True, help="The recipe's model keys: list them, pull known defaults, set one.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(recipe: Path = typer.Argument(..., help="Recipe TOML file.")) -> None:
+    """Every model key: its value, whether it is there (and its size), and where a default comes from."""
+    from bakery.models import describe, model_keys
+
+    cfg = _load_quiet(recipe)
+    rows = [describe(cfg, k) for k in model_keys()]
+    width = max(len(r["key"]) for r in rows)
+    for r in rows:
+        typer.echo(f"{r['key']:<{width}}  {r['state']:<16}  {r['value']}\n{'':<{width}}  {r['source']}")
+
+
+@models_app.command("pull")
+def models_pull(
+    recipe: Path = typer.Argument(..., help="Recipe TOML file."),
+    key: str = typer.Argument(..., help="A model key (`bakery models list`), or `all` for every key with a default."),
+    repo: Optional[str] = typer.Option(None, "--repo", help="Pull this hub repository instead of the default."),
+    file: list[str] = typer.Option([], "--file", help="Files of --repo to pull (none: the whole repository)."),
+) -> None:
+    """Fetch a key's known default (or --repo) into the hugging face cache, sha256 checked; an unset key is set
+    to it."""
+    from bakery.models import DEFAULTS, ModelError, model_keys, pull
+
+    cfg = _load_quiet(recipe)
+    if key == "all" and repo:
+        fail("--repo names one key's model: pull KEY --repo ORG/NAME")
+    keys = [k for k in DEFAULTS if k in model_keys() and value_is_unset(cfg, k)] if key == "all" else [key]
+    failed = []
+    for k in keys:  # one key that cannot be had does not stop the others
+        try:
+            path = pull(k, repo, tuple(file))
+        except ModelError as exc:
+            failed.append(str(exc))
+            continue
+        if value_is_unset(cfg, k):
+            _use(recipe, k, str(path))
+        else:
+            typer.echo(f"{k}: pulled {path}; the recipe names another (bakery models use {recipe} {k} {path})")
+    if failed:
+        fail("\n  ".join(failed))
+
+
+@models_app.command("use")
+def models_use(
+    recipe: Path = typer.Argument(..., help="Recipe TOML file."),
+    key: str = typer.Argument(..., help="A model key (`bakery models list`)."),
+    path: str = typer.Argument(..., help="A file or folder (or, for train.* and autotag keys, a hub id)."),
+) -> None:
+    """Write the key into the recipe (its comments kept): a path under the recipe's folder is written relative."""
+    _use(recipe, key, path)
+
+
+def value_is_unset(cfg: Recipe, key: str) -> bool:
+    from bakery.models import value_of
+
+    return value_of(cfg, key) is None
+
+
+def _use(recipe: Path, key: str, path: str) -> None:
+    from bakery.models import DEFAULTS, ModelError, model_keys, recipe_value
+    from bakery.recipe.edit import set_key
+
+    if key not in model_keys():
+        fail(f"{key} is not a model key (they are: {', '.join(model_keys())})")
+    old = recipe.read_text(encoding="utf-8")
+    try:
+        value = recipe_value(recipe, path, key)
+        for k, v in ({key: value} | (DEFAULTS[key].also if key in DEFAULTS else {})).items():
+            set_key(recipe, k, v)
+        load_recipe(recipe)
+    except (ModelError, RecipeError) as exc:
+        recipe.write_text(old, encoding="utf-8")  # the recipe as it was
+        fail(str(exc))
+    typer.echo(f"{recipe}: {key} = {value!r}")
+
+
+def _load_quiet(recipe_path: Path) -> Recipe:
+    try:
+        return load_recipe(recipe_path)
+    except RecipeError as exc:
+        _bad_recipe(exc.path, exc.problems)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -164,6 +164,7 @@ def one_cuda(steps: int) -> dict:
     from bakery.craft.bake import loop as B
     from bakery.craft.bake import precision as PR
     from bakery.craft.bake.bases import load as F
+    from bakery.doctor import vram_estimate
     from bakery.recipe import TrainParams
 
     work, store, ts, batch, epochs = _bench_set("bench-bake-cuda-", 512, steps)
@@ -189,6 +190,8 @@ def one_cuda(steps: int) -> dict:
         "steps_measured": len(warm),
         "it_per_s": len(warm) / (warm[-1][2] - first_warm[2]),
         "peak_vram_gb": torch.cuda.max_memory_allocated() / 2**30,
+        # bakery doctor's estimate of the same bake (bakery/doctor.py; docs/doctor.md), to compare with the peak
+        "estimated_vram_gb": vram_estimate(params, 512, "sd15").total / 2**30,
     }
 
 
@@ -249,7 +252,8 @@ def main() -> int:
         r = report["cuda"] = _child("cuda", min(args.steps, 20))
         print(f"CUDA ({r['device']}), SD1.5 shape, random weights, 512 px, batch 2, LoRA dim 32, "
               f"{r['precision']}, gradient checkpointing {r['gradient_checkpointing']}")
-        print(f"  {r['it_per_s']:.2f} it/s over {r['steps_measured']} steps, peak VRAM {r['peak_vram_gb']:.2f} GB")
+        print(f"  {r['it_per_s']:.2f} it/s over {r['steps_measured']} steps, peak VRAM {r['peak_vram_gb']:.2f} GB "
+              f"(bakery doctor estimated {r['estimated_vram_gb']:.2f} GB)")
     else:
         print("CUDA: no GPU here, skipped")
     if args.json:

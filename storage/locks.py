@@ -2,21 +2,25 @@
 
 Two runs may reach the same bake folder: a sweep variant whose worker was taken for lost while it still ran, and
 the flow run that replaced it on another worker; or one recipe run twice at once. The second waits for the first
-and then resumes from what it saved. POSIX record locks (fcntl.lockf) work across the machines of an NFS share,
-and the kernel drops them when their process dies, SIGKILL included, so a killed run never leaves a stale lock.
+and then resumes from what it saved. The lock is `filelock`'s (maintained, cross-platform): an OS lock on the
+file — flock on Linux and macOS (NFS emulates it with record locks), msvcrt.locking on Windows — which the OS drops
+when its process dies, SIGKILL included, so a killed run never leaves a stale lock. Who holds it is written beside
+the lock file (filelock owns the lock file itself); a holder killed before it could clean that note only leaves
+a stale name there, never a stale lock.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 LOCK_FILE = ".lock"
+HOLDER_FILE = ".lock-holder"
 
 
 @contextmanager
@@ -25,18 +29,22 @@ def exclusive(folder: Path, on_wait: Callable[[str], None] | None = None) -> Ite
     ("pid N on HOST") and wait for it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = FileLock(folder / LOCK_FILE, thread_local=False)
     try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                raise
-            if on_wait:
-                on_wait(os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process")
-            fcntl.lockf(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        lock.acquire(timeout=0)
+    except Timeout:
+        if on_wait:
+            on_wait(_holder(folder) or "another process")
+        lock.acquire()
+    try:
+        (folder / HOLDER_FILE).write_text(f"pid {os.getpid()} on {socket.gethostname()}")
         yield
     finally:
-        os.close(fd)  # drops the lock
+        lock.release()
+
+
+def _holder(folder: Path) -> str:
+    try:
+        return (folder / HOLDER_FILE).read_text(errors="replace").strip()
+    except OSError:
+        return ""

@@ -25,8 +25,8 @@ LAYERS: tuple[dict[str, tuple[str, ...]], ...] = (
      "storage": ("storage.*",)},
     # Plain Python that joins the craft, the recipe and storage: each stage's parameters, the edits, the
     # caption sources, the kohya export, the review studio, the folder watch, the demo, the recipe reference.
-    {"services": ("bakery.stage_params", "bakery.edits", "bakery.caption_sources", "bakery.kohya_export",
-                  "bakery.review.*", "bakery.watch", "bakery.demo", "bakery.recipe_doc")},
+    {"services": ("bakery.stage_params", "bakery.models", "bakery.doctor", "bakery.edits", "bakery.caption_sources",
+                  "bakery.kohya_export", "bakery.review.*", "bakery.watch", "bakery.demo", "bakery.recipe_doc")},
     {"tasks": ("tasks.*",)},  # Prefect tasks: read inputs, one call into the craft, write the result
     {"flows": ("flows.*",)},  # they only wire tasks together
     {"cli": ("bakery.cli",)},

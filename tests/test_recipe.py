@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bakery.recipe import Recipe, RecipeError, load_recipe, parse_recipe, starter_recipe_text
+from bakery.recipe.paths import resolve_paths
 
 
 def problems(data: dict) -> list[str]:
@@ -78,7 +79,7 @@ def test_starter_recipe_is_valid_and_states_the_defaults():
     data = tomllib.loads(starter_recipe_text())
     r = parse_recipe(data, Path("."))
     # Every value the starter writes out is the model's default.
-    defaults = Recipe(sources=r.sources, concepts=r.concepts)
+    defaults = resolve_paths(Recipe(sources=r.sources, concepts=r.concepts), Path(".").resolve())  # paths as read
     assert r.model_dump(exclude={"sources", "concepts"}) == defaults.model_dump(exclude={"sources", "concepts"})
 
 

@@ -14,6 +14,7 @@ from bakery.recipe.base import RecipeError, _as_train_keys, _Section, format_err
 from bakery.recipe.caption import AutotagParams, CaptionParams, Concept, RepeatsParams, ValidationParams
 from bakery.recipe.families import FLOW_ARCHITECTURES, FLOW_SAMPLERS, apply_family
 from bakery.recipe.gather import ConvertParams, IngestParams, Project, ScrapeParams, Source
+from bakery.recipe.paths import resolve_path, resolve_paths
 from bakery.recipe.prepare import (
     AlphaParams,
     BucketParams,
@@ -127,15 +128,16 @@ class Recipe(_Section):
                              f"{', '.join(v.name for v in self.variants) or 'none'})")
         data = {**self.train.model_dump(exclude_unset=True), **variant.overrides}
         data.setdefault("output_name", f"{self.train.output_name or self.project.name}-{name}")
-        return TrainParams.model_validate(data)
+        return resolve_paths(TrainParams.model_validate(data), self._base_dir, "train.")
 
     def for_variant(self, name: str) -> "Recipe":
         """The recipe one variant bakes: its [train], no [[variants]]."""
         return self.model_copy(update={"train": self.variant_train(name), "variants": []})
 
     def resolve(self, path: Path) -> Path:
-        """A recipe path made absolute against the recipe file's folder."""
-        return path if path.is_absolute() else (self._base_dir / path).resolve()
+        """A recipe path made absolute against the recipe file's folder (the recipe's own path keys already are:
+        bakery/recipe/paths.py)."""
+        return resolve_path(Path(path), self._base_dir)
 
     @property
     def workdir(self) -> Path:
@@ -150,7 +152,9 @@ def parse_recipe(data: dict[str, Any], base_dir: Path, origin: str = "<recipe>")
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise RecipeError(origin, format_errors(exc)) from None
-    recipe._base_dir = base_dir.resolve()
+    base_dir = base_dir.resolve()
+    recipe = resolve_paths(recipe, base_dir)  # the one place a recipe's relative paths are resolved
+    recipe._base_dir = base_dir
     return recipe
 
 

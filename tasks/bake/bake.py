@@ -25,6 +25,7 @@ from bakery.craft.bake import optim, precision, state, step, training
 from bakery.craft.bake import validation as validation_craft
 from bakery.craft.bake.bases import load as bases
 from bakery.craft.bake.networks import kohya_lora, lycoris_net
+from bakery.craft.bake.throughput import Throughput, peak_memory
 from bakery.manifest import BakeOutput, ImageRef, StageResult, TrainSet, digest
 from bakery.recipe import BucketParams, TrainParams
 from bakery.stage_params import base_fingerprint
@@ -32,7 +33,7 @@ from storage import Catalog
 from storage.locks import exclusive
 from tasks import caching
 from tasks.progress import UPDATE_EVERY_S, _in_prefect_run
-from tasks.stage import RunInfo, Stage
+from tasks.stage import RunInfo, Stage, run_logger
 
 BAKES_DIR = "bakes"
 
@@ -59,8 +60,11 @@ class BakeProgress:
         self._artifact = None
         self._last = 0.0
         self._first_step: tuple[int, float] | None = None
+        self.throughput = Throughput()
 
     def step(self, info: craft.StepInfo) -> None:
+        if warning := self.throughput.tick(time.monotonic()):
+            run_logger().warning("%s: %s", self.stage, warning)
         if self._bar is None:
             self._bar = tqdm(total=info.total, initial=info.step - 1, desc=self.stage, unit="step", file=sys.stderr,
                              leave=False)
@@ -152,7 +156,9 @@ def bake(inputs: TrainSet, params_json: str, workdir: str, run_id: str, workers:
              for e, v in sorted(per_epoch.items())],
             key="bake-loss", description=f"{name}: mean loss per epoch",
         )
-    logger.info("bake: %d steps, %d epoch files in %s", result.steps, len(result.files), folder)
+    rate = progress.throughput.steps_per_s
+    logger.info("bake: %d steps, %d epoch files in %s; %s steps/s, %s", result.steps, len(result.files), folder,
+                f"{rate:.2f}" if rate else "-", peak_memory())
     output = BakeOutput(
         name=name, base_model=result.extra["base_source"], architecture=result.extra.get("architecture", "sd15"), files=result.files,
         bake_key=key, triggers=list(inputs.triggers), clip_skip=params.clip_skip,
