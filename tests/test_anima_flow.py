@@ -132,6 +132,7 @@ def _check_bake(work: Path, killed_at: float) -> Path:
     assert [v["epoch"] for v in validation] == list(EPOCHS) and all(v["loss"] > 0 for v in validation)
     tensors, meta = K.read_kohya(files[-1])
     assert meta["ss_base_model_version"] == "anima" and meta["modelspec.architecture"] == "anima-preview/lora"
+    assert (meta["ss_timestep_sampling"], meta["ss_discrete_flow_shift"]) == ("sigmoid", "1.0")  # as sd-scripts writes
     assert tensors and all(k.startswith("lora_unet_") for k in tensors)  # the DiT alone (Qwen3 stays frozen)
     assert int(meta["ss_num_reg_images"]) > 0  # trained beside the regularisation images Anima drew
     return files[-1]

@@ -61,7 +61,9 @@ def epoch_metadata(t: Training, *, name: str, epoch: int, step: int, session_id:
                "ss_mixed_precision": "no" if prec.autocast is None else str(prec.autocast).split(".")[-1],
                "ss_max_train_steps": str(t.total), "ss_session_id": session_id[:16],
                "ss_reg_dataset_dirs": json.dumps(ds["reg_dirs"]), "ss_prior_loss_weight": str(p.prior_loss_weight),
-               **P.metadata(t.base.prediction)},
+               **P.metadata(t.base.prediction),
+               # a flow schedule's sampling (sd-scripts writes it); DDPM's scheduler has none: SD files unchanged
+               **getattr(t.noise_sched, "metadata", dict)()},
     )
 
 

@@ -54,6 +54,13 @@ class FlowSchedule:
         sigma = self.sigmas(timesteps, latents.dim()).to(latents.device)
         return (1.0 - sigma) * latents + sigma * noise
 
+    def metadata(self) -> dict[str, str]:
+        """The `ss_*` keys sd-scripts' flow trainers write of their sampling (anima_train_network.py's
+        update_metadata); the weighting is uniform (no loss weighting by timestep)."""
+        s = self.sampling
+        return {"ss_weighting_scheme": "uniform", "ss_timestep_sampling": s.method,
+                "ss_sigmoid_scale": str(s.sigmoid_scale), "ss_discrete_flow_shift": str(s.shift)}
+
 
 def shifted(sigmas: Any, shift: float) -> Any:
     """sd-scripts' discrete flow shift: shift * s / (1 + (shift - 1) * s) (1: unchanged)."""
