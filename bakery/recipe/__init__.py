@@ -35,6 +35,7 @@ from bakery.recipe.gather import (
     Source,
     SourceKind,
 )
+from bakery.recipe.judges import JudgesParams
 from bakery.recipe.model import Recipe, load_recipe, parse_recipe, starter_recipe_text
 from bakery.recipe.prepare import (
     AlphaParams,
@@ -51,6 +52,7 @@ from bakery.recipe.sweep import SweepParams, Variant
 from bakery.recipe.taste import EvaluateParams, TriggerCheckParams
 
 __all__ = [
+    "JudgesParams",
     "AlphaParams", "AutotagParams", "BOORU_KINDS", "BooruSource", "BucketParams", "CaptionParams", "Concept",
     "ConvertParams", "CropsParams", "DEFAULT_MAX_PIXELS", "DYLORA_UNIT", "DanbooruSource", "DedupeParams",
     "EvaluateParams", "FolderSource", "GelbooruSource", "IA3_LR", "IngestParams", "MaskParams", "NAME_PATTERN",

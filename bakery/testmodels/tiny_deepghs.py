@@ -118,7 +118,7 @@ def write_aesthetic(folder: Path) -> Path:
 
 def write_corruption(folder: Path) -> Path:
     """deepghs/ai_image_corrupted: `corrupted` fires on magenta pictures (R and B high, G low)."""
-    return write_classifier(folder, ["normal", "corrupted"], [(0, 0, 0, 0), (2, -4, 2, 0)], [0, -3])
+    return write_classifier(folder, ["normal", "corrupted"], [(0, 0, 0, 0), (4, -6, 4, 0)], [0, -8])
 
 
 def write_all(folder: Path) -> dict[str, Path]:
