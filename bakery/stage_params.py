@@ -179,6 +179,8 @@ def prune_params_json(recipe: Recipe, edits: Sequence[edits_craft.Edit] = ()) ->
     }
     if recipe.crops.portraits_to_misc:
         data["misc_concept"] = recipe.crops.misc_concept
+    if judges := dataset_judges(recipe):  # only when set, so a recipe without keeps its key
+        data["judges"] = judges
     if concerned := edits_craft.concerning(edits, "prune"):
         data["edits"] = [e.key() for e in concerned]
     return stage_params_json(data)
@@ -271,6 +273,21 @@ def judge_model(recipe: Recipe, key: str) -> dict | None:
     path = recipe.resolve(folder)
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else []
     return {"path": str(path), "id": digest([digest_file(p).sha256 for p in files])}
+
+
+DATASET_MODELS = ("ccip", "monochrome", "completeness", "kind", "aesthetic")
+
+
+def dataset_judges(recipe: Recipe) -> dict | None:
+    """The prune stage's [judges] models (paths and files' identity), actions and thresholds; None: none set."""
+    models = {k: judge_model(recipe, f"{k}_model") for k in DATASET_MODELS}
+    if not any(models.values()):
+        return None
+    j = recipe.judges
+    return {"models": models, "ccip_threshold": j.ccip_threshold, "classifier_threshold": j.classifier_threshold,
+            "aesthetic_min": j.aesthetic_min,
+            "actions": {k: getattr(j, f"screen_{k}") for k in ("other_character", "monochrome", "rough", "3d",
+                                                                "comic", "low_aesthetic")}}
 
 
 def character_spec(recipe: Recipe) -> dict | None:

@@ -97,7 +97,7 @@ def write_completeness(folder: Path) -> Path:
     """deepghs/anime_completeness: `rough` on near-white grey pictures (a sketch), `monochrome` on darker grey ones,
     `polished` on colour."""
     return write_classifier(folder, ["polished", "rough", "monochrome"],
-                            [(0, 0, 0, 0), (2, 2, 2, -40), (0, 0, 0, -40)], [0, -3, 2])
+                            [(0, 0, 0, 0), (3, 3, 3, -40), (0, 0, 0, -40)], [0, -4, 2])
 
 
 def write_anime_kind(folder: Path) -> Path:
