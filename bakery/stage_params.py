@@ -224,6 +224,8 @@ def trigger_check_params_json(recipe: Recipe) -> str:
         "tagger": json.loads(autotag_params_json(recipe)) if recipe.autotag.model else None,
         "embedding": {"model": likeness, "id": model_fingerprint(likeness)} if likeness else None,
         "device": recipe.evaluate.device,
+        **({"ccip": {**ccip, "threshold": recipe.judges.ccip_threshold}}
+           if (ccip := judge_model(recipe, "ccip_model")) else {}),
     })
 
 
