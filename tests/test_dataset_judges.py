@@ -119,3 +119,19 @@ def test_ccip_clusters_and_the_character():
     s = craft.JudgeSettings({**craft.JudgeSettings().actions, "rough": "off"}, 0.5, 0.2)
     kinds = [(f.kind, f.tags) for f in craft.kind_findings({"monochrome": 0.9, "rough": 0.9, "low_aesthetic": 0.1}, s)]
     assert kinds == [("monochrome", ("monochrome 0.90",)), ("low_aesthetic", ("aesthetic 0.10",))]
+
+
+def test_the_demo_switch_turns_the_judges_on(tmp_path: Path):
+    """`bakery demo --judges` (make demo): the recipe's [judges] names built deepghs-format models that load."""
+    from bakery.craft import deepghs
+    from bakery.demo import write_demo
+    from bakery.recipe import load_recipe
+    from bakery.stage_params import character_spec, dataset_judges
+
+    recipe = load_recipe(write_demo(tmp_path / "demo", judges=True))
+    assert write_demo(tmp_path / "demo", judges=True).read_text().count("[judges]") == 1  # added once
+    spec, data = character_spec(recipe), dataset_judges(recipe)
+    assert spec["ccip"]["path"].endswith("models/deepghs/ccip") and spec["corrupt"]["path"].endswith("corrupt")
+    assert all(data["models"].values())
+    assert deepghs.CCIP(spec["ccip"]["path"], "judges.ccip_model").threshold == pytest.approx(0.1785, abs=1e-4)
+    assert load_recipe(write_demo(tmp_path / "plain")).judges.ccip_model is None  # off without the switch
