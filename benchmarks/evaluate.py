@@ -16,6 +16,11 @@ With `--judges` the stage runs first with the tag judges (the tiny WD14 tagger: 
 render tagged, one flexibility prompt over epochs x weights at the first seed; the seed
 spread needs no render with two seeds), then without: `judges_over_stage` is the ratio.
 
+With `--character` as well, the stage runs once more (cold, then warm) with every judge on: the tag judges
+plus [judges]' CCIP identity and corruption on the tiny deepghs-format models (bakery/testmodels/tiny_deepghs.py)
+and four training pictures; `all_judges_over_tag_judges` is that warm run over the warm run with the tag
+judges alone (today's stage), `all_judges_over_stage` over the run without judges.
+
 Target: reload share (LoRA loading + weight setting + deleting, over that plus
 rendering) < 10 %. Exit code 0 whatever the numbers unless --strict.
 """
@@ -23,6 +28,7 @@ rendering) < 10 %. Exit code 0 whatever the numbers unless --strict.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import platform
 import sys
@@ -43,6 +49,8 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--judges", action="store_true", help="with the tiny WD14 tagger: identity, bleed, flexibility")
+    ap.add_argument("--character", action="store_true",
+                    help="with --judges: also every judge on (CCIP identity and corruption, tiny deepghs models)")
     ap.add_argument("--strict", action="store_true", help="exit 1 if the reload share misses the target")
     return ap.parse_args()
 
@@ -83,6 +91,8 @@ def _measure(args: argparse.Namespace, root: Path) -> dict:
                                 tagger=tagger)
             judged[label] = round(time.perf_counter() - t, 3)
         judged["stage_judges_cells"] = res.timings.cells
+        if args.character:
+            judged.update(_all_judges(bake, params, root, tagger))
     t = time.perf_counter()
     res = evaluate_bake(bake, params, RunInfo("bench", str(root / "work")), EVALUATE.code_version)
     stage_s = time.perf_counter() - t
@@ -102,7 +112,41 @@ def _measure(args: argparse.Namespace, root: Path) -> dict:
         "stage_cells": res.timings.cells,
         **judged,
         **({"judges_over_stage": round(judged["stage_judges_s"] / stage_s, 3)} if judged else {}),
+        **({"all_judges_over_tag_judges": round(judged["stage_all_judges_s"] / judged["stage_judges_s"], 3),
+            "all_judges_over_stage": round(judged["stage_all_judges_s"] / stage_s, 3)}
+           if "stage_all_judges_s" in judged else {}),
     }
+
+
+def _all_judges(bake, params, root: Path, tagger) -> dict:  # noqa: ANN001
+    """The stage with the tag judges and the character judges (CCIP identity, corruption), cold then warm."""
+    import numpy as np
+    from PIL import Image
+
+    from bakery.craft.taste.judges.character import CharacterSpec
+    from bakery.manifest import TrainImage, TrainSet
+    from bakery.testmodels.tiny_deepghs import write_all
+    from storage import ContentStore
+    from tasks.stage import RunInfo
+    from tasks.taste.evaluate import EVALUATE, evaluate_bake
+
+    models, work = write_all(root / "deepghs"), root / "work-all"
+    store = ContentStore(work / "store")
+
+    def png(rgb) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((64, 64, 3), rgb, np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    train = TrainSet([TrainImage("c", f"p{i}", store.put_bytes(png((200, 40 + 10 * i, 40))).sha256,
+                                 f"{bake.triggers[0]}, red_dress", 1) for i in range(4)], list(bake.triggers))
+    spec = CharacterSpec(str(models["ccip"]), str(models["corrupt"]), cache=str(work / "cache" / "ccip-features"))
+    out = {}
+    for label in ("stage_all_judges_cold_s", "stage_all_judges_s"):
+        t = time.perf_counter()
+        evaluate_bake(bake, params, RunInfo("bench", str(work)), EVALUATE.code_version, train, tagger, None, spec)
+        out[label] = round(time.perf_counter() - t, 3)
+    return out
 
 
 def main() -> int:

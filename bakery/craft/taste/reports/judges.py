@@ -27,11 +27,15 @@ CORRUPTION_TEXT = ("1 - the mean `corrupted` score of each cell's renders (sdeva
                    "judges.corrupt_min are not ranked.")
 
 
+def _skipped(title: str, note: str) -> list[str]:
+    return [f"<h2>{esc(title)}</h2>", f'<p class="flag">{esc(note)}</p>']
+
+
 def _character_html(j: Judged) -> list[str]:
     c = j.character
-    out = ["<h2>Character (CCIP)</h2>"]
     if not c.identity:
-        return out + [f'<p class="flag">{esc(c.note)}</p>']
+        return _skipped("Character (CCIP)", c.note)
+    out = ["<h2>Character (CCIP)</h2>"]
     sims = ", ".join(f"<code>{esc(t)}</code> {v:.2f}" for t, v in c.self_similarity.items())
     out.append(f"<p>{esc(CHARACTER_TEXT)} Model <code>{esc(c.model)}</code>, threshold {c.threshold:.4g}; "
                f"self-similarity {sims}.</p>")
@@ -42,10 +46,9 @@ def _character_html(j: Judged) -> list[str]:
 
 def _corruption_html(j: Judged) -> list[str]:
     c = j.character
-    out = ["<h2>Corruption</h2>"]
     if not c.corrupt:
-        return out + [f'<p class="flag">{esc(c.corrupt_note)}</p>']
-    return out + [f"<p>{esc(CORRUPTION_TEXT)}</p>", *_cell_table(c.corrupt)]
+        return _skipped("Corruption", c.corrupt_note)
+    return ["<h2>Corruption</h2>", f"<p>{esc(CORRUPTION_TEXT)}</p>", *_cell_table(c.corrupt)]
 
 
 def _fbeta_html(j: Judged) -> list[str]:
@@ -72,9 +75,9 @@ FACES_TEXT = ("Share of each cell's renders in which the face detector finds a f
 
 def _faces_html(j: Judged) -> list[str]:
     f = j.faces
-    out = ["<h2>Faces</h2>"]
     if not f.share:
-        return out + [f'<p class="flag">{esc(f.note)}</p>']
+        return _skipped("Faces", f.note)
+    out = ["<h2>Faces</h2>"]
     ref = "none found" if f.reference_hair is None else "rgb" + str(tuple(f.reference_hair))
     out.append(f"<p>{esc(FACES_TEXT)} ({esc(ref)}). Detector <code>{esc(f.detector)}</code>."
                + (f" {esc(f.note)}." if f.note else "") + "</p><h3>share of renders with a face</h3>")
