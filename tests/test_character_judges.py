@@ -9,7 +9,6 @@ import json
 import numpy as np
 import onnx
 import pytest
-from PIL import Image
 
 from bakery.craft import deepghs
 from bakery.craft.taste import evaluate as craft
@@ -32,7 +31,7 @@ def models(tmp_path_factory):
 
 def _io(path):
     m = onnx.load(str(path))
-    dims = lambda v: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    dims = lambda v: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
     return {i.name: dims(i) for i in m.graph.input}, {o.name: dims(o) for o in m.graph.output}
 
 
@@ -104,7 +103,7 @@ def test_ccip_identity_is_the_share_judged_the_character_over_self_similarity(mo
     assert ident[(1, 1.0)] == pytest.approx((2 / 3) / upbound)  # red renders: the two red pictures of three
     assert ident[(1, 0.0)] == pytest.approx((1 / 3) / upbound)  # blue renders: the one blue picture
     assert scores.corrupt[(2, 1.0)] < 0.8 < scores.corrupt[(1, 1.0)]  # magenta renders are "corrupted"
-    assert {r["judge"] for r in scores.rows()} == {"ccip_identity", "corruption"}
+    assert {r["judge"] for r in scores.rows()} == {"character", "corruption"}
 
 
 def test_without_models_the_judges_are_skipped_naming_the_keys():

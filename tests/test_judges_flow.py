@@ -142,7 +142,7 @@ def test_character_judges_in_a_prefect_run(setup, tmp_path):
     assert not any(f"SKIPPED: no {m}" in html for m in ("tagger", "CCIP", "corruption"))
     assert "<code>ccip</code>, threshold 0.1785" in html and "self-similarity <code>chara</code>" in html
     # The tiny LoRA does nothing here (no usable cell): the ranking says so, the F-beta pick still reads the epochs.
-    assert "no usable (epoch, weight) has a judge&#x27;s score" in html or "no usable (epoch, weight) has a judge's score" in html
+    assert "no usable (epoch, weight) has a judge" in html
     with Catalog.open(work, read_only=True) as cat:
         ev = cat.evaluation(bake_key="bake-j")
         scores = cat.evaluation_scores(ev["eval_key"])
@@ -151,7 +151,7 @@ def test_character_judges_in_a_prefect_run(setup, tmp_path):
     for r in scores:
         by.setdefault((r["judge"], r["subject"]), set()).add((r["epoch"], r["weight"]))
     for trig in TRIGGERS:  # every trigger has training pictures and prompts naming it
-        assert by[("ccip_identity", trig)] == cells, trig
+        assert by[("character", trig)] == cells, trig
     assert by[("corruption", "")] == cells
     # One CCIP feature per picture and per render, cached by content hash: 4 training pictures, 8 renders of which
     # the weight-0 ones are the base model's, alike across epochs (2 x 2 x 2 - 2).

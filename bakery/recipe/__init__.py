@@ -52,11 +52,10 @@ from bakery.recipe.sweep import SweepParams, Variant
 from bakery.recipe.taste import EvaluateParams, TriggerCheckParams
 
 __all__ = [
-    "JudgesParams",
     "AlphaParams", "AutotagParams", "BOORU_KINDS", "BooruSource", "BucketParams", "CaptionParams", "Concept",
     "ConvertParams", "CropsParams", "DEFAULT_MAX_PIXELS", "DYLORA_UNIT", "DanbooruSource", "DedupeParams",
-    "EvaluateParams", "FolderSource", "GelbooruSource", "IA3_LR", "IngestParams", "MaskParams", "NAME_PATTERN",
-    "NETWORK_DEFAULTS", "Outfit", "Project", "Recipe", "RecipeError", "RegularisationParams", "RepeatsParams",
+    "EvaluateParams", "FolderSource", "GelbooruSource", "IA3_LR", "IngestParams", "JudgesParams", "MaskParams",
+    "NAME_PATTERN", "NETWORK_DEFAULTS", "Outfit", "Project", "Recipe", "RecipeError", "RegularisationParams", "RepeatsParams",
     "RuntimeParams", "SOURCE_KINDS", "ScrapeParams", "SliderParams", "Source", "SourceKind", "SweepParams",
     "TRAIN_PROFILES", "TrainParams", "TrimParams", "TriggerCheckParams", "UpscaleParams", "ValidationParams",
     "Variant", "format_errors", "load_recipe", "parse_recipe", "slug_ok", "stage_params_json", "starter_recipe_text",

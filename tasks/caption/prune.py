@@ -222,5 +222,5 @@ def stats_table(stats: list[dict], top: int = 30) -> list[dict]:
 
 
 PRUNE = Stage("prune", prune, caching.code_version(craft, composition_craft, edits_craft, holdout_craft, prune_craft,
-                                                   repeats_craft, tags_craft,
+                                                   repeats_craft, tags_craft, judged_craft,
                                                    sys.modules[__name__]))

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from prefect import task
 
+from bakery.craft import deepghs
 from bakery.craft.caption import wd14
 from bakery.craft.taste import trigger_check as craft
 from bakery.craft.taste import xyz
@@ -104,8 +105,6 @@ def ccip_renders(cfg: dict, prompts: list[str], images: list[np.ndarray], seeds:
     """Per prompt: the share of its render pairs CCIP judges the same character; None without a CCIP model."""
     if not cfg.get("ccip"):
         return None
-    from bakery.craft import deepghs
-
     model = deepghs.CCIP(cfg["ccip"]["path"], "judges.ccip_model", cfg["ccip"]["threshold"],
                          Path(workdir) / "cache" / "ccip-features")
     feats = model.features(images)
@@ -165,4 +164,4 @@ def trigger_check(inputs: list[str], params_json: str, workdir: str, run_id: str
                        warnings=[v.note for v in bad])
 
 
-TRIGGER_CHECK = Stage("trigger_check", trigger_check, caching.code_version(craft, sys.modules[__name__]))
+TRIGGER_CHECK = Stage("trigger_check", trigger_check, caching.code_version(craft, deepghs, sys.modules[__name__]))

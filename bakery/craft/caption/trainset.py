@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from bakery.craft import edits as edits_craft
 from bakery.craft.caption import composition as composition_craft
 from bakery.craft.caption import holdout as holdout_craft
+from bakery.craft.caption import judged as judged_craft
 from bakery.craft.caption import prune as prune_craft
 from bakery.craft.caption import repeats as repeats_craft
-from bakery.craft.caption import judged as judged_craft
 from bakery.craft.caption import screen as screen_craft
 from bakery.craft.caption import tags as tags_craft
 from bakery.craft.prepare import framing as framing_craft

@@ -85,7 +85,7 @@ class CharacterScores:
         return {c: float(np.mean(v)) for c, v in sorted(cells.items())}
 
     def rows(self) -> list[dict]:
-        return ([{"epoch": e, "weight": w, "judge": "ccip_identity", "subject": t, "score": v}
+        return ([{"epoch": e, "weight": w, "judge": "character", "subject": t, "score": v}
                  for t, cells in self.identity.items() for (e, w), v in sorted(cells.items())]
                 + [{"epoch": e, "weight": w, "judge": "corruption", "subject": "", "score": v}
                    for (e, w), v in sorted(self.corrupt.items())])
