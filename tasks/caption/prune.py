@@ -105,6 +105,8 @@ def judge_pictures(cfg: dict | None, images: list[ImageRef], run: RunInfo
                    ) -> tuple[judged_craft.Judgements, judged_craft.JudgeSettings] | None:
     """The [judges] models over the pictures (stage_params.dataset_judges; None: no dataset model set)."""
     if not cfg:
+        get_run_logger().info("prune: no [judges] dataset model (ccip_model, monochrome_model, completeness_model, "
+                              "kind_model, aesthetic_model): the pictures are screened by their tags only")
         return None
     hashes = sorted({r.hash for r in images})
     pictures = [Image.open(io.BytesIO(run.store.read_bytes(h))) for h in hashes]
