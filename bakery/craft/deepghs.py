@@ -74,9 +74,12 @@ def encode(picture: Picture, size: tuple[int, int], mean: np.ndarray, std: np.nd
 
 
 def session(path: Path):
+    """An onnxruntime session on the providers the tagger uses (CUDA when onnxruntime-gpu has it, else CPU)."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    from bakery.craft.caption.wd14 import default_providers
+
+    return ort.InferenceSession(str(path), providers=default_providers())
 
 
 def fingerprint(folder: Path, names: Sequence[str]) -> str:
