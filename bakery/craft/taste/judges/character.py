@@ -194,7 +194,8 @@ def with_fbeta(rec: Recommendation, fb: FBeta, pick: str, beta: float) -> Recomm
     if rec.epoch == fb.epoch:
         return Recommendation(rec.epoch, rec.weight_min, rec.weight_max, [*rec.reasons, f"{head}: the two picks agree"],
                               rec.flags)
-    reason = f"{head}; ours: epoch {rec.epoch}: the two picks disagree"
+    reason = (f"{head}; ours: epoch {rec.epoch}: the two picks disagree" if rec.epoch is not None
+              else f"{head}; ours made no pick")
     if pick == "fbeta":
         return Recommendation(fb.epoch, 1.0, 1.0, [*rec.reasons, reason + " (judges.pick = fbeta: it is followed)"],
                               rec.flags)
