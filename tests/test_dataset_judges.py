@@ -81,6 +81,10 @@ def test_ccip_and_classifiers_screen_the_dataset_in_a_real_run(tmp_path: Path):
     assert captions == {f"chara_r{i}" for i in range(5)}
     shown = data.load_decisions(work)
     assert ("chara/other", "skip") in {(d["name"], d["action"]) for d in shown["screening"]}
+    from bakery.review import views
+
+    flagged = {"name": "x", "image_hash": "h", "rule": "judge:monochrome", "action": "flag", "reason": "flagged: m"}
+    assert views.decision_flags([flagged]) == {"h": {"screen": "flagged: m"}}  # the studio's card flag
 
     # The decisions page shows the picture beside the character's typical pictures, with its "keep it" button
     import httpx
