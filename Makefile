@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/bakery demo --workdir $(WORKDIR)
+	$(BIN)/bakery demo --workdir $(WORKDIR) --judges
 
 # The evaluation report test opens the HTML report in headless Chromium (Debian's package); the review studio's
 # browser test drives it through chromium-driver (selenium).

@@ -332,11 +332,13 @@ def edit_cmd(
 
 
 @app.command()
-def demo(workdir: Path = typer.Option(Path("demo-work"), "--workdir", help="Where the demo lives.")) -> None:
+def demo(workdir: Path = typer.Option(Path("demo-work"), "--workdir", help="Where the demo lives."),
+         judges: bool = typer.Option(False, "--judges", help="Turn on the character and quality judges ([judges]: "
+                                     "CCIP, corruption, classifiers) on tiny deepghs-format models.")) -> None:
     """Generate the example dataset and run it through every stage built so far."""
     from bakery.demo import write_demo
 
-    recipe = write_demo(workdir)
+    recipe = write_demo(workdir, judges)
     execute(recipe)
     typer.echo(f"\ndemo recipe: {recipe}\nwork dir:    {load_recipe(recipe).workdir}")
 

@@ -159,6 +159,19 @@ height = 128
 """
 
 
+# The character and quality judges ([judges]) on tiny models in deepghs's formats (bakery/testmodels/tiny_deepghs.py):
+# `bakery demo --judges` (make demo) adds this section so the report and the decisions page show their sections.
+DEMO_JUDGES = """
+[judges]
+ccip_model = "models/deepghs/ccip"
+corrupt_model = "models/deepghs/corrupt"
+monochrome_model = "models/deepghs/monochrome"
+completeness_model = "models/deepghs/completeness"
+kind_model = "models/deepghs/kind"
+aesthetic_model = "models/deepghs/aesthetic"
+"""
+
+
 def build_demo_models(models: Path) -> None:
     """Random-weight models of the real architectures and file formats (built once)."""
     from bakery.testmodels.inspyrenet import build_random_inspyrenet_ckpt
@@ -170,8 +183,9 @@ def build_demo_models(models: Path) -> None:
         build_random_inspyrenet_ckpt(models / "inspyrenet-random.pth")
 
 
-def write_demo(workdir: Path) -> Path:
-    """Dataset, models and recipe under `workdir`; returns the recipe path."""
+def write_demo(workdir: Path, judges: bool = False) -> Path:
+    """Dataset, models and recipe under `workdir`; returns the recipe path. `judges`: the [judges] section on the
+    tiny deepghs-format models (added to the demo's recipe when it lacks one)."""
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / "images").exists():  # never redraw (or overwrite) an existing dataset
         generate(workdir)
@@ -179,4 +193,12 @@ def write_demo(workdir: Path) -> Path:
     recipe = workdir / "recipe.toml"
     if not recipe.exists():
         recipe.write_text(DEMO_RECIPE, encoding="utf-8")
+    if judges:
+        from bakery.testmodels.tiny_deepghs import write_all
+
+        if not (workdir / "models" / "deepghs" / "ccip" / "metrics.json").exists():
+            write_all(workdir / "models" / "deepghs")
+        text = recipe.read_text(encoding="utf-8")
+        if "[judges]" not in text:
+            recipe.write_text(text + DEMO_JUDGES, encoding="utf-8")
     return recipe

@@ -20,6 +20,7 @@ from typing import Any
 from bakery.craft import edits as edits_craft
 from bakery.craft.caption import wd14
 from bakery.craft.prepare import detect
+from bakery.manifest import digest
 from bakery.recipe import CropsParams, Recipe, stage_params_json
 from storage import digest_file
 from storage.digests import DigestCache
@@ -196,6 +197,8 @@ def prune_params_json(recipe: Recipe, edits: Sequence[edits_craft.Edit] = ()) ->
     }
     if recipe.crops.portraits_to_misc:
         data["misc_concept"] = recipe.crops.misc_concept
+    if judges := dataset_judges(recipe):  # only when set, so a recipe without keeps its key
+        data["judges"] = judges
     if concerned := edits_craft.concerning(edits, "prune"):
         data["edits"] = [e.key() for e in concerned]
     return stage_params_json(data)
@@ -240,6 +243,8 @@ def trigger_check_params_json(recipe: Recipe) -> str:
         "tagger": json.loads(autotag_params_json(recipe)) if recipe.autotag.model else None,
         "embedding": {"model": likeness, "id": model_fingerprint(likeness)} if likeness else None,
         "device": recipe.evaluate.device,
+        **({"ccip": {**ccip, "threshold": recipe.judges.ccip_threshold}}
+           if (ccip := judge_model(recipe, "ccip_model")) else {}),
     })
 
 
@@ -276,8 +281,44 @@ def evaluate_params_json(recipe: Recipe) -> str:
         tagger = {"model": str(path) if local else model, "general": recipe.autotag.general_threshold,
                   "character": recipe.autotag.character_threshold,
                   "id": wd14.model_fingerprint(path) if local and (path / wd14.MODEL_FILE).is_file() else model}
-    faces = face_spec(recipe)
-    return stage_params_json({**data, "tagger": tagger, **({"faces": faces} if faces else {})})
+    faces, character = face_spec(recipe), character_spec(recipe)
+    return stage_params_json({**data, "tagger": tagger, **({"faces": faces} if faces else {}),
+                              **({"character": character} if character else {})})
+
+
+def judge_model(recipe: Recipe, key: str) -> dict | None:
+    """A [judges] model folder: its path and its files' identity (None: not set)."""
+    folder = getattr(recipe.judges, key)
+    if folder is None:
+        return None
+    path = recipe.resolve(folder)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else []
+    return {"path": str(path), "id": digest([digest_file(p).sha256 for p in files])}
+
+
+DATASET_MODELS = ("ccip", "monochrome", "completeness", "kind", "aesthetic")
+
+
+def dataset_judges(recipe: Recipe) -> dict | None:
+    """The prune stage's [judges] models (paths and files' identity), actions and thresholds; None: none set."""
+    models = {k: judge_model(recipe, f"{k}_model") for k in DATASET_MODELS}
+    if not any(models.values()):
+        return None
+    j = recipe.judges
+    return {"models": models, "ccip_threshold": j.ccip_threshold, "classifier_threshold": j.classifier_threshold,
+            "aesthetic_min": j.aesthetic_min,
+            "actions": {k: getattr(j, f"screen_{k}") for k in ("other_character", "monochrome", "rough", "3d",
+                                                                "comic", "low_aesthetic")}}
+
+
+def character_spec(recipe: Recipe) -> dict | None:
+    """The evaluation's character judges ([judges] ccip_model, corrupt_model); None when neither is set."""
+    ccip, corrupt = judge_model(recipe, "ccip_model"), judge_model(recipe, "corrupt_model")
+    if ccip is None and corrupt is None:
+        return None
+    j = recipe.judges
+    return {"ccip": ccip, "corrupt": corrupt, "threshold": j.ccip_threshold, "corrupt_min": j.corrupt_min,
+            "fbeta": j.fbeta, "pick": j.pick}
 
 
 def slide_params_json(recipe: Recipe) -> str:

@@ -16,6 +16,11 @@ With `--judges` the stage runs first with the tag judges (the tiny WD14 tagger: 
 render tagged, one flexibility prompt over epochs x weights at the first seed; the seed
 spread needs no render with two seeds), then without: `judges_over_stage` is the ratio.
 
+With `--character` as well, the stage runs with the tag judges (today's) and with every judge on (the tag judges
+plus [judges]' CCIP identity and corruption on the tiny deepghs-format models, bakery/testmodels/tiny_deepghs.py)
+over the same four training pictures, interleaved `--repeat` times with the CCIP cache emptied each run;
+`all_judges_over_tag_judges` is the ratio of the minima.
+
 Target: reload share (LoRA loading + weight setting + deleting, over that plus
 rendering) < 10 %. Exit code 0 whatever the numbers unless --strict.
 """
@@ -23,6 +28,7 @@ rendering) < 10 %. Exit code 0 whatever the numbers unless --strict.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import platform
 import sys
@@ -43,6 +49,9 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--judges", action="store_true", help="with the tiny WD14 tagger: identity, bleed, flexibility")
+    ap.add_argument("--character", action="store_true",
+                    help="with --judges: also every judge on (CCIP identity and corruption, tiny deepghs models)")
+    ap.add_argument("--repeat", type=int, default=3, help="with --character: interleaved runs, the minimum counts")
     ap.add_argument("--strict", action="store_true", help="exit 1 if the reload share misses the target")
     return ap.parse_args()
 
@@ -83,6 +92,8 @@ def _measure(args: argparse.Namespace, root: Path) -> dict:
                                 tagger=tagger)
             judged[label] = round(time.perf_counter() - t, 3)
         judged["stage_judges_cells"] = res.timings.cells
+        if args.character:
+            judged.update(_all_judges(bake, params, root, tagger, args.repeat))
     t = time.perf_counter()
     res = evaluate_bake(bake, params, RunInfo("bench", str(root / "work")), EVALUATE.code_version)
     stage_s = time.perf_counter() - t
@@ -103,6 +114,50 @@ def _measure(args: argparse.Namespace, root: Path) -> dict:
         **judged,
         **({"judges_over_stage": round(judged["stage_judges_s"] / stage_s, 3)} if judged else {}),
     }
+
+
+def _all_judges(bake, params, root: Path, tagger, repeat: int) -> dict:  # noqa: ANN001
+    """The stage with the tag judges (today's) and with every judge (tag + CCIP identity + corruption) on the same
+    training set, interleaved `repeat` times after one cold run each; the CCIP feature cache is emptied before
+    each run (a new bake's renders are new pictures). The minimum of each is the figure: robust to load spikes."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from bakery.craft.taste.judges.character import CharacterSpec
+    from bakery.manifest import TrainImage, TrainSet
+    from bakery.testmodels.tiny_deepghs import write_all
+    from storage import ContentStore
+    from tasks.stage import RunInfo
+    from tasks.taste.evaluate import EVALUATE, evaluate_bake
+
+    models, work = write_all(root / "deepghs"), root / "work-all"
+    store, cache = ContentStore(work / "store"), work / "cache" / "ccip-features"
+
+    def png(rgb) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((64, 64, 3), rgb, np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    train = TrainSet([TrainImage("c", f"p{i}", store.put_bytes(png((200, 40 + 10 * i, 40))).sha256,
+                                 f"{bake.triggers[0]}, red_dress", 1) for i in range(4)], list(bake.triggers))
+    spec = CharacterSpec(str(models["ccip"]), str(models["corrupt"]), cache=str(cache))
+
+    def stage(character) -> float:  # noqa: ANN001
+        shutil.rmtree(cache, ignore_errors=True)
+        t = time.perf_counter()
+        evaluate_bake(bake, params, RunInfo("bench", str(work)), EVALUATE.code_version, train, tagger, None, character)
+        return time.perf_counter() - t
+
+    times: dict[str, list[float]] = {"tag": [], "all": []}
+    stage(None), stage(spec)  # cold: onnxruntime sessions, imports
+    for _ in range(repeat):
+        times["tag"].append(stage(None))
+        times["all"].append(stage(spec))
+    tag, every = min(times["tag"]), min(times["all"])
+    return {"repeat": repeat, "stage_tag_judges_min_s": round(tag, 3), "stage_all_judges_min_s": round(every, 3),
+            "all_judges_over_tag_judges": round(every / tag, 3)}
 
 
 def main() -> int:

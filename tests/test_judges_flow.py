@@ -85,7 +85,7 @@ def test_judges_in_a_prefect_run(setup):
     html = Path(result.payload).read_text()
     for title in ("Effect relative to seed variation", "Identity", "Concept bleed", "Flexibility", "Ranking"):
         assert f"<h2>{title}</h2>" in html, title
-    assert "SKIPPED" not in html and "blonde_hair" in html and "chara, sitting, outdoors" in html
+    assert "SKIPPED: no tagger" not in html and "blonde_hair" in html and "chara, sitting, outdoors" in html
     with Catalog.open(work, read_only=True) as cat:
         ev = cat.evaluation(bake_key="bake-j")
         scores = cat.evaluation_scores(ev["eval_key"])
@@ -121,3 +121,52 @@ def test_without_a_tagger_the_tag_judges_are_skipped(setup):
     assert html.count("SKIPPED: no tagger") == 4  # Identity, Concept bleed, Flexibility, Ranking
     assert "<h2>Effect relative to seed variation</h2>" in html  # needs no tagger
     assert {r["judge"] for r in res.scores} == {"effect_ratio"}
+
+
+def test_character_judges_in_a_prefect_run(setup, tmp_path):
+    """[judges] CCIP and corruption models (deepghs formats, tests/deepghs_models.py) beside the tag judges: their
+    sections, their catalog rows per trigger and cell, the ranking's `character` column, the F-beta pick."""
+    from tests.deepghs_models import write_all
+
+    bake, train, work, tagger = setup
+    models = write_all(tmp_path / "deepghs")
+    params = EvaluateParams(weights=[0.0, 1.0], seeds=[3], steps=1, width=64, height=64, device="cpu",
+                            prompts=["chara, chara_red", "chara, chara_blue"])
+    recipe = parse_recipe({"evaluate": params.model_dump(mode="json"), "autotag": {"model": str(tagger)},
+                           "judges": {"ccip_model": str(models["ccip"]), "corrupt_model": str(models["corrupt"])}},
+                          work)
+    result, _ = _taste(recipe, bake, train, work, "character-run")
+    html = Path(result.payload).read_text()
+    for title in ("Character (CCIP)", "Corruption", "F-beta pick (cyberharem)", "Ranking"):
+        assert f"<h2>{title}</h2>" in html, title
+    assert not any(f"SKIPPED: no {m}" in html for m in ("tagger", "CCIP", "corruption"))
+    assert "<code>ccip</code>, threshold 0.1785" in html and "self-similarity <code>chara</code>" in html
+    # The tiny LoRA does nothing here (no usable cell): the ranking says so, the F-beta pick still reads the epochs.
+    assert "no usable (epoch, weight) has a judge" in html
+    with Catalog.open(work, read_only=True) as cat:
+        ev = cat.evaluation(bake_key="bake-j")
+        scores = cat.evaluation_scores(ev["eval_key"])
+    cells = {(e, w) for e in (1, 2) for w in (0.0, 1.0)}
+    by = {}
+    for r in scores:
+        by.setdefault((r["judge"], r["subject"]), set()).add((r["epoch"], r["weight"]))
+    for trig in TRIGGERS:  # every trigger has training pictures and prompts naming it
+        assert by[("character", trig)] == cells, trig
+    assert by[("corruption", "")] == cells
+    # One CCIP feature per picture and per render, cached by content hash: 4 training pictures, 8 renders of which
+    # the weight-0 ones are the base model's, alike across epochs (2 x 2 x 2 - 2).
+    cache = work / "cache" / "ccip-features"
+    assert len(list(cache.rglob("*.npy"))) == len({t.image_hash for t in train.images}) + 6
+
+
+def test_without_judges_models_the_character_judges_are_skipped(setup):
+    from tasks.stage import RunInfo
+    from tasks.taste.evaluate import EVALUATE, evaluate_bake
+
+    bake, train, work, _ = setup
+    one = BakeOutput(**{**bake.__dict__, "files": {2: bake.files[2]}})
+    params = EvaluateParams(weights=[0.0, 1.0], seeds=[3], steps=1, width=64, height=64, device="cpu",
+                            prompts=["chara, chara_red"])
+    html = evaluate_bake(one, params, RunInfo("nc", str(work)), EVALUATE.code_version, train).report_path.read_text()
+    assert "SKIPPED: no CCIP model: set [judges] ccip_model" in html
+    assert "SKIPPED: no corruption model: set [judges] corrupt_model" in html

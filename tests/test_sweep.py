@@ -145,8 +145,8 @@ def _scores(rank: dict, identity: dict) -> list[dict]:
 
 def test_ranking_across_variants_names_the_best_and_what_it_beat():
     a = cells_from_scores(_scores({(1, 1.0): 0.4, (2, 1.0): 0.7}, {(2, 1.0, "x"): 0.6, (2, 1.0, "y"): 0.8}))
-    assert {"epoch": 2, "weight": 1.0, "score": 0.7, "identity": pytest.approx(0.7), "flexibility": None,
-            "bleed": None} in a
+    assert {"epoch": 2, "weight": 1.0, "score": 0.7, "identity": pytest.approx(0.7), "character": None,
+            "flexibility": None, "bleed": None} in a
     b = cells_from_scores(_scores({(3, 0.5): 0.5}, {}))
     r = rank_variants({"a": a, "b": b, "c": []}, tolerance=0.05)
     assert [(x["variant"], x["epoch"], x["weight"]) for x in r.rows] == [("a", 2, 1.0), ("b", 3, 0.5), ("a", 1, 1.0)]

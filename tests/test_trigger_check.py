@@ -209,3 +209,23 @@ def test_evaluation_report_section_reads_the_latest_verdicts(tmp_path: Path):
     html = eval_report.render_html(data)
     assert "<h2>Trigger check</h2>" in html and "odd_tint" in html and ">contaminated<" in html and "0.91" in html
     assert "Trigger check" not in eval_report.render_html(eval_report.ReportData(**{**data.__dict__, "trigger_check": []}))
+
+
+def test_ccip_one_character_on_the_base_model(tmp_path: Path):
+    """The trigger check's CCIP judge on deepghs-format files (tests/deepghs_models.py: same colour, same character):
+    a trigger whose renders are all one colour draws one character; varied renders, and the controls, do not."""
+    from bakery.craft import deepghs
+    from tests.deepghs_models import write_ccip
+
+    model = deepghs.CCIP(write_ccip(tmp_path / "ccip"), "judges.ccip_model")
+    renders = {"one": [(200, 30, 30), (210, 40, 30), (190, 35, 40), (205, 30, 35)],
+               "varied": [(200, 30, 30), (30, 30, 200), (30, 200, 30), (128, 128, 128)],
+               "c0": [(30, 30, 200), (200, 30, 30), (30, 200, 30), (220, 20, 220)],
+               "c1": [(128, 128, 128), (30, 200, 30), (200, 200, 30), (30, 30, 200)]}
+    share = {p: craft.same_pair_share(model.differences(model.features(
+        [np.full((16, 16, 3), c, np.uint8) for c in cs])), model.threshold) for p, cs in renders.items()}
+    assert share["one"] == 1.0 and share["varied"] < 0.5 and share["c0"] == 0.0
+    v = craft.judge(["one", "varied"], None, None, ["c0", "c1"], 0.75, 0.1, share)
+    assert [x.verdict for x in v] == ["contaminated", "free"]
+    assert "one character by CCIP (100% of its render pairs the same character vs the controls' 0%)" in v[0].note
+    assert "CCIP same pairs (controls)" in craft.markdown(v, ["c0", "c1"], [0, 1, 2, 3], ["CCIP"])

@@ -1,7 +1,7 @@
 """Sweeps: what became of each variant, when its worker counts as lost, and one ranking of (variant, epoch, weight).
 
 Each variant is judged by its own evaluation (the same judges as a single bake: bakery/craft/taste/judges/panel.py); its
-`rank_score` cells (ranking.cell_score: mean(identity, flexibility) - bleed, usable cells only) are ranked
+`rank_score` cells (ranking.cell_score: mean(identity, character, flexibility) - bleed, usable cells only) are ranked
 here across variants. Cells within `tolerance` of the best are tied: when the tie spans several variants, the
 data cannot decide between them, and the report says so.
 """
@@ -145,7 +145,8 @@ def sweep_html(title: str, outcomes: Sequence[VariantOutcome], ranking: SweepRan
         out.append(f"<tr><td>{_e(o.name)}</td><td><code>{_e(json.dumps(o.overrides, sort_keys=True))}</code></td>"
                    f"<td>{_e(o.status)}</td><td>{o.attempts}</td><td>{'<br>'.join(map(_e, o.history))}</td>"
                    f"<td>{_e(o.recommendation or o.message or '-')}</td><td>{link}</td></tr>")
-    out.append("</table><h2>Ranking across variants</h2><p>score = mean(identity, flexibility) &minus; bleed of each "
+    out.append("</table><h2>Ranking across variants</h2><p>score = mean(identity, character, flexibility) "
+               "&minus; bleed of each "
                "variant's usable cells, from its own evaluation. " + " ".join(_e(r) + "." for r in ranking.reasons)
                + "</p>")
     if ranking.rows:

@@ -35,6 +35,7 @@ from bakery.recipe.gather import (
     Source,
     SourceKind,
 )
+from bakery.recipe.judges import JudgesParams
 from bakery.recipe.model import Recipe, load_recipe, parse_recipe, starter_recipe_text
 from bakery.recipe.prepare import (
     AlphaParams,
@@ -53,8 +54,8 @@ from bakery.recipe.taste import EvaluateParams, TriggerCheckParams
 __all__ = [
     "AlphaParams", "AutotagParams", "BOORU_KINDS", "BooruSource", "BucketParams", "CaptionParams", "Concept",
     "ConvertParams", "CropsParams", "DEFAULT_MAX_PIXELS", "DYLORA_UNIT", "DanbooruSource", "DedupeParams",
-    "EvaluateParams", "FolderSource", "GelbooruSource", "IA3_LR", "IngestParams", "MaskParams", "NAME_PATTERN",
-    "NETWORK_DEFAULTS", "Outfit", "Project", "Recipe", "RecipeError", "RegularisationParams", "RepeatsParams",
+    "EvaluateParams", "FolderSource", "GelbooruSource", "IA3_LR", "IngestParams", "JudgesParams", "MaskParams",
+    "NAME_PATTERN", "NETWORK_DEFAULTS", "Outfit", "Project", "Recipe", "RecipeError", "RegularisationParams", "RepeatsParams",
     "RuntimeParams", "SOURCE_KINDS", "ScrapeParams", "SliderParams", "Source", "SourceKind", "SweepParams",
     "TRAIN_PROFILES", "TrainParams", "TrimParams", "TriggerCheckParams", "UpscaleParams", "ValidationParams",
     "Variant", "format_errors", "load_recipe", "parse_recipe", "slug_ok", "stage_params_json", "starter_recipe_text",

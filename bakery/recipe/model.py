@@ -14,6 +14,7 @@ from bakery.recipe.base import RecipeError, _as_train_keys, _Section, format_err
 from bakery.recipe.caption import AutotagParams, CaptionParams, Concept, RepeatsParams, ValidationParams
 from bakery.recipe.families import FLOW_ARCHITECTURES, FLOW_SAMPLERS, apply_family
 from bakery.recipe.gather import ConvertParams, IngestParams, Project, ScrapeParams, Source
+from bakery.recipe.judges import JudgesParams
 from bakery.recipe.paths import resolve_path, resolve_paths
 from bakery.recipe.prepare import (
     AlphaParams,
@@ -48,6 +49,7 @@ class Recipe(_Section):
     regularisation: RegularisationParams = RegularisationParams()
     evaluate: EvaluateParams = EvaluateParams()
     trigger_check: TriggerCheckParams = TriggerCheckParams()
+    judges: JudgesParams = JudgesParams()
     runtime: RuntimeParams = RuntimeParams()
     autotag: AutotagParams = AutotagParams()
     captions: CaptionParams = CaptionParams()

@@ -168,10 +168,11 @@ def card_flags(card: Card, post_counts: Mapping[str, int], rare_below: int, max_
 
 
 def decision_flags(decisions: Iterable[Mapping]) -> dict[str, dict[str, str]]:
-    """image hash -> its `screen` flag (screened and flagged, or kept by a keep edit) and `special` flag (§10 tags)."""
+    """image hash -> its `screen` flag (screened by tags or by a [judges] model and flagged, or kept by a keep edit)
+    and `special` flag (§10 tags)."""
     out: dict[str, dict[str, list[str]]] = {}
     for d in decisions:
-        flag = "screen" if d["rule"].startswith("screen:") else "special"
+        flag = "screen" if d["rule"].startswith(("screen:", "judge:")) else "special"
         if flag == "screen" and d["action"] == "skip":
             continue
         out.setdefault(d["image_hash"], {}).setdefault(flag, []).append(d["reason"])

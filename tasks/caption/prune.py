@@ -9,11 +9,13 @@ the run's training set are written to the catalog.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -22,6 +24,7 @@ from bakery.caption_sources import caption_settings, crop_framings, gather_sourc
 from bakery.craft import edits as edits_craft
 from bakery.craft.caption import composition as composition_craft
 from bakery.craft.caption import holdout as holdout_craft
+from bakery.craft.caption import judged as judged_craft
 from bakery.craft.caption import prune as prune_craft
 from bakery.craft.caption import repeats as repeats_craft
 from bakery.craft.caption import tags as tags_craft
@@ -80,7 +83,8 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
     try:
         built = craft.build_trainset(concepts, pictures, caption_settings(cfg["captions"]), repeat_settings(cfg), counts,
                                      holdout_settings(cfg.get("validation", {})),
-                                     [edits_craft.Edit.from_key(e) for e in cfg.get("edits", [])], forced)
+                                     [edits_craft.Edit.from_key(e) for e in cfg.get("edits", [])], forced,
+                                     judge_pictures(cfg.get("judges"), images, run))
     except craft.CaptionError as exc:
         if exc.names:  # the message shows the first few
             write_full(run, f"{len(exc.names)} pictures at fault", exc.names)
@@ -95,6 +99,20 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
     return StageResult(images=[by_name[n] for n in built.trained], skips=built.skips, n_in=len(images),
                        n_processed=len(built.captions), payload=built.trainset,
                        warnings=[*built.trainset.warnings, *screening_warnings(built.decisions)])
+
+
+def judge_pictures(cfg: dict | None, images: list[ImageRef], run: RunInfo
+                   ) -> tuple[judged_craft.Judgements, judged_craft.JudgeSettings] | None:
+    """The [judges] models over the pictures (stage_params.dataset_judges; None: no dataset model set)."""
+    if not cfg:
+        get_run_logger().info("prune: no [judges] dataset model (ccip_model, monochrome_model, completeness_model, "
+                              "kind_model, aesthetic_model): the pictures are screened by their tags only")
+        return None
+    hashes = sorted({r.hash for r in images})
+    pictures = [Image.open(io.BytesIO(run.store.read_bytes(h))) for h in hashes]
+    found = judged_craft.judge_pictures({k: (m or {}).get("path") for k, m in cfg["models"].items()}, hashes, pictures,
+                                   cfg["ccip_threshold"], Path(run.workdir) / "cache" / "ccip-features")
+    return found, judged_craft.JudgeSettings(cfg["actions"], cfg["classifier_threshold"], cfg["aesthetic_min"])
 
 
 def step_flags(cfg: dict) -> dict[str, bool]:
@@ -160,8 +178,9 @@ def screening_warnings(decisions: list[dict], shown: int = 5) -> list[str]:
     """One line per screening kind that flagged pictures or yielded to a keep edit (skips are listed as skips)."""
     by: dict[tuple[str, str], list[str]] = {}
     for d in decisions:
-        if d["rule"].startswith("screen:") and d["action"] in ("flag", "keep"):
-            by.setdefault((d["rule"].split(":", 1)[1], d["action"]), []).append(f"{d['name']} ({', '.join(d['tags'])})")
+        if d["rule"].startswith(("screen:", "judge:")) and d["action"] in ("flag", "keep"):
+            tags = ", ".join(t for t in d["tags"] if not t.startswith("typical:"))
+            by.setdefault((d["rule"].split(":", 1)[1], d["action"]), []).append(f"{d['name']} ({tags})")
     verb = {"flag": "flagged", "keep": "kept by a keep edit, though screened"}
     return [f"screening (rules.md §3): {len(names)} picture(s) {verb[action]} for {kind}: {name_list(names, shown)}"
             for (kind, action), names in sorted(by.items())]
@@ -205,5 +224,5 @@ def stats_table(stats: list[dict], top: int = 30) -> list[dict]:
 
 
 PRUNE = Stage("prune", prune, caching.code_version(craft, composition_craft, edits_craft, holdout_craft, prune_craft,
-                                                   repeats_craft, tags_craft,
+                                                   repeats_craft, tags_craft, judged_craft,
                                                    sys.modules[__name__]))

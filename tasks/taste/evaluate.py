@@ -22,11 +22,13 @@ import numpy as np
 from PIL import Image
 from prefect import get_run_logger, task
 
+from bakery.craft import deepghs
 from bakery.craft.bake.bases import load as bases
 from bakery.craft.bake.networks import lycoris
 from bakery.craft.caption import wd14
 from bakery.craft.taste import evaluate as craft
 from bakery.craft.taste import ranking, tasting, xyz
+from bakery.craft.taste.judges import character as character_judge
 from bakery.craft.taste.judges import face as face_judge
 from bakery.craft.taste.judges import likeness as likeness_craft
 from bakery.craft.taste.judges import panel as judging
@@ -103,10 +105,11 @@ def judge_setup(train: TrainSet | None, bake: BakeOutput, run: RunInfo,
                 references: dict[str, list[np.ndarray]] | None = None) -> judging.JudgeSetup:
     """The tagger, the training captions with what prune recorded for them, the face detector and training images."""
     if train is None:
-        return judging.JudgeSetup(tagger, faces=faces)
+        return judging.JudgeSetup(tagger, faces=faces)  # no training pictures: CCIP has nothing to compare
     captions = [(t.folder, t.caption) for t in train.images if not t.is_reg]
     setup = judging.setup(tagger, captions, list(bake.triggers), _prune_record(train, run))
     setup.faces, setup.face_training = faces, [im for ims in (references or {}).values() for im in ims]
+    setup.references = dict(references or {})
     return setup
 
 
@@ -137,17 +140,20 @@ def taste_inputs(bake: BakeOutput, params: EvaluateParams, run: RunInfo, train: 
 def evaluate_bake(
     bake: BakeOutput, params: EvaluateParams, run: RunInfo, code_version: str, train: TrainSet | None = None,
     tagger: judging.TaggerSpec | None = None, faces: face_judge.FaceSpec | None = None,
+    character: character_judge.CharacterSpec | None = None,
 ) -> Evaluation:
     """Read the bake's inputs -> tasting.taste -> write the grids, the report and the catalog rows."""
     if train is not None and train.eval_negatives:  # the composition report's (rules.md §3: mostly monochrome)
         params = params.model_copy(update={"negative_prompt": tasting.with_negatives(params.negative_prompt,
                                                                                      train.eval_negatives)})
     inputs = taste_inputs(bake, params, run, train, tagger, faces)
+    inputs.judges.character = character
     n_weights = len({float(w) for w in params.weights} | {0.0, 1.0})
     with StageProgress("evaluate", len(inputs.epochs) * n_weights * len(inputs.prompts) * len(params.seeds)) as progress:
         t = tasting.taste(inputs, params, on_cells=progress.advance)
     eval_key = digest({"bake": bake, "params": params.model_dump(mode="json"), "code": code_version,
-                       **({"tagger": tagger} if tagger else {}), **({"faces": faces} if faces else {})})[:16]
+                       **({"tagger": tagger} if tagger else {}), **({"faces": faces} if faces else {}),
+                       **({"character": character} if character else {})})[:16]
     return _write_tasting(run, bake, inputs, t, eval_key)
 
 
@@ -208,9 +214,10 @@ def evaluate(
     tagger = _tagger(data.pop("tagger", None))
     faces = data.pop("faces", None)
     faces = face_judge.FaceSpec(**{k: v for k, v in faces.items() if k != "sha256"}) if faces else None
-    params = EvaluateParams.model_validate(data)
     run = RunInfo(run_id, workdir, workers)
-    result = evaluate_bake(inputs, params, run, EVALUATE.code_version, train, tagger, faces)
+    character = _character(data.pop("character", None), run)
+    params = EvaluateParams.model_validate(data)
+    result = evaluate_bake(inputs, params, run, EVALUATE.code_version, train, tagger, faces, character)
     if _in_prefect_run():
         publish_artifacts(result)
     rec = result.recommendation
@@ -224,6 +231,15 @@ def evaluate(
                        payload=str(result.report_path), warnings=list(rec.flags))
 
 
+def _character(cfg: dict | None, run: RunInfo) -> character_judge.CharacterSpec | None:
+    """[judges] CCIP and corruption models (stage_params.character_spec); features cached in the work folder."""
+    if not cfg:
+        return None
+    return character_judge.CharacterSpec(
+        (cfg["ccip"] or {}).get("path", ""), (cfg["corrupt"] or {}).get("path", ""), cfg["threshold"],
+        cfg["corrupt_min"], cfg["fbeta"], cfg["pick"], str(Path(run.workdir) / "cache" / "ccip-features"))
+
+
 def _tagger(cfg: dict | None) -> judging.TaggerSpec | None:
     if not cfg:
         return None
@@ -233,5 +249,6 @@ def _tagger(cfg: dict | None) -> judging.TaggerSpec | None:
 EVALUATE = Stage(
     "evaluate", evaluate,
     caching.code_version(craft, tasting, xyz, *bases.modules(), lycoris, likeness_craft, report_craft, judges,
-                         judging, ranking, judge_report, report_html, face_judge, sys.modules[__name__]),
+                         judging, ranking, judge_report, report_html, face_judge, character_judge, deepghs,
+                         sys.modules[__name__]),
 )

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from prefect import task
 
+from bakery.craft import deepghs
 from bakery.craft.caption import wd14
 from bakery.craft.taste import trigger_check as craft
 from bakery.craft.taste import xyz
@@ -46,9 +47,9 @@ def skip_note(recipe: Recipe, triggers: list[str]) -> str | None:
         return "disabled (trigger_check.enabled = false)"
     if not triggers:
         return "the training set has no triggers"
-    if not recipe.autotag.model and not recipe.evaluate.likeness_model:
-        return ("no judge: set [autotag] model (a WD14 tagger) or evaluate.likeness_model (a CLIP/DINOv2 folder) "
-                "to check that each trigger is free on the base model")
+    if not recipe.autotag.model and not recipe.evaluate.likeness_model and not recipe.judges.ccip_model:
+        return ("no judge: set [autotag] model (a WD14 tagger), evaluate.likeness_model (a CLIP/DINOv2 folder) or "
+                "[judges] ccip_model (a CCIP folder) to check that each trigger is free on the base model")
     return None
 
 
@@ -100,6 +101,18 @@ def embed_renders(cfg: dict, images: list[np.ndarray]) -> np.ndarray | None:
     return Embedder(cfg["embedding"]["model"], xyz.pick_device(cfg["device"])[0]).embed(images)
 
 
+def ccip_renders(cfg: dict, prompts: list[str], images: list[np.ndarray], seeds: int, workdir: str
+                 ) -> dict[str, float] | None:
+    """Per prompt: the share of its render pairs CCIP judges the same character; None without a CCIP model."""
+    if not cfg.get("ccip"):
+        return None
+    model = deepghs.CCIP(cfg["ccip"]["path"], "judges.ccip_model", cfg["ccip"]["threshold"],
+                         Path(workdir) / "cache" / "ccip-features")
+    feats = model.features(images)
+    return {p: craft.same_pair_share(model.differences(feats[i * seeds:(i + 1) * seeds]), model.threshold)
+            for i, p in enumerate(prompts)}
+
+
 def _per_prompt(values, prompts: list[str], seeds: int) -> dict | None:  # noqa: ANN001
     return None if values is None else {p: values[i * seeds:(i + 1) * seeds] for i, p in enumerate(prompts)}
 
@@ -119,7 +132,8 @@ def _publish(run: RunInfo, key: str, verdicts: list[craft.Verdict], controls: li
     """Catalog rows and the markdown artifact."""
     with Catalog.open(run.catalog) as cat:
         cat.add_trigger_checks(key, run.run_id, _rows(verdicts, controls, tags))
-    judges = [j for j, on in (("the tagger", cfg["tagger"]), ("the image embedding", cfg["embedding"])) if on]
+    judges = [j for j, on in (("the tagger", cfg["tagger"]), ("the image embedding", cfg["embedding"]),
+                              ("CCIP", cfg.get("ccip"))) if on]
     seeds = list(range(cfg["check"]["seeds"]))
     if _in_prefect_run():
         from prefect.artifacts import create_markdown_artifact
@@ -138,7 +152,8 @@ def trigger_check(inputs: list[str], params_json: str, workdir: str, run_id: str
     images = render_all(cfg, prompts, list(inputs), workdir)
     tags = _per_prompt(tag_renders(cfg, images), prompts, p.seeds)
     embeddings = _per_prompt(embed_renders(cfg, images), prompts, p.seeds)
-    verdicts = craft.judge(inputs, tags, embeddings, controls, p.threshold, p.embedding_margin)
+    ccip = ccip_renders(cfg, prompts, images, p.seeds, workdir)
+    verdicts = craft.judge(inputs, tags, embeddings, controls, p.threshold, p.embedding_margin, ccip)
     _publish(run, digest({"triggers": inputs, "params": params_json})[:16], verdicts, controls, cfg, tags)
     bad = [v for v in verdicts if v.verdict == craft.CONTAMINATED]
     if bad and p.error_on_contaminated:
@@ -150,4 +165,4 @@ def trigger_check(inputs: list[str], params_json: str, workdir: str, run_id: str
                        warnings=[v.note for v in bad])
 
 
-TRIGGER_CHECK = Stage("trigger_check", trigger_check, caching.code_version(craft, sys.modules[__name__]))
+TRIGGER_CHECK = Stage("trigger_check", trigger_check, caching.code_version(craft, deepghs, sys.modules[__name__]))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from bakery.craft import edits as edits_craft
 from bakery.craft.caption import composition as composition_craft
 from bakery.craft.caption import holdout as holdout_craft
+from bakery.craft.caption import judged as judged_craft
 from bakery.craft.caption import prune as prune_craft
 from bakery.craft.caption import repeats as repeats_craft
 from bakery.craft.caption import screen as screen_craft
@@ -93,13 +94,15 @@ def build_trainset(concepts: Sequence[prune_craft.ConceptSpec], pictures: Mappin
                    post_counts: Mapping[str, int],
                    holdout: holdout_craft.HoldOutSettings | None = None,
                    edits: Sequence[edits_craft.Edit] = (),
-                   forced: Mapping[str, str] | None = None) -> TrainSetBuild:
+                   forced: Mapping[str, str] | None = None,
+                   judged: tuple[judged_craft.Judgements, judged_craft.JudgeSettings] | None = None) -> TrainSetBuild:
     """Pictures by name -> the training set kohya (and our bake) trains on, and its validation pictures.
 
     `holdout`: how the validation loss's pictures are chosen (None: no validation loss). Held-out
     pictures are captioned like the others but left out of the repeats and of `images`.
     `edits`: the review studio's edits (bakery/craft/edits.py): excludes, moves and tag edits. `forced`:
-    picture name -> the concept it goes to whatever its path (portraits to misc, rules.md §8).
+    picture name -> the concept it goes to whatever its path (portraits to misc, rules.md §8). `judged`: what the
+    [judges] models said of the pictures (bakery/craft/caption/judged.py), screened beside the tags.
     """
     warnings = prune_craft.check_layout(concepts)
     if any("duplicate_split" in w for w in warnings):
@@ -107,7 +110,8 @@ def build_trainset(concepts: Sequence[prune_craft.ConceptSpec], pictures: Mappin
     rules, members, unassigned = prune_craft.layout(concepts, pictures, forced)
     edited = edits_craft.plan_prune(edits, {n: p.hash for n, p in pictures.items()}, [r.folder for r in rules])
     members, unassigned = edits_craft.apply_layout(members, unassigned, edited)
-    members, screened, decisions = screen_members(rules, members, pictures, captions, edited.kept)
+    found = model_findings(rules, members, pictures, judged)
+    members, screened, decisions = screen_members(rules, members, pictures, captions, edited.kept, found)
     cleaned, characters, added = clean_captions(rules, members, pictures, captions, edited.tag_edits, decisions)
     texts, stats, pruned_warnings = prune_groups(rules, members, cleaned, characters, captions, added)
     warnings += edited.warnings + idle_keeps(edited.kept, decisions) + pruned_warnings
@@ -130,14 +134,37 @@ def build_trainset(concepts: Sequence[prune_craft.ConceptSpec], pictures: Mappin
     )
     skips = [Skip(n, "no concept's paths match this image") for n in unassigned]
     skips += [Skip(n, edits_craft.exclusion_reason(e)) for n, e in sorted(edited.excluded.items())]
-    skips += [Skip(n, f"{f.reason()}: train it with a keep edit (bakery edit RECIPE keep {n})")
+    skips += [Skip(n, f"{why(f)}: train it with a keep edit (bakery edit RECIPE keep {n})")
               for n, f in sorted(screened.items())]
     return TrainSetBuild(trainset, sorted({n for _, n in texts}), skips, stats, plan, texts, held, decisions, comp)
 
 
+def why(f: screen_craft.Finding) -> str:
+    """A finding's reason: by the tags (screen.py) or by a model (judged.py)."""
+    return judged_craft.reason(f) if f.kind in judged_craft.KINDS else f.reason()
+
+
+def flagged(f: screen_craft.Finding) -> str:
+    return "flagged: " + (why(f).removeprefix("screened out: ") if f.kind in judged_craft.KINDS else f.note())
+
+
+def model_findings(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, list[str]],
+                   pictures: Mapping[str, Picture],
+                   judged: tuple[judged_craft.Judgements, judged_craft.JudgeSettings] | None
+                   ) -> dict[str, list[screen_craft.Finding]]:
+    """What the [judges] models say of each picture, per its folders (CCIP only in one-character concepts)."""
+    if judged is None:
+        return {}
+    folders = {r.folder: [(n, pictures[n].hash) for n in members[r.folder]] for r in rules}
+    one = {r.folder: r.characters == 1 and not r.prune_people_count and not r.style.startswith("style_")
+           for r in rules}
+    return judged_craft.findings(folders, one, judged[0], judged[1])
+
+
 def screen_members(rules: Sequence[prune_craft.GroupRule], members: Mapping[str, list[str]],
                    pictures: Mapping[str, Picture], captions: CaptionSettings,
-                   kept: Mapping[str, edits_craft.Edit] | None = None
+                   kept: Mapping[str, edits_craft.Edit] | None = None,
+                   found: Mapping[str, list[screen_craft.Finding]] | None = None
                    ) -> tuple[dict[str, list[str]], dict[str, screen_craft.Finding], list[dict]]:
     """rules.md §3 by tags: (the layout without the skipped pictures, name -> the finding that skips it, decisions).
 
@@ -155,14 +182,15 @@ def screen_members(rules: Sequence[prune_craft.GroupRule], members: Mapping[str,
             one_character=all(r.characters == 1 and not r.prune_people_count for r in its), crop=bool(pic.framing))
         tags = tags_craft.source_tags(list(pic.sidecars), list(pic.tag_rows), ("user", "booru", "tagger"), "union",
                                       (*captions.keep_namespaces, "general", "meta"))  # a booru files some as meta
-        for f in screen_craft.screen(tags, subject, captions.screening):
-            action, reason = f.action, f.reason() if f.action == "skip" else f"flagged: {f.note()}"
+        for f in screen_craft.screen(tags, subject, captions.screening) + list((found or {}).get(name, [])):
+            by_model = f.kind in judged_craft.KINDS
+            action, reason = f.action, why(f) if f.action == "skip" else flagged(f)
             if action == "skip" and kept and name in kept:
-                action, reason = "keep", f"kept by {kept[name].label()} (would be {f.reason()})"
+                action, reason = "keep", f"kept by {kept[name].label()} (would be {why(f)})"
             elif action == "skip" and name not in skipped:
                 skipped[name] = f
-            decisions.append({"name": name, "image_hash": pic.hash, "rule": f"screen:{f.kind}", "action": action,
-                              "tags": list(f.tags), "reason": reason})
+            decisions.append({"name": name, "image_hash": pic.hash, "action": action, "tags": list(f.tags),
+                              "rule": f"{'judge' if by_model else 'screen'}:{f.kind}", "reason": reason})
     out = {folder: [n for n in names if n not in skipped] for folder, names in members.items()}
     return out, skipped, decisions
 

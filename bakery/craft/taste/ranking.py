@@ -1,8 +1,10 @@
 """Ranking (epoch, weight) on the judges' scores (rules.md §13), saying which scores decided and when none can.
 
-score(e, w) = mean(identity, flexibility) - bleed, each a recall in 0-1 (a judge that was not
-measured is left out). Only cells that are usable are ranked: the epoch changes the picture
-(effect over seed variation), is not over-trained, and the weight is below the one that fries.
+score(e, w) = mean(identity, character, flexibility) - bleed: identity, flexibility and bleed are tag recalls in
+0-1, character the CCIP identity (judges/character.py: the share of renders judged the character, over the
+training set's self-similarity); a judge that was not measured is left out. Only cells that are usable are
+ranked: the epoch changes the picture (effect over seed variation), is not over-trained, the weight is below
+the one that fries, and the renders clear the corruption bar (`judges.corrupt_min`) when a corruption model judged them.
 Cells within `tolerance` of the best are tied: when the tie spans several epochs, the data
 cannot decide the epoch, and the guide's rules (loss, then 0.5-0.75 of the epochs) choose
 among the tied ones.
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from bakery.craft.taste import evaluate as craft
 
 Cell = tuple[int, float]
-JUDGES = ("identity", "flexibility", "bleed")
+JUDGES = ("identity", "character", "flexibility", "bleed")
 
 
 @dataclass
@@ -28,7 +30,7 @@ class Ranking:
 
 
 def cell_score(parts: Mapping[str, float | None]) -> float | None:
-    gains = [parts[k] for k in ("identity", "flexibility") if parts.get(k) is not None]
+    gains = [parts[k] for k in ("identity", "character", "flexibility") if parts.get(k) is not None]
     if not gains:
         return None
     return sum(gains) / len(gains) - (parts.get("bleed") or 0.0)
@@ -38,19 +40,22 @@ def usable(ev: craft.EpochEval, weight: float) -> bool:
     return weight > 0 and not ev.does_nothing and (ev.fries_at is None or weight < ev.fries_at)
 
 
-def rank(evals: Sequence[craft.EpochEval], judges: Mapping[str, Mapping[Cell, float]], tolerance: float) -> Ranking:
-    """Every usable (epoch, weight) with a score, best first; the tie with the best; which judges decided."""
+def rank(evals: Sequence[craft.EpochEval], judges: Mapping[str, Mapping[Cell, float]], tolerance: float,
+         corrupt: Mapping[Cell, float] | None = None, corrupt_min: float = 0.0) -> Ranking:
+    """Every usable (epoch, weight) with a score, best first; the tie with the best; which judges decided.
+    `corrupt`: cell -> 1 - mean corrupted score; cells below `corrupt_min` are not ranked."""
     ok = [e for e in evals if not e.over_trained] or list(evals)
     rows = []
     for ev in ok:
         for w in sorted(ev.stats_by_weight):
             parts = {j: judges.get(j, {}).get((ev.epoch, w)) for j in JUDGES}
             score = cell_score(parts)
-            if usable(ev, w) and score is not None:
+            clean = (corrupt or {}).get((ev.epoch, w), 1.0) >= corrupt_min
+            if usable(ev, w) and clean and score is not None:
                 rows.append({"epoch": ev.epoch, "weight": w, "score": score, **parts})
     rows.sort(key=lambda r: (-r["score"], -r["epoch"], r["weight"]))
     if not rows:
-        return Ranking(reasons=["ranking: no usable (epoch, weight) has a tag score: the guide's rules decide"])
+        return Ranking(reasons=["ranking: no usable (epoch, weight) has a judge's score: the guide's rules decide"])
     best = rows[0]["score"]
     tied = [(r["epoch"], r["weight"]) for r in rows if r["score"] >= best - tolerance]
     out = Ranking(rows, tied, len({e for e, _ in tied}) == 1)

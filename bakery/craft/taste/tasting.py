@@ -20,6 +20,7 @@ from bakery.craft.bake.bases import prediction
 from bakery.craft.bake.bases.family import BaseFiles
 from bakery.craft.taste import evaluate as craft
 from bakery.craft.taste import ranking, xyz
+from bakery.craft.taste.judges import character
 from bakery.craft.taste.judges import likeness as likeness_craft
 from bakery.craft.taste.judges import panel as judging
 from bakery.craft.taste.reports import evaluation as report_craft
@@ -100,6 +101,8 @@ def taste(inputs: TasteInputs, params: EvaluateParams, on_cells: Callable[[int],
     total = total_epochs(last_meta, inputs.files)
     rec = craft.recommend(evals, loss, total, grid_weights, method, validation)
     rec = ranking.ranked_recommendation(rec, judged.ranking, evals, loss, total, grid_weights, method, validation)
+    spec = inputs.judges.character or character.CharacterSpec()
+    rec = character.with_fbeta(rec, judged.character.fbeta, spec.pick, spec.fbeta)
     rec.flags += judged.flags
     rec_file = inputs.files[rec.epoch] if rec.epoch is not None else ""
     grids = [(prompt, _png(xyz.make_grid(grid.images, epochs, grid_weights, i, prompt, params.seeds).image))

@@ -10,7 +10,10 @@ it does not know). Consistency is measured with the recipe's judges only:
   draws for the trigger;
 - an image embedding (when one is configured): the mean pairwise cosine of the
   trigger's renders against the controls' mean; more than `embedding_margin` above
-  it is a consistent picture.
+  it is a consistent picture;
+- CCIP (`[judges] ccip_model`, bakery/craft/deepghs.py): the share of the trigger's render pairs CCIP judges
+  the same character; at least half, where the controls' share stays under half, means the base model already
+  draws one character for it.
 
 Pure functions: the renders, tags and embeddings come in, verdicts go out.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -37,6 +40,8 @@ class Verdict:
     tag_shares: dict[str, float] = field(default_factory=dict)  # share of its renders each tag appears in
     similarity: float | None = None  # mean pairwise cosine of its renders (None: no embedding model)
     control_similarity: float | None = None
+    ccip_same: float | None = None  # share of its render pairs CCIP judges the same character (None: no CCIP)
+    control_ccip_same: float | None = None
 
     @property
     def note(self) -> str:
@@ -49,7 +54,27 @@ class Verdict:
         if self.similarity is not None and self.control_similarity is not None and not self.drawn_tags:
             what.append(f"a consistent picture (similarity {self.similarity:.2f} vs controls' "
                         f"{self.control_similarity:.2f})")
+        if self.one_character:
+            what.append(f"one character by CCIP ({self.ccip_same:.0%} of its render pairs the same character vs "
+                        f"the controls' {self.control_ccip_same:.0%})")
         return f"{self.trigger}: contaminated: the base model draws {' and '.join(what)} for it; {FIXES}"
+
+
+    @property
+    def one_character(self) -> bool:
+        return (self.ccip_same is not None and self.control_ccip_same is not None
+                and self.ccip_same >= CCIP_SHARE > self.control_ccip_same)
+
+
+CCIP_SHARE = 0.5  # waifuc's cmp_threshold: half the pictures judged the same character
+
+
+def same_pair_share(diff: np.ndarray, threshold: float) -> float:
+    """The share of distinct pairs a CCIP difference matrix judges the same character (0.0 under two renders)."""
+    n = len(diff)
+    if n < 2:
+        return 0.0
+    return float(((diff <= threshold).sum() - n) / (n * (n - 1)))
 
 
 def control_words(n: int, seed: int) -> list[str]:
@@ -93,8 +118,10 @@ def judge(
     controls: Sequence[str],
     threshold: float,
     embedding_margin: float,
+    ccip: Mapping[str, float] | None = None,
 ) -> list[Verdict]:
-    """A verdict per trigger from its renders' tags and/or embeddings (keyed by prompt, controls included)."""
+    """A verdict per trigger from its renders' tags, embeddings and/or CCIP same-pair shares (keyed by prompt,
+    controls included)."""
     control_tags = [t for c in controls for t in tags[c]] if tags else []
     control_sim = (float(np.mean([mean_pairwise_cosine(embeddings[c]) for c in controls]))
                    if embeddings and controls else None)
@@ -103,8 +130,9 @@ def judge(
         drawn = drawn_tags(tags[trig], control_tags, threshold) if tags else []
         sim = mean_pairwise_cosine(embeddings[trig]) if embeddings else None
         consistent = sim is not None and control_sim is not None and sim - control_sim > embedding_margin
-        out.append(Verdict(trig, CONTAMINATED if drawn or consistent else FREE, drawn,
-                           dict(tag_shares(tags[trig])) if tags else {}, sim, control_sim))
+        v = Verdict(trig, FREE, drawn, dict(tag_shares(tags[trig])) if tags else {}, sim, control_sim,
+                    ccip[trig] if ccip else None, float(np.mean([ccip[c] for c in controls])) if ccip else None)
+        out.append(replace(v, verdict=CONTAMINATED) if drawn or consistent or v.one_character else v)
     return out
 
 
@@ -113,10 +141,12 @@ def markdown(verdicts: Sequence[Verdict], controls: Sequence[str], seeds: Sequen
     lines = ["# Trigger check", "",
              f"Each trigger rendered alone on the base model over seeds {', '.join(map(str, seeds))}, against "
              f"the controls {', '.join(f'`{c}`' for c in controls)}; judged by {' and '.join(judges)}.", "",
-             "| trigger | verdict | drawn tags | similarity (controls) |", "|---|---|---|---|"]
+             "| trigger | verdict | drawn tags | similarity (controls) | CCIP same pairs (controls) |",
+             "|---|---|---|---|---|"]
     for v in verdicts:
         sim = f"{v.similarity:.2f} ({v.control_similarity:.2f})" if v.similarity is not None else "-"
-        lines.append(f"| `{v.trigger}` | {v.verdict} | {', '.join(v.drawn_tags) or '-'} | {sim} |")
+        same = f"{v.ccip_same:.2f} ({v.control_ccip_same:.2f})" if v.ccip_same is not None else "-"
+        lines.append(f"| `{v.trigger}` | {v.verdict} | {', '.join(v.drawn_tags) or '-'} | {sim} | {same} |")
     bad = [v for v in verdicts if v.verdict == CONTAMINATED]
     if bad:
         lines += ["", "Fixes: " + FIXES + "."]

@@ -20,6 +20,7 @@ import numpy as np
 from bakery.craft.taste import evaluate as craft
 from bakery.craft.taste import ranking as R
 from bakery.craft.taste import xyz
+from bakery.craft.taste.judges import character as C
 from bakery.craft.taste.judges import face as F
 from bakery.craft.taste.judges import tags as J
 
@@ -48,6 +49,8 @@ class JudgeSetup:
     shown: dict[str, set[str]] = field(default_factory=dict)  # character trigger -> tags its training set shows
     faces: F.FaceSpec | None = None  # the face detector ([crops]); None: the face judge is skipped
     face_training: list[np.ndarray] = field(default_factory=list)  # training images for the reference hair colour
+    character: C.CharacterSpec | None = None  # the [judges] CCIP and corruption models; None: skipped
+    references: dict[str, list[np.ndarray]] = field(default_factory=dict)  # trigger -> its training images
 
 
 @dataclass
@@ -64,10 +67,12 @@ class Judged:
     effect_min_ratio: float
     renders: dict[str, int]  # judge -> images it rendered
     faces: F.FaceScores = field(default_factory=F.FaceScores)  # share of renders with a face, hair colour
+    character: C.CharacterScores = field(default_factory=C.CharacterScores)  # CCIP identity, corruption, F-beta
 
     def by_cell(self) -> dict[str, dict[tuple[int, float], float]]:
-        return {j: J.mean_by_cell(s) for j, s in
-                (("identity", self.identity), ("flexibility", self.flexibility), ("bleed", self.bleed)) if s.scores}
+        out = {j: J.mean_by_cell(s) for j, s in
+               (("identity", self.identity), ("flexibility", self.flexibility), ("bleed", self.bleed)) if s.scores}
+        return out | ({"character": self.character.by_cell()} if self.character.identity else {})
 
     def score_rows(self, evals: Sequence[craft.EpochEval]) -> list[dict]:
         """Every score as catalog rows: epoch, weight, judge, subject (trigger or prompt), score."""
@@ -78,7 +83,7 @@ class Judged:
                      for subj, cells in s.scores.items() for (e, w), v in cells.items()]
         rows += [{"epoch": r["epoch"], "weight": r["weight"], "judge": "rank_score", "subject": "", "score": r["score"]}
                  for r in self.ranking.rows]
-        return rows + self.faces.rows()
+        return rows + self.faces.rows() + self.character.rows()
 
 
 def setup(tagger: TaggerSpec | None, captions: Sequence[tuple[str, str]], triggers: Sequence[str],
@@ -151,9 +156,32 @@ def judge(taster: xyz.Taster, grid: Mapping[xyz.CellKey, np.ndarray], flex_image
     out = Judged(None, SKIPPED, empty, empty, empty, spread, R.Ranking(), [], [], params.effect_min_ratio,
                  {"effect": seed_renders, "flexibility": 0, "identity": 0, "bleed": 0})
     out.faces = judge_faces(setup, grid)
-    if setup.tagger is None:
-        out.flags = F.flags(out.faces)
-        return out
+    out.character = C.judge(setup.character, setup.references, grid, prompts)
+    if setup.tagger is not None:
+        judge_tags(out, setup, grid, flex_images, prompts, triggers, params)
+    spec = setup.character or C.CharacterSpec()
+    if out.by_cell() or setup.tagger is not None:
+        out.ranking = R.rank(evals, out.by_cell(), params.rank_tolerance, out.character.corrupt, spec.corrupt_min)
+    out.character.fbeta = fbeta(out, spec)
+    out.flags = judge_flags(out, evals, params.tag_margin) + F.flags(out.faces)
+    return out
+
+
+def fbeta(j: Judged, spec: C.CharacterSpec) -> C.FBeta:
+    """cyberharem's pick over the epochs at weight 1: CCIP identity and flexibility (controllability)."""
+    return C.fbeta_pick(_at_one(j.character.by_cell()), _at_one(J.mean_by_cell(j.flexibility)),
+                        _at_one(j.character.corrupt), spec.fbeta, spec.corrupt_min)
+
+
+def _at_one(cells: Mapping[tuple[int, float], float]) -> dict[int, float]:
+    return {e: v for (e, w), v in cells.items() if w == 1.0}
+
+
+def judge_tags(out: Judged, setup: JudgeSetup, grid: Mapping[xyz.CellKey, np.ndarray],
+               flex_images: Mapping[xyz.CellKey, np.ndarray], prompts: Sequence[str], triggers: Sequence[str],
+               params: EvaluateParams) -> None:
+    """The tag judges (identity, bleed, flexibility) on `out`, from the recipe's tagger."""
+    assert setup.tagger is not None
     out.flex_prompts = flexibility_prompts(setup, triggers, params)
     out.renders["flexibility"] = len(flex_images)
     tags = tag_images(setup.tagger, {**{("g", *k): v for k, v in grid.items()},
@@ -166,9 +194,6 @@ def judge(taster: xyz.Taster, grid: Mapping[xyz.CellKey, np.ndarray], flex_image
         out.identity = J.identity(grid_tags, prompts, setup.groups, setup.absorbed)
         out.bleed = J.bleed(grid_tags, prompts, setup.groups, setup.absorbed)
     out.flexibility = J.flexibility({k[1:]: v for k, v in tags.items() if k[0] == "f"}, out.flex_prompts, triggers)
-    out.ranking = R.rank(evals, out.by_cell(), params.rank_tolerance)
-    out.flags = judge_flags(out, evals, params.tag_margin) + F.flags(out.faces)
-    return out
 
 
 def judge_faces(setup: JudgeSetup, grid: Mapping[xyz.CellKey, np.ndarray]) -> F.FaceScores:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from bakery.craft.taste.evaluate import EpochEval
 from bakery.craft.taste.judges.panel import Judged
 from bakery.craft.taste.judges.tags import TagScores
+from bakery.craft.taste.ranking import JUDGES
 from bakery.craft.taste.reports.html import data_uri, esc, fig_png
 
 Cell = tuple[int, float]
@@ -15,7 +16,57 @@ Cell = tuple[int, float]
 def sections(j: Judged, evals: Sequence[EpochEval]) -> list[str]:
     return (_effect_html(j, evals) + _tag_html("Identity", j, j.identity, IDENTITY_TEXT)
             + _tag_html("Concept bleed", j, j.bleed, BLEED_TEXT) + _tag_html("Flexibility", j, j.flexibility, FLEX_TEXT)
-            + _ranking_html(j) + _faces_html(j))
+            + _ranking_html(j) + _faces_html(j) + _character_html(j) + _corruption_html(j) + _fbeta_html(j))
+
+
+CHARACTER_TEXT = ("CCIP identity: per trigger and cell, the share of the trigger's training pictures CCIP judges the "
+                  "same character as each render (difference below the threshold), averaged over the cell's renders "
+                  "and divided by the training set's own self-similarity (cyberharem's normalisation); weight 0 (the "
+                  "base model) is the baseline.")
+CORRUPTION_TEXT = ("1 - the mean `corrupted` score of each cell's renders (sdeval's AI-corrupt score); cells below "
+                   "judges.corrupt_min are not ranked.")
+
+
+def _skipped(title: str, note: str) -> list[str]:
+    return [f"<h2>{esc(title)}</h2>", f'<p class="flag">{esc(note)}</p>']
+
+
+def _character_html(j: Judged) -> list[str]:
+    c = j.character
+    if not c.identity:
+        return _skipped("Character (CCIP)", c.note)
+    out = ["<h2>Character (CCIP)</h2>"]
+    sims = ", ".join(f"<code>{esc(t)}</code> {v:.2f}" for t, v in c.self_similarity.items())
+    out.append(f"<p>{esc(CHARACTER_TEXT)} Model <code>{esc(c.model)}</code>, threshold {c.threshold:.4g}; "
+               f"self-similarity {sims}.</p>")
+    for trig, cells in c.identity.items():
+        out += [f"<h3><code>{esc(trig)}</code></h3>", *_cell_table(cells)]
+    return out
+
+
+def _corruption_html(j: Judged) -> list[str]:
+    c = j.character
+    if not c.corrupt:
+        return _skipped("Corruption", c.corrupt_note)
+    return ["<h2>Corruption</h2>", f"<p>{esc(CORRUPTION_TEXT)}</p>", *_cell_table(c.corrupt)]
+
+
+def _fbeta_html(j: Judged) -> list[str]:
+    fb, ours = j.character.fbeta, (j.ranking.rows[0]["epoch"] if j.ranking.rows else None)
+    out = ["<h2>F-beta pick (cyberharem)</h2>"]
+    if fb.epoch is None:
+        return out + [f"<p>{esc(fb.note or 'not made')}.</p>"]
+    verdict = ("the two picks agree" if ours == fb.epoch else
+               f"the two picks disagree: our ranking's best is epoch {ours}" if ours is not None else
+               "our ranking made no pick")
+    out.append(f"<p>Per epoch at weight 1: CCIP identity and controllability (the flexibility judge) normalised over "
+               f"the epochs and joined as an F-beta score, among the epochs clearing the corruption bar. Epoch "
+               f"<b>{fb.epoch}</b>: {esc(verdict)}.</p><table><tr><th>epoch</th><th>CCIP</th><th>controllability</th>"
+               "<th>corruption score</th><th>F</th><th>clears the bar</th></tr>")
+    for r in fb.rows:
+        out.append(f"<tr><td>{r['epoch']}</td><td>{r['ccip']:.2f}</td><td>{r['controllability']:.2f}</td>"
+                   f"<td>{r['aic']:.2f}</td><td>{r['f']:.3f}</td><td>{'yes' if r['passed'] else 'no'}</td></tr>")
+    return out + ["</table>"]
 
 
 FACES_TEXT = ("Share of each cell's renders in which the face detector finds a face, and the mean distance (RGB, "
@@ -24,9 +75,9 @@ FACES_TEXT = ("Share of each cell's renders in which the face detector finds a f
 
 def _faces_html(j: Judged) -> list[str]:
     f = j.faces
-    out = ["<h2>Faces</h2>"]
     if not f.share:
-        return out + [f'<p class="flag">{esc(f.note)}</p>']
+        return _skipped("Faces", f.note)
+    out = ["<h2>Faces</h2>"]
     ref = "none found" if f.reference_hair is None else "rgb" + str(tuple(f.reference_hair))
     out.append(f"<p>{esc(FACES_TEXT)} ({esc(ref)}). Detector <code>{esc(f.detector)}</code>."
                + (f" {esc(f.note)}." if f.note else "") + "</p><h3>share of renders with a face</h3>")
@@ -89,12 +140,13 @@ def _ranking_html(j: Judged) -> list[str]:
     out = ["<h2>Ranking</h2>"]
     if not j.ranking.rows:
         return out + [f"<p>{esc(r)}</p>" for r in j.ranking.reasons] + ([f"<p>{esc(j.note)}</p>"] if j.note else [])
-    out.append("<p>score = mean(identity, flexibility) &minus; bleed, over usable cells (the epoch changes the "
-               "picture, is not over-trained, the weight does not fry). " + " ".join(esc(r) for r in j.ranking.reasons)
-               + "</p><table><tr><th>rank</th><th>epoch</th><th>weight</th><th>score</th><th>identity</th>"
-               "<th>flexibility</th><th>bleed</th></tr>")
+    out.append("<p>score = mean(identity, character, flexibility) &minus; bleed, over usable cells (the epoch changes "
+               "the picture, is not over-trained, the weight does not fry, the renders are not corrupted); each "
+               "column is the judge that said it. " + " ".join(esc(r) for r in j.ranking.reasons)
+               + "</p><table><tr><th>rank</th><th>epoch</th><th>weight</th><th>score</th>"
+               + "".join(f"<th>{k}</th>" for k in JUDGES) + "</tr>")
     for i, r in enumerate(j.ranking.rows[:20], start=1):
-        vals = "".join("<td>-</td>" if r[k] is None else f"<td>{r[k]:.2f}</td>" for k in ("identity", "flexibility", "bleed"))
+        vals = "".join("<td>-</td>" if r[k] is None else f"<td>{r[k]:.2f}</td>" for k in JUDGES)
         out.append(f"<tr><td>{i}</td><td>{r['epoch']}</td><td>{r['weight']:g}</td><td>{r['score']:.2f}</td>{vals}</tr>")
     return out + ["</table>"]
 
