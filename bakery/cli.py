@@ -506,6 +506,28 @@ def export_kohya(
         typer.echo(f"  {kind}: {path}")
 
 
+@app.command("diffusers-form")
+def diffusers_form(lora: Path = typer.Argument(..., help="A LoRA file the bake wrote.")) -> None:
+    """Write a LoRA file in the names diffusers and ComfyUI read, beside it, for a base whose diffusers loader does
+    not read kohya's names (Anima); the kohya file stays as it is."""
+    from bakery.craft.bake.bases.load import family_for
+    from bakery.craft.bake.networks.kohya_lora import architecture_of, read_kohya
+
+    if not lora.is_file():
+        fail(f"no such file: {lora}")
+    arch = architecture_of(read_kohya(lora)[1])
+    if arch is None:
+        fail(f"{lora}: not a LoRA file the bake wrote (no known ss_base_model_version)")
+    family = family_for(arch)
+    if family.diffusers_loads_kohya:
+        typer.echo(f"{lora}: diffusers and ComfyUI load {arch} LoRA files as they are; nothing to write")
+        return
+    try:
+        typer.echo(f"wrote {family.write_diffusers_form(lora)}")  # type: ignore[attr-defined]
+    except ValueError as exc:  # a network with no such form (IA3)
+        fail(f"{lora}: {exc}")
+
+
 models_app = typer.Typer(no_args_is_help=True, help="The recipe's model keys: list them, pull known defaults, set one.")
 app.add_typer(models_app, name="models")
 

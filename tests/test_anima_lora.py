@@ -16,7 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from bakery.cli import app
 from bakery.craft.bake.bases.anima import FAMILY, tiny
 from bakery.craft.bake.bases.anima import network as AN
 from bakery.craft.bake.bases.family import Base
@@ -230,13 +232,22 @@ def test_diffusers_applies_every_key_of_the_comfy_form_as_our_merge(tmp_path, fi
     pipe.load_lora_weights(str(path), adapter_name="kohya")  # kohya's `lora_unet_*` names: silently nothing
     assert not any(isinstance(m, LoraLayer) for m in pipe.transformer.modules())
     before = path.read_bytes()
-    out = AN.write_comfy_form(path)
-    assert out == AN.comfy_path(path) and path.read_bytes() == before
+    result = CliRunner().invoke(app, ["diffusers-form", str(path)])  # what a user runs
+    out = AN.comfy_path(path)
+    assert result.exit_code == 0 and result.output.strip() == f"wrote {out}", result.output
+    assert path.read_bytes() == before
     pipe.load_lora_weights(str(out), adapter_name="bakery")
     wrapped = {n for n, m in pipe.transformer.named_modules() if isinstance(m, LoraLayer)}
     assert {AN.original_path(n) for n in wrapped} == {AN.dotted(n[len("lora_unet_"):]) for n in _modules(path)}
     ours, _ = _merged(path)
     assert torch.allclose(_dit_out(pipe.transformer), _dit_out(ours["transformer"]), atol=1e-5)
+
+
+def test_diffusers_form_refuses_what_has_no_such_form_in_one_line(files):
+    path, _ = files["ia3_te"]
+    result = CliRunner().invoke(app, ["diffusers-form", str(path)])
+    assert result.exit_code == 1 and "IA3" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not AN.comfy_path(path).exists()
 
 
 # -- sd-scripts' own Anima loader -----------------------------------------------------------------------------

@@ -28,7 +28,9 @@ named in `FAMILIES` (bases/load.py), that has every member of `BaseFamily`:
 - rendering (taste/xyz.py's `Taster`, through which the grids, regularisation and the trigger check all draw):
   `use_sampler` (the recipe's sampler name -> the pipeline's scheduler, or a one-line refusal) and `render` (one
   pipeline call for a `Render`: prompts, negatives, one seeded generator per image, steps, CFG, size -> pixels),
-  `diffusers_loads_kohya` (False: taste applies our LoRA files with networks/lycoris.py's merge, by `targets`' names);
+  `diffusers_loads_kohya` (False: taste applies our LoRA files with networks/lycoris.py's merge, by `targets`' names,
+  and the family has `write_diffusers_form(kohya_file) -> Path`: the file in the names diffusers and ComfyUI
+  read, written beside it, for `bakery diffusers-form`);
 
 and, outside the family's module: its kohya metadata (`ss_base_model_version`, `modelspec.architecture`) in
 networks/kohya_lora.py's ARCHITECTURES; its single files recognised by bases/checkpoint.py (`kind_of` gives
@@ -75,6 +77,9 @@ class NoiseSchedule(Protocol):
 
     def add_noise(self, latents: Any, noise: Any, timesteps: Any) -> Any:
         """The noised input at `timesteps`."""
+
+    # Optional: `metadata() -> dict[str, str]`, the `ss_*` keys of how it samples (bases/flow.py's FlowSchedule,
+    # as sd-scripts' flow trainers write them); written into every LoRA file the bake saves.
 
 
 @dataclass(frozen=True)

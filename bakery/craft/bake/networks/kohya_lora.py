@@ -295,6 +295,12 @@ def network_parts(denoiser: Any, text_encoders: Any, te_prefixes: tuple[str, ...
 # --- metadata ------------------------------------------------------------------------
 
 
+def architecture_of(metadata: Mapping[str, str]) -> str | None:
+    """The architecture a LoRA file was trained on, from its `ss_base_model_version` (None: not one we write)."""
+    version = metadata.get("ss_base_model_version")
+    return next((a for a, v in ARCHITECTURES.items() if v["base_model_version"] == version), None)
+
+
 def network_module_and_args(spec: NetworkSpec, architecture: str = "sd15") -> tuple[str, dict[str, str]]:
     """What kohya / LyCORIS write as `ss_network_module` and `ss_network_args` for this network."""
     arch = ARCHITECTURES.get(architecture, {})

@@ -98,7 +98,10 @@ def _te_targets(model: Any) -> K.Targets:
 
 
 class AnimaNetwork:
-    """bases/family.py's `network_parts`, `targets`."""
+    """bases/family.py's `network_parts`, `targets`, `write_diffusers_form`."""
+
+    def write_diffusers_form(self, kohya_file: str | Path) -> Path:
+        return write_comfy_form(kohya_file)  # diffusers' Anima loader reads `diffusion_model.*`, not kohya's names
 
     def network_parts(self, denoiser: Any, text_encoders: Sequence[Any]) -> list[tuple[str, Any, str]]:
         return K.network_parts(denoiser, text_encoders, (TE_PREFIX,))
