@@ -202,6 +202,16 @@ def test_a_picture_of_two_characters_is_skipped_by_its_heads_and_ccip_in_a_real_
     shown = data.load_decisions(work)
     assert ("chara/duo", "judge:several_characters", "skip") in {
         (d["name"], d["rule"], d["action"]) for d in shown["screening"]}
+    import httpx
+
+    from bakery.review import create_app
+    from tests.review_work import Served
+
+    with Served(create_app(recipe)) as studio:  # the decisions page: its picture, the heads, the keep button
+        page = httpx.get(studio.url + "/decisions", timeout=30).text
+    row = page[page.index('<tr data-name="chara/duo">'):]
+    row = row[:row.index("</tr>")]
+    assert f"/thumb/{duo['image_hash']}/" in row and "heads 2, characters 2" in row and 'value="keep"' in row
 
     out = CliRunner().invoke(app, ["edit", str(recipe), "keep", "chara/duo"])
     assert out.exit_code == 0, out.output
