@@ -306,9 +306,28 @@ def dataset_judges(recipe: Recipe) -> dict | None:
         return None
     j = recipe.judges
     return {"models": models, "ccip_threshold": j.ccip_threshold, "classifier_threshold": j.classifier_threshold,
-            "aesthetic_min": j.aesthetic_min,
-            "actions": {k: getattr(j, f"screen_{k}") for k in ("other_character", "monochrome", "rough", "3d",
-                                                                "comic", "low_aesthetic")}}
+            "aesthetic_min": j.aesthetic_min, "heads": head_detector(recipe),
+            "actions": {k: getattr(j, f"screen_{k}") for k in ("other_character", "several_characters", "monochrome",
+                                                                "rough", "3d", "comic", "low_aesthetic")}}
+
+
+def detector_key(role: str, sha: str, params: CropsParams) -> str:
+    """The catalog's name of a detector's detections (tasks/prepare/crops.py records them under it)."""
+    size = f":{params.detector_size}" if params.detector_size else ""  # other sizes, other detections
+    return f"{role}:{sha[:16]}:{params.confidence}:{params.iou}{size}"
+
+
+def head_detector(recipe: Recipe) -> dict | None:
+    """The detector that counts characters: `[crops] head_model`, else `person_model` (None: neither set)."""
+    files = detector_files(recipe.crops, recipe)
+    role = next((r for r in ("head", "person") if r in files), None)
+    if role is None or recipe.judges.screen_several_characters == "off":
+        return None
+    path = Path(files[role])
+    sha = digest_file(path).sha256 if path.is_file() else None
+    c = recipe.crops
+    return {"role": role, "path": str(path), "key": detector_key(role, sha, c) if sha else None,
+            "confidence": c.confidence, "iou": c.iou, "detector_size": c.detector_size}
 
 
 def character_spec(recipe: Recipe) -> dict | None:

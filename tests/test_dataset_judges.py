@@ -14,7 +14,7 @@ from PIL import Image
 from bakery.craft.caption import judged as craft
 from storage import Catalog
 from tests.conftest import write_recipe
-from tests.deepghs_models import write_all
+from tests.deepghs_models import CCIP_THRESHOLD, write_all, write_ccip
 
 RECIPE = """
 [[concepts]]
@@ -139,3 +139,105 @@ def test_the_demo_switch_turns_the_judges_on(tmp_path: Path):
     assert all(data["models"].values())
     assert deepghs.CCIP(spec["ccip"]["path"], "judges.ccip_model").threshold == pytest.approx(0.1785, abs=1e-4)
     assert load_recipe(write_demo(tmp_path / "plain")).judges.ccip_model is None  # off without the switch
+
+
+DUO_RECIPE = """
+[[concepts]]
+name = "CharaA"
+trigger = "CharaA"
+paths = ["chara/*"]
+
+[crops]
+head_model = "models/head.onnx"
+
+[judges]
+ccip_model = "models/ccip"
+
+[validation]
+enabled = false
+"""
+NAVY = (40, 40, 200)
+
+
+def _heads(path: Path, seed: int, *markers) -> None:
+    """A navy picture with one marker square per head (the tiny head detector finds one box per marker colour)."""
+    _picture(path, NAVY, seed)
+    pixels = np.array(Image.open(path).convert("RGB"))
+    for i, colour in enumerate(markers):
+        pixels[6 + 20 * i:18 + 20 * i, 6 + 24 * i:18 + 24 * i] = colour
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_picture_of_two_characters_is_skipped_by_its_heads_and_ccip_in_a_real_run(tmp_path: Path):
+    """The framing stage's head detector finds two heads in `duo` (a red and a green marker: two boxes); CCIP
+    judges the two head crops two characters (pure red against pure green: difference far above the threshold).
+    The decision records both, the stage skips it (waifuc's HeadCountAction(1)), a keep edit trains it."""
+    from typer.testing import CliRunner
+
+    from bakery.cli import app
+    from bakery.review import data
+    from bakery.testmodels.tiny_detector import GREEN, RED, build_marker_detector
+    from flows.bake import bake_lora
+
+    for i in range(4):
+        _heads(tmp_path / f"images/chara/n{i}.png", i, RED)
+    _heads(tmp_path / "images/chara/duo.png", 9, RED, GREEN)
+    write_ccip(tmp_path / "models/ccip")
+    build_marker_detector(tmp_path / "models/head.onnx", "head", RED, more=(GREEN,))
+    recipe = write_recipe(tmp_path, DUO_RECIPE)
+    work = tmp_path / "work"
+    first = bake_lora(str(recipe))
+    with Catalog.open(work, read_only=True) as cat:
+        skips = {s["subject"]: s["reason"] for s in cat.skips_for(first) if s["stage"] == "prune"}
+        decisions = {(d["name"], d["rule"]): d for d in cat.caption_decisions(first)}
+        recorded = cat.rows("SELECT DISTINCT detector FROM detections")
+    assert set(skips) == {"chara/duo"}, skips
+    assert skips["chara/duo"].startswith("screened out: several characters (heads 2, characters 2, differences 0.")
+    duo = decisions[("chara/duo", "judge:several_characters")]
+    assert duo["action"] == "skip" and duo["tags"][:2] == ["heads 2", "characters 2"]
+    assert float(duo["tags"][2].split()[1]) > CCIP_THRESHOLD
+    assert not any(n.startswith("chara/n") for n, _ in decisions)  # one head each: they pass
+    assert [r["detector"].split(":")[0] for r in recorded] == ["head"]  # the framing stage's, reused
+    shown = data.load_decisions(work)
+    assert ("chara/duo", "judge:several_characters", "skip") in {
+        (d["name"], d["rule"], d["action"]) for d in shown["screening"]}
+    import httpx
+
+    from bakery.review import create_app
+    from tests.review_work import Served
+
+    with Served(create_app(recipe)) as studio:  # the decisions page: its picture, the heads, the keep button
+        page = httpx.get(studio.url + "/decisions", timeout=30).text
+    row = page[page.index('<tr data-name="chara/duo">'):]
+    row = row[:row.index("</tr>")]
+    assert f"/thumb/{duo['image_hash']}/" in row and "heads 2, characters 2" in row and 'value="keep"' in row
+
+    out = CliRunner().invoke(app, ["edit", str(recipe), "keep", "chara/duo"])
+    assert out.exit_code == 0, out.output
+    second = bake_lora(str(recipe))
+    with Catalog.open(work, read_only=True) as cat:
+        assert not [s for s in cat.skips_for(second) if s["stage"] == "prune"]
+        kept = next(d for d in cat.caption_decisions(second) if d["name"] == "chara/duo")
+        captions = {r["name"] for r in cat.train_captions(second)}
+    assert kept["action"] == "keep" and kept["rule"] == "judge:several_characters" and "chara_duo" in captions
+
+    # Without a head (or person) detector the check is skipped with a note naming the keys
+    recipe.write_text(recipe.read_text().replace('head_model = "models/head.onnx"', ""), encoding="utf-8")
+    third = bake_lora(str(recipe))
+    with Catalog.open(work, read_only=True) as cat:
+        notes = [w["message"] for w in cat.stage_warnings(third) if w["stage"] == "prune"]
+    assert any("several characters: not counted: set [crops] head_model" in n for n in notes), notes
+
+
+def test_several_characters_by_heads_and_ccip():
+    """Two heads without CCIP: several (the count alone); with CCIP, two alike heads are one character (a reference
+    sheet passes), three heads of which two alike are two characters; one head is one; "off" says nothing."""
+    j = craft.Judgements(ccip_threshold=0.18, heads={"a": 2, "b": 2, "c": 3, "d": 1})
+    assert craft.several_characters(j, "a", "flag").tags == ("heads 2",)
+    j.head_diff = {"b": np.array([[0, 0.05], [0.05, 0]]),
+                   "c": np.array([[0, 0.05, 0.6], [0.05, 0, 0.5], [0.6, 0.5, 0]])}
+    assert craft.several_characters(j, "b", "skip") is None
+    c = craft.several_characters(j, "c", "skip")
+    assert c.tags[:2] == ("heads 3", "characters 2") and c.tags[2].startswith("differences 0.050 0.600 0.500")
+    assert craft.several_characters(j, "d", "skip") is None and craft.several_characters(j, "a", "off") is None

@@ -35,6 +35,10 @@ class JudgesParams(_Section):
     # The dataset: per kind, "skip" (a recorded skip, kept by `bakery edit RECIPE keep PICTURE`), "flag" or "off".
     # other_character: CCIP says the picture is not the concept's character (several characters included).
     screen_other_character: ModelAction = "flag"
+    # several_characters: in a one-character concept, the framing stage's head detector ([crops] head_model, else
+    # person_model) found more than one head, and (with ccip_model) CCIP judges the head crops more than one
+    # character. "skip" as waifuc's HeadCountAction(1) and FaceCountAction(1), filters that drop such pictures.
+    screen_several_characters: ModelAction = "skip"
     # rules.md §3: monochrome up to ~50 % of the set is fine: flagged (and counted), not skipped.
     screen_monochrome: ModelAction = "flag"
     screen_rough: ModelAction = "flag"  # anime_completeness says `rough` (a rough sketch)

@@ -26,41 +26,26 @@ def _const(helper, name: str, value: np.ndarray):
 
 
 def build_marker_detector(path: Path, label: str = "face", colour: tuple[int, int, int] = RED, size: int = 256,
-                          score: float = 0.9, end_to_end: bool = False, dynamic: bool = False) -> Path:
+                          score: float = 0.9, end_to_end: bool = False, dynamic: bool = False,
+                          more: tuple[tuple[int, int, int], ...] = ()) -> Path:
     """Write the detector to `path` (an .onnx file) and return it. `end_to_end`: the [1, boxes, 6] output;
-    `dynamic`: an input of any height and width (`size` is then only its `imgsz` metadata)."""
+    `dynamic`: an input of any height and width (`size` is then only its `imgsz` metadata); `more`: further
+    marker colours, each its own box (a picture of several heads: one marker colour per head)."""
     import onnx
     from onnx import TensorProto, helper
 
-    c = np.array(colour, dtype=np.float32).reshape(1, 3, 1, 1) / 255.0
-    nodes = [
-        _const(helper, "colour", c), _const(helper, "tol", np.array(0.2)),
-        _const(helper, "half", np.array(0.5)), _const(helper, "score", np.array(score)),
-        *(_dynamic_grid(helper) if dynamic else _fixed_grid(helper, size)),
-        helper.make_node("Sub", ["images", "colour"], ["diff"]),
-        helper.make_node("Abs", ["diff"], ["adiff"]),
-        helper.make_node("ReduceMax", ["adiff"], ["far"], axes=[1], keepdims=0),
-        helper.make_node("Less", ["far", "tol"], ["hit"]),
-        helper.make_node("Cast", ["hit"], ["m"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceMax", ["m"], ["found"], keepdims=0),
-    ]
-    for axis, grid_name in (("x", "xs"), ("y", "ys")):
-        nodes += [
-            helper.make_node("Mul", ["m", grid_name], [f"{axis}_on"]),
-            helper.make_node("ReduceMax", [f"{axis}_on"], [f"{axis}1c"], keepdims=0),
-            helper.make_node("Sub", [f"{axis}size", grid_name], [f"{axis}_rev"]),
-            helper.make_node("Mul", ["m", f"{axis}_rev"], [f"{axis}_rev_on"]),
-            helper.make_node("ReduceMax", [f"{axis}_rev_on"], [f"{axis}0r"], keepdims=0),
-            helper.make_node("Sub", [f"{axis}size", f"{axis}0r"], [f"{axis}0c"]),
-            helper.make_node("Sub", [f"{axis}0c", "half"], [f"{axis}0"]),
-            helper.make_node("Add", [f"{axis}1c", "half"], [f"{axis}1"]),
-        ]
-    nodes += [helper.make_node("Mul", ["found", "score"], ["s0"])]
+    if more and end_to_end:
+        raise ValueError("more marker colours: the [4 + classes, boxes] output only")
+    nodes = [_const(helper, "tol", np.array(0.2)), _const(helper, "half", np.array(0.5)),
+             _const(helper, "score", np.array(score)),
+             *(_dynamic_grid(helper) if dynamic else _fixed_grid(helper, size))]
+    for i, c in enumerate((colour, *more)):
+        nodes += _marker_box(helper, c, f"m{i}_" if i else "")
     if end_to_end:
         nodes += _end_to_end(helper)
     else:
-        nodes += _yolo_rows(helper)
-    out_shape = [1, 3, 6] if end_to_end else [1, 5, 3]
+        nodes += _yolo_rows(helper, [f"m{i}_" if i else "" for i in range(1 + len(more))])
+    out_shape = [1, 3, 6] if end_to_end else [1, 5, 3 + 2 * len(more)]
     graph = helper.make_graph(
         nodes, "marker_detector",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT,
@@ -76,6 +61,35 @@ def build_marker_detector(path: Path, label: str = "face", colour: tuple[int, in
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def _marker_box(helper, colour: tuple[int, int, int], p: str) -> list:
+    """The box around one marker colour's pixels: {p}x0, {p}y0, {p}x1, {p}y1 and its score {p}s0."""
+    from onnx import TensorProto
+
+    c = np.array(colour, dtype=np.float32).reshape(1, 3, 1, 1) / 255.0
+    nodes = [
+        _const(helper, f"{p}colour", c),
+        helper.make_node("Sub", ["images", f"{p}colour"], [f"{p}diff"]),
+        helper.make_node("Abs", [f"{p}diff"], [f"{p}adiff"]),
+        helper.make_node("ReduceMax", [f"{p}adiff"], [f"{p}far"], axes=[1], keepdims=0),
+        helper.make_node("Less", [f"{p}far", "tol"], [f"{p}hit"]),
+        helper.make_node("Cast", [f"{p}hit"], [f"{p}m"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMax", [f"{p}m"], [f"{p}found"], keepdims=0),
+    ]
+    for axis, grid_name in (("x", "xs"), ("y", "ys")):
+        a = f"{p}{axis}"
+        nodes += [
+            helper.make_node("Mul", [f"{p}m", grid_name], [f"{a}_on"]),
+            helper.make_node("ReduceMax", [f"{a}_on"], [f"{a}1c"], keepdims=0),
+            helper.make_node("Sub", [f"{axis}size", grid_name], [f"{a}_rev"]),
+            helper.make_node("Mul", [f"{p}m", f"{a}_rev"], [f"{a}_rev_on"]),
+            helper.make_node("ReduceMax", [f"{a}_rev_on"], [f"{a}0r"], keepdims=0),
+            helper.make_node("Sub", [f"{axis}size", f"{a}0r"], [f"{a}0c"]),
+            helper.make_node("Sub", [f"{a}0c", "half"], [f"{a}0"]),
+            helper.make_node("Add", [f"{a}1c", "half"], [f"{a}1"]),
+        ]
+    return nodes + [helper.make_node("Mul", [f"{p}found", "score"], [f"{p}s0"])]
 
 
 def _fixed_grid(helper, size: int) -> list:
@@ -105,24 +119,31 @@ def _dynamic_grid(helper) -> list:
     return nodes
 
 
-def _yolo_rows(helper) -> list:
-    """[1, 5, 3]: rows cx, cy, w, h, score; columns the marker box, its shifted copy, a faint fixed box."""
-    nodes = [
-        _const(helper, "two", np.array(2.0)),
-        helper.make_node("Add", ["x0", "x1"], ["xsum"]), helper.make_node("Div", ["xsum", "two"], ["cx"]),
-        helper.make_node("Add", ["y0", "y1"], ["ysum"]), helper.make_node("Div", ["ysum", "two"], ["cy"]),
-        helper.make_node("Sub", ["x1", "x0"], ["w"]), helper.make_node("Sub", ["y1", "y0"], ["h"]),
-        helper.make_node("Add", ["cx", "half"], ["cx2"]), helper.make_node("Add", ["cy", "half"], ["cy2"]),
-        helper.make_node("Mul", ["s0", "half"], ["s1"]),
-        _const(helper, "faint", np.array([[10.0], [10.0], [8.0], [8.0], [0.05]])),
-    ]
-    for name, parts in (("col0", ["cx", "cy", "w", "h", "s0"]), ("col1", ["cx2", "cy2", "w", "h", "s1"])):
-        for i, p in enumerate(parts):
-            nodes.append(helper.make_node("Unsqueeze", [p, "ax0"], [f"{name}_{i}"]))
-        nodes.append(helper.make_node("Concat", [f"{name}_{i}" for i in range(5)], [f"{name}_flat"], axis=0))
-        nodes.append(helper.make_node("Unsqueeze", [f"{name}_flat", "ax1"], [name]))
-    nodes = [_const_int(helper, "ax0", [0]), _const_int(helper, "ax1", [1]), *nodes]
-    nodes += [helper.make_node("Concat", ["col0", "col1", "faint"], ["table"], axis=1),
+def _yolo_rows(helper, prefixes: list[str]) -> list:
+    """[1, 5, 1 + 2 * markers]: rows cx, cy, w, h, score; columns per marker its box and its shifted copy, then a
+    faint fixed box."""
+    nodes = [_const_int(helper, "ax0", [0]), _const_int(helper, "ax1", [1]), _const(helper, "two", np.array(2.0)),
+             _const(helper, "faint", np.array([[10.0], [10.0], [8.0], [8.0], [0.05]]))]
+    columns = []
+    for p in prefixes:
+        nodes += [
+            helper.make_node("Add", [f"{p}x0", f"{p}x1"], [f"{p}xsum"]),
+            helper.make_node("Div", [f"{p}xsum", "two"], [f"{p}cx"]),
+            helper.make_node("Add", [f"{p}y0", f"{p}y1"], [f"{p}ysum"]),
+            helper.make_node("Div", [f"{p}ysum", "two"], [f"{p}cy"]),
+            helper.make_node("Sub", [f"{p}x1", f"{p}x0"], [f"{p}w"]),
+            helper.make_node("Sub", [f"{p}y1", f"{p}y0"], [f"{p}h"]),
+            helper.make_node("Add", [f"{p}cx", "half"], [f"{p}cx2"]),
+            helper.make_node("Add", [f"{p}cy", "half"], [f"{p}cy2"]),
+            helper.make_node("Mul", [f"{p}s0", "half"], [f"{p}s1"]),
+        ]
+        for name, parts in ((f"{p}col0", ["cx", "cy", "w", "h", "s0"]), (f"{p}col1", ["cx2", "cy2", "w", "h", "s1"])):
+            for i, part in enumerate(parts):
+                nodes.append(helper.make_node("Unsqueeze", [f"{p}{part}", "ax0"], [f"{name}_{i}"]))
+            nodes.append(helper.make_node("Concat", [f"{name}_{i}" for i in range(5)], [f"{name}_flat"], axis=0))
+            nodes.append(helper.make_node("Unsqueeze", [f"{name}_flat", "ax1"], [name]))
+            columns.append(name)
+    nodes += [helper.make_node("Concat", [*columns, "faint"], ["table"], axis=1),
               helper.make_node("Unsqueeze", ["table", "ax0"], ["output0"])]
     return nodes
 

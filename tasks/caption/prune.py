@@ -35,6 +35,7 @@ from bakery.recipe import Concept, RepeatsParams, TrainParams, ValidationParams
 from bakery.report import COMPOSITION_LISTING, COMPOSITION_REPORT, name_list
 from storage import Catalog
 from tasks import caching
+from tasks.caption import heads
 from tasks.runlog import write_full
 from tasks.stage import RunInfo, Stage
 
@@ -80,11 +81,11 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
     pictures = {r.name: craft.Picture(r.name, r.hash, r.mask, tuple(side[r.hash]), tuple(rows[r.hash]),
                                       framings[r.hash], tuple(kinds.get(r.hash, ([], ""))[0])) for r in images}
     forced = {n: cfg["misc_concept"] for n in inputs.portraits} if "misc_concept" in cfg else {}
+    judged = judge_pictures(cfg.get("judges"), images, run)
     try:
         built = craft.build_trainset(concepts, pictures, caption_settings(cfg["captions"]), repeat_settings(cfg), counts,
                                      holdout_settings(cfg.get("validation", {})),
-                                     [edits_craft.Edit.from_key(e) for e in cfg.get("edits", [])], forced,
-                                     judge_pictures(cfg.get("judges"), images, run))
+                                     [edits_craft.Edit.from_key(e) for e in cfg.get("edits", [])], forced, judged)
     except craft.CaptionError as exc:
         if exc.names:  # the message shows the first few
             write_full(run, f"{len(exc.names)} pictures at fault", exc.names)
@@ -98,7 +99,8 @@ def prune(inputs: PruneInput, params_json: str, workdir: str, run_id: str, worke
     built.trainset.warnings.extend(advice)
     return StageResult(images=[by_name[n] for n in built.trained], skips=built.skips, n_in=len(images),
                        n_processed=len(built.captions), payload=built.trainset,
-                       warnings=[*built.trainset.warnings, *screening_warnings(built.decisions)])
+                       warnings=[*built.trainset.warnings, *screening_warnings(built.decisions),
+                                 *(judged[0].notes if judged else [])])
 
 
 def judge_pictures(cfg: dict | None, images: list[ImageRef], run: RunInfo
@@ -110,8 +112,16 @@ def judge_pictures(cfg: dict | None, images: list[ImageRef], run: RunInfo
         return None
     hashes = sorted({r.hash for r in images})
     pictures = [Image.open(io.BytesIO(run.store.read_bytes(h))) for h in hashes]
-    found = judged_craft.judge_pictures({k: (m or {}).get("path") for k, m in cfg["models"].items()}, hashes, pictures,
-                                   cfg["ccip_threshold"], Path(run.workdir) / "cache" / "ccip-features")
+    models = {k: (m or {}).get("path") for k, m in cfg["models"].items()}
+    cache = Path(run.workdir) / "cache" / "ccip-features"
+    found = judged_craft.judge_pictures(models, hashes, pictures, cfg["ccip_threshold"], cache)
+    if cfg.get("heads"):
+        judged_craft.judge_heads(found, heads.head_crops(cfg["heads"], hashes, run), models.get("ccip"),
+                                 cfg["ccip_threshold"], cache)
+    elif cfg["actions"].get("several_characters", "off") != "off":
+        found.notes.append("several characters: not counted: set [crops] head_model (or person_model), the "
+                           "detector that counts the heads ([judges] screen_several_characters)")
+        get_run_logger().info("prune: %s", found.notes[-1])
     return found, judged_craft.JudgeSettings(cfg["actions"], cfg["classifier_threshold"], cfg["aesthetic_min"])
 
 
@@ -224,5 +234,5 @@ def stats_table(stats: list[dict], top: int = 30) -> list[dict]:
 
 
 PRUNE = Stage("prune", prune, caching.code_version(craft, composition_craft, edits_craft, holdout_craft, prune_craft,
-                                                   repeats_craft, tags_craft, judged_craft,
+                                                   repeats_craft, tags_craft, judged_craft, heads,
                                                    sys.modules[__name__]))

@@ -27,7 +27,7 @@ from bakery.manifest import ImageRef, StageResult
 from bakery.recipe import CropsParams, Recipe
 from bakery.report import FRAMING_LISTING as LISTING
 from bakery.report import FRAMING_REPORT as REPORT
-from bakery.stage_params import DETECTOR_ROLES
+from bakery.stage_params import DETECTOR_ROLES, detector_key
 from storage import Catalog
 from tasks import caching
 from tasks.progress import StageProgress
@@ -63,14 +63,14 @@ def load_detectors(cfg: dict) -> list[tuple[str, Any]]:
             raise detect.DetectorError(f"crops.{role}_model = {path}: no such file (a deepghs YOLO detector .onnx)")
         model = detect.YoloDetector(Path(path), f"crops.{role}_model", params.confidence, params.iou,
                                     max_side=params.detector_size)
-        size = f":{params.detector_size}" if params.detector_size else ""  # other sizes, other detections
-        found.append((f"{role}:{sha[:16]}:{params.confidence}:{params.iou}{size}", model))
+        found.append((detector_key(role, sha, params), model))
     if cfg.get("animeface"):
         found.append(("animeface:2", detect.AnimeFaceDetector()))
     return found
 
 
-def _rows(key: str, image_hash: str, found: list[detect.Detection]) -> list[dict[str, Any]]:
+def detection_rows(key: str, image_hash: str, found: list[detect.Detection]) -> list[dict[str, Any]]:
+    """The catalog rows of one picture's detections (one row with n = -1: looked, found nothing)."""
     if not found:
         return [{"image_hash": image_hash, "detector": key, "n": -1, "label": None, "score": None,
                  "x0": None, "y0": None, "x1": None, "y1": None, "hair": None}]
@@ -79,7 +79,7 @@ def _rows(key: str, image_hash: str, found: list[detect.Detection]) -> list[dict
              "hair": json.dumps(list(d.hair)) if d.hair else None} for i, d in enumerate(found)]
 
 
-def _detection(row: dict[str, Any]) -> detect.Detection:
+def detection(row: dict[str, Any]) -> detect.Detection:
     hair = tuple(json.loads(row["hair"])) if row.get("hair") else None
     return detect.Detection(row["label"], row["score"], (row["x0"], row["y0"], row["x1"], row["y1"]), hair)
 
@@ -88,7 +88,7 @@ def look(run: RunInfo, refs: list[ImageRef], detectors: list[tuple[str, Any]]) -
     """Every picture's detections (catalog first, the detectors on the rest) and size; how many were decoded."""
     hashes = sorted({r.hash for r in refs})
     with Catalog.open(run.catalog) as cat:
-        known = {key: {h: [_detection(r) for r in rows] for h, rows in cat.detections(key, hashes).items()}
+        known = {key: {h: [detection(r) for r in rows] for h, rows in cat.detections(key, hashes).items()}
                  for key, _ in detectors}
         sizes = {h: (row["width"], row["height"]) for h, row in cat.image_rows(hashes).items()}
     todo = [h for h in hashes if any(h not in known[key] for key, _ in detectors) or not all(sizes.get(h, ()))]
@@ -105,7 +105,7 @@ def look(run: RunInfo, refs: list[ImageRef], detectors: list[tuple[str, Any]]) -
             for key, model in detectors:
                 if key in inputs:
                     known[key][h] = model.infer(inputs[key])
-                    rows += _rows(key, h, known[key][h])
+                    rows += detection_rows(key, h, known[key][h])
             bar.advance()
             if len(rows) >= 256:
                 _save(run, rows)
