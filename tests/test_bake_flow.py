@@ -92,10 +92,12 @@ def test_bake_stage_runs_logs_loss_and_is_cached(tmp_path):
     # The dashboard shows the bake's progress (steps, epoch, loss, it/s, ETA) and its loss per epoch.
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
-    with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["bake-progress", "bake-loss"])))
-    by_type = {a.type: a for a in arts}
+    with get_client(sync_client=True) as client:  # the session's server holds other tests' bakes too: the newest
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["bake-progress", "bake-loss"])),
+                                     sort=ArtifactSort.CREATED_DESC)
+    by_type = {a.type: a for a in reversed(arts)}
     assert by_type["progress"].data == 100.0 and "loss" in by_type["progress"].description
     assert "it/s" in by_type["progress"].description and "ETA" in by_type["progress"].description
     assert by_type["table"].key == "bake-loss"

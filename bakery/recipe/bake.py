@@ -166,8 +166,8 @@ class TrainParams(_Section):
         if self.zero_terminal_snr and self.v_parameterization is False:
             raise ValueError("zero_terminal_snr needs v-prediction: set v_parameterization = true (or leave it unset)")
         if self.base_model == "tiny" and self.architecture == "sdxl":
-            raise ValueError("base_model 'tiny' is SD1.5- or Anima-shaped: architecture must be 'auto', 'sd15' "
-                             "or 'anima'")
+            raise ValueError("base_model 'tiny' is SD1.5-shaped, or Anima-shaped with architecture 'anima': "
+                             "architecture must be 'auto', 'sd15' or 'anima'")
         return self
 
     @property
