@@ -260,9 +260,8 @@ def _sd_scripts_anima(checkout: str, dit_file: Path):
     Its config is fixed to the 2B model's widths, so the tiny model's widths are read from the file first."""
     if checkout not in sys.path:
         sys.path.insert(0, checkout)
-    from safetensors import safe_open
-
     from library import anima_models, anima_utils
+    from safetensors import safe_open
 
     with safe_open(str(dit_file), "pt") as f:
         shape = {k.removeprefix("net."): f.get_slice(k).get_shape() for k in f.keys()}

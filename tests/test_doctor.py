@@ -100,7 +100,7 @@ def test_doctor_reports_the_machine_the_disk_the_models_and_the_bake(tmp_path):
     assert out.startswith(f"torch {torch.__version__}")
     assert "GPU: none visible" in out or "GPU: " in out
     assert "disk under" in out and "free; this run writes about" in out
-    assert f"model train.base_model: present" in out and str(tmp_path / "base.safetensors") in out
+    assert "model train.base_model: present" in out and str(tmp_path / "base.safetensors") in out
     assert "bake: sd15 at 512 px, batch 1, lora dim 32, prodigy: peak VRAM about" in out
     assert done.returncode == 0, done.stderr
 

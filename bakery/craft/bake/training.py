@@ -16,8 +16,15 @@ from typing import Any
 from bakery.craft.bake import BakeError
 from bakery.craft.bake.bases.family import Base, BaseFiles, NoiseSchedule, TimestepSampling
 from bakery.craft.bake.bases.load import load_base, use_prediction
-from bakery.craft.bake.data import (DataConfig, LatentCache, Sample, full_caption, module_id, plan_samples,
-                                    steps_per_epoch)
+from bakery.craft.bake.data import (
+    DataConfig,
+    LatentCache,
+    Sample,
+    full_caption,
+    module_id,
+    plan_samples,
+    steps_per_epoch,
+)
 from bakery.craft.bake.networks import kohya_lora as K
 from bakery.craft.bake.networks import lycoris_net as LN
 from bakery.craft.bake.optim import build_optimizer, make_scheduler

@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bakery.craft.bake import BakeError
-from bakery.craft.bake.bases.family import Base
-from bakery.craft.bake.bases.family import BaseFiles
+from bakery.craft.bake.bases.family import Base, BaseFiles
 from bakery.craft.bake.bases.load import load_base
 from bakery.craft.bake.loop import BakeResult, StepInfo
 from bakery.craft.bake.networks import kohya_lora as K

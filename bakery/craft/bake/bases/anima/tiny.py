@@ -100,8 +100,12 @@ def t5_tokenizer(words: Sequence[str]) -> Any:
 def components(words: Iterable[str] = ()) -> dict[str, Any]:
     """The tiny Anima's parts, in memory: what AnimaModularPipeline.update_components takes."""
     import torch
-    from diffusers import (AnimaTextConditioner, AutoencoderKLQwenImage, CosmosTransformer3DModel,
-                           FlowMatchEulerDiscreteScheduler)
+    from diffusers import (
+        AnimaTextConditioner,
+        AutoencoderKLQwenImage,
+        CosmosTransformer3DModel,
+        FlowMatchEulerDiscreteScheduler,
+    )
     from transformers import Qwen3Config, Qwen3Model
 
     words = _words(words)
