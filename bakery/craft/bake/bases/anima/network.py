@@ -5,7 +5,7 @@ Names (sd-scripts `LoRANetwork`): the DiT's modules under `lora_unet` by their o
 file) paths, `lora_unet_blocks_0_self_attn_q_proj`; the LLM adapter's would be `lora_unet_llm_adapter_...`; Qwen3's
 under `lora_te`, `lora_te_layers_0_self_attn_q_proj` (sd-scripts trains `Qwen3ForCausalLM(...).model`, the
 `Qwen3Model` the pipeline holds). Our denoiser is diffusers' `CosmosTransformer3DModel`, whose paths
-(`transformer_blocks.0.attn1.to_q`) are renamed to the original ones with tiny.py's `TO_ORIGINAL` (the inverse of
+(`transformer_blocks.0.attn1.to_q`) are renamed to the original ones with `TO_ORIGINAL` (the inverse of
 diffusers' converter); the file's keys are exactly sd-scripts' for the same settings.
 
 Layers, sd-scripts' rule replayed on the original paths:
@@ -39,11 +39,36 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bakery.craft.bake.bases.anima.tiny import original_name
 from bakery.craft.bake.networks import kohya_lora as K
 
 if TYPE_CHECKING:
     import torch
+
+# diffusers' CosmosTransformer3DModel names -> the original (Cosmos-Predict2 / Anima file) names: the inverse of
+# diffusers' convert_cosmos_transformer_checkpoint_to_diffusers (2.0), applied in this order.
+TO_ORIGINAL = (
+    ("transformer_blocks.", "blocks."),
+    (".attn1.", ".self_attn."), (".attn2.", ".cross_attn."),
+    (".to_q.", ".q_proj."), (".to_k.", ".k_proj."), (".to_v.", ".v_proj."), (".to_out.0.", ".output_proj."),
+    (".norm_q.", ".q_norm."), (".norm_k.", ".k_norm."),
+    (".ff.net.0.proj.", ".mlp.layer1."), (".ff.net.2.", ".mlp.layer2."),
+    (".norm1.linear_1.", ".adaln_modulation_self_attn.1."), (".norm1.linear_2.", ".adaln_modulation_self_attn.2."),
+    (".norm2.linear_1.", ".adaln_modulation_cross_attn.1."), (".norm2.linear_2.", ".adaln_modulation_cross_attn.2."),
+    (".norm3.linear_1.", ".adaln_modulation_mlp.1."), (".norm3.linear_2.", ".adaln_modulation_mlp.2."),
+    ("time_embed.t_embedder.", "t_embedder.1."), ("time_embed.norm.", "t_embedding_norm."),
+    ("patch_embed.proj.", "x_embedder.proj.1."),
+    ("norm_out.linear_1.", "final_layer.adaln_modulation.1."), ("norm_out.linear_2.", "final_layer.adaln_modulation.2."),
+    ("proj_out.", "final_layer.linear."),
+)
+
+
+def original_name(diffusers_name: str) -> str:
+    """A CosmosTransformer3DModel parameter's name in the original (Anima file) layout, without `net.`."""
+    name = "." + diffusers_name
+    for new, old in TO_ORIGINAL:
+        name = name.replace("." + new.lstrip("."), "." + old.lstrip("."))
+    return name[1:]
+
 
 TE_PREFIX = "lora_te"  # sd-scripts' LORA_PREFIX_TEXT_ENCODER (Qwen3)
 # The DiT modules inside sd-scripts' ANIMA_TARGET_REPLACE_MODULE classes, by original path.

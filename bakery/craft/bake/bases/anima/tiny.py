@@ -25,27 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bakery.craft.bake.bases.anima.network import original_name
+
 TINY_SEED = 0
 MARKER = "bakery-tiny-anima.json"  # written last: a folder without it is an unfinished build
 HIDDEN = 32  # Qwen3's hidden size = the adapter's source, model and target width = the DiT's text width
 BASE_WORDS = ("bakery_girl", "1girl", "solo", "smile", "looking_at_viewer", "simple_background", "masterpiece")
 
-# diffusers' CosmosTransformer3DModel names -> the original (Cosmos-Predict2 / Anima file) names: the inverse of
-# diffusers' convert_cosmos_transformer_checkpoint_to_diffusers (2.0), applied in this order.
-TO_ORIGINAL = (
-    ("transformer_blocks.", "blocks."),
-    (".attn1.", ".self_attn."), (".attn2.", ".cross_attn."),
-    (".to_q.", ".q_proj."), (".to_k.", ".k_proj."), (".to_v.", ".v_proj."), (".to_out.0.", ".output_proj."),
-    (".norm_q.", ".q_norm."), (".norm_k.", ".k_norm."),
-    (".ff.net.0.proj.", ".mlp.layer1."), (".ff.net.2.", ".mlp.layer2."),
-    (".norm1.linear_1.", ".adaln_modulation_self_attn.1."), (".norm1.linear_2.", ".adaln_modulation_self_attn.2."),
-    (".norm2.linear_1.", ".adaln_modulation_cross_attn.1."), (".norm2.linear_2.", ".adaln_modulation_cross_attn.2."),
-    (".norm3.linear_1.", ".adaln_modulation_mlp.1."), (".norm3.linear_2.", ".adaln_modulation_mlp.2."),
-    ("time_embed.t_embedder.", "t_embedder.1."), ("time_embed.norm.", "t_embedding_norm."),
-    ("patch_embed.proj.", "x_embedder.proj.1."),
-    ("norm_out.linear_1.", "final_layer.adaln_modulation.1."), ("norm_out.linear_2.", "final_layer.adaln_modulation.2."),
-    ("proj_out.", "final_layer.linear."),
-)
 
 
 @dataclass(frozen=True)
@@ -130,13 +116,6 @@ def components(words: Iterable[str] = ()) -> dict[str, Any]:
             "tokenizer": qwen_tok, "t5_tokenizer": t5_tok, "vae": vae,
             "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0)}  # Anima's sampler: flow-match Euler, shift 3
 
-
-def original_name(diffusers_name: str) -> str:
-    """A CosmosTransformer3DModel parameter's name in the original (Anima file) layout, without `net.`."""
-    name = "." + diffusers_name
-    for new, old in TO_ORIGINAL:
-        name = name.replace("." + new.lstrip("."), "." + old.lstrip("."))
-    return name[1:]
 
 
 VAE_RESIDUAL = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3", "conv2": "residual.6",
