@@ -28,16 +28,22 @@ FAMILIES: dict[str, BaseFamily] = {f.name: f for f in (sd15.FAMILY, sdxl.FAMILY,
 def modules() -> list[ModuleType]:
     """The seam's and every family's modules (with the classes they build on): what a stage that loads, trains
     or renders a base runs, for its code version."""
+    import importlib
+    import pkgutil
     import sys
 
     from bakery.craft.bake.bases import single_file
 
     classes = [c for f in FAMILIES.values() for c in type(f).__mro__ if c.__module__.startswith("bakery.")]
     parts = [sys.modules[c.__module__] for c in classes]
-    helpers = [m for part in parts for m in vars(part).values()  # the modules a family's parts import (anima/files)
-               if isinstance(m, ModuleType) and m.__name__.startswith(__package__ + ".")]
+    # A family's package counts whole (every module in it, as listed on disk): its attributes would name only the
+    # submodules this process happened to import, and the code version would differ from process to process.
+    package = [importlib.import_module(f"{p.__name__}.{m.name}") for p in parts if hasattr(p, "__path__")
+               for m in pkgutil.iter_modules(p.__path__)]
+    helpers = [m for part in parts if not hasattr(part, "__path__")  # the modules a family's parts import
+               for m in vars(part).values() if isinstance(m, ModuleType) and m.__name__.startswith(__package__ + ".")]
     return list(dict.fromkeys([sys.modules[__name__], sys.modules[Base.__module__], checkpoint, P, single_file,
-                               *parts, *helpers]))
+                               *parts, *package, *helpers]))
 
 
 def family_for(architecture: str) -> BaseFamily:
